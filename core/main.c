@@ -1,0 +1,236 @@
+/*
+ * core/main.c - the `sluice` command line.
+ *
+ * One table of subcommands drives dispatch and --help. This is the only place
+ * that turns errors into exit codes (docs/operations.md):
+ *   0  success
+ *   1  runtime failure (database unreachable, a pipeline failed, ...)
+ *   2  usage or configuration error (bad flag, bad config, missing env var)
+ * Errors print as
+ *   sluice <command>: error: <what, with context>
+ *   hint: <how to fix it>
+ */
+#include "core/core.h"
+#include "outbox/outbox.h"
+#include "relay/relay.h"
+
+#include <getopt.h>
+#include <libpq-fe.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct sl_cmd {
+    const char *name;
+    int (*run)(int argc, char **argv, sl_err_t *err);
+    const char *summary;
+    const char *usage;
+} sl_cmd_t;
+
+static int cmd_init(int argc, char **argv, sl_err_t *err);
+static int cmd_relay(int argc, char **argv, sl_err_t *err);
+static int cmd_check_config(int argc, char **argv, sl_err_t *err);
+
+static const sl_cmd_t commands[] = {
+    {"init", cmd_init, "install or upgrade the sluice schema in a database",
+     "usage: sluice init --db CONNINFO\n"
+     "\n"
+     "Installs schema \"sluice\" (outbox, publish(), checkpoints) or upgrades it to\n"
+     "this binary's version. Safe to run repeatedly and concurrently.\n"
+     "\n"
+     "  --db CONNINFO   PostgreSQL URI or key=value string (default: $SLUICE_DB)\n"
+     "  -h, --help      show this help\n"},
+    {"relay", cmd_relay, "run the relay: outbox -> Kafka / stdout / file",
+     "usage: sluice relay --config FILE [--log-level LEVEL]\n"
+     "\n"
+     "Runs every pipeline of the config file until SIGTERM or SIGINT, then drains\n"
+     "in-flight messages, writes checkpoints and exits 0.\n"
+     "\n"
+     "  -c, --config FILE     relay config (JSON with comments)\n"
+     "  -l, --log-level LEVEL debug, info, warn or error (overrides the file)\n"
+     "      --help-config     print every config key with type and default\n"
+     "  -h, --help            show this help\n"},
+    {"check-config", cmd_check_config, "validate a relay config and print it resolved",
+     "usage: sluice check-config --config FILE\n"
+     "\n"
+     "Loads and validates the config like `sluice relay` would, then prints it\n"
+     "with every ${ENV:..}/${FILE:..} substitution shown as [redacted].\n"
+     "Exit 0 when valid, 2 when not.\n"
+     "\n"
+     "  -c, --config FILE   relay config\n"
+     "  -h, --help          show this help\n"},
+};
+
+#define NCOMMANDS (sizeof commands / sizeof commands[0])
+
+static void
+print_help(FILE *out)
+{
+    fprintf(out, "sluice %s - PostgreSQL changes to reliable event streams\n\n"
+                 "usage: sluice [--version] [--help] <command> [options]\n\ncommands:\n",
+            SL_VERSION);
+    for (size_t i = 0; i < NCOMMANDS; i++)
+        fprintf(out, "  %-14s %s\n", commands[i].name, commands[i].summary);
+    fprintf(out, "\nRun `sluice <command> --help` for a command's options.\n"
+                 "Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.\n");
+}
+
+/* Shared parsing of the common flags; returns 1 when --help was printed. */
+static int
+usage_error(sl_err_t *err, const char *cmd, const char *what)
+{
+    sl_err_set(err, SL_EUSAGE, "%s", what);
+    return sl_err_hint(err, "run `sluice %s --help`", cmd);
+}
+
+static int
+cmd_init(int argc, char **argv, sl_err_t *err)
+{
+    static const struct option opts[] = {
+        {"db", required_argument, NULL, 'd'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *db = getenv("SLUICE_DB");
+    int c;
+    while ((c = getopt_long(argc, argv, "d:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'd': db = optarg; break;
+        case 'h': fputs(commands[0].usage, stdout); return SL_DONE;
+        default: return usage_error(err, "init", "invalid option");
+        }
+    }
+    if (optind < argc)
+        return usage_error(err, "init", "unexpected argument");
+    if (db == NULL || db[0] == '\0')
+        return usage_error(err, "init", "missing --db CONNINFO");
+    PGconn *conn = NULL;
+    int rc = sl_pg_connect(db, "sluice-init", &conn, err);
+    if (rc != SL_OK)
+        return rc;
+    int applied = 0;
+    rc = sl_outbox_install(conn, &applied, err);
+    if (rc == SL_OK) {
+        PGresult *res = PQexec(conn, "SELECT max(version) FROM sluice.schema_version");
+        const char *v = PQresultStatus(res) == PGRES_TUPLES_OK ? PQgetvalue(res, 0, 0) : "?";
+        printf("sluice init: schema sluice is at version %s (%d migration%s applied)\n", v,
+               applied, applied == 1 ? "" : "s");
+        PQclear(res);
+    }
+    PQfinish(conn);
+    return rc;
+}
+
+static int
+relay_common_opts(int argc, char **argv, const char *cmd, const char *usage, const char **config,
+                  const char **level, bool *help_config, sl_err_t *err)
+{
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'},
+        {"log-level", required_argument, NULL, 'l'},
+        {"help-config", no_argument, NULL, 'H'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    int c;
+    while ((c = getopt_long(argc, argv, "c:l:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c': *config = optarg; break;
+        case 'l':
+            if (level == NULL)
+                return usage_error(err, cmd, "--log-level is not an option of this command");
+            *level = optarg;
+            break;
+        case 'H': *help_config = true; break;
+        case 'h': fputs(usage, stdout); return SL_DONE;
+        default: return usage_error(err, cmd, "invalid option");
+        }
+    }
+    if (*help_config) {
+        sl_relay_cfg_help(stdout);
+        return SL_DONE;
+    }
+    if (optind < argc)
+        return usage_error(err, cmd, "unexpected argument");
+    if (*config == NULL)
+        return usage_error(err, cmd, "missing --config FILE");
+    return SL_OK;
+}
+
+static int
+cmd_relay(int argc, char **argv, sl_err_t *err)
+{
+    const char *config = NULL, *level = NULL;
+    bool help_config = false;
+    int rc = relay_common_opts(argc, argv, "relay", commands[1].usage, &config, &level,
+                               &help_config, err);
+    if (rc != SL_OK)
+        return rc;
+    sl_relay_cfg_t *cfg = NULL;
+    if ((rc = sl_relay_cfg_load(config, &cfg, err)) != SL_OK)
+        return rc;
+    sl_log_level_t lv;
+    if ((rc = sl_log_level_parse(level != NULL ? level : cfg->log_level, &lv, err)) != SL_OK) {
+        sl_relay_cfg_free(cfg);
+        return rc;
+    }
+    sl_log_set_level(lv);
+    rc = sl_relay_run(cfg, err);
+    sl_relay_cfg_free(cfg);
+    return rc;
+}
+
+static int
+cmd_check_config(int argc, char **argv, sl_err_t *err)
+{
+    const char *config = NULL;
+    bool help_config = false;
+    int rc = relay_common_opts(argc, argv, "check-config", commands[2].usage, &config, NULL,
+                               &help_config, err);
+    if (rc != SL_OK)
+        return rc;
+    sl_relay_cfg_t *cfg = NULL;
+    if ((rc = sl_relay_cfg_load(config, &cfg, err)) != SL_OK)
+        return rc;
+    sl_relay_cfg_print(cfg, stdout);
+    fprintf(stderr, "%s: configuration is valid (%zu pipeline%s)\n", config, cfg->npl,
+            cfg->npl == 1 ? "" : "s");
+    sl_relay_cfg_free(cfg);
+    return SL_OK;
+}
+
+int
+main(int argc, char **argv)
+{
+    if (argc < 2) {
+        print_help(stderr);
+        return SL_EXIT_USAGE;
+    }
+    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
+        strcmp(argv[1], "help") == 0) {
+        print_help(stdout);
+        return SL_EXIT_OK;
+    }
+    if (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "-V") == 0) {
+        printf("sluice %s\n", SL_VERSION);
+        return SL_EXIT_OK;
+    }
+    const sl_cmd_t *cmd = NULL;
+    for (size_t i = 0; i < NCOMMANDS; i++)
+        if (strcmp(argv[1], commands[i].name) == 0)
+            cmd = &commands[i];
+    if (cmd == NULL) {
+        fprintf(stderr, "sluice: error: unknown command \"%s\"\nhint: run `sluice --help` for "
+                        "the list of commands\n", argv[1]);
+        return SL_EXIT_USAGE;
+    }
+    sl_err_t err;
+    sl_err_clear(&err);
+    int rc = cmd->run(argc - 1, argv + 1, &err);
+    if (rc >= 0)
+        return SL_EXIT_OK;
+    fprintf(stderr, "sluice %s: error: %s\n", cmd->name, err.msg);
+    if (err.hint[0] != '\0')
+        fprintf(stderr, "hint: %s\n", err.hint);
+    return rc == SL_EUSAGE ? SL_EXIT_USAGE : SL_EXIT_RUNTIME;
+}

@@ -1,0 +1,951 @@
+/*
+ * relay/pipeline.c - one pipeline: outbox reader, in-flight window, sink,
+ * checkpoint.
+ *
+ * Upholds DESIGN.md invariants 2 (no skipped rows), 3 (ack before
+ * checkpoint), 4 (stable identity) and 5 (bounded memory).
+ *
+ * Reading. The reader walks the outbox in snapshot ranges (outbox/outbox.h):
+ * OPEN takes a new upper snapshot `hi`; PAGE reads rows visible in `hi` but
+ * not in `lo` with id > last id, ordered by id. A page shorter than asked
+ * completes the range (lo := hi).
+ *
+ * Window. Every message sent to the sink gets a sequence number; the window is
+ * a ring of max_inflight slots indexed by it, allocated once. Acks arrive in
+ * any order (Kafka partitions are independent); `tail` advances over the
+ * acknowledged prefix. Reads are issued only while the window has room for a
+ * whole page (max_inflight messages and max_inflight_bytes), which is the
+ * backpressure: a slow or dead sink stops the reader, never grows memory.
+ *
+ * Checkpoint. Ranges still in the window are kept in a small queue. From the
+ * acknowledged prefix the pipeline derives its durable position:
+ *   - a range whose messages are all acknowledged is done: (lo := its hi);
+ *   - otherwise, inside the oldest range: (its lo, its hi, id of the last
+ *     acknowledged message).
+ * The position is written at most once per checkpoint_interval_ms, and the
+ * UPDATE refuses to move it backwards. After a crash, a restart re-reads from
+ * the written position: only the unacknowledged window (plus what was
+ * acknowledged since the last write) is sent again.
+ *
+ * States:
+ *
+ *   CONNECTING ──pg up──▶ SETUP ──locked, loaded──▶ RUNNING ──stop──▶ DRAINING
+ *       ▲                   │                          │                 │
+ *       └──── pg down ──────┴──────────────────────────┘     acked or deadline
+ *                                                                        ▼
+ *   FAILED ◀── permanent error (bad sink message, no schema) ─────▶ CLOSING ─▶ STOPPED
+ *
+ * A lost PostgreSQL connection keeps the window and the in-memory position:
+ * acks keep arriving from the sink, and the checkpoint is written once the
+ * connection is back. Everything runs on the loop thread.
+ */
+#include "relay/relay_int.h"
+
+#include "outbox/outbox.h"
+
+#include <assert.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Stats are logged at most this often while messages flow. */
+#define SL_PIPELINE_STATS_MS 10000
+
+typedef enum sl_pipeline_state {
+    SL_PIPELINE_CONNECTING,
+    SL_PIPELINE_SETUP,
+    SL_PIPELINE_RUNNING,
+    SL_PIPELINE_DRAINING,
+    SL_PIPELINE_CLOSING,
+    SL_PIPELINE_STOPPED,
+} sl_pipeline_state_t;
+
+static const char *const pipeline_state_names[] = {
+    [SL_PIPELINE_CONNECTING] = "connecting", [SL_PIPELINE_SETUP] = "setup",
+    [SL_PIPELINE_RUNNING] = "running",       [SL_PIPELINE_DRAINING] = "draining",
+    [SL_PIPELINE_CLOSING] = "closing",       [SL_PIPELINE_STOPPED] = "stopped",
+};
+
+/* The statement in flight on the pipeline's connection. */
+typedef enum sl_pipeline_op {
+    SL_OP_NONE,
+    SL_OP_SESSION,   /* SET ...; LISTEN */
+    SL_OP_LOCK,      /* pg_try_advisory_lock */
+    SL_OP_LOAD,      /* checkpoint load */
+    SL_OP_OPEN,      /* new upper snapshot */
+    SL_OP_PAGE,      /* read a page */
+    SL_OP_SAVE,      /* checkpoint write */
+} sl_pipeline_op_t;
+
+/* One in-flight message. */
+typedef struct sl_slot {
+    int64_t outbox_id;
+    uint32_t bytes;
+    bool acked;
+} sl_slot_t;
+
+/* A snapshot range with messages (or the read position) still in the window. */
+typedef struct sl_range {
+    char *lo;              /* owned */
+    char *hi;              /* owned */
+    int64_t range_no;      /* position number while inside this range */
+    int64_t end_range_no;  /* position number once this range is done */
+    uint64_t start_seq;    /* first message of the range */
+    uint64_t end_seq;      /* one past its last message, once complete */
+    bool complete;         /* every page read */
+} sl_range_t;
+
+/* A checkpoint position. */
+typedef struct sl_pos {
+    char *lo;              /* owned */
+    char *hi;              /* owned, NULL outside a range */
+    int64_t last_id;
+    int64_t range_no;
+} sl_pos_t;
+
+struct sl_pipeline {
+    uv_loop_t *loop;                 /* borrowed */
+    const sl_pipeline_cfg_t *cfg;    /* borrowed */
+    const sl_relay_cfg_t *rcfg;      /* borrowed */
+    sl_pipeline_state_t state;
+    bool failed;                     /* stopped by an error it cannot heal */
+    bool loaded;                     /* checkpoint loaded at least once */
+    bool lock_wait;                  /* another session holds the pipeline lock */
+    sl_pipeline_op_t op;
+
+    sl_pgconn_t *pc;                 /* owned */
+    sl_sink_t *sk;                   /* owned */
+    uv_timer_t poll_timer;           /* fallback poll, stats, deadlines */
+    uv_timer_t ckpt_timer;           /* delayed checkpoint write / lock retry */
+    int open_handles;                /* timers not yet closed */
+    void (*on_stopped)(sl_pipeline_t *, void *);
+    void *on_stopped_arg;
+
+    /* Identity. */
+    char *instance;                  /* owned, sluice.meta.instance_id */
+    char *db;                        /* owned, database name */
+    char *topics_exact;              /* owned text[] literal or NULL */
+    char *topics_like;               /* owned text[] literal or NULL */
+
+    /* Reader. */
+    sl_pos_t rd;                     /* where the next read starts */
+    bool wake;                       /* something may have been published */
+    PGresult *held;                  /* page rows not yet accepted by the sink */
+    int held_row;                    /* next row of `held` to send */
+    bool sink_full;                  /* the sink said AGAIN: wait for an ack */
+
+    /* Window. */
+    sl_slot_t *slots;                /* owned ring of max_inflight */
+    size_t cap;
+    uint64_t head;                   /* next sequence number */
+    uint64_t tail;                   /* first unacknowledged sequence number */
+    uint64_t inflight_bytes;
+    sl_range_t *ranges;              /* owned queue, oldest first */
+    size_t nranges, ranges_cap;
+
+    /* Checkpoint. */
+    sl_pos_t ck;                     /* acknowledged position (in memory) */
+    int64_t delivered;               /* messages acknowledged in total */
+    bool ck_dirty;                   /* ck differs from what is stored */
+    uint64_t ck_written_ms;          /* last write */
+
+    /* Shutdown. */
+    uint64_t deadline_ms;
+
+    /* Stats. */
+    int64_t stats_delivered;
+    uint64_t stats_ms;
+
+    sl_buf_t scratch;                /* reused for SQL parameters */
+};
+
+static void pipeline_kick(sl_pipeline_t *pl);
+static void pipeline_fail(sl_pipeline_t *pl, const sl_err_t *err);
+static void pipeline_close(sl_pipeline_t *pl);
+
+/* ------------------------------------------------------------------------ */
+
+static void
+pipeline_set_state(sl_pipeline_t *pl, sl_pipeline_state_t to)
+{
+    if (pl->state == to)
+        return;
+    sl_log_info("pipeline.state", "pipeline=%s from=%s to=%s", pl->cfg->name,
+                pipeline_state_names[pl->state], pipeline_state_names[to]);
+    pl->state = to;
+}
+
+static void
+pos_clear(sl_pos_t *p)
+{
+    free(p->lo);
+    free(p->hi);
+    memset(p, 0, sizeof *p);
+}
+
+/* Sets p from strings (copied). Returns SL_OK or SL_ENOMEM (p unchanged). */
+static int
+pos_set(sl_pos_t *p, const char *lo, const char *hi, int64_t last_id, int64_t range_no)
+{
+    char *l = strdup(lo);
+    char *h = hi != NULL ? strdup(hi) : NULL;
+    if (l == NULL || (hi != NULL && h == NULL)) {
+        free(l);
+        free(h);
+        return SL_ENOMEM;
+    }
+    free(p->lo);
+    free(p->hi);
+    p->lo = l;
+    p->hi = h;
+    p->last_id = last_id;
+    p->range_no = range_no;
+    return SL_OK;
+}
+
+static uint64_t
+window_used(const sl_pipeline_t *pl)
+{
+    return pl->head - pl->tail;
+}
+
+static void
+ranges_clear(sl_pipeline_t *pl)
+{
+    for (size_t i = 0; i < pl->nranges; i++) {
+        free(pl->ranges[i].lo);
+        free(pl->ranges[i].hi);
+    }
+    pl->nranges = 0;
+}
+
+static void
+ranges_pop(sl_pipeline_t *pl)
+{
+    assert(pl->nranges > 0);
+    free(pl->ranges[0].lo);
+    free(pl->ranges[0].hi);
+    memmove(&pl->ranges[0], &pl->ranges[1], (pl->nranges - 1) * sizeof pl->ranges[0]);
+    pl->nranges--;
+}
+
+static int
+ranges_push(sl_pipeline_t *pl, const char *lo, const char *hi, int64_t range_no, sl_err_t *err)
+{
+    if (pl->nranges == pl->ranges_cap) {
+        size_t cap = pl->ranges_cap ? pl->ranges_cap * 2 : 8;
+        sl_range_t *r = realloc(pl->ranges, cap * sizeof *r);
+        if (r == NULL)
+            return sl_err_nomem(err, "the range queue");
+        pl->ranges = r;
+        pl->ranges_cap = cap;
+    }
+    sl_range_t *r = &pl->ranges[pl->nranges];
+    memset(r, 0, sizeof *r);
+    r->lo = strdup(lo);
+    r->hi = strdup(hi);
+    if (r->lo == NULL || r->hi == NULL) {
+        free(r->lo);
+        free(r->hi);
+        return sl_err_nomem(err, "a range");
+    }
+    r->range_no = range_no;
+    r->end_range_no = range_no + 1;
+    r->start_seq = pl->head;
+    pl->nranges++;
+    return SL_OK;
+}
+
+/*
+ * Derives the acknowledged position from the window (see the file header).
+ * Called after every ack and every completed range.
+ */
+static void
+pipeline_advance(sl_pipeline_t *pl)
+{
+    while (pl->nranges > 0) {
+        sl_range_t *r = &pl->ranges[0];
+        if (r->complete && r->end_seq <= pl->tail) {
+            if (pos_set(&pl->ck, r->hi, NULL, 0, r->end_range_no) != SL_OK)
+                return; /* Out of memory: keep the older position, retry later. */
+            pl->ck_dirty = true;
+            ranges_pop(pl);
+            continue;
+        }
+        if (pl->tail > r->start_seq) {
+            int64_t id = pl->slots[(pl->tail - 1) % pl->cap].outbox_id;
+            if (pl->ck.hi == NULL || pl->ck.last_id != id || pl->ck.range_no != r->range_no) {
+                if (pos_set(&pl->ck, r->lo, r->hi, id, r->range_no) != SL_OK)
+                    return;
+                pl->ck_dirty = true;
+            }
+        }
+        break;
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Sink side                                                                 */
+/* ------------------------------------------------------------------------ */
+
+static void
+pipeline_on_ack(void *ctx, uint64_t token, int status, const sl_err_t *err)
+{
+    sl_pipeline_t *pl = ctx;
+    if (token < pl->tail || token >= pl->head)
+        return; /* From before a rewind: nothing refers to it any more. */
+    sl_slot_t *s = &pl->slots[token % pl->cap];
+    if (status != SL_OK) {
+        sl_err_t e;
+        if (err != NULL)
+            e = *err;
+        else
+            sl_err_set(&e, SL_ERR, "the sink rejected the message");
+        sl_err_prefix(&e, "outbox message %" PRId64 " was not delivered: ", s->outbox_id);
+        if (e.hint[0] == '\0')
+            sl_err_hint(&e, "the checkpoint stays before this message; fix the cause and "
+                            "restart the relay to deliver it");
+        pipeline_fail(pl, &e);
+        return;
+    }
+    s->acked = true;
+    while (pl->tail < pl->head && pl->slots[pl->tail % pl->cap].acked) {
+        sl_slot_t *t = &pl->slots[pl->tail % pl->cap];
+        pl->inflight_bytes -= t->bytes;
+        t->acked = false;
+        pl->tail++;
+        pl->delivered++;
+    }
+    pipeline_advance(pl);
+    pl->sink_full = false;
+    pipeline_kick(pl);
+}
+
+static void
+fix_timestamp(const char *pg, char *out, size_t n)
+{
+    /* "2026-11-21 08:30:00.123456+00" -> "2026-11-21T08:30:00.123456Z" */
+    size_t len = strlen(pg);
+    if (len >= 3 && strcmp(pg + len - 3, "+00") == 0)
+        len -= 3;
+    snprintf(out, n, "%.*sZ", (int)len, pg);
+    char *sp = strchr(out, ' ');
+    if (sp != NULL)
+        *sp = 'T';
+}
+
+/*
+ * Sends the held page's remaining rows to the sink. Stops early when the sink
+ * is full (resumes on the next ack). Returns SL_OK, SL_AGAIN (sink full) or
+ * an error (pipeline failed).
+ */
+static int
+pipeline_send_held(sl_pipeline_t *pl)
+{
+    PGresult *res = pl->held;
+    int nrows = PQntuples(res);
+    char idbuf[96], tsbuf[64];
+    sl_err_t err;
+    sl_err_clear(&err);
+    while (pl->held_row < nrows) {
+        int i = pl->held_row;
+        sl_msg_t m;
+        m.outbox_id = strtoll(PQgetvalue(res, i, 0), NULL, 10);
+        snprintf(idbuf, sizeof idbuf, "%s:%" PRId64, pl->instance, m.outbox_id);
+        fix_timestamp(PQgetvalue(res, i, 6), tsbuf, sizeof tsbuf);
+        m.id = idbuf;
+        m.topic = PQgetvalue(res, i, 1);
+        m.key = PQgetisnull(res, i, 2) ? NULL : PQgetvalue(res, i, 2);
+        m.op = PQgetvalue(res, i, 3);
+        m.payload = PQgetvalue(res, i, 4);
+        m.headers = PQgetvalue(res, i, 5);
+        m.ts = tsbuf;
+        m.db = pl->db;
+        m.txid = PQgetvalue(res, i, 7);
+        size_t bytes = 0;
+        uint64_t seq = pl->head;
+        int rc = pl->cfg->sink_ops->send(pl->sk, &m, seq, &bytes, &err);
+        if (rc == SL_AGAIN) {
+            pl->sink_full = true;
+            return SL_AGAIN;
+        }
+        if (rc != SL_OK) {
+            sl_err_prefix(&err, "outbox message %" PRId64 ": ", m.outbox_id);
+            pipeline_fail(pl, &err);
+            return SL_ERR;
+        }
+        sl_slot_t *s = &pl->slots[seq % pl->cap];
+        s->outbox_id = m.outbox_id;
+        s->bytes = (uint32_t)bytes;
+        s->acked = false;
+        pl->head++;
+        pl->inflight_bytes += bytes;
+        pl->held_row++;
+    }
+    PQclear(pl->held);
+    pl->held = NULL;
+    pl->held_row = 0;
+    if (pl->cfg->sink_ops->flush(pl->sk, &err) != SL_OK) {
+        pipeline_fail(pl, &err);
+        return SL_ERR;
+    }
+    return SL_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* PostgreSQL side                                                           */
+/* ------------------------------------------------------------------------ */
+
+static void
+pipeline_send(sl_pipeline_t *pl, sl_pipeline_op_t op, const char *sql, int n,
+              const char *const *params)
+{
+    sl_err_t err;
+    sl_err_clear(&err);
+    pl->op = op;
+    if (sl_pgconn_send(pl->pc, sql, n, params, &err) != SL_OK)
+        pl->op = SL_OP_NONE; /* The connection is going down; on_down follows. */
+}
+
+static void
+pipeline_save(sl_pipeline_t *pl)
+{
+    char last[24], rno[24], dlv[24];
+    snprintf(last, sizeof last, "%" PRId64, pl->ck.last_id);
+    snprintf(rno, sizeof rno, "%" PRId64, pl->ck.range_no);
+    snprintf(dlv, sizeof dlv, "%" PRId64, pl->delivered);
+    const char *params[6] = {pl->cfg->name, pl->ck.lo, pl->ck.hi, last, rno, dlv};
+    pl->ck_dirty = false;
+    pl->ck_written_ms = sl_now_ms();
+    pipeline_send(pl, SL_OP_SAVE, SL_OUTBOX_SQL_CHECKPOINT_SAVE, 6, params);
+}
+
+static void
+pipeline_read(sl_pipeline_t *pl)
+{
+    if (pl->rd.hi == NULL) {
+        pipeline_send(pl, SL_OP_OPEN, SL_OUTBOX_SQL_SNAPSHOT, 0, NULL);
+        return;
+    }
+    uint64_t room = pl->cfg->max_inflight - window_used(pl);
+    int64_t limit = pl->cfg->batch_size < (int64_t)room ? pl->cfg->batch_size : (int64_t)room;
+    char last[24], lim[24];
+    snprintf(last, sizeof last, "%" PRId64, pl->rd.last_id);
+    snprintf(lim, sizeof lim, "%" PRId64, limit);
+    const char *params[6] = {pl->rd.lo, pl->rd.hi, last, lim, pl->topics_exact, pl->topics_like};
+    pl->wake = false;
+    pipeline_send(pl, SL_OP_PAGE, SL_OUTBOX_SQL_READ, 6, params);
+}
+
+static bool
+pipeline_can_read(const sl_pipeline_t *pl)
+{
+    if (pl->state != SL_PIPELINE_RUNNING || pl->held != NULL || pl->sink_full)
+        return false;
+    uint64_t need = (uint64_t)pl->cfg->batch_size;
+    if (need > (uint64_t)pl->cfg->max_inflight)
+        need = (uint64_t)pl->cfg->max_inflight;
+    /* Wait for room for a whole page, so reads stay large under load. */
+    if (window_used(pl) + need > (uint64_t)pl->cfg->max_inflight)
+        return false;
+    if (pl->inflight_bytes >= (uint64_t)pl->cfg->max_inflight_bytes)
+        return false;
+    return pl->rd.hi != NULL || pl->wake;
+}
+
+static void
+pipeline_ckpt_timer_cb(uv_timer_t *t)
+{
+    pipeline_kick(t->data);
+}
+
+/* Decides what the connection does next. The one place that issues statements. */
+static void
+pipeline_kick(sl_pipeline_t *pl)
+{
+    if (pl->state == SL_PIPELINE_CLOSING || pl->state == SL_PIPELINE_STOPPED)
+        return;
+    /* Rows the sink could not take yet go first; they need no connection. */
+    if (pl->held != NULL && !pl->sink_full &&
+        (pl->state == SL_PIPELINE_RUNNING || pl->state == SL_PIPELINE_DRAINING)) {
+        if (pipeline_send_held(pl) == SL_ERR)
+            return;
+    }
+    if (pl->state == SL_PIPELINE_DRAINING) {
+        bool drained = window_used(pl) == 0;
+        bool late = sl_now_ms() >= pl->deadline_ms;
+        if (!sl_pgconn_is_ready(pl->pc)) {
+            if (late)
+                pipeline_close(pl);
+            return;
+        }
+        if (pl->ck_dirty && pl->loaded) {
+            pipeline_save(pl);
+            return;
+        }
+        if (drained || late) {
+            if (!drained)
+                sl_log_warn("pipeline.drain_timeout",
+                            "pipeline=%s unacknowledged=%" PRIu64
+                            " note=\"these messages will be sent again on restart\"",
+                            pl->cfg->name, window_used(pl));
+            pipeline_close(pl);
+        }
+        return;
+    }
+    if (pl->state != SL_PIPELINE_RUNNING || !sl_pgconn_is_ready(pl->pc))
+        return;
+    uint64_t now = sl_now_ms();
+    uint64_t due = pl->ck_written_ms + (uint64_t)pl->rcfg->checkpoint_interval_ms;
+    if (pl->ck_dirty && now >= due) {
+        pipeline_save(pl);
+        return;
+    }
+    if (pipeline_can_read(pl)) {
+        pipeline_read(pl);
+        return;
+    }
+    if (pl->ck_dirty && !uv_is_active((uv_handle_t *)&pl->ckpt_timer))
+        uv_timer_start(&pl->ckpt_timer, pipeline_ckpt_timer_cb, due - now, 0);
+}
+
+static int
+pipeline_on_page(sl_pipeline_t *pl, PGresult *res, sl_err_t *err)
+{
+    int nrows = PQntuples(res);
+    /* The limit asked for was recomputed identically in pipeline_read. */
+    if (nrows > 0)
+        pl->rd.last_id = strtoll(PQgetvalue(res, nrows - 1, 0), NULL, 10);
+    uint64_t room_before = pl->cfg->max_inflight - window_used(pl);
+    int64_t limit = pl->cfg->batch_size < (int64_t)room_before ? pl->cfg->batch_size
+                                                                : (int64_t)room_before;
+    bool complete = nrows < limit;
+    pl->held = res;
+    pl->held_row = 0;
+    if (pipeline_send_held(pl) == SL_ERR)
+        return SL_ERR;
+    if (!complete)
+        return SL_OK;
+    /* The range is done: the next read opens a new one. */
+    sl_range_t *r = &pl->ranges[pl->nranges - 1];
+    r->complete = true;
+    r->end_seq = pl->head + (pl->held != NULL ? (uint64_t)(PQntuples(pl->held) - pl->held_row) : 0);
+    bool empty = r->end_seq == r->start_seq;
+    if (empty && pl->nranges >= 2) {
+        /* Nothing matched: fold into the previous range (see file header). */
+        sl_range_t *prev = &pl->ranges[pl->nranges - 2];
+        free(prev->hi);
+        prev->hi = r->hi;
+        prev->end_range_no = r->end_range_no;
+        r->hi = NULL;
+        free(r->lo);
+        pl->nranges--;
+    }
+    int64_t next_no = pl->rd.range_no + 1;
+    if (pos_set(&pl->rd, pl->rd.hi, NULL, 0, next_no) != SL_OK)
+        return sl_err_nomem(err, "the read position");
+    /* A range that had rows may have more behind it: look again at once. */
+    pl->wake = pl->wake || !empty;
+    pipeline_advance(pl);
+    return SL_OK;
+}
+
+static int
+pipeline_on_open(sl_pipeline_t *pl, PGresult *res, sl_err_t *err)
+{
+    const char *hi = PQgetvalue(res, 0, 0);
+    if (strcmp(hi, pl->rd.lo) == 0) {
+        pl->wake = false; /* Nothing committed since the last range. */
+        return SL_OK;
+    }
+    if (ranges_push(pl, pl->rd.lo, hi, pl->rd.range_no, err) != SL_OK)
+        return SL_ENOMEM;
+    if (pos_set(&pl->rd, pl->rd.lo, hi, 0, pl->rd.range_no) != SL_OK)
+        return sl_err_nomem(err, "the read position");
+    return SL_OK;
+}
+
+static int
+pipeline_on_load(sl_pipeline_t *pl, PGresult *res, sl_err_t *err)
+{
+    if (PQntuples(res) != 1)
+        return sl_err_set(err, SL_ERR, "checkpoint row of pipeline \"%s\" not found",
+                          pl->cfg->name);
+    const char *lo = PQgetvalue(res, 0, 0);
+    const char *hi = PQgetisnull(res, 0, 1) ? NULL : PQgetvalue(res, 0, 1);
+    int64_t last_id = strtoll(PQgetvalue(res, 0, 2), NULL, 10);
+    int64_t range_no = strtoll(PQgetvalue(res, 0, 3), NULL, 10);
+    pl->delivered = strtoll(PQgetvalue(res, 0, 4), NULL, 10);
+    pl->stats_delivered = pl->delivered;
+    free(pl->instance);
+    free(pl->db);
+    pl->instance = strdup(PQgetvalue(res, 0, 5));
+    pl->db = strdup(PQgetvalue(res, 0, 6));
+    if (pl->instance == NULL || pl->db == NULL)
+        return sl_err_nomem(err, "the pipeline identity");
+    if (pos_set(&pl->ck, lo, hi, last_id, range_no) != SL_OK ||
+        pos_set(&pl->rd, lo, hi, last_id, range_no) != SL_OK)
+        return sl_err_nomem(err, "the checkpoint");
+    if (hi != NULL && ranges_push(pl, lo, hi, range_no, err) != SL_OK)
+        return SL_ENOMEM;
+    pl->loaded = true;
+    pl->wake = true;
+    sl_log_info("pipeline.resume", "pipeline=%s delivered=%" PRId64 " last_id=%" PRId64
+                " in_range=%s", pl->cfg->name, pl->delivered, last_id, hi ? "true" : "false");
+    return SL_OK;
+}
+
+static void
+pipeline_on_result(sl_pgconn_t *pc, PGresult *res, void *ctx)
+{
+    sl_pipeline_t *pl = ctx;
+    sl_pipeline_op_t op = pl->op;
+    pl->op = SL_OP_NONE;
+    sl_err_t err;
+    sl_err_clear(&err);
+    ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+        sl_pg_result_err(res, NULL, &err);
+        PQclear(res);
+        if (strcmp(err.sqlstate, "42P01") == 0 || strcmp(err.sqlstate, "3F000") == 0) {
+            sl_err_prefix(&err, "the sluice catalog is missing: ");
+            sl_err_hint(&err, "run `sluice init --db ...` against this database first");
+            pipeline_fail(pl, &err);
+            return;
+        }
+        if (strcmp(err.sqlstate, "42501") == 0) {
+            sl_err_prefix(&err, "permission denied reading the outbox: ");
+            sl_err_hint(&err, "grant the relay's role access to schema sluice (docs/operations.md)");
+            pipeline_fail(pl, &err);
+            return;
+        }
+        /* Anything else may be transient: reconnect and carry on from memory. */
+        sl_err_prefix(&err, "pipeline %s: statement failed: ", pl->cfg->name);
+        if (op == SL_OP_SAVE)
+            pl->ck_dirty = true;
+        sl_pgconn_reset(pc, &err);
+        return;
+    }
+    int rc = SL_OK;
+    switch (op) {
+    case SL_OP_SESSION: {
+        const char *p[1] = {pl->cfg->name};
+        PQclear(res);
+        pipeline_send(pl, SL_OP_LOCK, SL_OUTBOX_SQL_PIPELINE_LOCK, 1, p);
+        return;
+    }
+    case SL_OP_LOCK: {
+        bool got = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+        PQclear(res);
+        if (!got) {
+            sl_log_warn("pipeline.locked_elsewhere",
+                        "pipeline=%s retry_ms=%" PRId64
+                        " note=\"another relay runs this pipeline\"",
+                        pl->cfg->name, pl->cfg->poll_interval_ms);
+            pl->lock_wait = true; /* The poll timer retries. */
+            return;
+        }
+        if (pl->loaded) {
+            /* Reconnected: the in-memory position is ahead of the stored one. */
+            pipeline_set_state(pl, pl->deadline_ms ? SL_PIPELINE_DRAINING : SL_PIPELINE_RUNNING);
+            pl->wake = true;
+            pl->ck_dirty = true;
+            pl->ck_written_ms = 0;
+            break;
+        }
+        const char *p[2] = {pl->cfg->name, pl->cfg->start};
+        pipeline_send(pl, SL_OP_LOAD, SL_OUTBOX_SQL_CHECKPOINT_LOAD, 2, p);
+        return;
+    }
+    case SL_OP_LOAD:
+        rc = pipeline_on_load(pl, res, &err);
+        PQclear(res);
+        if (rc == SL_OK)
+            pipeline_set_state(pl, pl->deadline_ms ? SL_PIPELINE_DRAINING : SL_PIPELINE_RUNNING);
+        break;
+    case SL_OP_OPEN:
+        rc = pipeline_on_open(pl, res, &err);
+        PQclear(res);
+        break;
+    case SL_OP_PAGE:
+        rc = pipeline_on_page(pl, res, &err); /* takes res */
+        break;
+    case SL_OP_SAVE: {
+        bool moved = strcmp(PQcmdTuples(res), "1") == 0;
+        PQclear(res);
+        if (!moved) {
+            sl_err_set(&err, SL_ERR, "the stored checkpoint of pipeline \"%s\" is ahead of this "
+                       "relay or was deleted", pl->cfg->name);
+            sl_err_hint(&err, "two relays may be running the same pipeline; run each pipeline "
+                        "in one relay only");
+            rc = SL_ERR;
+        }
+        break;
+    }
+    case SL_OP_NONE:
+        PQclear(res);
+        break;
+    }
+    if (rc != SL_OK) {
+        pipeline_fail(pl, &err);
+        return;
+    }
+    pipeline_kick(pl);
+}
+
+static void
+pipeline_on_up(sl_pgconn_t *pc, void *ctx)
+{
+    sl_pipeline_t *pl = ctx;
+    if (pl->state == SL_PIPELINE_CONNECTING || pl->state == SL_PIPELINE_RUNNING)
+        pipeline_set_state(pl, SL_PIPELINE_SETUP);
+    const char *session = pl->cfg->doorbell
+                              ? "SET TimeZone = 'UTC'; SET DateStyle = 'ISO'; "
+                                "SET statement_timeout = 0; LISTEN " SL_OUTBOX_DOORBELL
+                              : "SET TimeZone = 'UTC'; SET DateStyle = 'ISO'; "
+                                "SET statement_timeout = 0";
+    pipeline_send(pl, SL_OP_SESSION, session, 0, NULL);
+}
+
+static void
+pipeline_on_notify(sl_pgconn_t *pc, const char *channel, void *ctx)
+{
+    sl_pipeline_t *pl = ctx;
+    pl->wake = true;
+    pipeline_kick(pl);
+}
+
+static void
+pipeline_on_down(sl_pgconn_t *pc, const sl_err_t *err, void *ctx)
+{
+    sl_pipeline_t *pl = ctx;
+    if (pl->op == SL_OP_SAVE)
+        pl->ck_dirty = true;
+    pl->op = SL_OP_NONE;
+    pl->lock_wait = false; /* on_up asks again after the reconnect. */
+    if (pl->state == SL_PIPELINE_RUNNING || pl->state == SL_PIPELINE_SETUP)
+        pipeline_set_state(pl, SL_PIPELINE_CONNECTING);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Timers, lifecycle                                                         */
+/* ------------------------------------------------------------------------ */
+
+static void
+pipeline_poll_timer_cb(uv_timer_t *t)
+{
+    sl_pipeline_t *pl = t->data;
+    uint64_t now = sl_now_ms();
+    if (now - pl->stats_ms >= SL_PIPELINE_STATS_MS) {
+        int64_t n = pl->delivered - pl->stats_delivered;
+        if (n > 0 || window_used(pl) > 0)
+            sl_log_info("pipeline.stats",
+                        "pipeline=%s delivered=%" PRId64 " delivered_total=%" PRId64
+                        " rate_per_s=%" PRId64 " inflight=%" PRIu64 " inflight_bytes=%" PRIu64,
+                        pl->cfg->name, n, pl->delivered, n * 1000 / (int64_t)(now - pl->stats_ms),
+                        window_used(pl), pl->inflight_bytes);
+        pl->stats_delivered = pl->delivered;
+        pl->stats_ms = now;
+    }
+    pl->wake = true;
+    if (pl->lock_wait && sl_pgconn_is_ready(pl->pc)) {
+        pl->lock_wait = false;
+        pipeline_on_up(pl->pc, pl);
+        return;
+    }
+    pipeline_kick(pl);
+}
+
+static void
+pipeline_timer_closed(uv_handle_t *h)
+{
+    sl_pipeline_t *pl = h->data;
+    if (--pl->open_handles > 0)
+        return;
+    pipeline_set_state(pl, SL_PIPELINE_STOPPED);
+    if (pl->on_stopped != NULL)
+        pl->on_stopped(pl, pl->on_stopped_arg);
+}
+
+static void
+pipeline_pg_closed(void *arg)
+{
+    sl_pipeline_t *pl = arg;
+    pl->pc = NULL;
+    uv_close((uv_handle_t *)&pl->poll_timer, pipeline_timer_closed);
+    uv_close((uv_handle_t *)&pl->ckpt_timer, pipeline_timer_closed);
+}
+
+static void
+pipeline_sink_closed(void *arg)
+{
+    sl_pipeline_t *pl = arg;
+    pl->sk = NULL;
+    sl_pgconn_close(pl->pc, pipeline_pg_closed, pl);
+}
+
+/* Tears down sink, connection and timers; on_stopped runs at the end. */
+static void
+pipeline_close(sl_pipeline_t *pl)
+{
+    if (pl->state == SL_PIPELINE_CLOSING || pl->state == SL_PIPELINE_STOPPED)
+        return;
+    pipeline_set_state(pl, SL_PIPELINE_CLOSING);
+    uv_timer_stop(&pl->poll_timer);
+    uv_timer_stop(&pl->ckpt_timer);
+    sl_log_info("pipeline.closed",
+                "pipeline=%s delivered_total=%" PRId64 " unacknowledged=%" PRIu64
+                " checkpoint_saved=%s",
+                pl->cfg->name, pl->delivered, window_used(pl), pl->ck_dirty ? "false" : "true");
+    if (pl->sk != NULL)
+        pl->cfg->sink_ops->close(pl->sk, pipeline_sink_closed, pl);
+    else
+        pipeline_sink_closed(pl);
+}
+
+static void
+pipeline_fail(sl_pipeline_t *pl, const sl_err_t *err)
+{
+    if (pl->failed || pl->state == SL_PIPELINE_CLOSING || pl->state == SL_PIPELINE_STOPPED)
+        return;
+    pl->failed = true;
+    char q[SL_ERR_MSG_MAX + 16], h[SL_ERR_HINT_MAX + 16];
+    sl_log_error("pipeline.failed", "pipeline=%s err=%s hint=%s", pl->cfg->name,
+                 sl_log_quote(q, sizeof q, err->msg), sl_log_quote(h, sizeof h, err->hint));
+    /* Keep what was acknowledged: drain briefly so the checkpoint gets written. */
+    if (pl->held != NULL) {
+        PQclear(pl->held);
+        pl->held = NULL;
+    }
+    pl->deadline_ms = sl_now_ms() + 2000;
+    pipeline_set_state(pl, SL_PIPELINE_DRAINING);
+    pipeline_kick(pl);
+}
+
+int
+sl_pipeline_new(uv_loop_t *loop, const sl_relay_cfg_t *rcfg, const sl_pipeline_cfg_t *cfg,
+                void (*on_stopped)(sl_pipeline_t *pl, void *arg), void *arg,
+                sl_pipeline_t **out, sl_err_t *err)
+{
+    sl_pipeline_t *pl = calloc(1, sizeof *pl);
+    if (pl == NULL)
+        return sl_err_nomem(err, "a pipeline");
+    pl->loop = loop;
+    pl->cfg = cfg;
+    pl->rcfg = rcfg;
+    pl->on_stopped = on_stopped;
+    pl->on_stopped_arg = arg;
+    pl->state = SL_PIPELINE_CONNECTING;
+    pl->cap = (size_t)cfg->max_inflight;
+    pl->slots = calloc(pl->cap, sizeof *pl->slots);
+    if (pl->slots == NULL) {
+        free(pl);
+        return sl_err_nomem(err, "the in-flight window");
+    }
+    int rc = sl_outbox_topic_filter((const char *const *)cfg->topics.v, cfg->topics.n,
+                                    &pl->topics_exact, &pl->topics_like, err);
+    if (rc != SL_OK)
+        goto fail_slots;
+
+    sl_sink_env_t env = {
+        .loop = loop,
+        .pipeline = cfg->name,
+        .on_ack = pipeline_on_ack,
+        .ctx = pl,
+        .max_inflight = (size_t)cfg->max_inflight,
+        .max_inflight_bytes = (size_t)cfg->max_inflight_bytes,
+    };
+    rc = cfg->sink_ops->create(cfg->sink_conf, &env, &pl->sk, err);
+    if (rc != SL_OK) {
+        sl_err_prefix(err, "sink %s: ", cfg->sink_ops->type);
+        goto fail_filter;
+    }
+    sl_pgconn_cbs_t cbs = {
+        .on_up = pipeline_on_up,
+        .on_result = pipeline_on_result,
+        .on_notify = pipeline_on_notify,
+        .on_down = pipeline_on_down,
+    };
+    char name[160];
+    snprintf(name, sizeof name, "pipeline:%s", cfg->name);
+    rc = sl_pgconn_new(loop, cfg->database ? cfg->database : rcfg->database, name, &cbs, pl,
+                       &pl->pc, err);
+    if (rc != SL_OK)
+        goto fail_sink;
+    uv_timer_init(loop, &pl->poll_timer);
+    uv_timer_init(loop, &pl->ckpt_timer);
+    pl->poll_timer.data = pl;
+    pl->ckpt_timer.data = pl;
+    pl->open_handles = 2;
+    pl->stats_ms = sl_now_ms();
+    uv_timer_start(&pl->poll_timer, pipeline_poll_timer_cb, (uint64_t)cfg->poll_interval_ms,
+                   (uint64_t)cfg->poll_interval_ms);
+    sl_log_info("pipeline.start",
+                "pipeline=%s sink=%s batch_size=%" PRId64 " max_inflight=%" PRId64
+                " max_inflight_bytes=%" PRId64 " topics=%zu",
+                cfg->name, cfg->sink_ops->type, cfg->batch_size, cfg->max_inflight,
+                cfg->max_inflight_bytes, cfg->topics.n);
+    sl_pgconn_start(pl->pc);
+    *out = pl;
+    return SL_OK;
+
+fail_sink:
+    cfg->sink_ops->close(pl->sk, NULL, NULL);
+fail_filter:
+    free(pl->topics_exact);
+    free(pl->topics_like);
+fail_slots:
+    free(pl->slots);
+    free(pl);
+    return rc;
+}
+
+void
+sl_pipeline_stop(sl_pipeline_t *pl, uint64_t deadline_ms)
+{
+    if (pl->state == SL_PIPELINE_CLOSING || pl->state == SL_PIPELINE_STOPPED ||
+        pl->state == SL_PIPELINE_DRAINING)
+        return;
+    pl->deadline_ms = deadline_ms;
+    if (pl->state == SL_PIPELINE_RUNNING) {
+        pipeline_set_state(pl, SL_PIPELINE_DRAINING);
+        pipeline_kick(pl);
+        return;
+    }
+    /* Not running yet: nothing of ours is in flight. */
+    pipeline_close(pl);
+}
+
+bool
+sl_pipeline_is_failed(const sl_pipeline_t *pl)
+{
+    return pl->failed;
+}
+
+const char *
+sl_pipeline_name(const sl_pipeline_t *pl)
+{
+    return pl->cfg->name;
+}
+
+void
+sl_pipeline_free(sl_pipeline_t *pl)
+{
+    if (pl == NULL)
+        return;
+    assert(pl->state == SL_PIPELINE_STOPPED);
+    if (pl->held != NULL)
+        PQclear(pl->held);
+    ranges_clear(pl);
+    free(pl->ranges);
+    pos_clear(&pl->rd);
+    pos_clear(&pl->ck);
+    free(pl->slots);
+    free(pl->instance);
+    free(pl->db);
+    free(pl->topics_exact);
+    free(pl->topics_like);
+    sl_buf_free(&pl->scratch);
+    free(pl);
+}

@@ -1,0 +1,107 @@
+/*
+ * relay/relay_int.h - internals shared by the relay's files. Nothing outside
+ * relay/ includes this; the public surface is relay/relay.h.
+ */
+#ifndef SL_RELAY_INT_H
+#define SL_RELAY_INT_H
+
+#include "core/core.h"
+#include "relay/relay.h"
+#include "sinks/sink.h"
+
+#include <libpq-fe.h>
+#include <uv.h>
+
+/* ------------------------------------------------------------------------ */
+/* Asynchronous PostgreSQL connection (relay/pgconn.c)                       */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * One libpq connection driven by the libuv loop: non-blocking connect,
+ * one statement in flight at a time, LISTEN notifications, and reconnect with
+ * exponential backoff. Everything runs on the loop thread.
+ *
+ *            sl_pgconn_start
+ *   DOWN ─────────────────────▶ CONNECTING ──ok──▶ READY ◀──result── BUSY
+ *    ▲                              │                 │ send          ▲
+ *    │ close                        │ fail            └───────────────┘
+ *    │                              ▼                 │ connection lost
+ *  CLOSED ◀── sl_pgconn_close ── BACKOFF ◀────────────┘ (from READY or BUSY)
+ *                                   │ timer
+ *                                   └──────▶ CONNECTING
+ */
+typedef enum sl_pgconn_state {
+    SL_PGCONN_DOWN,
+    SL_PGCONN_CONNECTING,
+    SL_PGCONN_READY,
+    SL_PGCONN_BUSY,
+    SL_PGCONN_BACKOFF,
+    SL_PGCONN_CLOSED,
+} sl_pgconn_state_t;
+
+typedef struct sl_pgconn sl_pgconn_t;
+
+typedef struct sl_pgconn_cbs {
+    /* The connection is up (state READY). Runs on the loop. */
+    void (*on_up)(sl_pgconn_t *pc, void *ctx);
+    /* The statement sent last finished. Takes res (PQclear it); res may be
+     * NULL when the statement produced no result at all. */
+    void (*on_result)(sl_pgconn_t *pc, PGresult *res, void *ctx);
+    /* A NOTIFY arrived on a channel this connection listens to. */
+    void (*on_notify)(sl_pgconn_t *pc, const char *channel, void *ctx);
+    /* The connection was lost (a statement in flight is lost with it); a
+     * reconnect is scheduled. err says why. */
+    void (*on_down)(sl_pgconn_t *pc, const sl_err_t *err, void *ctx);
+} sl_pgconn_cbs_t;
+
+/* Creates a connection object (not connected). conninfo is copied; name is
+ * used in logs ("pipeline orders"). Free with sl_pgconn_close. */
+int sl_pgconn_new(uv_loop_t *loop, const char *conninfo, const char *name,
+                  const sl_pgconn_cbs_t *cbs, void *ctx, sl_pgconn_t **out, sl_err_t *err);
+
+/* Starts connecting (DOWN -> CONNECTING). */
+void sl_pgconn_start(sl_pgconn_t *pc);
+
+/* Sends one statement with text parameters (nparams 0: simple protocol,
+ * several statements allowed); only in READY. Returns SL_OK
+ * (the result arrives via on_result) or SL_ERR (connection is going down). */
+int sl_pgconn_send(sl_pgconn_t *pc, const char *sql, int nparams, const char *const *params,
+                   sl_err_t *err);
+
+bool sl_pgconn_is_ready(const sl_pgconn_t *pc);
+sl_pgconn_state_t sl_pgconn_state(const sl_pgconn_t *pc);
+
+/* Forces a disconnect and a reconnect after backoff (used when a statement
+ * fails in a way that leaves the session in doubt). */
+void sl_pgconn_reset(sl_pgconn_t *pc, const sl_err_t *why);
+
+/* Closes the connection and frees pc once its libuv handles are closed;
+ * done(arg) runs after that (may be NULL). Accepts NULL. */
+void sl_pgconn_close(sl_pgconn_t *pc, void (*done)(void *arg), void *arg);
+
+/* ------------------------------------------------------------------------ */
+/* Pipelines (relay/pipeline.c)                                              */
+/* ------------------------------------------------------------------------ */
+
+typedef struct sl_pipeline sl_pipeline_t;
+
+/* Creates and starts a pipeline on the loop. cfg is borrowed until free.
+ * on_stopped(relay, pl) is called once the pipeline has fully stopped
+ * (drained, failed or closed). */
+int sl_pipeline_new(uv_loop_t *loop, const sl_relay_cfg_t *rcfg, const sl_pipeline_cfg_t *cfg,
+                    void (*on_stopped)(sl_pipeline_t *pl, void *arg), void *arg,
+                    sl_pipeline_t **out, sl_err_t *err);
+
+/* Begins a graceful stop: no more reads, drain in-flight until deadline_ms
+ * (absolute, sl_now_ms clock), write the checkpoint, close. */
+void sl_pipeline_stop(sl_pipeline_t *pl, uint64_t deadline_ms);
+
+/* True when the pipeline stopped because of an error it cannot heal from. */
+bool sl_pipeline_is_failed(const sl_pipeline_t *pl);
+
+const char *sl_pipeline_name(const sl_pipeline_t *pl);
+
+/* Frees a stopped pipeline. Accepts NULL. */
+void sl_pipeline_free(sl_pipeline_t *pl);
+
+#endif /* SL_RELAY_INT_H */

@@ -1,0 +1,524 @@
+/*
+ * sinks/kafka.c - the Kafka sink (librdkafka).
+ *
+ * Delivery: an idempotent producer with acks=all. A message counts as
+ * acknowledged only when its delivery report says so; the report carries the
+ * pipeline's sequence number as the message opaque. Transient failures
+ * (broker down, leader change, timeouts) are retried inside librdkafka for as
+ * long as it takes (message.timeout.ms = 0 means "no timeout"), with its
+ * reconnect backoff set to sluice's schedule (100 ms doubling to 30 s).
+ * Because the pipeline bounds how many messages are in flight, a broker
+ * outage stops reading from the outbox instead of growing memory. A report
+ * with an error therefore means a permanent failure for that message (too
+ * large, not authorised, invalid topic): the pipeline stops before it.
+ *
+ * Threads: librdkafka runs its own threads, but everything it reports
+ * (delivery reports, errors, logs) is put on its main queue, which wakes the
+ * libuv loop through a pipe (rd_kafka_queue_io_event_enable) and is served by
+ * rd_kafka_poll() on the loop thread. A 100 ms timer also serves the queue in
+ * case a wake-up is coalesced away. No call here blocks the loop except
+ * rd_kafka_destroy at close, after everything was purged.
+ *
+ * Record layout: key = the entity key given to publish() (NULL when none, so
+ * librdkafka spreads those over partitions); value = the envelope (JSON or
+ * msgpack); headers sluice-id, sluice-topic, sluice-op, then the publish()
+ * headers (string values as they are, other JSON values as JSON text).
+ */
+#include "sinks/sink_int.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <librdkafka/rdkafka.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <syslog.h>
+#include <unistd.h>
+
+/* Safety net for coalesced queue wake-ups; cheap when idle. */
+#define SL_KAFKA_POLL_MS 100
+/* Longest rendered Kafka topic name plus NUL (Kafka's limit is 249). */
+#define SL_KAFKA_TOPIC_MAX 256
+
+typedef struct kafka_conf {
+    char *type;
+    char *brokers;
+    char *topic;
+    char *format;
+    const cJSON *properties;
+    /* Set by validate. */
+    sl_template_t *tpl;
+    sl_format_t fmt;
+} kafka_conf_t;
+
+typedef struct kafka_sink {
+    struct sl_sink base;
+    rd_kafka_t *rk;              /* owned */
+    rd_kafka_queue_t *mainq;     /* owned reference to rk's main queue */
+    int pipefd[2];               /* librdkafka writes [1] when the queue wakes */
+    uv_poll_t wake;              /* watches pipefd[0] */
+    uv_timer_t timer;            /* fallback queue service */
+    int open_handles;
+    const sl_template_t *tpl;    /* borrowed from the config */
+    sl_format_t fmt;
+    sl_buf_t value;              /* reused envelope buffer */
+    bool closing;                /* reports after close are dropped */
+    void (*done)(void *);
+    void *done_arg;
+} kafka_sink_t;
+
+static const char *const kafka_formats[] = {"json", "msgpack", NULL};
+
+static const sl_cfg_key_t kafka_keys[] = {
+    {"type", SL_CFG_STRING, offsetof(kafka_conf_t, type), true, NULL, 0, 0, NULL, false,
+     "\"kafka\""},
+    {"brokers", SL_CFG_STRING, offsetof(kafka_conf_t, brokers), true, NULL, 0, 0, NULL, false,
+     "bootstrap servers, host:port[,host:port...]"},
+    {"topic", SL_CFG_STRING, offsetof(kafka_conf_t, topic), false, "\"{topic}\"", 0, 0, NULL,
+     false, "Kafka topic template; {topic} is the outbox topic, {op} the operation"},
+    {"format", SL_CFG_STRING, offsetof(kafka_conf_t, format), false, "\"json\"", 0, 0,
+     kafka_formats, false, "envelope encoding of the record value"},
+    {"properties", SL_CFG_OBJECT, offsetof(kafka_conf_t, properties), false, NULL, 0, 0, NULL,
+     false, "librdkafka producer properties, passed through (strings, numbers, booleans)"},
+};
+
+/* Properties sluice sets before the user's, who may override them. */
+static const char *const kafka_defaults[][2] = {
+    {"enable.idempotence", "true"},
+    {"acks", "all"},
+    {"message.timeout.ms", "0"},
+    {"linger.ms", "2"},
+    {"reconnect.backoff.ms", "100"},
+    {"reconnect.backoff.max.ms", "30000"},
+    {"retry.backoff.ms", "100"},
+    {"log.queue", "true"},
+    {"client.id", "sluice-relay"},
+};
+
+/* Properties that would break the loop integration if changed. */
+static const char *const kafka_reserved[] = {"log.queue", "dr_msg_cb", "dr_cb", NULL};
+
+/* Renders a JSON property value as librdkafka wants it (a string). */
+static int
+property_text(const cJSON *v, char *buf, size_t n)
+{
+    if (cJSON_IsString(v))
+        return snprintf(buf, n, "%s", v->valuestring) < (int)n ? 0 : -1;
+    if (cJSON_IsBool(v))
+        return snprintf(buf, n, "%s", cJSON_IsTrue(v) ? "true" : "false") < (int)n ? 0 : -1;
+    if (cJSON_IsNumber(v)) {
+        double d = v->valuedouble;
+        if (d == (double)(long long)d)
+            return snprintf(buf, n, "%lld", (long long)d) < (int)n ? 0 : -1;
+        return snprintf(buf, n, "%g", d) < (int)n ? 0 : -1;
+    }
+    return -1;
+}
+
+/* Builds a librdkafka conf from defaults, brokers and user properties. */
+static int
+kafka_conf_build(const kafka_conf_t *c, const char *path, rd_kafka_conf_t **out, sl_err_t *err)
+{
+    char errstr[512];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    if (conf == NULL)
+        return sl_err_nomem(err, "a Kafka configuration");
+    for (size_t i = 0; i < sizeof kafka_defaults / sizeof kafka_defaults[0]; i++) {
+        if (rd_kafka_conf_set(conf, kafka_defaults[i][0], kafka_defaults[i][1], errstr,
+                              sizeof errstr) != RD_KAFKA_CONF_OK) {
+            rd_kafka_conf_destroy(conf);
+            return sl_err_set(err, SL_ERR, "%s: librdkafka refused %s=%s: %s", path,
+                              kafka_defaults[i][0], kafka_defaults[i][1], errstr);
+        }
+    }
+    if (rd_kafka_conf_set(conf, "bootstrap.servers", c->brokers, errstr, sizeof errstr) !=
+        RD_KAFKA_CONF_OK) {
+        rd_kafka_conf_destroy(conf);
+        return sl_err_set(err, SL_EUSAGE, "%s.brokers: %s", path, errstr);
+    }
+    const cJSON *p;
+    cJSON_ArrayForEach(p, c->properties)
+    {
+        char val[4096];
+        for (const char *const *r = kafka_reserved; *r != NULL; r++) {
+            if (strcmp(p->string, *r) == 0) {
+                rd_kafka_conf_destroy(conf);
+                sl_err_set(err, SL_EUSAGE, "%s.properties.%s: set by sluice and cannot be changed",
+                           path, p->string);
+                return sl_err_hint(err, "remove this property");
+            }
+        }
+        if (property_text(p, val, sizeof val) != 0) {
+            rd_kafka_conf_destroy(conf);
+            sl_err_set(err, SL_EUSAGE,
+                       "%s.properties.%s: expected a string, number or boolean", path, p->string);
+            return sl_err_hint(err, "librdkafka properties are scalar values, e.g. "
+                                    "\"compression.type\": \"lz4\"");
+        }
+        if (rd_kafka_conf_set(conf, p->string, val, errstr, sizeof errstr) != RD_KAFKA_CONF_OK) {
+            rd_kafka_conf_destroy(conf);
+            /* errstr may quote the value, which can be a secret: do not echo it. */
+            sl_err_set(err, SL_EUSAGE, "%s.properties.%s: rejected by librdkafka", path,
+                       p->string);
+            return sl_err_hint(err, "see librdkafka's CONFIGURATION.md for the producer "
+                                    "properties and their values");
+        }
+    }
+    *out = conf;
+    return SL_OK;
+}
+
+static int
+kafka_validate(void *conf, const char *path, sl_err_t *err)
+{
+    kafka_conf_t *c = conf;
+    char p[256];
+    snprintf(p, sizeof p, "%s.format", path);
+    int rc = sl_format_parse(c->format, &c->fmt, err);
+    if (rc != SL_OK)
+        return sl_err_prefix(err, "%s: ", p);
+    snprintf(p, sizeof p, "%s.topic", path);
+    if ((rc = sl_template_new(c->topic, p, &c->tpl, err)) != SL_OK)
+        return rc;
+    if (sl_template_is_constant(c->tpl) && (rc = sl_kafka_topic_check(c->topic, p, err)) != SL_OK)
+        return rc;
+    if (c->brokers[0] == '\0') {
+        sl_err_set(err, SL_EUSAGE, "%s.brokers: is empty", path);
+        return sl_err_hint(err, "set it to host:port of at least one broker, e.g. "
+                                "\"${ENV:KAFKA_BROKERS}\"");
+    }
+    rd_kafka_conf_t *rkc = NULL;
+    if ((rc = kafka_conf_build(c, path, &rkc, err)) != SL_OK)
+        return rc;
+    rd_kafka_conf_destroy(rkc);
+    return SL_OK;
+}
+
+static void
+kafka_conf_release(void *conf)
+{
+    kafka_conf_t *c = conf;
+    sl_template_free(c->tpl);
+    c->tpl = NULL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Callbacks, all served on the loop thread by rd_kafka_poll                  */
+/* ------------------------------------------------------------------------ */
+
+/* Per-message errors that no retry can fix. */
+static bool
+kafka_err_is_permanent(rd_kafka_resp_err_t e)
+{
+    switch ((int)e) {
+    case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
+    case RD_KAFKA_RESP_ERR_INVALID_MSG:
+    case RD_KAFKA_RESP_ERR_INVALID_MSG_SIZE:
+    case RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE:
+    case RD_KAFKA_RESP_ERR_INVALID_RECORD:
+    case RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION:
+    case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
+    case RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED:
+    case RD_KAFKA_RESP_ERR_INVALID_REQUIRED_ACKS:
+    case RD_KAFKA_RESP_ERR__MSG_TIMED_OUT:
+        return true;
+    default:
+        return false;
+    }
+}
+
+static void
+kafka_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque)
+{
+    kafka_sink_t *s = opaque;
+    if (s->closing)
+        return;
+    uint64_t token = (uint64_t)(uintptr_t)msg->_private;
+    if (msg->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        s->base.env.on_ack(s->base.env.ctx, token, SL_OK, NULL);
+        return;
+    }
+    sl_err_t err;
+    sl_err_set(&err, SL_ERR, "Kafka delivery to topic \"%s\" failed: %s",
+               rd_kafka_topic_name(msg->rkt), rd_kafka_err2str(msg->err));
+    err.native = msg->err;
+    if (msg->err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE)
+        sl_err_hint(&err, "the record (%zu bytes) is larger than the broker or topic accepts; "
+                          "raise message.max.bytes (properties) and the broker's limit, or "
+                          "publish smaller payloads", msg->len);
+    int status = kafka_err_is_permanent(msg->err) || rd_kafka_fatal_error(rk, NULL, 0)
+                     ? SL_ERR
+                     : SL_AGAIN;
+    s->base.env.on_ack(s->base.env.ctx, token, status, &err);
+}
+
+static void
+kafka_error_cb(rd_kafka_t *rk, int code, const char *reason, void *opaque)
+{
+    kafka_sink_t *s = opaque;
+    char q[1024];
+    bool fatal = code == RD_KAFKA_RESP_ERR__FATAL;
+    if (fatal) {
+        char why[512];
+        rd_kafka_resp_err_t orig = rd_kafka_fatal_error(rk, why, sizeof why);
+        sl_log_error("kafka.fatal", "pipeline=%s code=%s err=%s", s->base.env.pipeline,
+                     rd_kafka_err2name(orig), sl_log_quote(q, sizeof q, why));
+        return;
+    }
+    /* Transport and all-brokers-down errors are retried by librdkafka. */
+    sl_log_warn("kafka.error", "pipeline=%s code=%s err=%s", s->base.env.pipeline,
+                rd_kafka_err2name((rd_kafka_resp_err_t)code), sl_log_quote(q, sizeof q, reason));
+}
+
+static void
+kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+{
+    kafka_sink_t *s = rd_kafka_opaque(rk);
+    sl_log_level_t lv = level <= LOG_ERR ? SL_LOG_ERROR
+                        : level <= LOG_WARNING ? SL_LOG_WARN
+                        : level <= LOG_INFO ? SL_LOG_INFO
+                                            : SL_LOG_DEBUG;
+    if (!sl_log_is_enabled(lv))
+        return;
+    char q[1024];
+    sl_log(lv, "kafka.log", "pipeline=%s facility=%s msg=%s", s ? s->base.env.pipeline : "?",
+           fac, sl_log_quote(q, sizeof q, buf));
+}
+
+static void
+kafka_serve(kafka_sink_t *s)
+{
+    while (!s->closing && rd_kafka_poll(s->rk, 0) > 0) {
+    }
+}
+
+static void
+kafka_wake_cb(uv_poll_t *h, int status, int events)
+{
+    kafka_sink_t *s = h->data;
+    char drain[256];
+    while (read(s->pipefd[0], drain, sizeof drain) > 0) {
+    }
+    kafka_serve(s);
+}
+
+static void
+kafka_timer_cb(uv_timer_t *t)
+{
+    kafka_serve(t->data);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Sink operations                                                           */
+/* ------------------------------------------------------------------------ */
+
+static int
+kafka_create(const void *conf, const sl_sink_env_t *env, sl_sink_t **out, sl_err_t *err)
+{
+    const kafka_conf_t *c = conf;
+    kafka_sink_t *s = calloc(1, sizeof *s);
+    if (s == NULL)
+        return sl_err_nomem(err, "a Kafka sink");
+    s->base.ops = &sl_sink_kafka_ops;
+    s->base.env = *env;
+    s->tpl = c->tpl;
+    s->fmt = c->fmt;
+    s->pipefd[0] = s->pipefd[1] = -1;
+
+    rd_kafka_conf_t *rkc = NULL;
+    int rc = kafka_conf_build(c, "sink", &rkc, err);
+    if (rc != SL_OK)
+        goto fail_free;
+    /* librdkafka's own queue must never be the limit before our window. */
+    char val[32];
+    char errstr[512];
+    snprintf(val, sizeof val, "%zu", env->max_inflight + 1024);
+    rd_kafka_conf_set(rkc, "queue.buffering.max.messages", val, errstr, sizeof errstr);
+    snprintf(val, sizeof val, "%zu", env->max_inflight_bytes / 1024 * 2 + 1024);
+    rd_kafka_conf_set(rkc, "queue.buffering.max.kbytes", val, errstr, sizeof errstr);
+    rd_kafka_conf_set_opaque(rkc, s);
+    rd_kafka_conf_set_dr_msg_cb(rkc, kafka_dr_cb);
+    rd_kafka_conf_set_error_cb(rkc, kafka_error_cb);
+    rd_kafka_conf_set_log_cb(rkc, kafka_log_cb);
+
+    s->rk = rd_kafka_new(RD_KAFKA_PRODUCER, rkc, errstr, sizeof errstr);
+    if (s->rk == NULL) {
+        rd_kafka_conf_destroy(rkc);
+        rc = sl_err_set(err, SL_ERR, "cannot create the Kafka producer: %s", errstr);
+        goto fail_free;
+    }
+    /* Logs go to the main queue, which the loop serves. */
+    rd_kafka_set_log_queue(s->rk, NULL);
+    if (pipe(s->pipefd) != 0 || fcntl(s->pipefd[0], F_SETFL, O_NONBLOCK) != 0 ||
+        fcntl(s->pipefd[1], F_SETFL, O_NONBLOCK) != 0) {
+        rc = sl_err_set(err, SL_ERR, "cannot create a pipe: %s", strerror(errno));
+        goto fail_rk;
+    }
+    s->mainq = rd_kafka_queue_get_main(s->rk);
+    rd_kafka_queue_io_event_enable(s->mainq, s->pipefd[1], "1", 1);
+    uv_poll_init(env->loop, &s->wake, s->pipefd[0]);
+    uv_timer_init(env->loop, &s->timer);
+    s->wake.data = s;
+    s->timer.data = s;
+    s->open_handles = 2;
+    uv_poll_start(&s->wake, UV_READABLE, kafka_wake_cb);
+    uv_timer_start(&s->timer, kafka_timer_cb, SL_KAFKA_POLL_MS, SL_KAFKA_POLL_MS);
+    char q[512];
+    sl_log_info("kafka.start", "pipeline=%s brokers=%s topic=%s format=%s", env->pipeline,
+                sl_log_quote(q, sizeof q, c->brokers), c->topic, c->format);
+    *out = &s->base;
+    return SL_OK;
+
+fail_rk:
+    rd_kafka_destroy(s->rk);
+fail_free:
+    free(s);
+    return rc;
+}
+
+/* Adds the publish() headers (a JSON object) to hdrs. */
+static int
+kafka_add_user_headers(rd_kafka_headers_t *hdrs, const char *json, uint64_t outbox_id,
+                       sl_err_t *err)
+{
+    if (json == NULL || strcmp(json, "{}") == 0)
+        return SL_OK;
+    cJSON *obj = cJSON_Parse(json);
+    if (obj == NULL || !cJSON_IsObject(obj)) {
+        cJSON_Delete(obj);
+        return sl_err_set(err, SL_ERR, "headers of outbox message %" PRIu64 " are not a JSON "
+                          "object", outbox_id);
+    }
+    const cJSON *h;
+    int rc = SL_OK;
+    cJSON_ArrayForEach(h, obj)
+    {
+        if (cJSON_IsString(h)) {
+            rd_kafka_header_add(hdrs, h->string, -1, h->valuestring, -1);
+            continue;
+        }
+        char *text = cJSON_PrintUnformatted(h);
+        if (text == NULL) {
+            rc = sl_err_nomem(err, "a Kafka header");
+            break;
+        }
+        rd_kafka_header_add(hdrs, h->string, -1, text, -1);
+        cJSON_free(text);
+    }
+    cJSON_Delete(obj);
+    return rc;
+}
+
+static int
+kafka_send(sl_sink_t *sk, const sl_msg_t *m, uint64_t token, size_t *bytes, sl_err_t *err)
+{
+    kafka_sink_t *s = (kafka_sink_t *)sk;
+    char topic[SL_KAFKA_TOPIC_MAX];
+    if (sl_template_render(s->tpl, m, topic, sizeof topic) < 0 ||
+        sl_kafka_topic_check(topic, "rendered Kafka topic", err) != SL_OK) {
+        sl_err_set(err, SL_ERR, "the Kafka topic rendered for outbox topic \"%s\" is not a "
+                   "valid Kafka topic name", m->topic);
+        return sl_err_hint(err, "check the sink's \"topic\" template: Kafka topics are at most "
+                                "249 characters from A-Z a-z 0-9 . _ -");
+    }
+    sl_buf_reset(&s->value);
+    int rc = sl_envelope_encode(m, s->fmt, &s->value, err);
+    if (rc != SL_OK)
+        return rc;
+    rd_kafka_headers_t *hdrs = rd_kafka_headers_new(8);
+    if (hdrs == NULL)
+        return sl_err_nomem(err, "Kafka headers");
+    rd_kafka_header_add(hdrs, "sluice-id", -1, m->id, -1);
+    rd_kafka_header_add(hdrs, "sluice-topic", -1, m->topic, -1);
+    rd_kafka_header_add(hdrs, "sluice-op", -1, m->op, -1);
+    if ((rc = kafka_add_user_headers(hdrs, m->headers, (uint64_t)m->outbox_id, err)) != SL_OK) {
+        rd_kafka_headers_destroy(hdrs);
+        return rc;
+    }
+    rd_kafka_resp_err_t e = rd_kafka_producev(
+        s->rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+        RD_KAFKA_V_VALUE(s->value.data, s->value.len),
+        RD_KAFKA_V_KEY(m->key, m->key ? strlen(m->key) : 0), RD_KAFKA_V_HEADERS(hdrs),
+        RD_KAFKA_V_OPAQUE((void *)(uintptr_t)token), RD_KAFKA_V_END);
+    if (e == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        *bytes = s->value.len + (m->key ? strlen(m->key) : 0);
+        return SL_OK;
+    }
+    rd_kafka_headers_destroy(hdrs); /* Not taken on failure. */
+    if (e == RD_KAFKA_RESP_ERR__QUEUE_FULL)
+        return SL_AGAIN;
+    sl_err_set(err, SL_ERR, "Kafka refused the record for topic \"%s\": %s", topic,
+               rd_kafka_err2str(e));
+    err->native = e;
+    if (e == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE)
+        sl_err_hint(err, "the record (%zu bytes) exceeds the producer's message.max.bytes; "
+                         "raise it in the sink's properties (and the broker's limit) or publish "
+                         "smaller payloads", s->value.len);
+    return SL_ERR;
+}
+
+static int
+kafka_flush(sl_sink_t *sk, sl_err_t *err)
+{
+    /* librdkafka batches by linger.ms itself; nothing to push here. */
+    return SL_OK;
+}
+
+static void
+kafka_handle_closed(uv_handle_t *h)
+{
+    kafka_sink_t *s = h->data;
+    if (--s->open_handles > 0)
+        return;
+    void (*done)(void *) = s->done;
+    void *arg = s->done_arg;
+    rd_kafka_queue_io_event_enable(s->mainq, -1, NULL, 0);
+    rd_kafka_queue_destroy(s->mainq);
+    rd_kafka_destroy(s->rk);
+    close(s->pipefd[0]);
+    close(s->pipefd[1]);
+    sl_buf_free(&s->value);
+    free(s);
+    if (done != NULL)
+        done(arg);
+}
+
+static void
+kafka_close(sl_sink_t *sk, void (*done)(void *arg), void *arg)
+{
+    kafka_sink_t *s = (kafka_sink_t *)sk;
+    if (s == NULL) {
+        if (done != NULL)
+            done(arg);
+        return;
+    }
+    s->done = done;
+    s->done_arg = arg;
+    int outq = rd_kafka_outq_len(s->rk);
+    if (outq > 0)
+        sl_log_warn("kafka.purge", "pipeline=%s unacknowledged=%d", s->base.env.pipeline, outq);
+    /* Unacknowledged messages are dropped here and re-read from the outbox
+     * after a restart; their reports are ignored. */
+    s->closing = true;
+    rd_kafka_purge(s->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+    rd_kafka_poll(s->rk, 0);
+    uv_poll_stop(&s->wake);
+    uv_timer_stop(&s->timer);
+    uv_close((uv_handle_t *)&s->wake, kafka_handle_closed);
+    uv_close((uv_handle_t *)&s->timer, kafka_handle_closed);
+}
+
+const sl_sink_ops_t sl_sink_kafka_ops = {
+    .type = "kafka",
+    .keys = kafka_keys,
+    .nkeys = sizeof kafka_keys / sizeof kafka_keys[0],
+    .conf_size = sizeof(kafka_conf_t),
+    .validate = kafka_validate,
+    .conf_release = kafka_conf_release,
+    .create = kafka_create,
+    .send = kafka_send,
+    .flush = kafka_flush,
+    .close = kafka_close,
+};
