@@ -29,28 +29,44 @@ extern const size_t sl_outbox_migrations_count;
 #define SL_OUTBOX_DOORBELL "sluice_outbox"
 
 /*
- * Reads one page of a range.
- *   $1 lo snapshot, $2 hi snapshot, $3 last id read (0 at range start),
- *   $4 page size, $5 exact topics (text[] or NULL), $6 LIKE patterns (text[] or NULL)
+ * Opens a range: takes the upper snapshot (or re-uses $2 when resuming a
+ * range after a restart) and finds the id bounds of the rows in the range
+ * with one scan of the txid index. Pages then walk the primary key between
+ * those bounds, so each page costs O(page) whatever the range's size.
+ *   $1 lo snapshot, $2 hi snapshot or NULL (take a new one),
+ *   $3 exact topics (text[] or NULL), $4 LIKE patterns (text[] or NULL)
+ * Columns: hi, min_id, max_id (both NULL when the range holds no row).
+ */
+#define SL_OUTBOX_SQL_OPEN                                                              \
+    "WITH s AS (SELECT coalesce($2::pg_snapshot, pg_current_snapshot()) AS hi) "        \
+    "SELECT s.hi::text, b.min_id, b.max_id FROM s CROSS JOIN LATERAL ("                 \
+    "SELECT min(o.id) AS min_id, max(o.id) AS max_id FROM sluice.outbox o "             \
+    "WHERE o.txid >= pg_snapshot_xmin($1::pg_snapshot) "                                \
+    "AND o.txid < pg_snapshot_xmax(s.hi) "                                              \
+    "AND pg_visible_in_snapshot(o.txid, s.hi) "                                         \
+    "AND NOT pg_visible_in_snapshot(o.txid, $1::pg_snapshot) "                          \
+    "AND ($3::text[] IS NULL OR o.topic = ANY($3::text[]) OR o.topic LIKE ANY($4::text[]))) b"
+
+/*
+ * Reads one page of an open range, in id order.
+ *   $1 lo snapshot, $2 hi snapshot, $3 last id read, $4 page size,
+ *   $5 exact topics (text[] or NULL), $6 LIKE patterns (text[] or NULL),
+ *   $7 the range's max id (from SL_OUTBOX_SQL_OPEN)
  * Columns: id, topic, key, op, payload, headers, created_at (UTC, ISO), txid.
- * Run with custom plans (unnamed statements are planned with their values),
- * so the planner sees the real txid bounds: a narrow range uses the txid
- * index, a large backlog walks the primary key in id order.
+ * The query deliberately has no txid range condition (the visibility tests
+ * imply it): with one, the planner may prefer the txid index and re-scan the
+ * whole range for every page, e.g. when a bulk insert gave every row the
+ * same txid. Without it, the only access path is the primary key range.
  */
 #define SL_OUTBOX_SQL_READ                                                              \
     "SELECT o.id, o.topic, o.key, o.op, o.payload::text, o.headers::text, "            \
     "o.created_at, o.txid::text "                                                       \
     "FROM sluice.outbox o "                                                             \
-    "WHERE o.txid >= pg_snapshot_xmin($1::pg_snapshot) "                                \
-    "AND o.txid < pg_snapshot_xmax($2::pg_snapshot) "                                   \
+    "WHERE o.id > $3::bigint AND o.id <= $7::bigint "                                   \
     "AND pg_visible_in_snapshot(o.txid, $2::pg_snapshot) "                              \
     "AND NOT pg_visible_in_snapshot(o.txid, $1::pg_snapshot) "                          \
-    "AND o.id > $3::bigint "                                                            \
     "AND ($5::text[] IS NULL OR o.topic = ANY($5::text[]) OR o.topic LIKE ANY($6::text[])) " \
     "ORDER BY o.id LIMIT $4::int"
-
-/* Takes the upper snapshot of the next range. */
-#define SL_OUTBOX_SQL_SNAPSHOT "SELECT pg_current_snapshot()::text"
 
 /*
  * Creates the pipeline's checkpoint if missing and returns it, with the

@@ -130,6 +130,8 @@ struct sl_pipeline {
 
     /* Reader. */
     sl_pos_t rd;                     /* where the next read starts */
+    bool rd_bounded;                 /* rd_max_id is known for the open range */
+    int64_t rd_max_id;               /* highest id in the open range */
     bool wake;                       /* something may have been published */
     PGresult *held;                  /* page rows not yet accepted by the sink */
     int held_row;                    /* next row of `held` to send */
@@ -421,21 +423,33 @@ pipeline_save(sl_pipeline_t *pl)
     pipeline_send(pl, SL_OP_SAVE, SL_OUTBOX_SQL_CHECKPOINT_SAVE, 6, params);
 }
 
+/* Rows asked for by the next page: a batch, or what the window has room for. */
+static int64_t
+pipeline_page_limit(const sl_pipeline_t *pl)
+{
+    uint64_t room = (uint64_t)pl->cfg->max_inflight - window_used(pl);
+    return pl->cfg->batch_size < (int64_t)room ? pl->cfg->batch_size : (int64_t)room;
+}
+
 static void
 pipeline_read(sl_pipeline_t *pl)
 {
-    if (pl->rd.hi == NULL) {
-        pipeline_send(pl, SL_OP_OPEN, SL_OUTBOX_SQL_SNAPSHOT, 0, NULL);
+    if (pl->rd.hi == NULL || !pl->rd_bounded) {
+        /* The new snapshot covers every commit so far; a doorbell ringing
+         * while this runs sets wake again. */
+        if (pl->rd.hi == NULL)
+            pl->wake = false;
+        const char *params[4] = {pl->rd.lo, pl->rd.hi, pl->topics_exact, pl->topics_like};
+        pipeline_send(pl, SL_OP_OPEN, SL_OUTBOX_SQL_OPEN, 4, params);
         return;
     }
-    uint64_t room = pl->cfg->max_inflight - window_used(pl);
-    int64_t limit = pl->cfg->batch_size < (int64_t)room ? pl->cfg->batch_size : (int64_t)room;
-    char last[24], lim[24];
+    char last[24], lim[24], max[24];
     snprintf(last, sizeof last, "%" PRId64, pl->rd.last_id);
-    snprintf(lim, sizeof lim, "%" PRId64, limit);
-    const char *params[6] = {pl->rd.lo, pl->rd.hi, last, lim, pl->topics_exact, pl->topics_like};
-    pl->wake = false;
-    pipeline_send(pl, SL_OP_PAGE, SL_OUTBOX_SQL_READ, 6, params);
+    snprintf(lim, sizeof lim, "%" PRId64, pipeline_page_limit(pl));
+    snprintf(max, sizeof max, "%" PRId64, pl->rd_max_id);
+    const char *params[7] = {pl->rd.lo, pl->rd.hi, last, lim, pl->topics_exact, pl->topics_like,
+                             max};
+    pipeline_send(pl, SL_OP_PAGE, SL_OUTBOX_SQL_READ, 7, params);
 }
 
 static bool
@@ -510,24 +524,13 @@ pipeline_kick(sl_pipeline_t *pl)
         uv_timer_start(&pl->ckpt_timer, pipeline_ckpt_timer_cb, due - now, 0);
 }
 
+/*
+ * Marks the open range as completely read. Its end is the sequence number
+ * after its last message, counting rows still held for a full sink.
+ */
 static int
-pipeline_on_page(sl_pipeline_t *pl, PGresult *res, sl_err_t *err)
+pipeline_range_done(sl_pipeline_t *pl, sl_err_t *err)
 {
-    int nrows = PQntuples(res);
-    /* The limit asked for was recomputed identically in pipeline_read. */
-    if (nrows > 0)
-        pl->rd.last_id = strtoll(PQgetvalue(res, nrows - 1, 0), NULL, 10);
-    uint64_t room_before = pl->cfg->max_inflight - window_used(pl);
-    int64_t limit = pl->cfg->batch_size < (int64_t)room_before ? pl->cfg->batch_size
-                                                                : (int64_t)room_before;
-    bool complete = nrows < limit;
-    pl->held = res;
-    pl->held_row = 0;
-    if (pipeline_send_held(pl) == SL_ERR)
-        return SL_ERR;
-    if (!complete)
-        return SL_OK;
-    /* The range is done: the next read opens a new one. */
     sl_range_t *r = &pl->ranges[pl->nranges - 1];
     r->complete = true;
     r->end_seq = pl->head + (pl->held != NULL ? (uint64_t)(PQntuples(pl->held) - pl->held_row) : 0);
@@ -542,9 +545,9 @@ pipeline_on_page(sl_pipeline_t *pl, PGresult *res, sl_err_t *err)
         free(r->lo);
         pl->nranges--;
     }
-    int64_t next_no = pl->rd.range_no + 1;
-    if (pos_set(&pl->rd, pl->rd.hi, NULL, 0, next_no) != SL_OK)
+    if (pos_set(&pl->rd, pl->rd.hi, NULL, 0, pl->rd.range_no + 1) != SL_OK)
         return sl_err_nomem(err, "the read position");
+    pl->rd_bounded = false;
     /* A range that had rows may have more behind it: look again at once. */
     pl->wake = pl->wake || !empty;
     pipeline_advance(pl);
@@ -552,17 +555,43 @@ pipeline_on_page(sl_pipeline_t *pl, PGresult *res, sl_err_t *err)
 }
 
 static int
+pipeline_on_page(sl_pipeline_t *pl, PGresult *res, sl_err_t *err)
+{
+    int nrows = PQntuples(res);
+    /* pipeline_page_limit is unchanged since the query: nothing was sent since. */
+    bool complete = nrows < pipeline_page_limit(pl);
+    if (nrows > 0)
+        pl->rd.last_id = strtoll(PQgetvalue(res, nrows - 1, 0), NULL, 10);
+    complete = complete || pl->rd.last_id >= pl->rd_max_id;
+    pl->held = res;
+    pl->held_row = 0;
+    if (pipeline_send_held(pl) == SL_ERR)
+        return SL_ERR;
+    return complete ? pipeline_range_done(pl, err) : SL_OK;
+}
+
+static int
 pipeline_on_open(sl_pipeline_t *pl, PGresult *res, sl_err_t *err)
 {
     const char *hi = PQgetvalue(res, 0, 0);
-    if (strcmp(hi, pl->rd.lo) == 0) {
-        pl->wake = false; /* Nothing committed since the last range. */
-        return SL_OK;
+    bool empty = PQgetisnull(res, 0, 1);
+    int64_t min_id = empty ? 0 : strtoll(PQgetvalue(res, 0, 1), NULL, 10);
+    int64_t max_id = empty ? 0 : strtoll(PQgetvalue(res, 0, 2), NULL, 10);
+    if (pl->rd.hi == NULL) {
+        if (strcmp(hi, pl->rd.lo) == 0)
+            return SL_OK; /* Nothing committed since the last range. */
+        if (ranges_push(pl, pl->rd.lo, hi, pl->rd.range_no, err) != SL_OK)
+            return SL_ENOMEM;
+        if (pos_set(&pl->rd, pl->rd.lo, hi, 0, pl->rd.range_no) != SL_OK)
+            return sl_err_nomem(err, "the read position");
     }
-    if (ranges_push(pl, pl->rd.lo, hi, pl->rd.range_no, err) != SL_OK)
-        return SL_ENOMEM;
-    if (pos_set(&pl->rd, pl->rd.lo, hi, 0, pl->rd.range_no) != SL_OK)
-        return sl_err_nomem(err, "the read position");
+    /* Otherwise this resumes a range loaded from the checkpoint. */
+    if (empty || pl->rd.last_id >= max_id)
+        return pipeline_range_done(pl, err);
+    pl->rd_bounded = true;
+    pl->rd_max_id = max_id;
+    if (pl->rd.last_id < min_id - 1)
+        pl->rd.last_id = min_id - 1;
     return SL_OK;
 }
 
