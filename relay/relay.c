@@ -122,13 +122,13 @@ sl_relay_run(const sl_relay_cfg_t *cfg, sl_err_t *err)
         sl_pipeline_free(r.pls[i]);
     free(r.pls);
     rc = SL_OK;
-    if (r.failed > 0 && (r.failed == r.npls || !r.stopping)) {
-        rc = sl_err_set(err, SL_ERR, "%zu of %zu pipelines failed", r.failed, r.npls);
-        sl_err_hint(err, "the pipeline.failed log lines above say why");
-    } else if (r.failed > 0) {
-        sl_log_warn("relay.stopped", "failed_pipelines=%zu", r.failed);
-    }
     sl_log_info("relay.stopped", "pipelines=%zu failed=%zu", r.npls, r.failed);
+    if (r.failed > 0) {
+        /* Even after a clean SIGTERM: a failed pipeline needs a human. */
+        rc = sl_err_set(err, SL_ERR, "%zu of %zu pipelines failed", r.failed, r.npls);
+        sl_err_hint(err, "the pipeline.failed log lines above say why; fix the cause and "
+                         "restart: failed pipelines resume from their checkpoint");
+    }
 
 fail_loop:
     uv_walk(&r.loop, relay_close_walk, NULL);
