@@ -365,9 +365,10 @@ kafka_create(const void *conf, const sl_sink_env_t *env, sl_sink_t **out, sl_err
     s->open_handles = 2;
     uv_poll_start(&s->wake, UV_READABLE, kafka_wake_cb);
     uv_timer_start(&s->timer, kafka_timer_cb, SL_KAFKA_POLL_MS, SL_KAFKA_POLL_MS);
+    /* brokers may come from ${ENV:..}; like every interpolated value it is not logged. */
     char q[512];
-    sl_log_info("kafka.start", "pipeline=%s brokers=%s topic=%s format=%s", env->pipeline,
-                sl_log_quote(q, sizeof q, c->brokers), c->topic, c->format);
+    sl_log_info("kafka.start", "pipeline=%s topic=%s format=%s librdkafka=%s", env->pipeline,
+                sl_log_quote(q, sizeof q, c->topic), c->format, rd_kafka_version_str());
     *out = &s->base;
     return SL_OK;
 
