@@ -185,10 +185,53 @@ fail:
     return rc;
 }
 
+/* True for property names that hold credentials (sasl.password, ssl.key.password, ...). */
+static bool
+is_secret_property(const char *name)
+{
+    static const char *const marks[] = {"password", "secret", "token", "ssl.key.pem", "jaas"};
+    for (size_t i = 0; i < sizeof marks / sizeof marks[0]; i++)
+        if (strstr(name, marks[i]) != NULL)
+            return true;
+    return false;
+}
+
+/* Redacts secrets written literally (not through ${...}) in a display tree:
+ * passwords inside connection strings and credential-like sink properties. */
+static void
+redact_literals(cJSON *doc)
+{
+    char buf[2048];
+    cJSON *db = cJSON_GetObjectItemCaseSensitive(doc, "database");
+    if (cJSON_IsString(db))
+        cJSON_SetValuestring(db, sl_pg_conninfo_redact(db->valuestring, buf, sizeof buf));
+    const cJSON *pl;
+    cJSON_ArrayForEach(pl, cJSON_GetObjectItemCaseSensitive(doc, "pipelines"))
+    {
+        cJSON *pdb = cJSON_GetObjectItemCaseSensitive(pl, "database");
+        if (cJSON_IsString(pdb))
+            cJSON_SetValuestring(pdb, sl_pg_conninfo_redact(pdb->valuestring, buf, sizeof buf));
+        cJSON *sink = cJSON_GetObjectItemCaseSensitive(pl, "sink");
+        cJSON *prop;
+        cJSON_ArrayForEach(prop, cJSON_GetObjectItemCaseSensitive(sink, "properties"))
+        {
+            if (cJSON_IsString(prop) && is_secret_property(prop->string))
+                cJSON_SetValuestring(prop, "[redacted]");
+        }
+    }
+}
+
 void
 sl_relay_cfg_print(const sl_relay_cfg_t *cfg, FILE *out)
 {
-    char *text = cJSON_Print(cfg->doc.display);
+    cJSON *copy = cJSON_Duplicate(cfg->doc.display, 1);
+    if (copy == NULL) {
+        fprintf(out, "(out of memory printing the config)\n");
+        return;
+    }
+    redact_literals(copy);
+    char *text = cJSON_Print(copy);
+    cJSON_Delete(copy);
     if (text == NULL) {
         fprintf(out, "(out of memory printing the config)\n");
         return;
