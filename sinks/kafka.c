@@ -10,7 +10,8 @@
  * Because the pipeline bounds how many messages are in flight, a broker
  * outage stops reading from the outbox instead of growing memory. A report
  * with an error therefore means a permanent failure for that message (too
- * large, not authorised, invalid topic): the pipeline stops before it.
+ * large, not authorised, invalid topic) or a fatal producer error: the
+ * pipeline stops before that message and a restart resumes from there.
  *
  * Threads: librdkafka runs its own threads, but everything it reports
  * (delivery reports, errors, logs) is put on its main queue, which wakes the
@@ -248,10 +249,16 @@ kafka_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque)
         sl_err_hint(&err, "the record (%zu bytes) is larger than the broker or topic accepts; "
                           "raise message.max.bytes (properties) and the broker's limit, or "
                           "publish smaller payloads", msg->len);
-    int status = kafka_err_is_permanent(msg->err) || rd_kafka_fatal_error(rk, NULL, 0)
-                     ? SL_ERR
-                     : SL_AGAIN;
-    s->base.env.on_ack(s->base.env.ctx, token, status, &err);
+    if (!kafka_err_is_permanent(msg->err)) {
+        /* With message.timeout.ms = 0 librdkafka retries transient errors
+         * itself; what reaches us otherwise is a fatal producer error. */
+        char why[256];
+        if (rd_kafka_fatal_error(rk, why, sizeof why) != RD_KAFKA_RESP_ERR_NO_ERROR)
+            sl_err_set(&err, SL_ERR, "the Kafka producer failed fatally: %s", why);
+        sl_err_hint(&err, "restart the relay: the pipeline resumes from its checkpoint "
+                          "(unacknowledged messages are sent again)");
+    }
+    s->base.env.on_ack(s->base.env.ctx, token, SL_ERR, &err);
 }
 
 static void

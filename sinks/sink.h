@@ -17,9 +17,11 @@
  *                                 frees sk, then calls done
  *
  * Acknowledgement: env->on_ack(ctx, token, status, err): status SL_OK
- * (delivered), SL_AGAIN (failed but may succeed if sent again: the pipeline
- * rewinds to its checkpoint) or SL_ERR (permanent failure of this message:
- * the pipeline stops without passing it). err is NULL on success.
+ * (delivered) or SL_ERR (the message cannot be delivered: the pipeline stops
+ * without passing it, so its checkpoint stays before the message). err is
+ * NULL on success. Transient trouble (a broker or server down) is the sink's
+ * to retry: it simply does not acknowledge until delivery succeeds, and the
+ * pipeline's window stops the reader meanwhile.
  * A sink never calls on_ack from inside send or flush (the pipeline is in the
  * middle of its own bookkeeping then): acks come from a later loop callback.
  */
