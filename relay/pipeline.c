@@ -52,6 +52,13 @@
 /* Stats are logged at most this often while messages flow. */
 #define SL_PIPELINE_STATS_MS 10000
 
+/*
+ * Pages read but not yet handed to the sink. Two lets the next page be read
+ * while the sink takes the current one (read-ahead), so PostgreSQL and the
+ * relay work at the same time; their rows count against the window.
+ */
+#define SL_PIPELINE_HELD_MAX 2
+
 typedef enum sl_pipeline_state {
     SL_PIPELINE_CONNECTING,
     SL_PIPELINE_SETUP,
@@ -133,8 +140,11 @@ struct sl_pipeline {
     bool rd_bounded;                 /* rd_max_id is known for the open range */
     int64_t rd_max_id;               /* highest id in the open range */
     bool wake;                       /* something may have been published */
-    PGresult *held;                  /* page rows not yet accepted by the sink */
-    int held_row;                    /* next row of `held` to send */
+    PGresult *held[SL_PIPELINE_HELD_MAX]; /* pages not yet handed to the sink, oldest first */
+    int nheld;                       /* pages in `held` */
+    int held_row;                    /* next row of held[0] to send */
+    uint64_t held_rows;              /* rows in `held` not yet sent */
+    int64_t page_limit;              /* rows asked for by the PAGE in flight */
     bool sink_full;                  /* the sink said AGAIN: wait for an ack */
 
     /* Window. */
@@ -338,61 +348,75 @@ fix_timestamp(const char *pg, char *out, size_t n)
 }
 
 /*
- * Sends the held page's remaining rows to the sink. Stops early when the sink
- * is full (resumes on the next ack). Returns SL_OK, SL_AGAIN (sink full) or
- * an error (pipeline failed).
+ * Hands the held pages' rows to the sink, oldest first, flushing after each
+ * page. Stops early when the sink is full (resumes on the next ack). Returns
+ * SL_OK, SL_AGAIN (sink full) or SL_ERR (the pipeline failed).
  */
 static int
 pipeline_send_held(sl_pipeline_t *pl)
 {
-    PGresult *res = pl->held;
-    int nrows = PQntuples(res);
     char idbuf[96], tsbuf[64];
     sl_err_t err;
     sl_err_clear(&err);
-    while (pl->held_row < nrows) {
-        int i = pl->held_row;
-        sl_msg_t m;
-        m.outbox_id = strtoll(PQgetvalue(res, i, 0), NULL, 10);
-        snprintf(idbuf, sizeof idbuf, "%s:%" PRId64, pl->instance, m.outbox_id);
-        fix_timestamp(PQgetvalue(res, i, 6), tsbuf, sizeof tsbuf);
-        m.id = idbuf;
-        m.topic = PQgetvalue(res, i, 1);
-        m.key = PQgetisnull(res, i, 2) ? NULL : PQgetvalue(res, i, 2);
-        m.op = PQgetvalue(res, i, 3);
-        m.payload = PQgetvalue(res, i, 4);
-        m.headers = PQgetvalue(res, i, 5);
-        m.ts = tsbuf;
-        m.db = pl->db;
-        m.txid = PQgetvalue(res, i, 7);
-        size_t bytes = 0;
-        uint64_t seq = pl->head;
-        int rc = pl->cfg->sink_ops->send(pl->sk, &m, seq, &bytes, &err);
-        if (rc == SL_AGAIN) {
-            pl->sink_full = true;
-            return SL_AGAIN;
+    while (pl->nheld > 0) {
+        PGresult *res = pl->held[0];
+        int nrows = PQntuples(res);
+        while (pl->held_row < nrows) {
+            int i = pl->held_row;
+            sl_msg_t m;
+            m.outbox_id = strtoll(PQgetvalue(res, i, 0), NULL, 10);
+            snprintf(idbuf, sizeof idbuf, "%s:%" PRId64, pl->instance, m.outbox_id);
+            fix_timestamp(PQgetvalue(res, i, 6), tsbuf, sizeof tsbuf);
+            m.id = idbuf;
+            m.topic = PQgetvalue(res, i, 1);
+            m.key = PQgetisnull(res, i, 2) ? NULL : PQgetvalue(res, i, 2);
+            m.op = PQgetvalue(res, i, 3);
+            m.payload = PQgetvalue(res, i, 4);
+            m.headers = PQgetvalue(res, i, 5);
+            m.ts = tsbuf;
+            m.db = pl->db;
+            m.txid = PQgetvalue(res, i, 7);
+            size_t bytes = 0;
+            uint64_t seq = pl->head;
+            int rc = pl->cfg->sink_ops->send(pl->sk, &m, seq, &bytes, &err);
+            if (rc == SL_AGAIN) {
+                pl->sink_full = true;
+                return SL_AGAIN;
+            }
+            if (rc != SL_OK) {
+                sl_err_prefix(&err, "outbox message %" PRId64 ": ", m.outbox_id);
+                pipeline_fail(pl, &err);
+                return SL_ERR;
+            }
+            sl_slot_t *s = &pl->slots[seq % pl->cap];
+            s->outbox_id = m.outbox_id;
+            s->bytes = (uint32_t)bytes;
+            s->acked = false;
+            pl->head++;
+            pl->inflight_bytes += bytes;
+            pl->held_row++;
+            pl->held_rows--;
         }
-        if (rc != SL_OK) {
-            sl_err_prefix(&err, "outbox message %" PRId64 ": ", m.outbox_id);
+        PQclear(res);
+        memmove(&pl->held[0], &pl->held[1], (size_t)(pl->nheld - 1) * sizeof pl->held[0]);
+        pl->nheld--;
+        pl->held_row = 0;
+        if (pl->cfg->sink_ops->flush(pl->sk, &err) != SL_OK) {
             pipeline_fail(pl, &err);
             return SL_ERR;
         }
-        sl_slot_t *s = &pl->slots[seq % pl->cap];
-        s->outbox_id = m.outbox_id;
-        s->bytes = (uint32_t)bytes;
-        s->acked = false;
-        pl->head++;
-        pl->inflight_bytes += bytes;
-        pl->held_row++;
-    }
-    PQclear(pl->held);
-    pl->held = NULL;
-    pl->held_row = 0;
-    if (pl->cfg->sink_ops->flush(pl->sk, &err) != SL_OK) {
-        pipeline_fail(pl, &err);
-        return SL_ERR;
     }
     return SL_OK;
+}
+
+static void
+pipeline_held_clear(sl_pipeline_t *pl)
+{
+    for (int i = 0; i < pl->nheld; i++)
+        PQclear(pl->held[i]);
+    pl->nheld = 0;
+    pl->held_row = 0;
+    pl->held_rows = 0;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -423,11 +447,13 @@ pipeline_save(sl_pipeline_t *pl)
     pipeline_send(pl, SL_OP_SAVE, SL_OUTBOX_SQL_CHECKPOINT_SAVE, 6, params);
 }
 
-/* Rows asked for by the next page: a batch, or what the window has room for. */
+/* Rows asked for by the next page: a batch, or what the window has room for
+ * once the held rows are in it. */
 static int64_t
 pipeline_page_limit(const sl_pipeline_t *pl)
 {
-    uint64_t room = (uint64_t)pl->cfg->max_inflight - window_used(pl);
+    uint64_t used = window_used(pl) + pl->held_rows;
+    uint64_t room = (uint64_t)pl->cfg->max_inflight > used ? pl->cfg->max_inflight - used : 0;
     return pl->cfg->batch_size < (int64_t)room ? pl->cfg->batch_size : (int64_t)room;
 }
 
@@ -445,7 +471,8 @@ pipeline_read(sl_pipeline_t *pl)
     }
     char last[24], lim[24], max[24];
     snprintf(last, sizeof last, "%" PRId64, pl->rd.last_id);
-    snprintf(lim, sizeof lim, "%" PRId64, pipeline_page_limit(pl));
+    pl->page_limit = pipeline_page_limit(pl);
+    snprintf(lim, sizeof lim, "%" PRId64, pl->page_limit);
     snprintf(max, sizeof max, "%" PRId64, pl->rd_max_id);
     const char *params[7] = {pl->rd.lo, pl->rd.hi, last, lim, pl->topics_exact, pl->topics_like,
                              max};
@@ -455,13 +482,10 @@ pipeline_read(sl_pipeline_t *pl)
 static bool
 pipeline_can_read(const sl_pipeline_t *pl)
 {
-    if (pl->state != SL_PIPELINE_RUNNING || pl->held != NULL || pl->sink_full)
+    if (pl->state != SL_PIPELINE_RUNNING || pl->nheld == SL_PIPELINE_HELD_MAX)
         return false;
-    uint64_t need = (uint64_t)pl->cfg->batch_size;
-    if (need > (uint64_t)pl->cfg->max_inflight)
-        need = (uint64_t)pl->cfg->max_inflight;
     /* Wait for room for a whole page, so reads stay large under load. */
-    if (window_used(pl) + need > (uint64_t)pl->cfg->max_inflight)
+    if (pipeline_page_limit(pl) < pl->cfg->batch_size)
         return false;
     if (pl->inflight_bytes >= (uint64_t)pl->cfg->max_inflight_bytes)
         return false;
@@ -481,7 +505,7 @@ pipeline_kick(sl_pipeline_t *pl)
     if (pl->state == SL_PIPELINE_CLOSING || pl->state == SL_PIPELINE_STOPPED)
         return;
     /* Rows the sink could not take yet go first; they need no connection. */
-    if (pl->held != NULL && !pl->sink_full &&
+    if (pl->nheld > 0 && !pl->sink_full &&
         (pl->state == SL_PIPELINE_RUNNING || pl->state == SL_PIPELINE_DRAINING)) {
         if (pipeline_send_held(pl) == SL_ERR)
             return;
@@ -533,7 +557,7 @@ pipeline_range_done(sl_pipeline_t *pl, sl_err_t *err)
 {
     sl_range_t *r = &pl->ranges[pl->nranges - 1];
     r->complete = true;
-    r->end_seq = pl->head + (pl->held != NULL ? (uint64_t)(PQntuples(pl->held) - pl->held_row) : 0);
+    r->end_seq = pl->head + pl->held_rows;
     bool empty = r->end_seq == r->start_seq;
     if (empty && pl->nranges >= 2) {
         /* Nothing matched: fold into the previous range (see file header). */
@@ -558,16 +582,19 @@ static int
 pipeline_on_page(sl_pipeline_t *pl, PGresult *res, sl_err_t *err)
 {
     int nrows = PQntuples(res);
-    /* pipeline_page_limit is unchanged since the query: nothing was sent since. */
-    bool complete = nrows < pipeline_page_limit(pl);
+    bool complete = nrows < pl->page_limit;
     if (nrows > 0)
         pl->rd.last_id = strtoll(PQgetvalue(res, nrows - 1, 0), NULL, 10);
     complete = complete || pl->rd.last_id >= pl->rd_max_id;
-    pl->held = res;
-    pl->held_row = 0;
-    if (pipeline_send_held(pl) == SL_ERR)
-        return SL_ERR;
-    return complete ? pipeline_range_done(pl, err) : SL_OK;
+    assert(pl->nheld < SL_PIPELINE_HELD_MAX);
+    pl->held[pl->nheld++] = res;
+    pl->held_rows += (uint64_t)nrows;
+    if (complete)
+        return pipeline_range_done(pl, err);
+    /* Read ahead: PostgreSQL prepares the next page while the sink takes this one. */
+    if (sl_pgconn_is_ready(pl->pc) && pipeline_can_read(pl))
+        pipeline_read(pl);
+    return SL_OK;
 }
 
 static int
@@ -843,10 +870,7 @@ pipeline_fail(sl_pipeline_t *pl, const sl_err_t *err)
     sl_log_error("pipeline.failed", "pipeline=%s err=%s hint=%s", pl->cfg->name,
                  sl_log_quote(q, sizeof q, err->msg), sl_log_quote(h, sizeof h, err->hint));
     /* Keep what was acknowledged: drain briefly so the checkpoint gets written. */
-    if (pl->held != NULL) {
-        PQclear(pl->held);
-        pl->held = NULL;
-    }
+    pipeline_held_clear(pl);
     pl->deadline_ms = sl_now_ms() + 2000;
     pipeline_set_state(pl, SL_PIPELINE_DRAINING);
     pipeline_kick(pl);
@@ -964,8 +988,7 @@ sl_pipeline_free(sl_pipeline_t *pl)
     if (pl == NULL)
         return;
     assert(pl->state == SL_PIPELINE_STOPPED);
-    if (pl->held != NULL)
-        PQclear(pl->held);
+    pipeline_held_clear(pl);
     ranges_clear(pl);
     free(pl->ranges);
     pos_clear(&pl->rd);
