@@ -85,29 +85,28 @@ sl_pg_conninfo_redact(const char *conninfo, char *buf, size_t n)
 {
     if (n == 0)
         return buf;
-    snprintf(buf, n, "%s", conninfo ? conninfo : "");
-    /* URI form: scheme://user:secret@host... */
-    char *scheme = strstr(buf, "://");
-    if (scheme != NULL) {
-        char *auth = scheme + 3;
-        char *at = strchr(auth, '@');
-        char *colon = strchr(auth, ':');
-        if (at != NULL && colon != NULL && colon < at) {
-            const char *tail = at;
-            char rest[1024];
-            snprintf(rest, sizeof rest, "%s", tail);
-            snprintf(colon, n - (size_t)(colon - buf), ":[redacted]%s", rest);
-        }
+    buf[0] = '\0';
+    /* Parse with libpq itself, so every form it accepts (URI, key = value with
+     * spaces or quotes, percent-encoding) is understood, then print only what
+     * is set, with the password replaced. */
+    char *errmsg = NULL;
+    PQconninfoOption *opts = PQconninfoParse(conninfo != NULL ? conninfo : "", &errmsg);
+    if (opts == NULL) {
+        PQfreemem(errmsg);
+        snprintf(buf, n, "[redacted: not a valid connection string]");
+        return buf;
     }
-    /* Keyword form (and URI query parameters): password=secret. */
-    for (char *p = strstr(buf, "password="); p != NULL; p = strstr(p + 1, "password=")) {
-        char *v = p + strlen("password=");
-        char *end = v;
-        while (*end != '\0' && *end != ' ' && *end != '&')
-            end++;
-        char rest[1024];
-        snprintf(rest, sizeof rest, "%s", end);
-        snprintf(v, n - (size_t)(v - buf), "[redacted]%s", rest);
+    size_t off = 0;
+    for (PQconninfoOption *o = opts; o->keyword != NULL && off < n; o++) {
+        if (o->val == NULL || o->val[0] == '\0')
+            continue;
+        bool secret = strcmp(o->keyword, "password") == 0 || o->dispchar[0] == '*';
+        int w = snprintf(buf + off, n - off, "%s%s=%s", off ? " " : "", o->keyword,
+                         secret ? "[redacted]" : o->val);
+        if (w < 0)
+            break;
+        off += (size_t)w;
     }
+    PQconninfoFree(opts);
     return buf;
 }

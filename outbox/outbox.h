@@ -97,6 +97,15 @@ extern const size_t sl_outbox_migrations_count;
     "WHERE pipeline = $1 AND (range_no, last_id) <= ($5::bigint, $4::bigint)"
 
 /*
+ * Deletes delivered rows older than the retention ($1 seconds), a bounded
+ * number per call. Returns one bigint: rows deleted.
+ */
+#define SL_OUTBOX_SQL_PRUNE                                                             \
+    "SELECT sluice.prune_outbox(make_interval(secs => $1::bigint), $2::int)"
+/* Rows deleted per prune call: keeps each call a short transaction. */
+#define SL_OUTBOX_PRUNE_BATCH 10000
+
+/*
  * Takes the pipeline's advisory lock (session level), so two relays never
  * run the same pipeline at once. $1 pipeline. Returns one boolean.
  */

@@ -33,6 +33,10 @@ static const sl_cfg_key_t relay_keys[] = {
      false, "100", 0, 60000, NULL, false,
      "at most one checkpoint write per pipeline per interval (a crash resends at most this "
      "much more than the unacknowledged window)"},
+    {"outbox_retention_s", SL_CFG_INT, offsetof(sl_relay_cfg_t, outbox_retention_s), false,
+     "3600", -1, 315360000, NULL, false,
+     "delete outbox rows every pipeline delivered once they are this old (seconds); "
+     "-1 keeps them forever"},
 };
 
 static const sl_cfg_key_t pipeline_keys[] = {
@@ -203,13 +207,13 @@ redact_literals(cJSON *doc)
 {
     char buf[2048];
     cJSON *db = cJSON_GetObjectItemCaseSensitive(doc, "database");
-    if (cJSON_IsString(db))
+    if (cJSON_IsString(db) && strcmp(db->valuestring, "[redacted]") != 0)
         cJSON_SetValuestring(db, sl_pg_conninfo_redact(db->valuestring, buf, sizeof buf));
     const cJSON *pl;
     cJSON_ArrayForEach(pl, cJSON_GetObjectItemCaseSensitive(doc, "pipelines"))
     {
         cJSON *pdb = cJSON_GetObjectItemCaseSensitive(pl, "database");
-        if (cJSON_IsString(pdb))
+        if (cJSON_IsString(pdb) && strcmp(pdb->valuestring, "[redacted]") != 0)
             cJSON_SetValuestring(pdb, sl_pg_conninfo_redact(pdb->valuestring, buf, sizeof buf));
         cJSON *sink = cJSON_GetObjectItemCaseSensitive(pl, "sink");
         cJSON *prop;

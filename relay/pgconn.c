@@ -132,6 +132,23 @@ pgconn_drop(sl_pgconn_t *pc)
     }
 }
 
+/* libpq would print server notices (and a server's goodbye message) straight
+ * to stderr; route them through the structured log instead. */
+static void
+pgconn_notice_cb(void *arg, const char *message)
+{
+    sl_pgconn_t *pc = arg;
+    char q[1024];
+    size_t len = strlen(message);
+    char trimmed[1024];
+    snprintf(trimmed, sizeof trimmed, "%.*s", (int)(len > 0 && message[len - 1] == '\n' ? len - 1 : len),
+             message);
+    bool bad = strncmp(trimmed, "FATAL", 5) == 0 || strncmp(trimmed, "WARNING", 7) == 0 ||
+               strncmp(trimmed, "PANIC", 5) == 0;
+    sl_log(bad ? SL_LOG_WARN : SL_LOG_INFO, "pg.notice", "conn=%s msg=%s", pc->name,
+           sl_log_quote(q, sizeof q, trimmed));
+}
+
 static void
 pgconn_timer_cb(uv_timer_t *t)
 {
@@ -216,6 +233,7 @@ sl_pgconn_start(sl_pgconn_t *pc)
         return;
     }
     pgconn_set_state(pc, SL_PGCONN_CONNECTING);
+    PQsetNoticeProcessor(pc->conn, pgconn_notice_cb, pc);
     if (PQstatus(pc->conn) == CONNECTION_BAD) {
         pgconn_fail_from_libpq(pc, "cannot connect to PostgreSQL");
         return;

@@ -51,6 +51,19 @@
 
 /* Stats are logged at most this often while messages flow. */
 #define SL_PIPELINE_STATS_MS 10000
+/*
+ * An idle pipeline's position still moves (every snapshot differs, if only
+ * because of its own checkpoint writes). Writing it without new deliveries
+ * only saves re-scanning on restart, so do it at most this often.
+ */
+#define SL_PIPELINE_IDLE_CKPT_MS 60000
+/* Retention runs this often, or every second while it finds full batches. */
+#define SL_PIPELINE_PRUNE_MS 10000
+#define SL_PIPELINE_PRUNE_BUSY_MS 1000
+/* After a failure, how long to wait for acks of messages before the failed one. */
+#define SL_PIPELINE_FAIL_DRAIN_MS 2000
+/* Assumed envelope size before the first message was measured. */
+#define SL_PIPELINE_FIRST_MSG_BYTES 1024
 
 /*
  * Pages read but not yet handed to the sink. Two lets the next page be read
@@ -83,6 +96,7 @@ typedef enum sl_pipeline_op {
     SL_OP_OPEN,      /* new upper snapshot */
     SL_OP_PAGE,      /* read a page */
     SL_OP_SAVE,      /* checkpoint write */
+    SL_OP_PRUNE,     /* outbox retention */
 } sl_pipeline_op_t;
 
 /* One in-flight message. */
@@ -144,6 +158,7 @@ struct sl_pipeline {
     int nheld;                       /* pages in `held` */
     int held_row;                    /* next row of held[0] to send */
     uint64_t held_rows;              /* rows in `held` not yet sent */
+    uint64_t avg_msg_bytes;          /* moving average of envelope sizes */
     int64_t page_limit;              /* rows asked for by the PAGE in flight */
     bool sink_full;                  /* the sink said AGAIN: wait for an ack */
 
@@ -159,8 +174,13 @@ struct sl_pipeline {
     /* Checkpoint. */
     sl_pos_t ck;                     /* acknowledged position (in memory) */
     int64_t delivered;               /* messages acknowledged in total */
+    int64_t ck_saved_delivered;      /* `delivered` as last stored */
+    int64_t ck_sending_delivered;    /* `delivered` in the write in flight */
     bool ck_dirty;                   /* ck differs from what is stored */
     uint64_t ck_written_ms;          /* last write */
+
+    /* Retention. */
+    uint64_t next_prune_ms;          /* UINT64_MAX when disabled */
 
     /* Shutdown. */
     uint64_t deadline_ms;
@@ -394,6 +414,10 @@ pipeline_send_held(sl_pipeline_t *pl)
             s->acked = false;
             pl->head++;
             pl->inflight_bytes += bytes;
+            /* Exponential moving average, weight 1/16: sizes the next reads. */
+            pl->avg_msg_bytes = pl->avg_msg_bytes - pl->avg_msg_bytes / 16 + bytes / 16;
+            if (pl->avg_msg_bytes == 0)
+                pl->avg_msg_bytes = 1;
             pl->held_row++;
             pl->held_rows--;
         }
@@ -443,18 +467,43 @@ pipeline_save(sl_pipeline_t *pl)
     snprintf(dlv, sizeof dlv, "%" PRId64, pl->delivered);
     const char *params[6] = {pl->cfg->name, pl->ck.lo, pl->ck.hi, last, rno, dlv};
     pl->ck_dirty = false;
+    pl->ck_sending_delivered = pl->delivered;
     pl->ck_written_ms = sl_now_ms();
     pipeline_send(pl, SL_OP_SAVE, SL_OUTBOX_SQL_CHECKPOINT_SAVE, 6, params);
 }
 
-/* Rows asked for by the next page: a batch, or what the window has room for
- * once the held rows are in it. */
+static uint64_t
+min_u64(uint64_t a, uint64_t b)
+{
+    return a < b ? a : b;
+}
+
+/*
+ * Rows asked for by the next page: a batch, or what the window has room for
+ * (in messages and, at the average envelope size, in bytes) once the held
+ * rows are in it. The byte side is an estimate, so a page of unusually large
+ * messages can pass max_inflight_bytes by at most one page.
+ */
 static int64_t
 pipeline_page_limit(const sl_pipeline_t *pl)
 {
     uint64_t used = window_used(pl) + pl->held_rows;
-    uint64_t room = (uint64_t)pl->cfg->max_inflight > used ? pl->cfg->max_inflight - used : 0;
-    return pl->cfg->batch_size < (int64_t)room ? pl->cfg->batch_size : (int64_t)room;
+    uint64_t max = (uint64_t)pl->cfg->max_inflight;
+    uint64_t room = max > used ? max - used : 0;
+    uint64_t bytes_used = pl->inflight_bytes + pl->held_rows * pl->avg_msg_bytes;
+    uint64_t bmax = (uint64_t)pl->cfg->max_inflight_bytes;
+    uint64_t broom = bmax > bytes_used ? (bmax - bytes_used) / pl->avg_msg_bytes : 0;
+    return (int64_t)min_u64((uint64_t)pl->cfg->batch_size, min_u64(room, broom));
+}
+
+/* The page size an empty window allows: reads wait until this much room is free. */
+static int64_t
+pipeline_page_target(const sl_pipeline_t *pl)
+{
+    uint64_t by_bytes = (uint64_t)pl->cfg->max_inflight_bytes / pl->avg_msg_bytes;
+    uint64_t t = min_u64((uint64_t)pl->cfg->batch_size,
+                         min_u64((uint64_t)pl->cfg->max_inflight, by_bytes));
+    return t > 0 ? (int64_t)t : 1;
 }
 
 static void
@@ -485,9 +534,7 @@ pipeline_can_read(const sl_pipeline_t *pl)
     if (pl->state != SL_PIPELINE_RUNNING || pl->nheld == SL_PIPELINE_HELD_MAX)
         return false;
     /* Wait for room for a whole page, so reads stay large under load. */
-    if (pipeline_page_limit(pl) < pl->cfg->batch_size)
-        return false;
-    if (pl->inflight_bytes >= (uint64_t)pl->cfg->max_inflight_bytes)
+    if (pipeline_page_limit(pl) < pipeline_page_target(pl))
         return false;
     return pl->rd.hi != NULL || pl->wake;
 }
@@ -496,6 +543,15 @@ static void
 pipeline_ckpt_timer_cb(uv_timer_t *t)
 {
     pipeline_kick(t->data);
+}
+
+/* While draining, the checkpoint timer fires at the deadline. */
+static void
+pipeline_arm_deadline(sl_pipeline_t *pl)
+{
+    uint64_t now = sl_now_ms();
+    uv_timer_start(&pl->ckpt_timer, pipeline_ckpt_timer_cb,
+                   pl->deadline_ms > now ? pl->deadline_ms - now : 0, 0);
 }
 
 /* Decides what the connection does next. The one place that issues statements. */
@@ -535,13 +591,27 @@ pipeline_kick(sl_pipeline_t *pl)
     if (pl->state != SL_PIPELINE_RUNNING || !sl_pgconn_is_ready(pl->pc))
         return;
     uint64_t now = sl_now_ms();
-    uint64_t due = pl->ck_written_ms + (uint64_t)pl->rcfg->checkpoint_interval_ms;
+    /* New deliveries are stored within checkpoint_interval_ms; a position
+     * that moved without deliveries only every SL_PIPELINE_IDLE_CKPT_MS. */
+    uint64_t wait = pl->delivered != pl->ck_saved_delivered
+                        ? (uint64_t)pl->rcfg->checkpoint_interval_ms
+                        : SL_PIPELINE_IDLE_CKPT_MS;
+    uint64_t due = pl->ck_written_ms + wait;
     if (pl->ck_dirty && now >= due) {
         pipeline_save(pl);
         return;
     }
     if (pipeline_can_read(pl)) {
         pipeline_read(pl);
+        return;
+    }
+    if (now >= pl->next_prune_ms) {
+        char keep[24], max[24];
+        snprintf(keep, sizeof keep, "%" PRId64, pl->rcfg->outbox_retention_s);
+        snprintf(max, sizeof max, "%d", SL_OUTBOX_PRUNE_BATCH);
+        const char *params[2] = {keep, max};
+        pl->next_prune_ms = now + SL_PIPELINE_PRUNE_MS;
+        pipeline_send(pl, SL_OP_PRUNE, SL_OUTBOX_SQL_PRUNE, 2, params);
         return;
     }
     if (pl->ck_dirty && !uv_is_active((uv_handle_t *)&pl->ckpt_timer))
@@ -634,6 +704,7 @@ pipeline_on_load(sl_pipeline_t *pl, PGresult *res, sl_err_t *err)
     int64_t range_no = strtoll(PQgetvalue(res, 0, 3), NULL, 10);
     pl->delivered = strtoll(PQgetvalue(res, 0, 4), NULL, 10);
     pl->stats_delivered = pl->delivered;
+    pl->ck_saved_delivered = pl->delivered;
     free(pl->instance);
     free(pl->db);
     pl->instance = strdup(PQgetvalue(res, 0, 5));
@@ -664,6 +735,16 @@ pipeline_on_result(sl_pgconn_t *pc, PGresult *res, void *ctx)
     if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
         sl_pg_result_err(res, NULL, &err);
         PQclear(res);
+        if (op == SL_OP_PRUNE && err.sqlstate[0] != '\0' && strncmp(err.sqlstate, "08", 2) != 0 &&
+            strncmp(err.sqlstate, "57", 2) != 0) {
+            /* Retention is housekeeping: its failure must not stop delivery. */
+            char q[SL_ERR_MSG_MAX + 16];
+            sl_log_warn("outbox.prune_failed", "pipeline=%s err=%s note=\"retention disabled "
+                        "until restart\"", pl->cfg->name, sl_log_quote(q, sizeof q, err.msg));
+            pl->next_prune_ms = UINT64_MAX;
+            pipeline_kick(pl);
+            return;
+        }
         if (strcmp(err.sqlstate, "42P01") == 0 || strcmp(err.sqlstate, "3F000") == 0) {
             sl_err_prefix(&err, "the sluice catalog is missing: ");
             sl_err_hint(&err, "run `sluice init --db ...` against this database first");
@@ -730,13 +811,25 @@ pipeline_on_result(sl_pgconn_t *pc, PGresult *res, void *ctx)
     case SL_OP_SAVE: {
         bool moved = strcmp(PQcmdTuples(res), "1") == 0;
         PQclear(res);
+        if (moved)
+            pl->ck_saved_delivered = pl->ck_sending_delivered;
         if (!moved) {
+            pl->ck_dirty = true; /* Not stored: pipeline.closed must say so. */
             sl_err_set(&err, SL_ERR, "the stored checkpoint of pipeline \"%s\" is ahead of this "
                        "relay or was deleted", pl->cfg->name);
             sl_err_hint(&err, "two relays may be running the same pipeline; run each pipeline "
                         "in one relay only");
             rc = SL_ERR;
         }
+        break;
+    }
+    case SL_OP_PRUNE: {
+        long long n = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+        PQclear(res);
+        if (n > 0)
+            sl_log_info("outbox.pruned", "pipeline=%s rows=%lld", pl->cfg->name, n);
+        if (n >= SL_OUTBOX_PRUNE_BATCH)
+            pl->next_prune_ms = sl_now_ms() + SL_PIPELINE_PRUNE_BUSY_MS;
         break;
     }
     case SL_OP_NONE:
@@ -871,8 +964,9 @@ pipeline_fail(sl_pipeline_t *pl, const sl_err_t *err)
                  sl_log_quote(q, sizeof q, err->msg), sl_log_quote(h, sizeof h, err->hint));
     /* Keep what was acknowledged: drain briefly so the checkpoint gets written. */
     pipeline_held_clear(pl);
-    pl->deadline_ms = sl_now_ms() + 2000;
+    pl->deadline_ms = sl_now_ms() + SL_PIPELINE_FAIL_DRAIN_MS;
     pipeline_set_state(pl, SL_PIPELINE_DRAINING);
+    pipeline_arm_deadline(pl);
     pipeline_kick(pl);
 }
 
@@ -891,6 +985,9 @@ sl_pipeline_new(uv_loop_t *loop, const sl_relay_cfg_t *rcfg, const sl_pipeline_c
     pl->on_stopped_arg = arg;
     pl->state = SL_PIPELINE_CONNECTING;
     pl->cap = (size_t)cfg->max_inflight;
+    pl->avg_msg_bytes = SL_PIPELINE_FIRST_MSG_BYTES;
+    pl->next_prune_ms = rcfg->outbox_retention_s < 0 ? UINT64_MAX
+                                                     : sl_now_ms() + SL_PIPELINE_PRUNE_MS;
     pl->slots = calloc(pl->cap, sizeof *pl->slots);
     if (pl->slots == NULL) {
         free(pl);
@@ -957,12 +1054,21 @@ fail_slots:
 void
 sl_pipeline_stop(sl_pipeline_t *pl, uint64_t deadline_ms)
 {
-    if (pl->state == SL_PIPELINE_CLOSING || pl->state == SL_PIPELINE_STOPPED ||
-        pl->state == SL_PIPELINE_DRAINING)
+    if (pl->state == SL_PIPELINE_CLOSING || pl->state == SL_PIPELINE_STOPPED)
         return;
+    if (pl->state == SL_PIPELINE_DRAINING) {
+        /* A second stop shortens the drain (a second signal: stop now). */
+        if (deadline_ms < pl->deadline_ms) {
+            pl->deadline_ms = deadline_ms;
+            pipeline_arm_deadline(pl);
+            pipeline_kick(pl);
+        }
+        return;
+    }
     pl->deadline_ms = deadline_ms;
     if (pl->state == SL_PIPELINE_RUNNING) {
         pipeline_set_state(pl, SL_PIPELINE_DRAINING);
+        pipeline_arm_deadline(pl);
         pipeline_kick(pl);
         return;
     }

@@ -44,6 +44,7 @@ typedef struct sl_relay_cfg {
     char *log_level;
     int64_t shutdown_timeout_ms;   /* how long SIGTERM waits for in-flight acks */
     int64_t checkpoint_interval_ms;/* at most one checkpoint write per interval per pipeline */
+    int64_t outbox_retention_s;    /* delivered rows older than this are pruned; -1 = never */
     sl_pipeline_cfg_t *pl;         /* owned array */
     size_t npl;
     sl_cfg_doc_t doc;              /* owned: resolved and display trees */

@@ -183,8 +183,16 @@ kafka_validate(void *conf, const char *path, sl_err_t *err)
     snprintf(p, sizeof p, "%s.topic", path);
     if ((rc = sl_template_new(c->topic, p, &c->tpl, err)) != SL_OK)
         return rc;
-    if (sl_template_is_constant(c->tpl) && (rc = sl_kafka_topic_check(c->topic, p, err)) != SL_OK)
-        return rc;
+    /* Render once for a sample message: literal parts must be valid in a
+     * Kafka topic name too (outbox topics already are). */
+    sl_msg_t sample = {.topic = "orders", .op = "event"};
+    char rendered[SL_KAFKA_TOPIC_MAX];
+    if (sl_template_render(c->tpl, &sample, rendered, sizeof rendered) < 0 ||
+        sl_kafka_topic_check(rendered, p, err) != SL_OK) {
+        sl_err_set(err, SL_EUSAGE, "%s: template \"%s\" does not make a valid Kafka topic "
+                   "(for outbox topic \"orders\" it gives \"%s\")", p, c->topic, rendered);
+        return sl_err_hint(err, "Kafka topics are at most 249 characters from A-Z a-z 0-9 . _ -");
+    }
     if (c->brokers[0] == '\0') {
         sl_err_set(err, SL_EUSAGE, "%s.brokers: is empty", path);
         return sl_err_hint(err, "set it to host:port of at least one broker, e.g. "
@@ -193,7 +201,18 @@ kafka_validate(void *conf, const char *path, sl_err_t *err)
     rd_kafka_conf_t *rkc = NULL;
     if ((rc = kafka_conf_build(c, path, &rkc, err)) != SL_OK)
         return rc;
-    rd_kafka_conf_destroy(rkc);
+    /* Some properties only conflict as a whole (acks=1 with idempotence):
+     * librdkafka checks that when a client is created. A client that never
+     * produces is cheap to create and destroy. */
+    char errstr[512];
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, rkc, errstr, sizeof errstr);
+    if (rk == NULL) {
+        rd_kafka_conf_destroy(rkc);
+        sl_err_set(err, SL_EUSAGE, "%s.properties: %s", path, errstr);
+        return sl_err_hint(err, "fix or remove the conflicting properties; sluice sets "
+                                "enable.idempotence=true and acks=all by default");
+    }
+    rd_kafka_destroy(rk);
     return SL_OK;
 }
 

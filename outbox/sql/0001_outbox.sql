@@ -52,7 +52,7 @@ CREATE TABLE sluice.relay_checkpoints (
 -- Writes one event into the outbox as part of the caller's transaction: the
 -- event exists if and only if the caller commits. Rings the relay's doorbell
 -- (one NOTIFY per transaction, deduplicated by PostgreSQL) unless the setting
--- sluice.doorbell is 'off'.
+-- sluice.doorbell is off ('off', 'false', '0' or 'no', any case).
 CREATE FUNCTION sluice.publish(topic text, payload jsonb, key text DEFAULT NULL,
                                headers jsonb DEFAULT '{}')
 RETURNS bigint
@@ -108,7 +108,7 @@ BEGIN
     VALUES (topic, key, payload, headers)
     RETURNING id INTO new_id;
 
-    IF coalesce(current_setting('sluice.doorbell', true), '') <> 'off' THEN
+    IF lower(coalesce(current_setting('sluice.doorbell', true), '')) NOT IN ('off', 'false', '0', 'no') THEN
         PERFORM pg_notify('sluice_outbox', '');
     END IF;
     RETURN new_id;
@@ -118,6 +118,50 @@ $fn$;
 REVOKE ALL ON FUNCTION sluice.publish(text, jsonb, text, jsonb) FROM PUBLIC;
 COMMENT ON FUNCTION sluice.publish(text, jsonb, text, jsonb) IS
     'Write one event to the outbox in the current transaction; returns its outbox id';
+
+-- sluice.prune_outbox(keep, max_rows) -> rows deleted
+--
+-- Deletes outbox rows that every pipeline has delivered (their transaction is
+-- below the xmin of every checkpoint's lower snapshot) and that are older
+-- than `keep`, at most max_rows per call so each call is a short
+-- transaction. With no checkpoint at all nothing is deleted: a pipeline that
+-- starts later at "beginning" still finds every row. Concurrent calls do not
+-- wait on each other: all but one return 0 at once. The relay calls it
+-- periodically (outbox_retention_s); it can also be scheduled by hand.
+CREATE FUNCTION sluice.prune_outbox(keep interval DEFAULT '1 hour', max_rows int DEFAULT 10000)
+RETURNS bigint
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    horizon xid8;
+    n       bigint;
+BEGIN
+    IF keep IS NULL OR keep < interval '0' THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('sluice.prune_outbox: keep must be a non-negative interval, got %s',
+                             coalesce(keep::text, 'NULL')),
+            HINT = 'Pass how long delivered events stay, e.g. ''1 hour'' or ''0''.';
+    END IF;
+    IF NOT pg_try_advisory_xact_lock(hashtextextended('sluice.prune_outbox', 0)) THEN
+        RETURN 0;
+    END IF;
+    SELECT min(pg_snapshot_xmin(snap_lo)) INTO horizon FROM sluice.relay_checkpoints;
+    IF horizon IS NULL THEN
+        RETURN 0;
+    END IF;
+    DELETE FROM sluice.outbox
+     WHERE id IN (SELECT id FROM sluice.outbox
+                   WHERE txid < horizon AND created_at < now() - keep
+                   ORDER BY id LIMIT max_rows);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$fn$;
+
+REVOKE ALL ON FUNCTION sluice.prune_outbox(interval, int) FROM PUBLIC;
 
 -- What each relay pipeline has delivered, for operators.
 CREATE VIEW sluice.relay_status AS
