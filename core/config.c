@@ -364,9 +364,37 @@ cfg_resolve_ref(const char *ref, size_t n, const char *path, sl_buf_t *out, sl_e
                             "${ENV:NAME:-default}, ${FILE:/path}; write $$ for a literal $");
 }
 
+/* Copies the substituted span res[from..] into secrets (when not NULL). */
+static int
+cfg_note_secret(sl_strlist_t *secrets, const sl_buf_t *res, size_t from, sl_err_t *err)
+{
+    if (secrets == NULL || res->len <= from)
+        return SL_OK;
+    char **v = realloc(secrets->v, (secrets->n + 1) * sizeof *v);
+    if (v == NULL)
+        return sl_err_nomem(err, "the list of substituted values");
+    secrets->v = v;
+    v[secrets->n] = strndup(res->data + from, res->len - from);
+    if (v[secrets->n] == NULL)
+        return sl_err_nomem(err, "the list of substituted values");
+    secrets->n++;
+    return SL_OK;
+}
+
+static int cfg_interpolate(const char *in, const char *path, char **out, char **display,
+                           bool *substituted, sl_strlist_t *secrets, sl_err_t *err);
+
 int
 sl_cfg_interpolate(const char *in, const char *path, char **out, char **display,
                    bool *substituted, sl_err_t *err)
+{
+    return cfg_interpolate(in, path, out, display, substituted, NULL, err);
+}
+
+/* sl_cfg_interpolate, also noting every substituted value in secrets. */
+static int
+cfg_interpolate(const char *in, const char *path, char **out, char **display,
+                bool *substituted, sl_strlist_t *secrets, sl_err_t *err)
 {
     assert(in != NULL && out != NULL);
     if (path == NULL)
@@ -412,7 +440,10 @@ sl_cfg_interpolate(const char *in, const char *path, char **out, char **display,
             sl_err_hint(err, "close the reference with \"}\", or write $$ for a literal $");
             goto fail;
         }
+        size_t before = res.len;
         if ((rc = cfg_resolve_ref(p + 2, (size_t)(close - p - 2), path, &res, err)) != SL_OK)
+            goto fail;
+        if ((rc = cfg_note_secret(secrets, &res, before, err)) != SL_OK)
             goto fail;
         if (display != NULL &&
             (rc = sl_buf_append_str(&disp, SL_CFG_REDACTED, err)) != SL_OK)
@@ -443,7 +474,7 @@ fail:
  */
 static int
 cfg_tree_interpolate(cJSON *item, cJSON *shown, const char *parent, bool in_array,
-                     sl_err_t *err)
+                     sl_strlist_t *secrets, sl_err_t *err)
 {
     size_t index = 0;
     for (; item != NULL; item = item->next, shown = shown->next, index++) {
@@ -460,7 +491,7 @@ cfg_tree_interpolate(cJSON *item, cJSON *shown, const char *parent, bool in_arra
             char *res = NULL;
             char *disp = NULL;
             bool subst = false;
-            int rc = sl_cfg_interpolate(item->valuestring, path, &res, &disp, &subst, err);
+            int rc = cfg_interpolate(item->valuestring, path, &res, &disp, &subst, secrets, err);
             if (rc != SL_OK)
                 return rc;
             assert(res != NULL && disp != NULL);
@@ -485,7 +516,7 @@ cfg_tree_interpolate(cJSON *item, cJSON *shown, const char *parent, bool in_arra
         }
         if (item->child != NULL) {
             int rc = cfg_tree_interpolate(item->child, shown->child, path, cJSON_IsArray(item),
-                                          err);
+                                          secrets, err);
             if (rc != SL_OK)
                 return rc;
         }
@@ -627,6 +658,14 @@ cfg_syntax_error(const char *origin, const char *text, const char *blanked, size
                             "double quotes");
 }
 
+static void
+cfg_secrets_free(sl_strlist_t *secrets)
+{
+    for (size_t i = 0; i < secrets->n; i++)
+        explicit_bzero(secrets->v[i], strlen(secrets->v[i]));
+    sl_strlist_free(secrets);
+}
+
 int
 sl_cfg_doc_parse(const char *text, const char *origin, sl_cfg_doc_t *doc, sl_err_t *err)
 {
@@ -675,7 +714,7 @@ sl_cfg_doc_parse(const char *text, const char *origin, sl_cfg_doc_t *doc, sl_err
         goto fail;
     }
     /* The root itself may be a string; its path is "". */
-    rc = cfg_tree_interpolate(root, display, "", false, err);
+    rc = cfg_tree_interpolate(root, display, "", false, &doc->secrets, err);
     if (rc != SL_OK) {
         if (rc == SL_EUSAGE)
             sl_err_prefix(err, "%s: ", origin);
@@ -691,6 +730,7 @@ fail:
     cJSON_Delete(root);
     cJSON_Delete(display);
     free(blanked);
+    cfg_secrets_free(&doc->secrets);
     return rc;
 }
 
@@ -732,8 +772,43 @@ sl_cfg_doc_free(sl_cfg_doc_t *doc)
     cfg_tree_wipe(doc->root);
     cJSON_Delete(doc->root);
     cJSON_Delete(doc->display);
+    cfg_secrets_free(&doc->secrets);
     doc->root = NULL;
     doc->display = NULL;
+}
+
+/* Replaces every occurrence of needle in buf (NUL-terminated, size n) with
+ * SL_CFG_REDACTED, truncating if the result does not fit. */
+static void
+cfg_scrub_one(char *buf, size_t n, const char *needle)
+{
+    size_t nl = strlen(needle);
+    size_t rl = strlen(SL_CFG_REDACTED);
+    char *p = buf;
+    while (nl > 0 && (p = strstr(p, needle)) != NULL) {
+        size_t tail = strlen(p + nl);
+        size_t at = (size_t)(p - buf);
+        if (at + rl >= n) {
+            *p = '\0';
+            return;
+        }
+        size_t keep = at + rl + tail < n ? tail : n - 1 - at - rl;
+        memmove(p + rl, p + nl, keep);
+        memcpy(p, SL_CFG_REDACTED, rl);
+        p[rl + keep] = '\0';
+        p += rl;
+    }
+}
+
+void
+sl_cfg_doc_scrub(const sl_cfg_doc_t *doc, sl_err_t *err)
+{
+    if (doc == NULL || err == NULL)
+        return;
+    for (size_t i = 0; i < doc->secrets.n; i++) {
+        cfg_scrub_one(err->msg, sizeof err->msg, doc->secrets.v[i]);
+        cfg_scrub_one(err->hint, sizeof err->hint, doc->secrets.v[i]);
+    }
 }
 
 /* ------------------------------------------------------------------------ */

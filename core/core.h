@@ -183,6 +183,10 @@ void sl_backoff_failure(sl_backoff_t *bo, uint64_t now_ms);
 typedef struct sl_cfg_doc {
     struct cJSON *root;     /* owned */
     struct cJSON *display;  /* owned */
+    struct sl_strlist {
+        char **v;
+        size_t n;
+    } secrets;              /* owned: every value a ${...} produced */
 } sl_cfg_doc_t;
 
 /*
@@ -209,6 +213,14 @@ int sl_cfg_doc_load(const char *file, sl_cfg_doc_t *doc, sl_err_t *err);
 /* Frees both trees; accepts a zeroed doc. */
 void sl_cfg_doc_free(sl_cfg_doc_t *doc);
 
+/*
+ * Replaces, in err's message and hint, every value that a ${ENV:..} or
+ * ${FILE:..} of doc produced with "[redacted]". Validators may echo a bad
+ * value to help the user; this keeps secrets out of what reaches the user
+ * whatever the validator printed.
+ */
+void sl_cfg_doc_scrub(const sl_cfg_doc_t *doc, sl_err_t *err);
+
 typedef enum sl_cfg_type {
     SL_CFG_STRING,      /* char *, owned by the struct (free with sl_cfg_release) */
     SL_CFG_INT,         /* int64_t */
@@ -218,10 +230,8 @@ typedef enum sl_cfg_type {
     SL_CFG_ARRAY,       /* const struct cJSON *, borrowed from the doc (validated by the caller) */
 } sl_cfg_type_t;
 
-typedef struct sl_strlist {
-    char **v;   /* owned strings */
-    size_t n;
-} sl_strlist_t;
+/* A list of owned strings (declared inside sl_cfg_doc_t above). */
+typedef struct sl_strlist sl_strlist_t;
 
 /*
  * One configuration key. A table of these describes one JSON object: it

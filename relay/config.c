@@ -183,7 +183,8 @@ sl_relay_cfg_load(const char *file, sl_relay_cfg_t **out, sl_err_t *err)
     return SL_OK;
 
 fail:
-    if (rc != SL_ENOMEM && err != NULL && strncmp(err->msg, file, strlen(file)) != 0)
+    sl_cfg_doc_scrub(&cfg->doc, err);
+    if (rc != SL_ENOMEM && err != NULL && strstr(err->msg, file) == NULL)
         sl_err_prefix(err, "%s: ", file);
     sl_relay_cfg_free(cfg);
     return rc;

@@ -64,8 +64,9 @@ void sl_relay_cfg_print(const sl_relay_cfg_t *cfg, FILE *out);
 void sl_relay_cfg_help(FILE *out);
 
 /*
- * Runs the relay until SIGTERM/SIGINT (graceful drain, returns SL_OK) or
- * until every pipeline has failed (returns SL_ERR). Blocks the calling thread
+ * Runs the relay until every pipeline has stopped: after SIGTERM/SIGINT
+ * (graceful drain) or because pipelines failed. Returns SL_OK when none
+ * failed, SL_ERR (naming how many) when any did. Blocks the calling thread
  * on a libuv loop.
  */
 int sl_relay_run(const sl_relay_cfg_t *cfg, sl_err_t *err);
