@@ -1139,10 +1139,20 @@ cfg_key_parse(const cJSON *obj, const char *path, const sl_cfg_key_t *key, void 
     cfg_path_key(keypath, sizeof keypath, path, key->name);
 
     const cJSON *item = cfg_member(obj, key->name);
-    if (item != NULL)
-        return cfg_key_fill(key, item, keypath, out, err);
-    if (key->required)
-        return cfg_fail(err, path, "missing required key \"%s\"", key->name);
+    if (item != NULL) {
+        int rc = cfg_key_fill(key, item, keypath, out, err);
+        /* Every error tells how to fix it: fall back on what the key is for. */
+        if (rc == SL_EUSAGE && err != NULL && err->hint[0] == '\0' && key->doc != NULL)
+            sl_err_hint(err, "\"%s\" is %s; `sluice relay --help-config` lists every key",
+                        key->name, key->doc);
+        return rc;
+    }
+    if (key->required) {
+        cfg_fail(err, path, "missing required key \"%s\"", key->name);
+        if (key->doc != NULL)
+            sl_err_hint(err, "add \"%s\": %s", key->name, key->doc);
+        return SL_EUSAGE;
+    }
     if (key->def == NULL) {
         cfg_key_zero(key, out);
         return SL_OK;
