@@ -8,7 +8,7 @@
 #include <stdio.h>
 
 static const char *const cfg_type_names[] = {
-    [SL_CFG_STRING] = "string", [SL_CFG_INT] = "integer", [SL_CFG_BOOL] = "boolean",
+    [SL_CFG_STRING] = "string",           [SL_CFG_INT] = "integer",   [SL_CFG_BOOL] = "boolean",
     [SL_CFG_STRLIST] = "list of strings", [SL_CFG_OBJECT] = "object", [SL_CFG_ARRAY] = "array",
 };
 

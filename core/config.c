@@ -109,8 +109,7 @@
  * Fills err with SL_EUSAGE and "path: message" ("message" alone when path
  * is empty). Returns SL_EUSAGE.
  */
-static int
-cfg_fail(sl_err_t *err, const char *path, const char *fmt, ...)
+static int cfg_fail(sl_err_t *err, const char *path, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
 static int
@@ -385,16 +384,16 @@ static int cfg_interpolate(const char *in, const char *path, char **out, char **
                            bool *substituted, sl_strlist_t *secrets, sl_err_t *err);
 
 int
-sl_cfg_interpolate(const char *in, const char *path, char **out, char **display,
-                   bool *substituted, sl_err_t *err)
+sl_cfg_interpolate(const char *in, const char *path, char **out, char **display, bool *substituted,
+                   sl_err_t *err)
 {
     return cfg_interpolate(in, path, out, display, substituted, NULL, err);
 }
 
 /* sl_cfg_interpolate, also noting every substituted value in secrets. */
 static int
-cfg_interpolate(const char *in, const char *path, char **out, char **display,
-                bool *substituted, sl_strlist_t *secrets, sl_err_t *err)
+cfg_interpolate(const char *in, const char *path, char **out, char **display, bool *substituted,
+                sl_strlist_t *secrets, sl_err_t *err)
 {
     assert(in != NULL && out != NULL);
     if (path == NULL)
@@ -445,8 +444,7 @@ cfg_interpolate(const char *in, const char *path, char **out, char **display,
             goto fail;
         if ((rc = cfg_note_secret(secrets, &res, before, err)) != SL_OK)
             goto fail;
-        if (display != NULL &&
-            (rc = sl_buf_append_str(&disp, SL_CFG_REDACTED, err)) != SL_OK)
+        if (display != NULL && (rc = sl_buf_append_str(&disp, SL_CFG_REDACTED, err)) != SL_OK)
             goto fail;
         subst = true;
         p = close + 1;
@@ -744,8 +742,8 @@ sl_cfg_doc_load(const char *file, sl_cfg_doc_t *doc, sl_err_t *err)
     if (rc == ENOMEM)
         return sl_err_nomem(err, "configuration text");
     if (rc == EFBIG) {
-        sl_err_set(err, SL_EUSAGE, "cannot read configuration file %s: larger than %d bytes",
-                   file, SL_CFG_TEXT_MAX);
+        sl_err_set(err, SL_EUSAGE, "cannot read configuration file %s: larger than %d bytes", file,
+                   SL_CFG_TEXT_MAX);
         return sl_err_hint(err, "check the path given with --config");
     }
     if (rc != 0)
@@ -756,8 +754,8 @@ sl_cfg_doc_load(const char *file, sl_cfg_doc_t *doc, sl_err_t *err)
         int line, col;
         cfg_line_col(text, strlen(text), &line, &col);
         free(text);
-        return sl_err_set(err, SL_EUSAGE, "%s:%d:%d: configuration contains a NUL byte", file,
-                          line, col);
+        return sl_err_set(err, SL_EUSAGE, "%s:%d:%d: configuration contains a NUL byte", file, line,
+                          col);
     }
     rc = sl_cfg_doc_parse(text, file, doc, err);
     free(text);
@@ -843,14 +841,11 @@ cfg_key_release(const sl_cfg_key_t *key, void *out)
         *s = NULL;
         break;
     }
-    case SL_CFG_STRLIST:
-        sl_strlist_free(SL_CFG_FIELD(out, key, sl_strlist_t));
-        break;
+    case SL_CFG_STRLIST: sl_strlist_free(SL_CFG_FIELD(out, key, sl_strlist_t)); break;
     case SL_CFG_INT:
     case SL_CFG_BOOL:
     case SL_CFG_OBJECT:
-    case SL_CFG_ARRAY:
-        break;
+    case SL_CFG_ARRAY: break;
     }
 }
 
@@ -859,22 +854,12 @@ static void
 cfg_key_zero(const sl_cfg_key_t *key, void *out)
 {
     switch (key->type) {
-    case SL_CFG_STRING:
-        *SL_CFG_FIELD(out, key, char *) = NULL;
-        break;
-    case SL_CFG_INT:
-        *SL_CFG_FIELD(out, key, int64_t) = 0;
-        break;
-    case SL_CFG_BOOL:
-        *SL_CFG_FIELD(out, key, bool) = false;
-        break;
-    case SL_CFG_STRLIST:
-        *SL_CFG_FIELD(out, key, sl_strlist_t) = (sl_strlist_t){0};
-        break;
+    case SL_CFG_STRING: *SL_CFG_FIELD(out, key, char *) = NULL; break;
+    case SL_CFG_INT: *SL_CFG_FIELD(out, key, int64_t) = 0; break;
+    case SL_CFG_BOOL: *SL_CFG_FIELD(out, key, bool) = false; break;
+    case SL_CFG_STRLIST: *SL_CFG_FIELD(out, key, sl_strlist_t) = (sl_strlist_t){0}; break;
     case SL_CFG_OBJECT:
-    case SL_CFG_ARRAY:
-        *SL_CFG_FIELD(out, key, const cJSON *) = NULL;
-        break;
+    case SL_CFG_ARRAY: *SL_CFG_FIELD(out, key, const cJSON *) = NULL; break;
     }
 }
 
@@ -1060,8 +1045,8 @@ cfg_key_fill(const sl_cfg_key_t *key, const cJSON *item, const char *keypath, vo
             if (key->secret)
                 return cfg_fail(err, keypath, "must be between %lld and %lld", (long long)lo,
                                 (long long)hi);
-            return cfg_fail(err, keypath, "must be between %lld and %lld, got %lld",
-                            (long long)lo, (long long)hi, (long long)v);
+            return cfg_fail(err, keypath, "must be between %lld and %lld, got %lld", (long long)lo,
+                            (long long)hi, (long long)v);
         }
         *SL_CFG_FIELD(out, key, int64_t) = v;
         return SL_OK;
@@ -1078,7 +1063,7 @@ cfg_key_fill(const sl_cfg_key_t *key, const cJSON *item, const char *keypath, vo
         size_t n = (size_t)cJSON_GetArraySize(item);
         size_t i = 0;
         const cJSON *el;
-        cJSON_ArrayForEach(el, item) {
+        cJSON_ArrayForEach (el, item) {
             if (!cJSON_IsString(el) || el->valuestring == NULL) {
                 char elpath[SL_CFG_PATH_MAX];
                 cfg_path_index(elpath, sizeof elpath, keypath, i);
@@ -1132,8 +1117,7 @@ cfg_member(const cJSON *obj, const char *name)
 
 /* Fills one key from obj, its default, or zero. */
 static int
-cfg_key_parse(const cJSON *obj, const char *path, const sl_cfg_key_t *key, void *out,
-              sl_err_t *err)
+cfg_key_parse(const cJSON *obj, const char *path, const sl_cfg_key_t *key, void *out, sl_err_t *err)
 {
     char keypath[SL_CFG_PATH_MAX];
     cfg_path_key(keypath, sizeof keypath, path, key->name);

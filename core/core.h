@@ -38,11 +38,11 @@ struct pg_conn;
  * the error object passed last has been filled.
  */
 #define SL_OK 0
-#define SL_AGAIN 1        /* not ready yet: call again when woken */
-#define SL_DONE 2         /* nothing more to do */
-#define SL_ERR (-1)       /* runtime failure (exit code 1 at the top) */
-#define SL_EUSAGE (-2)    /* usage or configuration error (exit code 2) */
-#define SL_ENOMEM (-3)    /* allocation failed */
+#define SL_AGAIN 1     /* not ready yet: call again when woken */
+#define SL_DONE 2      /* nothing more to do */
+#define SL_ERR (-1)    /* runtime failure (exit code 1 at the top) */
+#define SL_EUSAGE (-2) /* usage or configuration error (exit code 2) */
+#define SL_ENOMEM (-3) /* allocation failed */
 
 /* Process exit codes, documented in docs/operations.md. */
 #define SL_EXIT_OK 0
@@ -62,27 +62,24 @@ struct pg_conn;
  * Messages are lower case without a final period, like PostgreSQL's.
  */
 typedef struct sl_err {
-    int code;                      /* SL_ERR, SL_EUSAGE or SL_ENOMEM */
-    int native;                    /* uv errno, rd_kafka_resp_err_t, ... or 0 */
-    char sqlstate[6];              /* PostgreSQL SQLSTATE, "" when none */
-    char msg[SL_ERR_MSG_MAX];      /* what went wrong, with context */
-    char hint[SL_ERR_HINT_MAX];    /* how to fix it, "" when none */
+    int code;                   /* SL_ERR, SL_EUSAGE or SL_ENOMEM */
+    int native;                 /* uv errno, rd_kafka_resp_err_t, ... or 0 */
+    char sqlstate[6];           /* PostgreSQL SQLSTATE, "" when none */
+    char msg[SL_ERR_MSG_MAX];   /* what went wrong, with context */
+    char hint[SL_ERR_HINT_MAX]; /* how to fix it, "" when none */
 } sl_err_t;
 
 /* Resets err to "no error". */
 void sl_err_clear(sl_err_t *err);
 
 /* Fills err->msg (and code) and returns code, so `return sl_err_set(...)` works. */
-int sl_err_set(sl_err_t *err, int code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+int sl_err_set(sl_err_t *err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* Sets the hint. Returns err->code. */
-int sl_err_hint(sl_err_t *err, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+int sl_err_hint(sl_err_t *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Prepends context: "pipeline \"x\": " + old message. Returns err->code. */
-int sl_err_prefix(sl_err_t *err, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+int sl_err_prefix(sl_err_t *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Shorthand for an allocation failure; returns SL_ENOMEM. */
 int sl_err_nomem(sl_err_t *err, const char *what);
@@ -146,13 +143,13 @@ uint64_t sl_now_us(void);
 #define SL_BACKOFF_HEALTHY_MS 60000
 
 typedef struct sl_backoff {
-    uint32_t initial_ms;   /* first delay */
-    uint32_t cap_ms;       /* delays never exceed this (before jitter) */
-    uint32_t jitter_pct;   /* each delay is scaled by a random factor in [1-j, 1+j] */
-    uint32_t healthy_ms;   /* success lasting this long resets the schedule */
-    uint32_t attempt;      /* attempts since the last reset */
+    uint32_t initial_ms;       /* first delay */
+    uint32_t cap_ms;           /* delays never exceed this (before jitter) */
+    uint32_t jitter_pct;       /* each delay is scaled by a random factor in [1-j, 1+j] */
+    uint32_t healthy_ms;       /* success lasting this long resets the schedule */
+    uint32_t attempt;          /* attempts since the last reset */
     uint64_t healthy_since_ms; /* when the last success started, 0 = not healthy */
-    uint64_t rng;          /* xorshift state; seed with sl_backoff_init */
+    uint64_t rng;              /* xorshift state; seed with sl_backoff_init */
 } sl_backoff_t;
 
 /* Sets the DESIGN.md defaults and seeds the jitter generator. */
@@ -181,12 +178,12 @@ void sl_backoff_failure(sl_backoff_t *bo, uint64_t now_ms);
  * substituted part replaced by "[redacted]", safe to print or log.
  */
 typedef struct sl_cfg_doc {
-    struct cJSON *root;     /* owned */
-    struct cJSON *display;  /* owned */
+    struct cJSON *root;    /* owned */
+    struct cJSON *display; /* owned */
     struct sl_strlist {
         char **v;
         size_t n;
-    } secrets;              /* owned: every value a ${...} produced */
+    } secrets; /* owned: every value a ${...} produced */
 } sl_cfg_doc_t;
 
 /*
@@ -222,12 +219,12 @@ void sl_cfg_doc_free(sl_cfg_doc_t *doc);
 void sl_cfg_doc_scrub(const sl_cfg_doc_t *doc, sl_err_t *err);
 
 typedef enum sl_cfg_type {
-    SL_CFG_STRING,      /* char *, owned by the struct (free with sl_cfg_release) */
-    SL_CFG_INT,         /* int64_t */
-    SL_CFG_BOOL,        /* bool */
-    SL_CFG_STRLIST,     /* sl_strlist_t, owned */
-    SL_CFG_OBJECT,      /* const struct cJSON *, borrowed from the doc (validated by the caller) */
-    SL_CFG_ARRAY,       /* const struct cJSON *, borrowed from the doc (validated by the caller) */
+    SL_CFG_STRING,  /* char *, owned by the struct (free with sl_cfg_release) */
+    SL_CFG_INT,     /* int64_t */
+    SL_CFG_BOOL,    /* bool */
+    SL_CFG_STRLIST, /* sl_strlist_t, owned */
+    SL_CFG_OBJECT,  /* const struct cJSON *, borrowed from the doc (validated by the caller) */
+    SL_CFG_ARRAY,   /* const struct cJSON *, borrowed from the doc (validated by the caller) */
 } sl_cfg_type_t;
 
 /* A list of owned strings (declared inside sl_cfg_doc_t above). */
@@ -238,15 +235,15 @@ typedef struct sl_strlist sl_strlist_t;
  * drives parsing, validation, defaults, `--help`, the docs and redaction.
  */
 typedef struct sl_cfg_key {
-    const char *name;      /* JSON key */
+    const char *name; /* JSON key */
     sl_cfg_type_t type;
-    size_t offset;         /* offsetof() the field in the target struct */
+    size_t offset; /* offsetof() the field in the target struct */
     bool required;
-    const char *def;       /* default as JSON text ("1000", "\"json\"", "true"), NULL for none */
-    int64_t min, max;      /* inclusive range for SL_CFG_INT */
+    const char *def;  /* default as JSON text ("1000", "\"json\"", "true"), NULL for none */
+    int64_t min, max; /* inclusive range for SL_CFG_INT */
     const char *const *choices; /* NULL-terminated allowed values for SL_CFG_STRING, or NULL */
-    bool secret;           /* always shown as [redacted] */
-    const char *doc;       /* one line for --help and docs */
+    bool secret;                /* always shown as [redacted] */
+    const char *doc;            /* one line for --help and docs */
 } sl_cfg_key_t;
 
 /*
@@ -265,8 +262,7 @@ void sl_cfg_release(const sl_cfg_key_t *keys, size_t nkeys, void *out);
 
 /* Prints a key table as reference text: name, type, default, doc, one per
  * line, each prefixed by indent. Drives --help and docs. (core/cfghelp.c) */
-void sl_cfg_keys_help(FILE *out, const sl_cfg_key_t *keys, size_t nkeys,
-                      const char *indent);
+void sl_cfg_keys_help(FILE *out, const sl_cfg_key_t *keys, size_t nkeys, const char *indent);
 
 /* Frees a list's strings and array; accepts a zeroed list. */
 void sl_strlist_free(sl_strlist_t *l);
@@ -277,8 +273,8 @@ void sl_strlist_free(sl_strlist_t *l);
 
 /* One SQL file embedded at build time (cmake/embed_sql.cmake). */
 typedef struct sl_sql_file {
-    const char *name;   /* "0001_outbox.sql" */
-    const char *text;   /* NUL-terminated SQL */
+    const char *name; /* "0001_outbox.sql" */
+    const char *text; /* NUL-terminated SQL */
 } sl_sql_file_t;
 
 /*
@@ -310,16 +306,15 @@ int sl_pg_result_err(const struct pg_result *res, struct pg_conn *conn, sl_err_t
 /* Removes a password from a conninfo/URI for logs: writes a copy to buf. */
 const char *sl_pg_conninfo_redact(const char *conninfo, char *buf, size_t n);
 
-
 /* ------------------------------------------------------------------------ */
 /* Growable byte buffer                                                      */
 /* ------------------------------------------------------------------------ */
 
 /* A reusable buffer: reset between messages so hot paths do not allocate. */
 typedef struct sl_buf {
-    char *data;   /* owned, NUL-terminated after every append */
-    size_t len;   /* bytes used, excluding the terminating NUL */
-    size_t cap;   /* bytes allocated */
+    char *data; /* owned, NUL-terminated after every append */
+    size_t len; /* bytes used, excluding the terminating NUL */
+    size_t cap; /* bytes allocated */
 } sl_buf_t;
 
 /* Ensures room for `extra` more bytes plus a NUL. */
@@ -340,16 +335,16 @@ void sl_buf_free(sl_buf_t *b);
  * PGresult, usually) and must outlive the call it is passed to.
  */
 typedef struct sl_msg {
-    int64_t outbox_id;     /* sluice.outbox.id */
-    const char *id;        /* stable message id: same bytes on every redelivery */
-    const char *topic;     /* outbox topic */
-    const char *key;       /* entity key, NULL when none */
-    const char *op;        /* "event" for publish(); insert/update/delete for stream tables */
-    const char *payload;   /* valid JSON text (from jsonb) */
-    const char *headers;   /* JSON object text, "{}" when none */
-    const char *ts;        /* created_at, RFC 3339 with time zone */
-    const char *db;        /* source database name */
-    const char *txid;      /* xid8 of the publishing transaction, decimal text */
+    int64_t outbox_id;   /* sluice.outbox.id */
+    const char *id;      /* stable message id: same bytes on every redelivery */
+    const char *topic;   /* outbox topic */
+    const char *key;     /* entity key, NULL when none */
+    const char *op;      /* "event" for publish(); insert/update/delete for stream tables */
+    const char *payload; /* valid JSON text (from jsonb) */
+    const char *headers; /* JSON object text, "{}" when none */
+    const char *ts;      /* created_at, RFC 3339 with time zone */
+    const char *db;      /* source database name */
+    const char *txid;    /* xid8 of the publishing transaction, decimal text */
 } sl_msg_t;
 
 typedef enum sl_format {

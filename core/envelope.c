@@ -148,9 +148,9 @@ envelope_json(const sl_msg_t *m, sl_buf_t *out, sl_err_t *err)
  * non-zero result, with err already filled by sl_buf_append().
  */
 typedef struct mp_sink {
-    sl_buf_t *out;  /* borrowed: the caller's buffer */
-    sl_err_t *err;  /* borrowed: receives the allocation failure */
-    int rc;         /* the first failed append's code, SL_OK until then */
+    sl_buf_t *out; /* borrowed: the caller's buffer */
+    sl_err_t *err; /* borrowed: receives the allocation failure */
+    int rc;        /* the first failed append's code, SL_OK until then */
 } mp_sink_t;
 
 static int
@@ -180,8 +180,7 @@ typedef struct mp_numscan {
 static bool
 is_number_char(char c)
 {
-    return (c >= '0' && c <= '9') || c == '-' || c == '+' || c == '.' || c == 'e' ||
-           c == 'E';
+    return (c >= '0' && c <= '9') || c == '-' || c == '+' || c == '.' || c == 'e' || c == 'E';
 }
 
 /* Finds the next number literal: *tok and *len describe it. False at the end. */
@@ -263,16 +262,11 @@ mp_value(msgpack_packer *pk, const cJSON *item, mp_numscan_t *ns)
 {
     int rc;
     switch (item->type & 0xff) {
-    case cJSON_False:
-        return msgpack_pack_false(pk);
-    case cJSON_True:
-        return msgpack_pack_true(pk);
-    case cJSON_NULL:
-        return msgpack_pack_nil(pk);
-    case cJSON_Number:
-        return mp_number(pk, item, ns);
-    case cJSON_String:
-        return mp_str(pk, item->valuestring);
+    case cJSON_False: return msgpack_pack_false(pk);
+    case cJSON_True: return msgpack_pack_true(pk);
+    case cJSON_NULL: return msgpack_pack_nil(pk);
+    case cJSON_Number: return mp_number(pk, item, ns);
+    case cJSON_String: return mp_str(pk, item->valuestring);
     case cJSON_Array:
         if ((rc = msgpack_pack_array(pk, (size_t)cJSON_GetArraySize(item))) != 0)
             return rc;
@@ -338,18 +332,15 @@ envelope_msgpack(const sl_msg_t *m, sl_buf_t *out, sl_err_t *err)
     mp_numscan_t headers_ns = {.p = m->headers};
 
     /* The key order here and in envelope_json() is the documented order. */
-    if (msgpack_pack_map(&pk, 9) != 0 ||
-        mp_str(&pk, "id") != 0 || mp_str(&pk, m->id) != 0 ||
-        mp_str(&pk, "topic") != 0 || mp_str(&pk, m->topic) != 0 ||
-        mp_str(&pk, "op") != 0 || mp_str(&pk, m->op) != 0 ||
-        mp_str(&pk, "key") != 0 ||
+    if (msgpack_pack_map(&pk, 9) != 0 || mp_str(&pk, "id") != 0 || mp_str(&pk, m->id) != 0 ||
+        mp_str(&pk, "topic") != 0 || mp_str(&pk, m->topic) != 0 || mp_str(&pk, "op") != 0 ||
+        mp_str(&pk, m->op) != 0 || mp_str(&pk, "key") != 0 ||
         (m->key != NULL ? mp_str(&pk, m->key) : msgpack_pack_nil(&pk)) != 0 ||
         mp_str(&pk, "payload") != 0 || mp_value(&pk, payload, &payload_ns) != 0 ||
         mp_str(&pk, "headers") != 0 || mp_value(&pk, headers, &headers_ns) != 0 ||
-        mp_str(&pk, "ts") != 0 || mp_str(&pk, m->ts) != 0 ||
-        mp_str(&pk, "outbox_id") != 0 || msgpack_pack_int64(&pk, m->outbox_id) != 0 ||
-        mp_str(&pk, "source") != 0 || msgpack_pack_map(&pk, 2) != 0 ||
-        mp_str(&pk, "db") != 0 || mp_str(&pk, m->db) != 0 ||
+        mp_str(&pk, "ts") != 0 || mp_str(&pk, m->ts) != 0 || mp_str(&pk, "outbox_id") != 0 ||
+        msgpack_pack_int64(&pk, m->outbox_id) != 0 || mp_str(&pk, "source") != 0 ||
+        msgpack_pack_map(&pk, 2) != 0 || mp_str(&pk, "db") != 0 || mp_str(&pk, m->db) != 0 ||
         mp_str(&pk, "txid") != 0 || mp_str(&pk, m->txid) != 0) {
         /* Only the write callback fails, and it has filled err. */
         assert(sink.rc != SL_OK);
@@ -377,21 +368,15 @@ sl_envelope_encode(const sl_msg_t *m, sl_format_t format, sl_buf_t *out, sl_err_
 
     /* What PQgetvalue() returns for SQL NULL; embedding it would break the envelope. */
     if (m->payload[0] == '\0')
-        return sl_err_set(err, SL_ERR, "outbox id %" PRId64 ": payload is empty",
-                          m->outbox_id);
+        return sl_err_set(err, SL_ERR, "outbox id %" PRId64 ": payload is empty", m->outbox_id);
     if (m->headers[0] == '\0')
-        return sl_err_set(err, SL_ERR, "outbox id %" PRId64 ": headers are empty",
-                          m->outbox_id);
+        return sl_err_set(err, SL_ERR, "outbox id %" PRId64 ": headers are empty", m->outbox_id);
 
     size_t len = out->len;
     int rc;
     switch (format) {
-    case SL_FORMAT_JSON:
-        rc = envelope_json(m, out, err);
-        break;
-    case SL_FORMAT_MSGPACK:
-        rc = envelope_msgpack(m, out, err);
-        break;
+    case SL_FORMAT_JSON: rc = envelope_json(m, out, err); break;
+    case SL_FORMAT_MSGPACK: rc = envelope_msgpack(m, out, err); break;
     default:
         /*
          * A value outside the enum (sl_format_parse() never produces one).

@@ -72,11 +72,26 @@ sl_log_quote(char *buf, size_t n, const char *s)
         char esc[8];
         size_t len;
         switch (*p) {
-        case '"': memcpy(esc, "\\\"", 2); len = 2; break;
-        case '\\': memcpy(esc, "\\\\", 2); len = 2; break;
-        case '\n': memcpy(esc, "\\n", 2); len = 2; break;
-        case '\r': memcpy(esc, "\\r", 2); len = 2; break;
-        case '\t': memcpy(esc, "\\t", 2); len = 2; break;
+        case '"':
+            memcpy(esc, "\\\"", 2);
+            len = 2;
+            break;
+        case '\\':
+            memcpy(esc, "\\\\", 2);
+            len = 2;
+            break;
+        case '\n':
+            memcpy(esc, "\\n", 2);
+            len = 2;
+            break;
+        case '\r':
+            memcpy(esc, "\\r", 2);
+            len = 2;
+            break;
+        case '\t':
+            memcpy(esc, "\\t", 2);
+            len = 2;
+            break;
         default:
             if (*p < 0x20) {
                 len = (size_t)snprintf(esc, sizeof esc, "\\x%02x", *p);
@@ -110,8 +125,8 @@ sl_log(sl_log_level_t level, const char *event, const char *fmt, ...)
     struct tm tm;
     gmtime_r(&ts.tv_sec, &tm);
     int n = snprintf(line, sizeof line, "ts=%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ level=%s event=%s",
-                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                     tm.tm_sec, ts.tv_nsec / 1000000, sl_log_names[level], event);
+                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                     ts.tv_nsec / 1000000, sl_log_names[level], event);
     if (n < 0)
         return;
     size_t off = (size_t)n < sizeof line ? (size_t)n : sizeof line - 1;

@@ -66,8 +66,9 @@ static const sl_cmd_t commands[] = {
 static void
 print_help(FILE *out)
 {
-    fprintf(out, "sluice %s - PostgreSQL changes to reliable event streams\n\n"
-                 "usage: sluice [--version] [--help] <command> [options]\n\ncommands:\n",
+    fprintf(out,
+            "sluice %s - PostgreSQL changes to reliable event streams\n\n"
+            "usage: sluice [--version] [--help] <command> [options]\n\ncommands:\n",
             SL_VERSION);
     for (size_t i = 0; i < NCOMMANDS; i++)
         fprintf(out, "  %-14s %s\n", commands[i].name, commands[i].summary);
@@ -113,8 +114,8 @@ cmd_init(int argc, char **argv, sl_err_t *err)
     if (rc == SL_OK) {
         PGresult *res = PQexec(conn, "SELECT max(version) FROM sluice.schema_version");
         const char *v = PQresultStatus(res) == PGRES_TUPLES_OK ? PQgetvalue(res, 0, 0) : "?";
-        printf("sluice init: schema sluice is at version %s (%d migration%s applied)\n", v,
-               applied, applied == 1 ? "" : "s");
+        printf("sluice init: schema sluice is at version %s (%d migration%s applied)\n", v, applied,
+               applied == 1 ? "" : "s");
         PQclear(res);
     }
     PQfinish(conn);
@@ -220,8 +221,10 @@ main(int argc, char **argv)
         if (strcmp(argv[1], commands[i].name) == 0)
             cmd = &commands[i];
     if (cmd == NULL) {
-        fprintf(stderr, "sluice: error: unknown command \"%s\"\nhint: run `sluice --help` for "
-                        "the list of commands\n", argv[1]);
+        fprintf(stderr,
+                "sluice: error: unknown command \"%s\"\nhint: run `sluice --help` for "
+                "the list of commands\n",
+                argv[1]);
         return SL_EXIT_USAGE;
     }
     sl_err_t err;

@@ -109,8 +109,8 @@ sl_migrate(PGconn *conn, const sl_sql_file_t *files, size_t nfiles, int *applied
         params[0] = vbuf;
         params[1] = files[i].name;
         PGresult *res = PQexecParams(
-            conn, "INSERT INTO sluice.schema_version(version, name) VALUES ($1::int, $2)", 2,
-            NULL, params, NULL, NULL, 0);
+            conn, "INSERT INTO sluice.schema_version(version, name) VALUES ($1::int, $2)", 2, NULL,
+            params, NULL, NULL, 0);
         if (PQresultStatus(res) != PGRES_COMMAND_OK) {
             rc = sl_pg_result_err(res, conn, err);
             PQclear(res);

@@ -56,8 +56,7 @@ static const struct {
     {"op", SL_TEMPLATE_OP},
 };
 
-#define SL_TEMPLATE_HINT \
-    "placeholders are {topic} and {op}; write {{ and }} for literal braces"
+#define SL_TEMPLATE_HINT "placeholders are {topic} and {op}; write {{ and }} for literal braces"
 
 typedef struct sl_template_part {
     sl_template_kind_t kind;
@@ -66,9 +65,9 @@ typedef struct sl_template_part {
 } sl_template_part_t;
 
 struct sl_template {
-    bool constant;      /* no placeholder: every message renders the same */
-    size_t nparts;      /* entries in parts */
-    char *text;         /* literal bytes, braces unescaped; in the same allocation */
+    bool constant;              /* no placeholder: every message renders the same */
+    size_t nparts;              /* entries in parts */
+    char *text;                 /* literal bytes, braces unescaped; in the same allocation */
     sl_template_part_t parts[]; /* in rendering order */
 };
 
@@ -89,8 +88,8 @@ template_fail(const char *tpl, const char *path, size_t pos, const char *what, s
  * those counts, fills t->parts and t->text as well.
  */
 static int
-template_scan(const char *tpl, const char *path, sl_template_t *t, size_t *nparts,
-              size_t *nlit, sl_err_t *err)
+template_scan(const char *tpl, const char *path, sl_template_t *t, size_t *nparts, size_t *nlit,
+              sl_err_t *err)
 {
     size_t np = 0;
     size_t nl = 0;
@@ -117,8 +116,7 @@ template_scan(const char *tpl, const char *path, sl_template_t *t, size_t *npart
             size_t nplaceholders =
                 sizeof sl_template_placeholders / sizeof sl_template_placeholders[0];
             while (k < nplaceholders && !(strlen(sl_template_placeholders[k].name) == len &&
-                                          memcmp(sl_template_placeholders[k].name, name,
-                                                 len) == 0))
+                                          memcmp(sl_template_placeholders[k].name, name, len) == 0))
                 k++;
             if (k == nplaceholders) {
                 char what[SL_TEMPLATE_QUOTE_MAX];
@@ -170,8 +168,8 @@ sl_template_new(const char *tpl, const char *path, sl_template_t **out, sl_err_t
     *out = NULL;
     if (tpl == NULL || tpl[0] == '\0') {
         sl_err_set(err, SL_EUSAGE, "%s: template is empty", path != NULL ? path : "template");
-        return sl_err_hint(err, "give a name such as \"events\" or \"app.{topic}\"; "
-                                SL_TEMPLATE_HINT);
+        return sl_err_hint(err,
+                           "give a name such as \"events\" or \"app.{topic}\"; " SL_TEMPLATE_HINT);
     }
 
     size_t nparts;
@@ -265,8 +263,8 @@ sl_template_render(const sl_template_t *t, const sl_msg_t *m, char *buf, size_t 
 static bool
 is_topic_char(unsigned char c)
 {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '.' || c == '_' || c == '-';
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+           c == '_' || c == '-';
 }
 
 /*
@@ -289,9 +287,8 @@ sl_kafka_topic_check(const char *name, const char *what, sl_err_t *err)
     char quoted[SL_TEMPLATE_QUOTE_MAX];
     size_t len = strlen(name);
     if (len > SL_KAFKA_TOPIC_MAX) {
-        sl_err_set(err, SL_EUSAGE,
-                   "%s: topic name %s is %zu characters long, the maximum is %d", what,
-                   sl_log_quote(quoted, sizeof quoted, name), len, SL_KAFKA_TOPIC_MAX);
+        sl_err_set(err, SL_EUSAGE, "%s: topic name %s is %zu characters long, the maximum is %d",
+                   what, sl_log_quote(quoted, sizeof quoted, name), len, SL_KAFKA_TOPIC_MAX);
         return sl_err_hint(err, "%s", hint);
     }
     if (strcmp(name, ".") == 0 || strcmp(name, "..") == 0) {

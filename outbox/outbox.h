@@ -37,14 +37,14 @@ extern const size_t sl_outbox_migrations_count;
  *   $3 exact topics (text[] or NULL), $4 LIKE patterns (text[] or NULL)
  * Columns: hi, min_id, max_id (both NULL when the range holds no row).
  */
-#define SL_OUTBOX_SQL_OPEN                                                              \
-    "WITH s AS (SELECT coalesce($2::pg_snapshot, pg_current_snapshot()) AS hi) "        \
-    "SELECT s.hi::text, b.min_id, b.max_id FROM s CROSS JOIN LATERAL ("                 \
-    "SELECT min(o.id) AS min_id, max(o.id) AS max_id FROM sluice.outbox o "             \
-    "WHERE o.txid >= pg_snapshot_xmin($1::pg_snapshot) "                                \
-    "AND o.txid < pg_snapshot_xmax(s.hi) "                                              \
-    "AND pg_visible_in_snapshot(o.txid, s.hi) "                                         \
-    "AND NOT pg_visible_in_snapshot(o.txid, $1::pg_snapshot) "                          \
+#define SL_OUTBOX_SQL_OPEN                                                       \
+    "WITH s AS (SELECT coalesce($2::pg_snapshot, pg_current_snapshot()) AS hi) " \
+    "SELECT s.hi::text, b.min_id, b.max_id FROM s CROSS JOIN LATERAL ("          \
+    "SELECT min(o.id) AS min_id, max(o.id) AS max_id FROM sluice.outbox o "      \
+    "WHERE o.txid >= pg_snapshot_xmin($1::pg_snapshot) "                         \
+    "AND o.txid < pg_snapshot_xmax(s.hi) "                                       \
+    "AND pg_visible_in_snapshot(o.txid, s.hi) "                                  \
+    "AND NOT pg_visible_in_snapshot(o.txid, $1::pg_snapshot) "                   \
     "AND ($3::text[] IS NULL OR o.topic = ANY($3::text[]) OR o.topic LIKE ANY($4::text[]))) b"
 
 /*
@@ -58,13 +58,13 @@ extern const size_t sl_outbox_migrations_count;
  * whole range for every page, e.g. when a bulk insert gave every row the
  * same txid. Without it, the only access path is the primary key range.
  */
-#define SL_OUTBOX_SQL_READ                                                              \
-    "SELECT o.id, o.topic, o.key, o.op, o.payload::text, o.headers::text, "            \
-    "o.created_at, o.txid::text "                                                       \
-    "FROM sluice.outbox o "                                                             \
-    "WHERE o.id > $3::bigint AND o.id <= $7::bigint "                                   \
-    "AND pg_visible_in_snapshot(o.txid, $2::pg_snapshot) "                              \
-    "AND NOT pg_visible_in_snapshot(o.txid, $1::pg_snapshot) "                          \
+#define SL_OUTBOX_SQL_READ                                                                   \
+    "SELECT o.id, o.topic, o.key, o.op, o.payload::text, o.headers::text, "                  \
+    "o.created_at, o.txid::text "                                                            \
+    "FROM sluice.outbox o "                                                                  \
+    "WHERE o.id > $3::bigint AND o.id <= $7::bigint "                                        \
+    "AND pg_visible_in_snapshot(o.txid, $2::pg_snapshot) "                                   \
+    "AND NOT pg_visible_in_snapshot(o.txid, $1::pg_snapshot) "                               \
     "AND ($5::text[] IS NULL OR o.topic = ANY($5::text[]) OR o.topic LIKE ANY($6::text[])) " \
     "ORDER BY o.id LIMIT $4::int"
 
@@ -74,15 +74,15 @@ extern const size_t sl_outbox_migrations_count;
  *   $1 pipeline, $2 'beginning' or 'now'
  * Columns: snap_lo, snap_hi, last_id, range_no, delivered, instance_id, db.
  */
-#define SL_OUTBOX_SQL_CHECKPOINT_LOAD                                                   \
-    "WITH ins AS (INSERT INTO sluice.relay_checkpoints (pipeline, snap_lo) "            \
-    "  VALUES ($1, CASE WHEN $2 = 'now' THEN pg_current_snapshot() "                   \
-    "                   ELSE '" SL_OUTBOX_SNAPSHOT_EMPTY "'::pg_snapshot END) "          \
-    "  ON CONFLICT (pipeline) DO NOTHING "                                              \
-    "  RETURNING snap_lo, snap_hi, last_id, range_no, delivered), "                     \
-    "cur AS (SELECT snap_lo, snap_hi, last_id, range_no, delivered FROM ins "           \
-    "  UNION ALL SELECT snap_lo, snap_hi, last_id, range_no, delivered "                \
-    "  FROM sluice.relay_checkpoints WHERE pipeline = $1) "                             \
+#define SL_OUTBOX_SQL_CHECKPOINT_LOAD                                                         \
+    "WITH ins AS (INSERT INTO sluice.relay_checkpoints (pipeline, snap_lo) "                  \
+    "  VALUES ($1, CASE WHEN $2 = 'now' THEN pg_current_snapshot() "                          \
+    "                   ELSE '" SL_OUTBOX_SNAPSHOT_EMPTY "'::pg_snapshot END) "               \
+    "  ON CONFLICT (pipeline) DO NOTHING "                                                    \
+    "  RETURNING snap_lo, snap_hi, last_id, range_no, delivered), "                           \
+    "cur AS (SELECT snap_lo, snap_hi, last_id, range_no, delivered FROM ins "                 \
+    "  UNION ALL SELECT snap_lo, snap_hi, last_id, range_no, delivered "                      \
+    "  FROM sluice.relay_checkpoints WHERE pipeline = $1) "                                   \
     "SELECT cur.snap_lo::text, cur.snap_hi::text, cur.last_id, cur.range_no, cur.delivered, " \
     "(SELECT instance_id::text FROM sluice.meta), current_database() FROM cur"
 
@@ -90,18 +90,17 @@ extern const size_t sl_outbox_migrations_count;
  * Advances a checkpoint; refuses to move it backwards (0 rows updated).
  *   $1 pipeline, $2 lo, $3 hi (NULL), $4 last_id, $5 range_no, $6 delivered
  */
-#define SL_OUTBOX_SQL_CHECKPOINT_SAVE                                                   \
-    "UPDATE sluice.relay_checkpoints SET snap_lo = $2::pg_snapshot, "                   \
-    "snap_hi = $3::pg_snapshot, last_id = $4::bigint, range_no = $5::bigint, "          \
-    "delivered = $6::bigint, updated_at = now() "                                       \
+#define SL_OUTBOX_SQL_CHECKPOINT_SAVE                                          \
+    "UPDATE sluice.relay_checkpoints SET snap_lo = $2::pg_snapshot, "          \
+    "snap_hi = $3::pg_snapshot, last_id = $4::bigint, range_no = $5::bigint, " \
+    "delivered = $6::bigint, updated_at = now() "                              \
     "WHERE pipeline = $1 AND (range_no, last_id) <= ($5::bigint, $4::bigint)"
 
 /*
  * Deletes delivered rows older than the retention ($1 seconds), a bounded
  * number per call. Returns one bigint: rows deleted.
  */
-#define SL_OUTBOX_SQL_PRUNE                                                             \
-    "SELECT sluice.prune_outbox(make_interval(secs => $1::bigint), $2::int)"
+#define SL_OUTBOX_SQL_PRUNE "SELECT sluice.prune_outbox(make_interval(secs => $1::bigint), $2::int)"
 /* Rows deleted per prune call: keeps each call a short transaction. */
 #define SL_OUTBOX_PRUNE_BATCH 10000
 
@@ -109,7 +108,7 @@ extern const size_t sl_outbox_migrations_count;
  * Takes the pipeline's advisory lock (session level), so two relays never
  * run the same pipeline at once. $1 pipeline. Returns one boolean.
  */
-#define SL_OUTBOX_SQL_PIPELINE_LOCK                                                     \
+#define SL_OUTBOX_SQL_PIPELINE_LOCK \
     "SELECT pg_try_advisory_lock(hashtextextended('sluice.pipeline:' || $1, 0))"
 
 /*

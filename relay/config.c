@@ -20,21 +20,21 @@ static const char *const log_levels[] = {"debug", "info", "warn", "error", NULL}
 static const char *const start_choices[] = {"beginning", "now", NULL};
 
 static const sl_cfg_key_t relay_keys[] = {
-    {"database", SL_CFG_STRING, offsetof(sl_relay_cfg_t, database), true, NULL, 0, 0, NULL,
-     false, "PostgreSQL connection string (URI or key=value) of the outbox database"},
-    {"pipelines", SL_CFG_ARRAY, offsetof(sl_relay_cfg_t, pipelines), true, NULL, 0, 0, NULL,
-     false, "the pipelines to run, at least one"},
+    {"database", SL_CFG_STRING, offsetof(sl_relay_cfg_t, database), true, NULL, 0, 0, NULL, false,
+     "PostgreSQL connection string (URI or key=value) of the outbox database"},
+    {"pipelines", SL_CFG_ARRAY, offsetof(sl_relay_cfg_t, pipelines), true, NULL, 0, 0, NULL, false,
+     "the pipelines to run, at least one"},
     {"log_level", SL_CFG_STRING, offsetof(sl_relay_cfg_t, log_level), false, "\"info\"", 0, 0,
      log_levels, false, "lowest level written to stderr"},
     {"shutdown_timeout_ms", SL_CFG_INT, offsetof(sl_relay_cfg_t, shutdown_timeout_ms), false,
      "10000", 0, 3600000, NULL, false,
      "on SIGTERM/SIGINT, how long to wait for in-flight messages to be acknowledged"},
-    {"checkpoint_interval_ms", SL_CFG_INT, offsetof(sl_relay_cfg_t, checkpoint_interval_ms),
-     false, "100", 0, 60000, NULL, false,
+    {"checkpoint_interval_ms", SL_CFG_INT, offsetof(sl_relay_cfg_t, checkpoint_interval_ms), false,
+     "100", 0, 60000, NULL, false,
      "at most one checkpoint write per pipeline per interval (a crash resends at most this "
      "much more than the unacknowledged window)"},
-    {"outbox_retention_s", SL_CFG_INT, offsetof(sl_relay_cfg_t, outbox_retention_s), false,
-     "3600", -1, 315360000, NULL, false,
+    {"outbox_retention_s", SL_CFG_INT, offsetof(sl_relay_cfg_t, outbox_retention_s), false, "3600",
+     -1, 315360000, NULL, false,
      "delete outbox rows every pipeline delivered once they are this old (seconds); "
      "-1 keeps them forever"},
 };
@@ -42,23 +42,23 @@ static const sl_cfg_key_t relay_keys[] = {
 static const sl_cfg_key_t pipeline_keys[] = {
     {"name", SL_CFG_STRING, offsetof(sl_pipeline_cfg_t, name), true, NULL, 0, 0, NULL, false,
      "unique name; keys the pipeline's checkpoint, so renaming restarts delivery"},
-    {"topics", SL_CFG_STRLIST, offsetof(sl_pipeline_cfg_t, topics), false, NULL, 0, 0, NULL,
-     false, "outbox topics to relay; '*' matches any characters; absent = every topic"},
+    {"topics", SL_CFG_STRLIST, offsetof(sl_pipeline_cfg_t, topics), false, NULL, 0, 0, NULL, false,
+     "outbox topics to relay; '*' matches any characters; absent = every topic"},
     {"sink", SL_CFG_OBJECT, offsetof(sl_pipeline_cfg_t, sink), true, NULL, 0, 0, NULL, false,
      "where messages go; see the sink keys below"},
     {"database", SL_CFG_STRING, offsetof(sl_pipeline_cfg_t, database), false, NULL, 0, 0, NULL,
      false, "outbox database of this pipeline, if not the relay's"},
     {"start", SL_CFG_STRING, offsetof(sl_pipeline_cfg_t, start), false, "\"beginning\"", 0, 0,
      start_choices, false, "where a pipeline without a checkpoint starts"},
-    {"batch_size", SL_CFG_INT, offsetof(sl_pipeline_cfg_t, batch_size), false, "1000", 1,
-     100000, NULL, false, "outbox rows read per query"},
+    {"batch_size", SL_CFG_INT, offsetof(sl_pipeline_cfg_t, batch_size), false, "1000", 1, 100000,
+     NULL, false, "outbox rows read per query"},
     {"max_inflight", SL_CFG_INT, offsetof(sl_pipeline_cfg_t, max_inflight), false, "10000", 1,
      10000000, NULL, false, "messages sent but not yet acknowledged; reading pauses at this"},
     {"max_inflight_bytes", SL_CFG_INT, offsetof(sl_pipeline_cfg_t, max_inflight_bytes), false,
      "67108864", 1024, 17179869184LL, NULL, false,
      "bytes of envelopes sent but not yet acknowledged; reading pauses at this"},
-    {"poll_interval_ms", SL_CFG_INT, offsetof(sl_pipeline_cfg_t, poll_interval_ms), false,
-     "1000", 10, 3600000, NULL, false,
+    {"poll_interval_ms", SL_CFG_INT, offsetof(sl_pipeline_cfg_t, poll_interval_ms), false, "1000",
+     10, 3600000, NULL, false,
      "fallback poll when no doorbell rings (the doorbell wakes the relay at once)"},
     {"doorbell", SL_CFG_BOOL, offsetof(sl_pipeline_cfg_t, doorbell), false, "true", 0, 0, NULL,
      false, "LISTEN for publish() notifications to wake immediately"},
@@ -104,8 +104,8 @@ pipeline_cfg_parse(const cJSON *obj, size_t i, sl_pipeline_cfg_t *pc, sl_err_t *
             return rc;
     }
     if (pc->batch_size > pc->max_inflight) {
-        sl_err_set(err, SL_EUSAGE, "%s: batch_size (%lld) is larger than max_inflight (%lld)",
-                   path, (long long)pc->batch_size, (long long)pc->max_inflight);
+        sl_err_set(err, SL_EUSAGE, "%s: batch_size (%lld) is larger than max_inflight (%lld)", path,
+                   (long long)pc->batch_size, (long long)pc->max_inflight);
         return sl_err_hint(err, "lower batch_size or raise max_inflight; a read never asks for "
                                 "more rows than the window has room for");
     }
@@ -165,8 +165,7 @@ sl_relay_cfg_load(const char *file, sl_relay_cfg_t **out, sl_err_t *err)
         goto fail;
     }
     const cJSON *p;
-    cJSON_ArrayForEach(p, cfg->pipelines)
-    {
+    cJSON_ArrayForEach (p, cfg->pipelines) {
         sl_pipeline_cfg_t *pc = &cfg->pl[cfg->npl++];
         if ((rc = pipeline_cfg_parse(p, cfg->npl - 1, pc, err)) != SL_OK)
             goto fail;
@@ -211,15 +210,13 @@ redact_literals(cJSON *doc)
     if (cJSON_IsString(db) && strcmp(db->valuestring, "[redacted]") != 0)
         cJSON_SetValuestring(db, sl_pg_conninfo_redact(db->valuestring, buf, sizeof buf));
     const cJSON *pl;
-    cJSON_ArrayForEach(pl, cJSON_GetObjectItemCaseSensitive(doc, "pipelines"))
-    {
+    cJSON_ArrayForEach (pl, cJSON_GetObjectItemCaseSensitive(doc, "pipelines")) {
         cJSON *pdb = cJSON_GetObjectItemCaseSensitive(pl, "database");
         if (cJSON_IsString(pdb) && strcmp(pdb->valuestring, "[redacted]") != 0)
             cJSON_SetValuestring(pdb, sl_pg_conninfo_redact(pdb->valuestring, buf, sizeof buf));
         cJSON *sink = cJSON_GetObjectItemCaseSensitive(pl, "sink");
         cJSON *prop;
-        cJSON_ArrayForEach(prop, cJSON_GetObjectItemCaseSensitive(sink, "properties"))
-        {
+        cJSON_ArrayForEach (prop, cJSON_GetObjectItemCaseSensitive(sink, "properties")) {
             if (cJSON_IsString(prop) && is_secret_property(prop->string))
                 cJSON_SetValuestring(prop, "[redacted]");
         }

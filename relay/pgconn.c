@@ -26,29 +26,28 @@
 #include <string.h>
 
 struct sl_pgconn {
-    uv_loop_t *loop;             /* borrowed */
-    char *conninfo;              /* owned */
-    char *name;                  /* owned, for logs */
+    uv_loop_t *loop; /* borrowed */
+    char *conninfo;  /* owned */
+    char *name;      /* owned, for logs */
     sl_pgconn_cbs_t cbs;
-    void *ctx;                   /* passed to callbacks */
+    void *ctx; /* passed to callbacks */
     sl_pgconn_state_t state;
-    PGconn *conn;                /* owned, NULL when down */
-    uv_poll_t *poll;             /* owned; closed asynchronously */
-    int poll_fd;                 /* descriptor poll watches, -1 when none */
-    int poll_events;             /* UV_READABLE/UV_WRITABLE currently requested */
-    uv_timer_t timer;            /* reconnect delay */
+    PGconn *conn;     /* owned, NULL when down */
+    uv_poll_t *poll;  /* owned; closed asynchronously */
+    int poll_fd;      /* descriptor poll watches, -1 when none */
+    int poll_events;  /* UV_READABLE/UV_WRITABLE currently requested */
+    uv_timer_t timer; /* reconnect delay */
     sl_backoff_t bo;
-    PGresult *pending;           /* result of the statement in flight */
-    uint32_t attempts;           /* connect attempts since the last success */
-    int closing_handles;         /* handles still to close before freeing */
-    void (*done)(void *);        /* run after free on close */
+    PGresult *pending;    /* result of the statement in flight */
+    uint32_t attempts;    /* connect attempts since the last success */
+    int closing_handles;  /* handles still to close before freeing */
+    void (*done)(void *); /* run after free on close */
     void *done_arg;
 };
 
 static const char *const pgconn_state_names[] = {
-    [SL_PGCONN_DOWN] = "down",         [SL_PGCONN_CONNECTING] = "connecting",
-    [SL_PGCONN_READY] = "ready",       [SL_PGCONN_BUSY] = "busy",
-    [SL_PGCONN_BACKOFF] = "backoff",   [SL_PGCONN_CLOSED] = "closed",
+    [SL_PGCONN_DOWN] = "down", [SL_PGCONN_CONNECTING] = "connecting", [SL_PGCONN_READY] = "ready",
+    [SL_PGCONN_BUSY] = "busy", [SL_PGCONN_BACKOFF] = "backoff",       [SL_PGCONN_CLOSED] = "closed",
 };
 
 static void pgconn_poll_cb(uv_poll_t *h, int status, int events);
@@ -141,8 +140,8 @@ pgconn_notice_cb(void *arg, const char *message)
     char q[1024];
     size_t len = strlen(message);
     char trimmed[1024];
-    snprintf(trimmed, sizeof trimmed, "%.*s", (int)(len > 0 && message[len - 1] == '\n' ? len - 1 : len),
-             message);
+    snprintf(trimmed, sizeof trimmed, "%.*s",
+             (int)(len > 0 && message[len - 1] == '\n' ? len - 1 : len), message);
     bool bad = strncmp(trimmed, "FATAL", 5) == 0 || strncmp(trimmed, "WARNING", 7) == 0 ||
                strncmp(trimmed, "PANIC", 5) == 0;
     sl_log(bad ? SL_LOG_WARN : SL_LOG_INFO, "pg.notice", "conn=%s msg=%s", pc->name,
@@ -188,8 +187,8 @@ pgconn_fail_from_libpq(sl_pgconn_t *pc, const char *what)
 }
 
 int
-sl_pgconn_new(uv_loop_t *loop, const char *conninfo, const char *name,
-              const sl_pgconn_cbs_t *cbs, void *ctx, sl_pgconn_t **out, sl_err_t *err)
+sl_pgconn_new(uv_loop_t *loop, const char *conninfo, const char *name, const sl_pgconn_cbs_t *cbs,
+              void *ctx, sl_pgconn_t **out, sl_err_t *err)
 {
     sl_pgconn_t *pc = calloc(1, sizeof *pc);
     if (pc == NULL)
@@ -219,8 +218,12 @@ sl_pgconn_start(sl_pgconn_t *pc)
 {
     assert(pc->state == SL_PGCONN_DOWN || pc->state == SL_PGCONN_BACKOFF);
     /* keepalives: notice a silently dead server on an idle connection. */
-    const char *keys[] = {"dbname",           "application_name", "keepalives",
-                          "keepalives_idle",  "keepalives_interval", "keepalives_count",
+    const char *keys[] = {"dbname",
+                          "application_name",
+                          "keepalives",
+                          "keepalives_idle",
+                          "keepalives_interval",
+                          "keepalives_count",
                           NULL};
     const char *vals[] = {pc->conninfo, "sluice-relay", "1", "10", "5", "3", NULL};
     pc->conn = PQconnectStartParams(keys, vals, 1);
@@ -251,17 +254,14 @@ pgconn_connect_step(sl_pgconn_t *pc)
     pgconn_unwatch(pc);
     PostgresPollingStatusType st = PQconnectPoll(pc->conn);
     switch (st) {
-    case PGRES_POLLING_FAILED:
-        pgconn_fail_from_libpq(pc, "cannot connect to PostgreSQL");
-        return;
+    case PGRES_POLLING_FAILED: pgconn_fail_from_libpq(pc, "cannot connect to PostgreSQL"); return;
     case PGRES_POLLING_READING:
     case PGRES_POLLING_WRITING:
         if (pgconn_watch(pc, PQsocket(pc->conn),
                          st == PGRES_POLLING_READING ? UV_READABLE : UV_WRITABLE, &err) != SL_OK)
             pgconn_lost(pc, &err);
         return;
-    case PGRES_POLLING_OK:
-        break;
+    case PGRES_POLLING_OK: break;
     case PGRES_POLLING_ACTIVE: /* Obsolete; libpq never returns it. */
         if (pgconn_watch(pc, PQsocket(pc->conn), UV_WRITABLE, &err) != SL_OK)
             pgconn_lost(pc, &err);
@@ -389,8 +389,9 @@ sl_pgconn_send(sl_pgconn_t *pc, const char *sql, int nparams, const char *const 
     assert(pc->state == SL_PGCONN_READY);
     /* Without parameters use the simple protocol, which allows several
      * statements in one string (session set-up). */
-    int sent = nparams == 0 ? PQsendQuery(pc->conn, sql)
-                            : PQsendQueryParams(pc->conn, sql, nparams, NULL, params, NULL, NULL, 0);
+    int sent = nparams == 0
+                   ? PQsendQuery(pc->conn, sql)
+                   : PQsendQueryParams(pc->conn, sql, nparams, NULL, params, NULL, NULL, 0);
     if (sent == 0) {
         sl_pg_result_err(NULL, pc->conn, err);
         pgconn_lost(pc, err);

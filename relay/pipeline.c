@@ -90,13 +90,13 @@ static const char *const pipeline_state_names[] = {
 /* The statement in flight on the pipeline's connection. */
 typedef enum sl_pipeline_op {
     SL_OP_NONE,
-    SL_OP_SESSION,   /* SET ...; LISTEN */
-    SL_OP_LOCK,      /* pg_try_advisory_lock */
-    SL_OP_LOAD,      /* checkpoint load */
-    SL_OP_OPEN,      /* new upper snapshot */
-    SL_OP_PAGE,      /* read a page */
-    SL_OP_SAVE,      /* checkpoint write */
-    SL_OP_PRUNE,     /* outbox retention */
+    SL_OP_SESSION, /* SET ...; LISTEN */
+    SL_OP_LOCK,    /* pg_try_advisory_lock */
+    SL_OP_LOAD,    /* checkpoint load */
+    SL_OP_OPEN,    /* new upper snapshot */
+    SL_OP_PAGE,    /* read a page */
+    SL_OP_SAVE,    /* checkpoint write */
+    SL_OP_PRUNE,   /* outbox retention */
 } sl_pipeline_op_t;
 
 /* One in-flight message. */
@@ -108,79 +108,79 @@ typedef struct sl_slot {
 
 /* A snapshot range with messages (or the read position) still in the window. */
 typedef struct sl_range {
-    char *lo;              /* owned */
-    char *hi;              /* owned */
-    int64_t range_no;      /* position number while inside this range */
-    int64_t end_range_no;  /* position number once this range is done */
-    uint64_t start_seq;    /* first message of the range */
-    uint64_t end_seq;      /* one past its last message, once complete */
-    bool complete;         /* every page read */
+    char *lo;             /* owned */
+    char *hi;             /* owned */
+    int64_t range_no;     /* position number while inside this range */
+    int64_t end_range_no; /* position number once this range is done */
+    uint64_t start_seq;   /* first message of the range */
+    uint64_t end_seq;     /* one past its last message, once complete */
+    bool complete;        /* every page read */
 } sl_range_t;
 
 /* A checkpoint position. */
 typedef struct sl_pos {
-    char *lo;              /* owned */
-    char *hi;              /* owned, NULL outside a range */
+    char *lo; /* owned */
+    char *hi; /* owned, NULL outside a range */
     int64_t last_id;
     int64_t range_no;
 } sl_pos_t;
 
 struct sl_pipeline {
-    uv_loop_t *loop;                 /* borrowed */
-    const sl_pipeline_cfg_t *cfg;    /* borrowed */
-    const sl_relay_cfg_t *rcfg;      /* borrowed */
+    uv_loop_t *loop;              /* borrowed */
+    const sl_pipeline_cfg_t *cfg; /* borrowed */
+    const sl_relay_cfg_t *rcfg;   /* borrowed */
     sl_pipeline_state_t state;
-    bool failed;                     /* stopped by an error it cannot heal */
-    bool loaded;                     /* checkpoint loaded at least once */
-    bool lock_wait;                  /* another session holds the pipeline lock */
+    bool failed;    /* stopped by an error it cannot heal */
+    bool loaded;    /* checkpoint loaded at least once */
+    bool lock_wait; /* another session holds the pipeline lock */
     sl_pipeline_op_t op;
 
-    sl_pgconn_t *pc;                 /* owned */
-    sl_sink_t *sk;                   /* owned */
-    uv_timer_t poll_timer;           /* fallback poll, stats, deadlines */
-    uv_timer_t ckpt_timer;           /* delayed checkpoint write / lock retry */
-    int open_handles;                /* timers not yet closed */
+    sl_pgconn_t *pc;       /* owned */
+    sl_sink_t *sk;         /* owned */
+    uv_timer_t poll_timer; /* fallback poll, stats, deadlines */
+    uv_timer_t ckpt_timer; /* delayed checkpoint write / lock retry */
+    int open_handles;      /* timers not yet closed */
     void (*on_stopped)(sl_pipeline_t *, void *);
     void *on_stopped_arg;
 
     /* Identity. */
-    char *instance;                  /* owned, sluice.meta.instance_id */
-    char *db;                        /* owned, database name */
-    char *topics_exact;              /* owned text[] literal or NULL */
-    char *topics_like;               /* owned text[] literal or NULL */
+    char *instance;     /* owned, sluice.meta.instance_id */
+    char *db;           /* owned, database name */
+    char *topics_exact; /* owned text[] literal or NULL */
+    char *topics_like;  /* owned text[] literal or NULL */
 
     /* Reader. */
-    sl_pos_t rd;                     /* where the next read starts */
-    bool rd_bounded;                 /* rd_max_id is known for the open range */
-    int64_t rd_max_id;               /* highest id in the open range */
-    bool wake;                       /* something may have been published */
+    sl_pos_t rd;                          /* where the next read starts */
+    bool rd_bounded;                      /* rd_max_id is known for the open range */
+    int64_t rd_max_id;                    /* highest id in the open range */
+    bool wake;                            /* something may have been published */
     PGresult *held[SL_PIPELINE_HELD_MAX]; /* pages not yet handed to the sink, oldest first */
-    int nheld;                       /* pages in `held` */
-    int held_row;                    /* next row of held[0] to send */
-    uint64_t held_rows;              /* rows in `held` not yet sent */
-    uint64_t avg_msg_bytes;          /* moving average of envelope sizes */
-    int64_t page_limit;              /* rows asked for by the PAGE in flight */
-    bool sink_full;                  /* the sink said AGAIN: wait for an ack */
+    int nheld;                            /* pages in `held` */
+    int held_row;                         /* next row of held[0] to send */
+    uint64_t held_rows;                   /* rows in `held` not yet sent */
+    uint64_t avg_msg_bytes;               /* moving average of envelope sizes */
+    int64_t page_limit;                   /* rows asked for by the PAGE in flight */
+    bool sink_full;                       /* the sink said AGAIN: wait for an ack */
 
     /* Window. */
-    sl_slot_t *slots;                /* owned ring of max_inflight */
+    sl_slot_t *slots; /* owned ring of max_inflight */
     size_t cap;
-    uint64_t head;                   /* next sequence number */
-    uint64_t tail;                   /* first unacknowledged sequence number */
+    uint64_t head; /* next sequence number */
+    uint64_t tail; /* first unacknowledged sequence number */
     uint64_t inflight_bytes;
-    sl_range_t *ranges;              /* owned queue, oldest first */
+    sl_range_t *ranges; /* owned queue, oldest first */
     size_t nranges, ranges_cap;
 
     /* Checkpoint. */
-    sl_pos_t ck;                     /* acknowledged position (in memory) */
-    int64_t delivered;               /* messages acknowledged in total */
-    int64_t ck_saved_delivered;      /* `delivered` as last stored */
-    int64_t ck_sending_delivered;    /* `delivered` in the write in flight */
-    bool ck_dirty;                   /* ck differs from what is stored */
-    uint64_t ck_written_ms;          /* last write */
+    sl_pos_t ck;                  /* acknowledged position (in memory) */
+    int64_t delivered;            /* messages acknowledged in total */
+    int64_t ck_saved_delivered;   /* `delivered` as last stored */
+    int64_t ck_sending_delivered; /* `delivered` in the write in flight */
+    bool ck_dirty;                /* ck differs from what is stored */
+    uint64_t ck_written_ms;       /* last write */
 
     /* Retention. */
-    uint64_t next_prune_ms;          /* UINT64_MAX when disabled */
+    uint64_t next_prune_ms; /* UINT64_MAX when disabled */
 
     /* Shutdown. */
     uint64_t deadline_ms;
@@ -189,7 +189,7 @@ struct sl_pipeline {
     int64_t stats_delivered;
     uint64_t stats_ms;
 
-    sl_buf_t scratch;                /* reused for SQL parameters */
+    sl_buf_t scratch; /* reused for SQL parameters */
 };
 
 static void pipeline_kick(sl_pipeline_t *pl);
@@ -501,8 +501,8 @@ static int64_t
 pipeline_page_target(const sl_pipeline_t *pl)
 {
     uint64_t by_bytes = (uint64_t)pl->cfg->max_inflight_bytes / pl->avg_msg_bytes;
-    uint64_t t = min_u64((uint64_t)pl->cfg->batch_size,
-                         min_u64((uint64_t)pl->cfg->max_inflight, by_bytes));
+    uint64_t t =
+        min_u64((uint64_t)pl->cfg->batch_size, min_u64((uint64_t)pl->cfg->max_inflight, by_bytes));
     return t > 0 ? (int64_t)t : 1;
 }
 
@@ -523,8 +523,8 @@ pipeline_read(sl_pipeline_t *pl)
     pl->page_limit = pipeline_page_limit(pl);
     snprintf(lim, sizeof lim, "%" PRId64, pl->page_limit);
     snprintf(max, sizeof max, "%" PRId64, pl->rd_max_id);
-    const char *params[7] = {pl->rd.lo, pl->rd.hi, last, lim, pl->topics_exact, pl->topics_like,
-                             max};
+    const char *params[7] = {pl->rd.lo,        pl->rd.hi,       last, lim,
+                             pl->topics_exact, pl->topics_like, max};
     pipeline_send(pl, SL_OP_PAGE, SL_OUTBOX_SQL_READ, 7, params);
 }
 
@@ -718,8 +718,9 @@ pipeline_on_load(sl_pipeline_t *pl, PGresult *res, sl_err_t *err)
         return SL_ENOMEM;
     pl->loaded = true;
     pl->wake = true;
-    sl_log_info("pipeline.resume", "pipeline=%s delivered=%" PRId64 " last_id=%" PRId64
-                " in_range=%s", pl->cfg->name, pl->delivered, last_id, hi ? "true" : "false");
+    sl_log_info("pipeline.resume",
+                "pipeline=%s delivered=%" PRId64 " last_id=%" PRId64 " in_range=%s", pl->cfg->name,
+                pl->delivered, last_id, hi ? "true" : "false");
     return SL_OK;
 }
 
@@ -739,8 +740,10 @@ pipeline_on_result(sl_pgconn_t *pc, PGresult *res, void *ctx)
             strncmp(err.sqlstate, "57", 2) != 0) {
             /* Retention is housekeeping: its failure must not stop delivery. */
             char q[SL_ERR_MSG_MAX + 16];
-            sl_log_warn("outbox.prune_failed", "pipeline=%s err=%s note=\"retention disabled "
-                        "until restart\"", pl->cfg->name, sl_log_quote(q, sizeof q, err.msg));
+            sl_log_warn("outbox.prune_failed",
+                        "pipeline=%s err=%s note=\"retention disabled "
+                        "until restart\"",
+                        pl->cfg->name, sl_log_quote(q, sizeof q, err.msg));
             pl->next_prune_ms = UINT64_MAX;
             pipeline_kick(pl);
             return;
@@ -753,7 +756,8 @@ pipeline_on_result(sl_pgconn_t *pc, PGresult *res, void *ctx)
         }
         if (strcmp(err.sqlstate, "42501") == 0) {
             sl_err_prefix(&err, "permission denied reading the outbox: ");
-            sl_err_hint(&err, "grant the relay's role access to schema sluice (docs/operations.md)");
+            sl_err_hint(&err,
+                        "grant the relay's role access to schema sluice (docs/operations.md)");
             pipeline_fail(pl, &err);
             return;
         }
@@ -815,10 +819,12 @@ pipeline_on_result(sl_pgconn_t *pc, PGresult *res, void *ctx)
             pl->ck_saved_delivered = pl->ck_sending_delivered;
         if (!moved) {
             pl->ck_dirty = true; /* Not stored: pipeline.closed must say so. */
-            sl_err_set(&err, SL_ERR, "the stored checkpoint of pipeline \"%s\" is ahead of this "
-                       "relay or was deleted", pl->cfg->name);
+            sl_err_set(&err, SL_ERR,
+                       "the stored checkpoint of pipeline \"%s\" is ahead of this "
+                       "relay or was deleted",
+                       pl->cfg->name);
             sl_err_hint(&err, "two relays may be running the same pipeline; run each pipeline "
-                        "in one relay only");
+                              "in one relay only");
             rc = SL_ERR;
         }
         break;
@@ -832,9 +838,7 @@ pipeline_on_result(sl_pgconn_t *pc, PGresult *res, void *ctx)
             pl->next_prune_ms = sl_now_ms() + SL_PIPELINE_PRUNE_BUSY_MS;
         break;
     }
-    case SL_OP_NONE:
-        PQclear(res);
-        break;
+    case SL_OP_NONE: PQclear(res); break;
     }
     if (rc != SL_OK) {
         pipeline_fail(pl, &err);
@@ -972,8 +976,8 @@ pipeline_fail(sl_pipeline_t *pl, const sl_err_t *err)
 
 int
 sl_pipeline_new(uv_loop_t *loop, const sl_relay_cfg_t *rcfg, const sl_pipeline_cfg_t *cfg,
-                void (*on_stopped)(sl_pipeline_t *pl, void *arg), void *arg,
-                sl_pipeline_t **out, sl_err_t *err)
+                void (*on_stopped)(sl_pipeline_t *pl, void *arg), void *arg, sl_pipeline_t **out,
+                sl_err_t *err)
 {
     sl_pipeline_t *pl = calloc(1, sizeof *pl);
     if (pl == NULL)
@@ -986,8 +990,8 @@ sl_pipeline_new(uv_loop_t *loop, const sl_relay_cfg_t *rcfg, const sl_pipeline_c
     pl->state = SL_PIPELINE_CONNECTING;
     pl->cap = (size_t)cfg->max_inflight;
     pl->avg_msg_bytes = SL_PIPELINE_FIRST_MSG_BYTES;
-    pl->next_prune_ms = rcfg->outbox_retention_s < 0 ? UINT64_MAX
-                                                     : sl_now_ms() + SL_PIPELINE_PRUNE_MS;
+    pl->next_prune_ms =
+        rcfg->outbox_retention_s < 0 ? UINT64_MAX : sl_now_ms() + SL_PIPELINE_PRUNE_MS;
     pl->slots = calloc(pl->cap, sizeof *pl->slots);
     if (pl->slots == NULL) {
         free(pl);

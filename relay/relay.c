@@ -19,13 +19,13 @@
 
 typedef struct sl_relay {
     uv_loop_t loop;
-    const sl_relay_cfg_t *cfg;     /* borrowed */
-    sl_pipeline_t **pls;           /* owned array of owned pipelines */
+    const sl_relay_cfg_t *cfg; /* borrowed */
+    sl_pipeline_t **pls;       /* owned array of owned pipelines */
     size_t npls;
-    size_t running;                /* pipelines not yet stopped */
+    size_t running; /* pipelines not yet stopped */
     size_t failed;
     uv_signal_t sigterm, sigint;
-    int signals;                   /* signals received */
+    int signals; /* signals received */
     bool stopping;
 } sl_relay_t;
 

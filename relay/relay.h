@@ -15,26 +15,26 @@
 struct sl_sink_ops;
 
 /* Limits that bound memory; each is a config key with these defaults. */
-#define SL_RELAY_DEFAULT_BATCH_SIZE 1000          /* rows per outbox read */
-#define SL_RELAY_DEFAULT_MAX_INFLIGHT 10000       /* unacknowledged messages */
+#define SL_RELAY_DEFAULT_BATCH_SIZE 1000             /* rows per outbox read */
+#define SL_RELAY_DEFAULT_MAX_INFLIGHT 10000          /* unacknowledged messages */
 #define SL_RELAY_DEFAULT_MAX_INFLIGHT_BYTES 67108864 /* 64 MiB of unacknowledged envelopes */
 
 /* One pipeline's configuration (one element of "pipelines"). */
 typedef struct sl_pipeline_cfg {
-    char *name;                    /* unique, [A-Za-z0-9._-]{1,100} */
-    sl_strlist_t topics;           /* outbox topics or globs; empty = every topic */
-    const struct cJSON *sink;      /* borrowed from the document */
-    char *database;                /* optional override of the relay's database */
-    char *start;                   /* "beginning" or "now": where a new pipeline starts */
+    char *name;               /* unique, [A-Za-z0-9._-]{1,100} */
+    sl_strlist_t topics;      /* outbox topics or globs; empty = every topic */
+    const struct cJSON *sink; /* borrowed from the document */
+    char *database;           /* optional override of the relay's database */
+    char *start;              /* "beginning" or "now": where a new pipeline starts */
     int64_t batch_size;
     int64_t max_inflight;
     int64_t max_inflight_bytes;
-    int64_t poll_interval_ms;      /* fallback poll when no doorbell rings */
-    bool doorbell;                 /* LISTEN for the publish doorbell */
+    int64_t poll_interval_ms; /* fallback poll when no doorbell rings */
+    bool doorbell;            /* LISTEN for the publish doorbell */
     /* Resolved at load time. */
     const struct sl_sink_ops *sink_ops; /* the sink's vtable */
-    void *sink_conf;               /* parsed sink config, owned */
-    char *path;                    /* "pipelines[0]", owned, for messages */
+    void *sink_conf;                    /* parsed sink config, owned */
+    char *path;                         /* "pipelines[0]", owned, for messages */
 } sl_pipeline_cfg_t;
 
 /* The whole relay configuration. */
@@ -42,12 +42,12 @@ typedef struct sl_relay_cfg {
     char *database;                /* PostgreSQL connection string (may hold secrets) */
     const struct cJSON *pipelines; /* borrowed */
     char *log_level;
-    int64_t shutdown_timeout_ms;   /* how long SIGTERM waits for in-flight acks */
-    int64_t checkpoint_interval_ms;/* at most one checkpoint write per interval per pipeline */
-    int64_t outbox_retention_s;    /* delivered rows older than this are pruned; -1 = never */
-    sl_pipeline_cfg_t *pl;         /* owned array */
+    int64_t shutdown_timeout_ms;    /* how long SIGTERM waits for in-flight acks */
+    int64_t checkpoint_interval_ms; /* at most one checkpoint write per interval per pipeline */
+    int64_t outbox_retention_s;     /* delivered rows older than this are pruned; -1 = never */
+    sl_pipeline_cfg_t *pl;          /* owned array */
     size_t npl;
-    sl_cfg_doc_t doc;              /* owned: resolved and display trees */
+    sl_cfg_doc_t doc; /* owned: resolved and display trees */
 } sl_relay_cfg_t;
 
 /* Loads, interpolates and validates a relay config file. Errors are

@@ -56,16 +56,16 @@ typedef struct kafka_conf {
 
 typedef struct kafka_sink {
     struct sl_sink base;
-    rd_kafka_t *rk;              /* owned */
-    rd_kafka_queue_t *mainq;     /* owned reference to rk's main queue */
-    int pipefd[2];               /* librdkafka writes [1] when the queue wakes */
-    uv_poll_t wake;              /* watches pipefd[0] */
-    uv_timer_t timer;            /* fallback queue service */
+    rd_kafka_t *rk;          /* owned */
+    rd_kafka_queue_t *mainq; /* owned reference to rk's main queue */
+    int pipefd[2];           /* librdkafka writes [1] when the queue wakes */
+    uv_poll_t wake;          /* watches pipefd[0] */
+    uv_timer_t timer;        /* fallback queue service */
     int open_handles;
-    const sl_template_t *tpl;    /* borrowed from the config */
+    const sl_template_t *tpl; /* borrowed from the config */
     sl_format_t fmt;
-    sl_buf_t value;              /* reused envelope buffer */
-    bool closing;                /* reports after close are dropped */
+    sl_buf_t value; /* reused envelope buffer */
+    bool closing;   /* reports after close are dropped */
     void (*done)(void *);
     void *done_arg;
 } kafka_sink_t;
@@ -77,8 +77,8 @@ static const sl_cfg_key_t kafka_keys[] = {
      "\"kafka\""},
     {"brokers", SL_CFG_STRING, offsetof(kafka_conf_t, brokers), true, NULL, 0, 0, NULL, false,
      "bootstrap servers, host:port[,host:port...]"},
-    {"topic", SL_CFG_STRING, offsetof(kafka_conf_t, topic), false, "\"{topic}\"", 0, 0, NULL,
-     false, "Kafka topic template; {topic} is the outbox topic, {op} the operation"},
+    {"topic", SL_CFG_STRING, offsetof(kafka_conf_t, topic), false, "\"{topic}\"", 0, 0, NULL, false,
+     "Kafka topic template; {topic} is the outbox topic, {op} the operation"},
     {"format", SL_CFG_STRING, offsetof(kafka_conf_t, format), false, "\"json\"", 0, 0,
      kafka_formats, false, "envelope encoding of the record value"},
     {"properties", SL_CFG_OBJECT, offsetof(kafka_conf_t, properties), false, NULL, 0, 0, NULL,
@@ -87,14 +87,10 @@ static const sl_cfg_key_t kafka_keys[] = {
 
 /* Properties sluice sets before the user's, who may override them. */
 static const char *const kafka_defaults[][2] = {
-    {"enable.idempotence", "true"},
-    {"acks", "all"},
-    {"message.timeout.ms", "0"},
-    {"linger.ms", "2"},
-    {"reconnect.backoff.ms", "100"},
-    {"reconnect.backoff.max.ms", "30000"},
-    {"retry.backoff.ms", "100"},
-    {"log.queue", "true"},
+    {"enable.idempotence", "true"},  {"acks", "all"},
+    {"message.timeout.ms", "0"},     {"linger.ms", "2"},
+    {"reconnect.backoff.ms", "100"}, {"reconnect.backoff.max.ms", "30000"},
+    {"retry.backoff.ms", "100"},     {"log.queue", "true"},
     {"client.id", "sluice-relay"},
 };
 
@@ -140,8 +136,7 @@ kafka_conf_build(const kafka_conf_t *c, const char *path, rd_kafka_conf_t **out,
         return sl_err_set(err, SL_EUSAGE, "%s.brokers: %s", path, errstr);
     }
     const cJSON *p;
-    cJSON_ArrayForEach(p, c->properties)
-    {
+    cJSON_ArrayForEach (p, c->properties) {
         char val[4096];
         for (const char *const *r = kafka_reserved; *r != NULL; r++) {
             if (strcmp(p->string, *r) == 0) {
@@ -153,16 +148,15 @@ kafka_conf_build(const kafka_conf_t *c, const char *path, rd_kafka_conf_t **out,
         }
         if (property_text(p, val, sizeof val) != 0) {
             rd_kafka_conf_destroy(conf);
-            sl_err_set(err, SL_EUSAGE,
-                       "%s.properties.%s: expected a string, number or boolean", path, p->string);
+            sl_err_set(err, SL_EUSAGE, "%s.properties.%s: expected a string, number or boolean",
+                       path, p->string);
             return sl_err_hint(err, "librdkafka properties are scalar values, e.g. "
                                     "\"compression.type\": \"lz4\"");
         }
         if (rd_kafka_conf_set(conf, p->string, val, errstr, sizeof errstr) != RD_KAFKA_CONF_OK) {
             rd_kafka_conf_destroy(conf);
             /* errstr may quote the value, which can be a secret: do not echo it. */
-            sl_err_set(err, SL_EUSAGE, "%s.properties.%s: rejected by librdkafka", path,
-                       p->string);
+            sl_err_set(err, SL_EUSAGE, "%s.properties.%s: rejected by librdkafka", path, p->string);
             return sl_err_hint(err, "see librdkafka's CONFIGURATION.md for the producer "
                                     "properties and their values");
         }
@@ -189,8 +183,10 @@ kafka_validate(void *conf, const char *path, sl_err_t *err)
     char rendered[SL_KAFKA_TOPIC_MAX];
     if (sl_template_render(c->tpl, &sample, rendered, sizeof rendered) < 0 ||
         sl_kafka_topic_check(rendered, p, err) != SL_OK) {
-        sl_err_set(err, SL_EUSAGE, "%s: template \"%s\" does not make a valid Kafka topic "
-                   "(for outbox topic \"orders\" it gives \"%s\")", p, c->topic, rendered);
+        sl_err_set(err, SL_EUSAGE,
+                   "%s: template \"%s\" does not make a valid Kafka topic "
+                   "(for outbox topic \"orders\" it gives \"%s\")",
+                   p, c->topic, rendered);
         return sl_err_hint(err, "Kafka topics are at most 249 characters from A-Z a-z 0-9 . _ -");
     }
     if (c->brokers[0] == '\0') {
@@ -242,10 +238,8 @@ kafka_err_is_permanent(rd_kafka_resp_err_t e)
     case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
     case RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED:
     case RD_KAFKA_RESP_ERR_INVALID_REQUIRED_ACKS:
-    case RD_KAFKA_RESP_ERR__MSG_TIMED_OUT:
-        return true;
-    default:
-        return false;
+    case RD_KAFKA_RESP_ERR__MSG_TIMED_OUT: return true;
+    default: return false;
     }
 }
 
@@ -265,9 +259,11 @@ kafka_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque)
                rd_kafka_topic_name(msg->rkt), rd_kafka_err2str(msg->err));
     err.native = msg->err;
     if (msg->err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE)
-        sl_err_hint(&err, "the record (%zu bytes) is larger than the broker or topic accepts; "
-                          "raise message.max.bytes (properties) and the broker's limit, or "
-                          "publish smaller payloads", msg->len);
+        sl_err_hint(&err,
+                    "the record (%zu bytes) is larger than the broker or topic accepts; "
+                    "raise message.max.bytes (properties) and the broker's limit, or "
+                    "publish smaller payloads",
+                    msg->len);
     if (!kafka_err_is_permanent(msg->err)) {
         /* With message.timeout.ms = 0 librdkafka retries transient errors
          * itself; what reaches us otherwise is a fatal producer error. */
@@ -302,15 +298,15 @@ static void
 kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
 {
     kafka_sink_t *s = rd_kafka_opaque(rk);
-    sl_log_level_t lv = level <= LOG_ERR ? SL_LOG_ERROR
+    sl_log_level_t lv = level <= LOG_ERR       ? SL_LOG_ERROR
                         : level <= LOG_WARNING ? SL_LOG_WARN
-                        : level <= LOG_INFO ? SL_LOG_INFO
-                                            : SL_LOG_DEBUG;
+                        : level <= LOG_INFO    ? SL_LOG_INFO
+                                               : SL_LOG_DEBUG;
     if (!sl_log_is_enabled(lv))
         return;
     char q[1024];
-    sl_log(lv, "kafka.log", "pipeline=%s facility=%s msg=%s", s ? s->base.env.pipeline : "?",
-           fac, sl_log_quote(q, sizeof q, buf));
+    sl_log(lv, "kafka.log", "pipeline=%s facility=%s msg=%s", s ? s->base.env.pipeline : "?", fac,
+           sl_log_quote(q, sizeof q, buf));
 }
 
 static void
@@ -415,13 +411,14 @@ kafka_add_user_headers(rd_kafka_headers_t *hdrs, const char *json, uint64_t outb
     cJSON *obj = cJSON_Parse(json);
     if (obj == NULL || !cJSON_IsObject(obj)) {
         cJSON_Delete(obj);
-        return sl_err_set(err, SL_ERR, "headers of outbox message %" PRIu64 " are not a JSON "
-                          "object", outbox_id);
+        return sl_err_set(err, SL_ERR,
+                          "headers of outbox message %" PRIu64 " are not a JSON "
+                          "object",
+                          outbox_id);
     }
     const cJSON *h;
     int rc = SL_OK;
-    cJSON_ArrayForEach(h, obj)
-    {
+    cJSON_ArrayForEach (h, obj) {
         if (cJSON_IsString(h)) {
             rd_kafka_header_add(hdrs, h->string, -1, h->valuestring, -1);
             continue;
@@ -445,8 +442,10 @@ kafka_send(sl_sink_t *sk, const sl_msg_t *m, uint64_t token, size_t *bytes, sl_e
     char topic[SL_KAFKA_TOPIC_MAX];
     if (sl_template_render(s->tpl, m, topic, sizeof topic) < 0 ||
         sl_kafka_topic_check(topic, "rendered Kafka topic", err) != SL_OK) {
-        sl_err_set(err, SL_ERR, "the Kafka topic rendered for outbox topic \"%s\" is not a "
-                   "valid Kafka topic name", m->topic);
+        sl_err_set(err, SL_ERR,
+                   "the Kafka topic rendered for outbox topic \"%s\" is not a "
+                   "valid Kafka topic name",
+                   m->topic);
         return sl_err_hint(err, "check the sink's \"topic\" template: Kafka topics are at most "
                                 "249 characters from A-Z a-z 0-9 . _ -");
     }
@@ -480,9 +479,11 @@ kafka_send(sl_sink_t *sk, const sl_msg_t *m, uint64_t token, size_t *bytes, sl_e
                rd_kafka_err2str(e));
     err->native = e;
     if (e == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE)
-        sl_err_hint(err, "the record (%zu bytes) exceeds the producer's message.max.bytes; "
-                         "raise it in the sink's properties (and the broker's limit) or publish "
-                         "smaller payloads", s->value.len);
+        sl_err_hint(err,
+                    "the record (%zu bytes) exceeds the producer's message.max.bytes; "
+                    "raise it in the sink's properties (and the broker's limit) or publish "
+                    "smaller payloads",
+                    s->value.len);
     return SL_ERR;
 }
 

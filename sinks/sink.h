@@ -42,18 +42,18 @@ typedef void (*sl_sink_ack_fn)(void *ctx, uint64_t token, int status, const sl_e
 /* What a pipeline gives its sink. Copied by create. */
 typedef struct sl_sink_env {
     uv_loop_t *loop;
-    const char *pipeline;        /* pipeline name, for logs; outlives the sink */
+    const char *pipeline; /* pipeline name, for logs; outlives the sink */
     sl_sink_ack_fn on_ack;
     void *ctx;
-    size_t max_inflight;         /* the pipeline's window, to size sink queues */
+    size_t max_inflight; /* the pipeline's window, to size sink queues */
     size_t max_inflight_bytes;
 } sl_sink_env_t;
 
 typedef struct sl_sink_ops {
-    const char *type;                 /* "kafka", "stdout", "file" */
-    const sl_cfg_key_t *keys;         /* config keys of this sink's object */
+    const char *type;         /* "kafka", "stdout", "file" */
+    const sl_cfg_key_t *keys; /* config keys of this sink's object */
     size_t nkeys;
-    size_t conf_size;                 /* size of the parsed config struct */
+    size_t conf_size; /* size of the parsed config struct */
     /* Extra validation after table parsing (templates, properties). */
     int (*validate)(void *conf, const char *path, sl_err_t *err);
     /* Frees what validate added to conf (the table's fields are released by the caller). */

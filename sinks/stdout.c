@@ -19,23 +19,23 @@
 
 typedef struct stdout_conf {
     char *type;
-    char *path;    /* file sink only */
-    bool fsync;    /* file sink only */
+    char *path; /* file sink only */
+    bool fsync; /* file sink only */
 } stdout_conf_t;
 
 typedef struct stdout_sink {
     struct sl_sink base;
-    int fd;                 /* 1 for stdout, owned otherwise */
+    int fd; /* 1 for stdout, owned otherwise */
     bool own_fd;
     bool fsync;
-    char *path;             /* owned copy, for errors */
-    sl_buf_t out;           /* encoded lines of the current batch */
-    sl_buf_t line;          /* scratch for one envelope */
-    uint64_t *pending;      /* tokens written but not yet acknowledged (owned) */
+    char *path;        /* owned copy, for errors */
+    sl_buf_t out;      /* encoded lines of the current batch */
+    sl_buf_t line;     /* scratch for one envelope */
+    uint64_t *pending; /* tokens written but not yet acknowledged (owned) */
     size_t npending, cap;
-    uint64_t *acking;       /* tokens being acknowledged by the timer (owned) */
+    uint64_t *acking; /* tokens being acknowledged by the timer (owned) */
     size_t nacking, acking_cap;
-    uv_timer_t ack_timer;   /* delivers acks on the next loop iteration */
+    uv_timer_t ack_timer; /* delivers acks on the next loop iteration */
     void (*done)(void *);
     void *done_arg;
 } stdout_sink_t;
@@ -67,9 +67,8 @@ stdout_ack_cb(uv_timer_t *t)
 }
 
 static int
-stdout_create_common(int fd, bool own, bool do_fsync, const char *path,
-                     const sl_sink_ops_t *ops, const sl_sink_env_t *env, sl_sink_t **out,
-                     sl_err_t *err)
+stdout_create_common(int fd, bool own, bool do_fsync, const char *path, const sl_sink_ops_t *ops,
+                     const sl_sink_env_t *env, sl_sink_t **out, sl_err_t *err)
 {
     stdout_sink_t *s = calloc(1, sizeof *s);
     if (s == NULL)

@@ -102,13 +102,12 @@ tb_on_signal(int sig)
 static void
 tb_usage(FILE *out)
 {
-    fprintf(out,
-            "usage: sl_test_broker [--brokers N] [--partitions P] [--topic NAME[:P]]...\n"
-            "                      [--control FIFO]\n"
-            "\n"
-            "Runs a librdkafka mock Kafka cluster on 127.0.0.1 and prints\n"
-            "BOOTSTRAP=<servers>. Commands (one per line, from FIFO or stdin):\n"
-            "  down <id|all>   up <id|all>   topic <name> <partitions>   quit\n");
+    fprintf(out, "usage: sl_test_broker [--brokers N] [--partitions P] [--topic NAME[:P]]...\n"
+                 "                      [--control FIFO]\n"
+                 "\n"
+                 "Runs a librdkafka mock Kafka cluster on 127.0.0.1 and prints\n"
+                 "BOOTSTRAP=<servers>. Commands (one per line, from FIFO or stdin):\n"
+                 "  down <id|all>   up <id|all>   topic <name> <partitions>   quit\n");
 }
 
 /* Parses a decimal integer in [min, max]. Returns 0, or -1 when invalid. */
@@ -128,8 +127,7 @@ tb_parse_int(const char *s, long min, long max, int *out)
 
 /* Writes one reply line to stdout and flushes it, so readers of a file or
  * pipe see it at once. */
-static void
-tb_reply(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void tb_reply(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 static void
 tb_reply(const char *fmt, ...)
@@ -365,12 +363,9 @@ int
 main(int argc, char **argv)
 {
     static const struct option longopts[] = {
-        {"brokers", required_argument, NULL, 'b'},
-        {"partitions", required_argument, NULL, 'p'},
-        {"topic", required_argument, NULL, 't'},
-        {"control", required_argument, NULL, 'c'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+        {"brokers", required_argument, NULL, 'b'}, {"partitions", required_argument, NULL, 'p'},
+        {"topic", required_argument, NULL, 't'},   {"control", required_argument, NULL, 'c'},
+        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
     };
     tb_state_t st = {.brokers = 1, .partitions = 4};
     const char *control = NULL;
@@ -396,8 +391,7 @@ main(int argc, char **argv)
             break;
         case 'p':
             if (tb_parse_int(optarg, 1, TB_PARTITIONS_MAX, &st.partitions) != 0) {
-                fprintf(stderr, "sl_test_broker: --partitions must be 1..%d\n",
-                        TB_PARTITIONS_MAX);
+                fprintf(stderr, "sl_test_broker: --partitions must be 1..%d\n", TB_PARTITIONS_MAX);
                 goto fail_usage;
             }
             break;
@@ -409,16 +403,12 @@ main(int argc, char **argv)
             topics[ntopics++] = optarg;
             break;
         }
-        case 'c':
-            control = optarg;
-            break;
+        case 'c': control = optarg; break;
         case 'h':
             tb_usage(stdout);
             free(topics);
             return 0;
-        default:
-            tb_usage(stderr);
-            goto fail_usage;
+        default: tb_usage(stderr); goto fail_usage;
         }
     }
     if (optind != argc) {
@@ -460,8 +450,7 @@ main(int argc, char **argv)
 
     st.mcluster = rd_kafka_mock_cluster_new(st.rk, st.brokers);
     if (st.mcluster == NULL) {
-        fprintf(stderr, "sl_test_broker: cannot create a mock cluster of %d brokers\n",
-                st.brokers);
+        fprintf(stderr, "sl_test_broker: cannot create a mock cluster of %d brokers\n", st.brokers);
         goto fail_cluster;
     }
 

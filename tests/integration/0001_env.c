@@ -151,17 +151,16 @@ check_three(const char *brokers, const char *topic)
 
     TH_ASSERT(r3->key == NULL, "m-3 has no key");
     TH_ASSERT(strcmp(r3->value, "no key") == 0, "m-3 value round-trips");
-    TH_ASSERT(th_record_header(r3, "trace", buf, sizeof(buf)) != NULL &&
-                  strcmp(buf, "abc") == 0,
+    TH_ASSERT(th_record_header(r3, "trace", buf, sizeof(buf)) != NULL && strcmp(buf, "abc") == 0,
               "m-3 has header trace=abc");
     TH_ASSERT(th_record_header(r3, "missing", buf, sizeof(buf)) == NULL,
               "an absent header reads as NULL");
 
     for (size_t i = 1; i < n; i++) {
-        TH_ASSERT(recs[i - 1].partition < recs[i].partition ||
-                      (recs[i - 1].partition == recs[i].partition &&
-                       recs[i - 1].offset < recs[i].offset),
-                  "records come sorted by partition and offset");
+        TH_ASSERT(
+            recs[i - 1].partition < recs[i].partition ||
+                (recs[i - 1].partition == recs[i].partition && recs[i - 1].offset < recs[i].offset),
+            "records come sorted by partition and offset");
     }
     th_records_free(recs, n);
 }

@@ -80,7 +80,8 @@ static const bad_case_t cases[] = {
      {"pipelines[0].max_inflight: must be between 1 and 10000000, got 0"}},
     {"missing database", "{" OK_PIPELINES "}", {"missing required key \"database\""}},
     {"missing pipelines", "{\"database\": \"x\"}", {"missing required key \"pipelines\""}},
-    {"missing sink", "{\"database\": \"x\", \"pipelines\": [{\"name\": \"a\"}]}",
+    {"missing sink",
+     "{\"database\": \"x\", \"pipelines\": [{\"name\": \"a\"}]}",
      {"pipelines[0]: missing required key \"sink\""}},
     {"missing pipeline name",
      "{\"database\": \"x\", \"pipelines\": [{\"sink\": {\"type\": \"stdout\"}}]}",
@@ -122,13 +123,15 @@ static const bad_case_t cases[] = {
      {"pipelines[1].name: pipeline name \"a\" is also used by pipelines[0]",
       "hint: each pipeline needs its own name"}},
     {"invalid pipeline name",
-     "{\"database\": \"x\", \"pipelines\": [{\"name\": \"a b\", \"sink\": {\"type\": \"stdout\"}}]}",
+     "{\"database\": \"x\", \"pipelines\": [{\"name\": \"a b\", \"sink\": {\"type\": "
+     "\"stdout\"}}]}",
      {"pipelines[0].name: invalid pipeline name \"a b\"", "hint: use 1 to 100 characters"}},
     {"empty pipeline name",
      "{\"database\": \"x\", \"pipelines\": [{\"name\": \"\", \"sink\": {\"type\": \"stdout\"}}]}",
      {"pipelines[0].name: invalid pipeline name \"\"", "hint: use 1 to 100 characters"}},
     {"bad topic glob",
-     "{\"database\": \"x\", \"pipelines\": [{\"name\": \"a\", \"topics\": [\"ok.*\", \"bad topic\"], "
+     "{\"database\": \"x\", \"pipelines\": [{\"name\": \"a\", \"topics\": [\"ok.*\", \"bad "
+     "topic\"], "
      "\"sink\": {\"type\": \"stdout\"}}]}",
      {"pipelines[0].topics[1]: invalid topic pattern \"bad topic\"",
       "'*' matches any run of characters"}},
@@ -163,7 +166,8 @@ static const bad_case_t cases[] = {
      "  \"pipelines\": [ { \"name\": \"a\", \"sink\": {\"type\": \"stdout\"}, } ]\n}\n",
      {":4:61: invalid JSON", "hint: remove the trailing comma"}},
     {"top level not an object", "[]", {"the top level must be a JSON object"}},
-    {"pipeline not an object", "{\"database\": \"x\", \"pipelines\": [1]}",
+    {"pipeline not an object",
+     "{\"database\": \"x\", \"pipelines\": [1]}",
      {"pipelines[0]: expected an object"}},
     {"missing environment variable",
      "{\"database\": \"postgresql://u:${ENV:" MISSING_VAR "}@h/db\", " OK_PIPELINES "}",
@@ -183,7 +187,8 @@ static const bad_case_t cases[] = {
     {"unknown reference source",
      "{\"database\": \"${env:X}\", " OK_PIPELINES "}",
      {"database: unknown source \"env\"", "hint: sources are ENV and FILE (upper case)"}},
-    {"empty pipelines", "{\"database\": \"x\", \"pipelines\": []}",
+    {"empty pipelines",
+     "{\"database\": \"x\", \"pipelines\": []}",
      {"pipelines: is empty", "hint: add at least one pipeline"}},
 };
 
@@ -209,8 +214,8 @@ static const bad_case_t secret_cases[] = {
      "{\"database\": \"x\", \"pipelines\": [{\"name\": \"a\", \"sink\": {\"type\": \"kafka\", "
      "\"brokers\": \"h:1\", \"format\": \"${ENV:" BAD_SECRET_VAR "}\"}}]}",
      {"pipelines[0].sink.format"}},
-    {"secret as log_level", "{\"database\": \"x\", \"log_level\": \"${ENV:" BAD_SECRET_VAR "}\", "
-     OK_PIPELINES "}",
+    {"secret as log_level",
+     "{\"database\": \"x\", \"log_level\": \"${ENV:" BAD_SECRET_VAR "}\", " OK_PIPELINES "}",
      {"log_level"}},
     {"secret as kafka property value",
      "{\"database\": \"x\", \"pipelines\": [{\"name\": \"a\", \"sink\": {\"type\": \"kafka\", "
@@ -256,8 +261,9 @@ run_sluice(const char *cmd, const char *file, char **out, char **err)
 {
     char errpath[TH_PATH_MAX];
     snprintf(errpath, sizeof errpath, "%s/stderr.txt", th_tmpdir());
-    const char *const argv[] = {"sh", "-c", "f=$1; shift; exec \"$@\" 2>\"$f\"", "sh",
-                                errpath, SLUICE_BIN, cmd, "--config", file, NULL};
+    const char *const argv[] = {
+        "sh", "-c", "f=$1; shift; exec \"$@\" 2>\"$f\"", "sh", errpath, SLUICE_BIN, cmd, "--config",
+        file, NULL};
     int rc = th_run(argv, out, RUN_MS);
     *err = read_text(errpath);
     if (*err == NULL)
@@ -294,8 +300,8 @@ check_bad(const bad_case_t *c, const char *file, bool secret_case, char *leaks, 
             const char *nl = strchr(err, '\n');
             int first = nl != NULL ? (int)(nl - err) : (int)strlen(err);
             int start = first > 100 ? first - 100 : 0;
-            snprintf(leaks + used, nleaks - used, "  [%s] sluice %s: ...%.*s\n", c->name,
-                     cmds[k], first - start, err + start);
+            snprintf(leaks + used, nleaks - used, "  [%s] sluice %s: ...%.*s\n", c->name, cmds[k],
+                     first - start, err + start);
         }
         free(out);
         free(err);
@@ -334,8 +340,8 @@ check_secrets(th_env_t *env)
     snprintf(url, sizeof url, "postgresql://postgres:%s@127.0.0.1:%d/postgres", SECRET,
              env->pg_port);
     char *out = NULL;
-    const char *const init[] = {"sh", "-c", "exec \"$0\" \"$@\" 2>&1", SLUICE_BIN, "init",
-                                "--db", url, NULL};
+    const char *const init[] = {"sh", "-c", "exec \"$0\" \"$@\" 2>&1", SLUICE_BIN, "init", "--db",
+                                url,  NULL};
     int rc = th_run(init, &out, RUN_MS);
     TH_ASSERT(rc == 0, "sluice init succeeds (exit %d): %s", rc, out ? out : "");
     TH_ASSERT(strstr(out, SECRET) == NULL, "sluice init never prints the password: %s", out);
@@ -378,8 +384,7 @@ check_secrets(th_env_t *env)
     snprintf(dbl, sizeof dbl, "%.*s", dblen, dbline);
     TH_ASSERT(strstr(dbl, "[redacted]") != NULL && strstr(dbl, "127.0.0.1") != NULL &&
                   strstr(dbl, port) != NULL,
-              "the database URL shows its password as [redacted] and keeps host and port: %s",
-              dbl);
+              "the database URL shows its password as [redacted] and keeps host and port: %s", dbl);
     TH_ASSERT(strstr(out, "\"sasl.password\":\t\"[redacted]\"") != NULL ||
                   strstr(out, "\"sasl.password\": \"[redacted]\"") != NULL,
               "the Kafka property sasl.password shows as [redacted]:\n%s", out);

@@ -71,8 +71,8 @@ expect_sqlstate(PGconn *conn, const char *what, const char *state, const char *h
     char got[1024];
     sqlstate_of(conn, sql, got, sizeof got);
     size_t sl = strlen(state);
-    TH_ASSERT(strncmp(got, state, sl) == 0 && got[sl] == '|',
-              "%s: SQLSTATE is %s, got \"%s\"", what, state, got);
+    TH_ASSERT(strncmp(got, state, sl) == 0 && got[sl] == '|', "%s: SQLSTATE is %s, got \"%s\"",
+              what, state, got);
     TH_ASSERT(strstr(got + sl + 1, hint_part) != NULL, "%s: the hint mentions \"%s\", got \"%s\"",
               what, hint_part, got + sl + 1);
 }
@@ -130,8 +130,7 @@ check_doorbell(th_env_t *env, PGconn *conn)
     send_marker(conn, "m1");
     int rings = doorbells_before_marker(listener, "m1");
     TH_ASSERT(rings == 1,
-              "a committed transaction with two publishes rings the doorbell once (got %d)",
-              rings);
+              "a committed transaction with two publishes rings the doorbell once (got %d)", rings);
 
     TH_LOG("doorbell on, transaction rolled back: no notification");
     th_sql(conn, "BEGIN; SELECT sluice.publish('t0006.bell', '{\"n\": 3}'); ROLLBACK");
@@ -283,8 +282,10 @@ main(void)
     long long t200 = th_sql_int(conn, "SELECT sluice.publish(repeat('a', 200), 'null')");
     TH_ASSERT(t200 > ids[4], "a 200-character topic and a JSON null payload are accepted");
     long long nullh = th_sql_int(conn, "SELECT sluice.publish('t0006.ok', '[]', NULL, NULL)");
-    char *h = th_sql_text(conn, "SELECT headers::text || '|' || (key IS NULL)::text "
-                                "FROM sluice.outbox WHERE id = %lld", nullh);
+    char *h = th_sql_text(conn,
+                          "SELECT headers::text || '|' || (key IS NULL)::text "
+                          "FROM sluice.outbox WHERE id = %lld",
+                          nullh);
     TH_ASSERT(h != NULL && strcmp(h, "{}|true") == 0, "NULL headers are stored as {}, got %s",
               h ? h : "NULL");
     free(h);

@@ -84,8 +84,8 @@ count_embedded_migrations(void)
 {
     /* The binary embeds every outbox/sql/NNNN_*.sql; count them in the source. */
     char *out = NULL;
-    const char *const argv[] = {"sh", "-c", "ls \"$0\"/outbox/sql/[0-9][0-9][0-9][0-9]_*.sql | wc -l",
-                                SL_SOURCE_DIR, NULL};
+    const char *const argv[] = {
+        "sh", "-c", "ls \"$0\"/outbox/sql/[0-9][0-9][0-9][0-9]_*.sql | wc -l", SL_SOURCE_DIR, NULL};
     TH_ASSERT(th_run(argv, &out, RUN_MS) == 0 && out != NULL, "listing outbox/sql works");
     long long n = atoll(out);
     free(out);
@@ -100,8 +100,7 @@ check_twice(th_env_t *env, long long nmig, char **url_out)
     char *out = NULL;
     int rc = run_init(url, NULL, &out);
     TH_ASSERT(rc == 0, "init on a fresh database exits 0 (got %d): %s", rc, out);
-    TH_ASSERT(applied_of(out) == nmig, "the first init applies all %lld migrations: %s", nmig,
-              out);
+    TH_ASSERT(applied_of(out) == nmig, "the first init applies all %lld migrations: %s", nmig, out);
     TH_ASSERT(strstr(out, "sluice init: schema sluice is at version ") != NULL,
               "init reports the schema version: %s", out);
     free(out);
@@ -160,16 +159,15 @@ check_concurrent(th_env_t *env, long long nmig)
         total += applied;
         free(log);
     }
-    TH_ASSERT(total == nmig, "the %d concurrent inits applied %lld migrations in total, got %d",
-              N, nmig, total);
+    TH_ASSERT(total == nmig, "the %d concurrent inits applied %lld migrations in total, got %d", N,
+              nmig, total);
     PGconn *conn = th_pg_connect(url);
     TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice.schema_version") == nmig,
               "schema_version has exactly %lld rows", nmig);
     TH_ASSERT(th_sql_int(conn, "SELECT count(*) - count(DISTINCT version) "
                                "FROM sluice.schema_version") == 0,
               "schema_version has exactly one row per version");
-    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice.meta") == 1,
-              "sluice.meta has one row");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice.meta") == 1, "sluice.meta has one row");
     TH_ASSERT(th_sql_int(conn, "SELECT sluice.publish('t0007', '{}')") > 0,
               "publish works after the concurrent inits");
     PQfinish(conn);
@@ -184,8 +182,7 @@ check_newer(const char *url, long long nmig)
     char *out = NULL;
     int rc = run_init(url, NULL, &out);
     TH_ASSERT(rc == 1, "init on a newer catalog exits 1 (got %d): %s", rc, out);
-    TH_ASSERT(strstr(out, "sluice init: error: ") != NULL, "the error has the CLI format: %s",
-              out);
+    TH_ASSERT(strstr(out, "sluice init: error: ") != NULL, "the error has the CLI format: %s", out);
     TH_ASSERT(strstr(out, "version 999") != NULL && strstr(out, "newer than this binary") != NULL,
               "the error names version 999 and says it is newer: %s", out);
     TH_ASSERT(strstr(out, "hint: ") != NULL && strstr(out, "999") != NULL,
@@ -217,8 +214,7 @@ check_bad_input(th_env_t *env)
     free(out);
 
     char nodb[600];
-    snprintf(nodb, sizeof nodb, "postgresql://postgres@127.0.0.1:%d/no_such_db_0007",
-             env->pg_port);
+    snprintf(nodb, sizeof nodb, "postgresql://postgres@127.0.0.1:%d/no_such_db_0007", env->pg_port);
     rc = run_init(nodb, NULL, &out);
     TH_ASSERT(rc == 1, "init against a missing database exits 1 (got %d): %s", rc, out);
     TH_ASSERT(strstr(out, "cannot connect to PostgreSQL") != NULL &&

@@ -129,8 +129,8 @@ static void
 wait_log(const char *path, const char *a, const char *b, const char *c, const char *what)
 {
     log_arg_t arg = {path, a, b, c};
-    TH_ASSERT(th_wait_until(log_has, &arg, WAIT_MS, 50), "%s (log line with \"%s\" %s %s)", what,
-              a, b ? b : "", c ? c : "");
+    TH_ASSERT(th_wait_until(log_has, &arg, WAIT_MS, 50), "%s (log line with \"%s\" %s %s)", what, a,
+              b ? b : "", c ? c : "");
 }
 
 typedef struct sql_arg {
@@ -160,8 +160,7 @@ stop_relay(pid_t pid, const char *what)
 {
     TH_ASSERT(th_kill(pid, SIGTERM) == 0, "%s: the relay is running before SIGTERM", what);
     int status = 0;
-    TH_ASSERT(th_wait_exit(pid, WAIT_MS, &status) == 0, "%s: the relay exits after SIGTERM",
-              what);
+    TH_ASSERT(th_wait_exit(pid, WAIT_MS, &status) == 0, "%s: the relay exits after SIGTERM", what);
     TH_ASSERT(WIFEXITED(status), "%s: the relay exits normally (status %d)", what, status);
     return WEXITSTATUS(status);
 }
@@ -246,8 +245,7 @@ check_file_sink(th_env_t *env, PGconn *conn)
                   "line %d has the outbox topic: %s", n + 1, line);
         char want[64];
         snprintf(want, sizeof want, "\"payload\":{\"n\": %d}", n);
-        TH_ASSERT(strstr(line, want) != NULL, "line %d carries payload n=%d: %s", n + 1, n,
-                  line);
+        TH_ASSERT(strstr(line, want) != NULL, "line %d carries payload n=%d: %s", n + 1, n, line);
         snprintf(want, sizeof want, ":%lld\"", ids[n]);
         TH_ASSERT(strstr(line, want) != NULL, "line %d's stable id ends with its outbox id: %s",
                   n + 1, line);
@@ -263,15 +261,16 @@ check_file_sink(th_env_t *env, PGconn *conn)
 static void
 poison_config(char *cfg, size_t n, th_env_t *env, bool poisoned)
 {
-    snprintf(cfg, n,
-             "{\"database\": \"%s\", \"pipelines\": [\n"
-             " {\"name\": \"A\", \"topics\": [\"t0008.poison\"],\n"
-             "  \"sink\": {\"type\": \"kafka\", \"brokers\": \"%s\", \"topic\": \"a.{topic}\"%s}},\n"
-             " {\"name\": \"B\", \"topics\": [\"t0008.poison\"],\n"
-             "  \"sink\": {\"type\": \"kafka\", \"brokers\": \"%s\", \"topic\": \"b.{topic}\"}}\n"
-             "]}\n",
-             env->pg_url, env->brokers,
-             poisoned ? ", \"properties\": {\"message.max.bytes\": 2000}" : "", env->brokers);
+    snprintf(
+        cfg, n,
+        "{\"database\": \"%s\", \"pipelines\": [\n"
+        " {\"name\": \"A\", \"topics\": [\"t0008.poison\"],\n"
+        "  \"sink\": {\"type\": \"kafka\", \"brokers\": \"%s\", \"topic\": \"a.{topic}\"%s}},\n"
+        " {\"name\": \"B\", \"topics\": [\"t0008.poison\"],\n"
+        "  \"sink\": {\"type\": \"kafka\", \"brokers\": \"%s\", \"topic\": \"b.{topic}\"}}\n"
+        "]}\n",
+        env->pg_url, env->brokers,
+        poisoned ? ", \"properties\": {\"message.max.bytes\": 2000}" : "", env->brokers);
 }
 
 /* Reads topic (want records); checks it holds exactly the outbox ids in want_ids. */
@@ -310,8 +309,10 @@ check_poison(th_env_t *env, PGconn *conn)
     /* e1 is acknowledged by both before e2 exists, so A's 2 s post-failure
      * drain never races e1's delivery report. */
     long long e1 = th_sql_int(conn, "SELECT sluice.publish('t0008.poison', '{\"e\": 1}', 'k')");
-    sql_arg_t a1 = {conn, "SELECT CASE WHEN count(*) = 2 THEN min(delivered) ELSE 0 END "
-                          "FROM sluice.relay_checkpoints WHERE pipeline IN ('A', 'B')", 1};
+    sql_arg_t a1 = {conn,
+                    "SELECT CASE WHEN count(*) = 2 THEN min(delivered) ELSE 0 END "
+                    "FROM sluice.relay_checkpoints WHERE pipeline IN ('A', 'B')",
+                    1};
     TH_ASSERT(th_wait_until(sql_reaches, &a1, WAIT_MS, 20), "A and B both deliver e1");
     long long e2 = th_sql_int(conn, "SELECT sluice.publish('t0008.poison', "
                                     "jsonb_build_object('e', 2, 'pad', repeat('p', 3000)), 'k')");
@@ -320,8 +321,7 @@ check_poison(th_env_t *env, PGconn *conn)
 
     char msg[64];
     snprintf(msg, sizeof msg, "outbox message %lld", e2);
-    wait_log(log, "event=pipeline.failed", "pipeline=A", msg,
-             "A fails naming the outbox id of e2");
+    wait_log(log, "event=pipeline.failed", "pipeline=A", msg, "A fails naming the outbox id of e2");
     char *line = log_find(log, "event=pipeline.failed", "pipeline=A", msg);
     TH_ASSERT(line != NULL && strstr(line, "level=error") != NULL, "it is an error: %s",
               line ? line : "");
@@ -347,9 +347,10 @@ check_poison(th_env_t *env, PGconn *conn)
     TH_ASSERT(th_sql_int(conn, "SELECT last_id FROM sluice.relay_checkpoints "
                                "WHERE pipeline = 'A'") < e2,
               "A's checkpoint last_id is before e2");
-    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice.relay_checkpoints c, sluice.outbox o "
-                               "WHERE c.pipeline = 'A' AND o.id IN (%lld, %lld) "
-                               "AND pg_visible_in_snapshot(o.txid, c.snap_lo)",
+    TH_ASSERT(th_sql_int(conn,
+                         "SELECT count(*) FROM sluice.relay_checkpoints c, sluice.outbox o "
+                         "WHERE c.pipeline = 'A' AND o.id IN (%lld, %lld) "
+                         "AND pg_visible_in_snapshot(o.txid, c.snap_lo)",
                          e2, e3) == 0,
               "A's checkpoint snapshot does not cover e2 or e3");
 
@@ -369,9 +370,9 @@ check_poison(th_env_t *env, PGconn *conn)
               rc);
     TH_ASSERT(log_has(&(log_arg_t){log, "event=relay.stopped", "pipelines=2", "failed=1"}),
               "relay.stopped says 1 of 2 pipelines failed");
-    TH_ASSERT(log_has(&(log_arg_t){log, "sluice relay: error: 1 of 2 pipelines failed", NULL,
-                                   NULL}),
-              "the exit error names how many pipelines failed");
+    TH_ASSERT(
+        log_has(&(log_arg_t){log, "sluice relay: error: 1 of 2 pipelines failed", NULL, NULL}),
+        "the exit error names how many pipelines failed");
     TH_ASSERT(log_has(&(log_arg_t){log, "hint: ", "pipeline.failed", NULL}),
               "with a hint pointing at the pipeline.failed lines");
 
@@ -446,10 +447,11 @@ check_backpressure(th_env_t *env, PGconn *conn)
     TH_ASSERT(base > 0, "VmRSS of the relay can be read (%ld kB)", base);
 
     TH_LOG("publishing %d events of %d bytes with the broker down", BP_EVENTS, BP_PAD);
-    th_sql(conn, "SELECT sluice.publish('t0008.bp', jsonb_build_object('i', g, 'pad', "
-                 "repeat(chr(97 + g %% 26), %d)), 'k' || g) "
-                 "FROM generate_series(1, %d) g",
-                 BP_PAD, BP_EVENTS);
+    th_sql(conn,
+           "SELECT sluice.publish('t0008.bp', jsonb_build_object('i', g, 'pad', "
+           "repeat(chr(97 + g %% 26), %d)), 'k' || g) "
+           "FROM generate_series(1, %d) g",
+           BP_PAD, BP_EVENTS);
 
     /* Sample for at least 5 s, and until the stats line shows the full window. */
     long peak = base;
@@ -498,7 +500,8 @@ check_backpressure(th_env_t *env, PGconn *conn)
               "all %d events are acknowledged once the broker is up", BP_EVENTS);
     TH_ASSERT(stop_relay(pid, "backpressure") == 0, "the relay exits 0 after SIGTERM");
 
-    long long first = th_sql_int(conn, "SELECT min(id) FROM sluice.outbox WHERE topic = 't0008.bp'");
+    long long first =
+        th_sql_int(conn, "SELECT min(id) FROM sluice.outbox WHERE topic = 't0008.bp'");
     th_record_t *recs = NULL;
     size_t n = 0;
     int rc = th_kcat_consume(env->brokers, "bp.t0008.bp", BP_EVENTS, RUN_MS, &recs, &n);
@@ -511,8 +514,7 @@ check_backpressure(th_env_t *env, PGconn *conn)
                   "record %zu has an outbox id of this batch (%lld)", i, id);
         TH_ASSERT(!seen[id - first], "outbox message %lld arrives once", id);
         seen[id - first] = 1;
-        TH_ASSERT(recs[i].value_len > BP_PAD, "record %zu carries its %d-byte payload", i,
-                  BP_PAD);
+        TH_ASSERT(recs[i].value_len > BP_PAD, "record %zu carries its %d-byte payload", i, BP_PAD);
     }
     free(seen);
     th_records_free(recs, n);

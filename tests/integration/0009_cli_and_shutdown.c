@@ -71,8 +71,8 @@ sluice(char **out, char **err, const char *const *args)
 {
     char errpath[TH_PATH_MAX];
     snprintf(errpath, sizeof errpath, "%s/stderr.txt", th_tmpdir());
-    const char *argv[24] = {"sh", "-c", "f=$1; shift; exec \"$@\" 2>\"$f\"", "sh", errpath,
-                            SLUICE_BIN};
+    const char *argv[24] = {"sh", "-c",    "f=$1; shift; exec \"$@\" 2>\"$f\"",
+                            "sh", errpath, SLUICE_BIN};
     int i = 6;
     for (int k = 0; args[k] != NULL && i < 23; k++)
         argv[i++] = args[k];
@@ -122,8 +122,10 @@ check_cli(void)
 
     const char *const bare[] = {SLUICE_BIN, NULL};
     TH_ASSERT(th_run(bare, &out, RUN_MS) == 2, "sluice without arguments exits 2");
-    TH_ASSERT(out != NULL && out[0] == '\0', "sluice without arguments prints help on stderr, "
-                                             "not stdout: %s", out ? out : "");
+    TH_ASSERT(out != NULL && out[0] == '\0',
+              "sluice without arguments prints help on stderr, "
+              "not stdout: %s",
+              out ? out : "");
     free(out);
 
     rc = SLUICE(&out, &err, "--version");
@@ -151,8 +153,9 @@ check_cli(void)
     }
     rc = SLUICE(&out, &err, "relay", "--help-config");
     TH_ASSERT(rc == 0, "sluice relay --help-config exits 0, got %d", rc);
-    TH_ASSERT(strstr(out, "database") && strstr(out, "pipelines[]") && strstr(out, "max_inflight") &&
-                  strstr(out, "sink \"kafka\"") && strstr(out, "brokers"),
+    TH_ASSERT(strstr(out, "database") && strstr(out, "pipelines[]") &&
+                  strstr(out, "max_inflight") && strstr(out, "sink \"kafka\"") &&
+                  strstr(out, "brokers"),
               "--help-config lists the keys:\n%s", out);
     free(out);
     free(err);
@@ -180,8 +183,8 @@ check_cli(void)
     rc = SLUICE(&out, &err, "relay");
     expect_usage("relay without --config", "relay", "missing --config FILE", rc, out, err);
     rc = SLUICE(&out, &err, "check-config");
-    expect_usage("check-config without --config", "check-config", "missing --config FILE", rc,
-                 out, err);
+    expect_usage("check-config without --config", "check-config", "missing --config FILE", rc, out,
+                 err);
     rc = SLUICE(&out, &err, "relay", "--config");
     expect_usage("relay --config without a value", "relay", "invalid option", rc, out, err);
     rc = SLUICE(&out, &err, "relay", "--config", "x.json", "stray");
@@ -263,8 +266,9 @@ publish_half(PGconn *conn, int base)
 {
     /* Ten transactions of 100 events. */
     for (int t = 0; t < HALF / 100; t++)
-        th_sql(conn, "SELECT count(sluice.publish('t0009', jsonb_build_object('n', g), "
-                     "'k' || (g %% 37))) FROM generate_series(%d, %d) g",
+        th_sql(conn,
+               "SELECT count(sluice.publish('t0009', jsonb_build_object('n', g), "
+               "'k' || (g %% 37))) FROM generate_series(%d, %d) g",
                base + t * 100, base + t * 100 + 99);
 }
 
@@ -279,12 +283,13 @@ check_shutdown(th_env_t *env)
     snprintf(cfgp, sizeof cfgp, "%s/relay.json", th_tmpdir());
     snprintf(log1, sizeof log1, "%s/relay-1.log", th_tmpdir());
     snprintf(log2, sizeof log2, "%s/relay-2.log", th_tmpdir());
-    snprintf(cfg, sizeof cfg,
-             "{\"database\": \"%s\", \"shutdown_timeout_ms\": %d, \"pipelines\": [\n"
-             " {\"name\": \"g\", \"topics\": [\"t0009\"], \"batch_size\": 50, "
-             "\"max_inflight\": 200,\n"
-             "  \"sink\": {\"type\": \"kafka\", \"brokers\": \"%s\", \"topic\": \"g.{topic}\"}}]}\n",
-             env->pg_url, SHUTDOWN_MS, env->brokers);
+    snprintf(
+        cfg, sizeof cfg,
+        "{\"database\": \"%s\", \"shutdown_timeout_ms\": %d, \"pipelines\": [\n"
+        " {\"name\": \"g\", \"topics\": [\"t0009\"], \"batch_size\": 50, "
+        "\"max_inflight\": 200,\n"
+        "  \"sink\": {\"type\": \"kafka\", \"brokers\": \"%s\", \"topic\": \"g.{topic}\"}}]}\n",
+        env->pg_url, SHUTDOWN_MS, env->brokers);
     th_write_file(cfgp, cfg);
     const char *const relay[] = {SLUICE_BIN, "relay", "--config", cfgp, NULL};
 
@@ -303,11 +308,10 @@ check_shutdown(th_env_t *env)
     TH_LOG("SIGTERM with %lld of %d checkpointed; publishing %d more", at_signal, HALF, HALF);
     publish_half(conn, HALF + 1);
     int status = 0;
-    TH_ASSERT(th_wait_exit(pid, SHUTDOWN_MS + 5000, &status) == 0,
-              "the relay exits after SIGTERM");
+    TH_ASSERT(th_wait_exit(pid, SHUTDOWN_MS + 5000, &status) == 0, "the relay exits after SIGTERM");
     int64_t took = th_now_ms() - t0;
-    TH_ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0,
-              "a graceful stop exits 0 (status %d)", status);
+    TH_ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0, "a graceful stop exits 0 (status %d)",
+              status);
     TH_ASSERT(took < SHUTDOWN_MS, "the relay stops within shutdown_timeout_ms (%d ms), took %lld",
               SHUTDOWN_MS, (long long)took);
     TH_LOG("stopped in %lld ms", (long long)took);
@@ -326,8 +330,7 @@ check_shutdown(th_env_t *env)
     free(line);
     TH_ASSERT(d1 >= at_signal && d1 <= 2 * HALF, "delivered_total %lld is plausible", d1);
     TH_ASSERT(delivered(conn) == d1,
-              "the stored checkpoint (%lld delivered) matches the log (%lld)", delivered(conn),
-              d1);
+              "the stored checkpoint (%lld delivered) matches the log (%lld)", delivered(conn), d1);
     TH_ASSERT(log_find(log1, "event=pipeline.drain_timeout", NULL) == NULL,
               "the drain finished before the deadline");
     line = log_find(log1, "event=relay.stopped", NULL);

@@ -65,20 +65,20 @@ typedef struct th_env_slot {
 } th_env_slot_t;
 
 typedef struct th_proc {
-    pid_t pid;                 /* 0 = free slot */
-    bool reaped;               /* waitpid() has collected it */
-    int status;                /* raw wait status once reaped */
-    char log[TH_PATH_MAX];     /* "" when output was inherited */
+    pid_t pid;             /* 0 = free slot */
+    bool reaped;           /* waitpid() has collected it */
+    int status;            /* raw wait status once reaped */
+    char log[TH_PATH_MAX]; /* "" when output was inherited */
 } th_proc_t;
 
 static th_env_slot_t th_envs[TH_ENV_MAX];
 static th_proc_t th_procs[TH_PROC_MAX];
-static pid_t th_main_pid;      /* the test process; 0 until th_init() */
-static bool th_failed;         /* a failure is being reported */
-static bool th_exiting;        /* the exit hook is running */
-static int64_t th_t0_ms;       /* start time for TH_LOG */
+static pid_t th_main_pid; /* the test process; 0 until th_init() */
+static bool th_failed;    /* a failure is being reported */
+static bool th_exiting;   /* the exit hook is running */
+static int64_t th_t0_ms;  /* start time for TH_LOG */
 static char th_tmp[TH_PATH_MAX];
-static unsigned th_tmp_seq;    /* unique names inside th_tmp */
+static unsigned th_tmp_seq; /* unique names inside th_tmp */
 
 static void th_at_exit(void);
 
@@ -256,8 +256,8 @@ pid_t
 th_spawn_at(const char *file, int line, const char *const argv[], const char *log_path)
 {
     th_init();
-    TH_ASSERT(argv != NULL && argv[0] != NULL, "th_spawn: empty argv (called from %s:%d)",
-              file, line);
+    TH_ASSERT(argv != NULL && argv[0] != NULL, "th_spawn: empty argv (called from %s:%d)", file,
+              line);
     th_proc_t *slot = th_proc_find(0);
     if (slot == NULL)
         th_fail_at(file, line, NULL, "th_spawn: more than %d processes", TH_PROC_MAX);
@@ -792,8 +792,7 @@ th_env_broker_up_at(const char *file, int line, th_env_t *env, int id)
 }
 
 void
-th_env_topic_create_at(const char *file, int line, th_env_t *env, const char *name,
-                       int partitions)
+th_env_topic_create_at(const char *file, int line, th_env_t *env, const char *name, int partitions)
 {
     char ps[32];
     snprintf(ps, sizeof(ps), "%d", partitions);
@@ -1089,8 +1088,8 @@ int
 th_kcat_consume(const char *brokers, const char *topic, size_t want, int timeout_ms,
                 th_record_t **out, size_t *n)
 {
-    const char *argv[] = {"kcat", "-C", "-q", "-e", "-b", brokers, "-t", topic,
-                          "-o", "beginning", "-f", TH_KCAT_FORMAT, NULL};
+    const char *argv[] = {"kcat", "-C", "-q",        "-e", "-b",           brokers, "-t",
+                          topic,  "-o", "beginning", "-f", TH_KCAT_FORMAT, NULL};
     int64_t deadline = th_now_ms() + timeout_ms;
     *out = NULL;
     *n = 0;
@@ -1224,15 +1223,15 @@ th_at_exit(void)
         }
     }
 
-    bool keep = th_failed && getenv("TH_KEEP_ENV") != NULL &&
-                strcmp(getenv("TH_KEEP_ENV"), "1") == 0;
+    bool keep =
+        th_failed && getenv("TH_KEEP_ENV") != NULL && strcmp(getenv("TH_KEEP_ENV"), "1") == 0;
     if (th_failed) {
         for (size_t i = 0; i < TH_PROC_MAX; i++) {
             if (th_procs[i].pid > 0 && th_procs[i].log[0] != '\0') {
                 bool dup = false;
                 for (size_t j = 0; j < i; j++)
-                    dup = dup || (th_procs[j].pid > 0 &&
-                                  strcmp(th_procs[j].log, th_procs[i].log) == 0);
+                    dup = dup ||
+                          (th_procs[j].pid > 0 && strcmp(th_procs[j].log, th_procs[i].log) == 0);
                 if (!dup)
                     th_dump_tail("process log", th_procs[i].log, TH_FAIL_LOG_LINES);
             }
@@ -1253,8 +1252,10 @@ th_at_exit(void)
             continue;
         if (keep) {
             th_env_unwatch(th_envs[i].dir);
-            fprintf(stderr, "harness: TH_KEEP_ENV=1: environment left running in %s "
-                            "(scripts/dev-env stop %s)\n", th_envs[i].dir, th_envs[i].dir);
+            fprintf(stderr,
+                    "harness: TH_KEEP_ENV=1: environment left running in %s "
+                    "(scripts/dev-env stop %s)\n",
+                    th_envs[i].dir, th_envs[i].dir);
             continue;
         }
         th_env_stop_dir_quiet(th_envs[i].dir);

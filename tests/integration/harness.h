@@ -59,10 +59,10 @@
  *     condition: <cond>
  * then ends the test (see the failure model above). fmt is required.
  */
-#define TH_ASSERT(cond, ...)                                                  \
-    do {                                                                      \
-        if (!(cond))                                                          \
-            th_fail_at(__FILE__, __LINE__, #cond, __VA_ARGS__);               \
+#define TH_ASSERT(cond, ...)                                    \
+    do {                                                        \
+        if (!(cond))                                            \
+            th_fail_at(__FILE__, __LINE__, #cond, __VA_ARGS__); \
     } while (0)
 
 /* TH_FAIL(fmt, ...): fails unconditionally. */
@@ -84,11 +84,11 @@ void th_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* One running environment. Filled by th_env_start; the caller owns the
  * struct (a local in main is fine: the exit hook keeps its own copy). */
 typedef struct th_env {
-    char dir[TH_PATH_MAX];   /* SLUICE_ENV_DIR: logs are dir/pg.log, dir/broker.log */
-    char pg_url[512];        /* postgresql://postgres@127.0.0.1:PORT/postgres */
-    int pg_port;             /* PGPORT */
-    char brokers[1024];      /* KAFKA_BROKERS: the mock cluster's bootstrap servers */
-    bool running;            /* started and not yet stopped */
+    char dir[TH_PATH_MAX]; /* SLUICE_ENV_DIR: logs are dir/pg.log, dir/broker.log */
+    char pg_url[512];      /* postgresql://postgres@127.0.0.1:PORT/postgres */
+    int pg_port;           /* PGPORT */
+    char brokers[1024];    /* KAFKA_BROKERS: the mock cluster's bootstrap servers */
+    bool running;          /* started and not yet stopped */
 } th_env_t;
 
 /*
@@ -124,7 +124,7 @@ int th_env_start(th_env_t *env) __attribute__((warn_unused_result));
 
 /* Creates topic `name` with `partitions` partitions on the mock cluster.
  * Topics nobody created are auto-created with 4 partitions on first produce. */
-#define th_env_topic_create(env, name, partitions)                            \
+#define th_env_topic_create(env, name, partitions) \
     th_env_topic_create_at(__FILE__, __LINE__, (env), (name), (partitions))
 
 /* ------------------------------------------------------------------------ */
@@ -222,11 +222,11 @@ const char *th_tmpdir(void);
 typedef struct th_record {
     int32_t partition;
     int64_t offset;
-    char *key;          /* NUL-terminated; NULL when the record has no key */
-    size_t key_len;     /* bytes in key (keys may hold NULs) */
-    char *value;        /* NUL-terminated; NULL for a null value (tombstone) */
+    char *key;      /* NUL-terminated; NULL when the record has no key */
+    size_t key_len; /* bytes in key (keys may hold NULs) */
+    char *value;    /* NUL-terminated; NULL for a null value (tombstone) */
     size_t value_len;
-    char *headers;      /* as kcat prints them: "name=value,name=value"; "" when none */
+    char *headers; /* as kcat prints them: "name=value,name=value"; "" when none */
 } th_record_t;
 
 /*

@@ -113,12 +113,11 @@ run_jitter(void **state)
     /* Within bounds, and spread over most of the band (not a constant). */
     char got[128], want[128];
     uint32_t spread_floor = (hi - lo) / 2;
-    snprintf(got, sizeof got, "in bounds: %s, spread: %s",
-             min >= lo && max <= hi ? "yes" : "no", max - min >= spread_floor ? "yes" : "no");
+    snprintf(got, sizeof got, "in bounds: %s, spread: %s", min >= lo && max <= hi ? "yes" : "no",
+             max - min >= spread_floor ? "yes" : "no");
     snprintf(want, sizeof want, "in bounds: yes, spread: yes");
     if (strcmp(got, want) != 0)
-        print_error("attempt %u: min %u max %u, allowed %u..%u\n", row->attempt, min, max, lo,
-                    hi);
+        print_error("attempt %u: min %u max %u, allowed %u..%u\n", row->attempt, min, max, lo, hi);
     assert_string_equal(got, want);
 }
 
@@ -173,14 +172,9 @@ run_reset(void **state)
             for (unsigned long long i = 0; i < v; i++)
                 sl_backoff_next(&bo);
             break;
-        case 's':
-            sl_backoff_success(&bo, v);
-            break;
-        case 'f':
-            sl_backoff_failure(&bo, v);
-            break;
-        default:
-            fail_msg("unknown step '%c' in script \"%s\"", op, row->script);
+        case 's': sl_backoff_success(&bo, v); break;
+        case 'f': sl_backoff_failure(&bo, v); break;
+        default: fail_msg("unknown step '%c' in script \"%s\"", op, row->script);
         }
         while (*p == ' ')
             p++;
@@ -219,8 +213,7 @@ int
 main(void)
 {
     size_t at = 0;
-    at = add_rows(at, "schedule", run_schedule, schedule_rows, sizeof schedule_rows[0],
-                  N_SCHEDULE);
+    at = add_rows(at, "schedule", run_schedule, schedule_rows, sizeof schedule_rows[0], N_SCHEDULE);
     at = add_rows(at, "jitter", run_jitter, jitter_rows, sizeof jitter_rows[0], N_JITTER);
     at = add_rows(at, "reset", run_reset, reset_rows, sizeof reset_rows[0], N_RESET);
     if (at != N_TESTS)

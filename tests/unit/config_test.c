@@ -52,12 +52,9 @@ typedef struct test_file {
 } test_file_t;
 
 static const test_file_t test_files[] = {
-    {"pw.txt", "s3cret\n", 7},
-    {"two_newlines.txt", "two\n\n", 5},
-    {"crlf.txt", "win\r\n", 5},
-    {"no_newline.txt", "raw", 3},
-    {"empty.txt", "", 0},
-    {"nul.txt", "a\0b", 3},
+    {"pw.txt", "s3cret\n", 7},  {"two_newlines.txt", "two\n\n", 5},
+    {"crlf.txt", "win\r\n", 5}, {"no_newline.txt", "raw", 3},
+    {"empty.txt", "", 0},       {"nul.txt", "a\0b", 3},
 };
 
 /* Larger than the 1 MiB ${FILE:..} cap; created sparse. */
@@ -157,8 +154,7 @@ expand(const char *s)
 }
 
 /* Appends printf-style text to buf (RESULT_MAX bytes). */
-static void
-cat(char *buf, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void cat(char *buf, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 static void
 cat(char *buf, const char *fmt, ...)
@@ -391,8 +387,7 @@ static const doc_row_t doc_rows[] = {
     {"trailing comma in array", "{\n\t\"a\": [1, 2, ]\n}",
      "error: config.json:2:14: invalid JSON near \"]\""
      " | hint: remove the trailing comma: JSON does not allow one"},
-    {"position counts characters, comments included",
-     "/* \xc3\xa9t\xc3\xa9 */ {\"a\": tru}",
+    {"position counts characters, comments included", "/* \xc3\xa9t\xc3\xa9 */ {\"a\": tru}",
      "error: config.json:1:17: invalid JSON near \"tru}\" | hint: comments (// and /* */) "
      "are allowed; keys and strings need double quotes"},
     {"single quotes", "{'a': 1}",
@@ -498,25 +493,57 @@ static const char *const formats[] = {"json", "msgpack", NULL};
 static const char *const levels[] = {"low", "high", NULL};
 
 static const sl_cfg_key_t pipe_keys[] = {
-    {.name = "name", .type = SL_CFG_STRING, .offset = offsetof(test_pipe_t, name),
-     .required = true, .doc = "pipeline name"},
-    {.name = "tables", .type = SL_CFG_STRLIST, .offset = offsetof(test_pipe_t, tables),
-     .def = "[\"public.orders\"]", .doc = "tables to read"},
-    {.name = "password", .type = SL_CFG_STRING, .offset = offsetof(test_pipe_t, password),
-     .secret = true, .doc = "a secret"},
-    {.name = "batch_size", .type = SL_CFG_INT, .offset = offsetof(test_pipe_t, batch_size),
-     .def = "500", .min = 1, .max = 10000, .doc = "rows per batch"},
-    {.name = "offset", .type = SL_CFG_INT, .offset = offsetof(test_pipe_t, offset),
+    {.name = "name",
+     .type = SL_CFG_STRING,
+     .offset = offsetof(test_pipe_t, name),
+     .required = true,
+     .doc = "pipeline name"},
+    {.name = "tables",
+     .type = SL_CFG_STRLIST,
+     .offset = offsetof(test_pipe_t, tables),
+     .def = "[\"public.orders\"]",
+     .doc = "tables to read"},
+    {.name = "password",
+     .type = SL_CFG_STRING,
+     .offset = offsetof(test_pipe_t, password),
+     .secret = true,
+     .doc = "a secret"},
+    {.name = "batch_size",
+     .type = SL_CFG_INT,
+     .offset = offsetof(test_pipe_t, batch_size),
+     .def = "500",
+     .min = 1,
+     .max = 10000,
+     .doc = "rows per batch"},
+    {.name = "offset",
+     .type = SL_CFG_INT,
+     .offset = offsetof(test_pipe_t, offset),
      .doc = "any integer"},
-    {.name = "enabled", .type = SL_CFG_BOOL, .offset = offsetof(test_pipe_t, enabled),
-     .def = "true", .doc = "on or off"},
-    {.name = "format", .type = SL_CFG_STRING, .offset = offsetof(test_pipe_t, format),
-     .def = "\"json\"", .choices = formats, .doc = "wire format"},
-    {.name = "level", .type = SL_CFG_STRING, .offset = offsetof(test_pipe_t, level),
-     .choices = levels, .secret = true, .doc = "a secret enum"},
-    {.name = "sink", .type = SL_CFG_OBJECT, .offset = offsetof(test_pipe_t, sink),
-     .required = true, .doc = "where messages go"},
-    {.name = "filters", .type = SL_CFG_ARRAY, .offset = offsetof(test_pipe_t, filters),
+    {.name = "enabled",
+     .type = SL_CFG_BOOL,
+     .offset = offsetof(test_pipe_t, enabled),
+     .def = "true",
+     .doc = "on or off"},
+    {.name = "format",
+     .type = SL_CFG_STRING,
+     .offset = offsetof(test_pipe_t, format),
+     .def = "\"json\"",
+     .choices = formats,
+     .doc = "wire format"},
+    {.name = "level",
+     .type = SL_CFG_STRING,
+     .offset = offsetof(test_pipe_t, level),
+     .choices = levels,
+     .secret = true,
+     .doc = "a secret enum"},
+    {.name = "sink",
+     .type = SL_CFG_OBJECT,
+     .offset = offsetof(test_pipe_t, sink),
+     .required = true,
+     .doc = "where messages go"},
+    {.name = "filters",
+     .type = SL_CFG_ARRAY,
+     .offset = offsetof(test_pipe_t, filters),
      .doc = "filters"},
 };
 
@@ -531,11 +558,20 @@ typedef struct test_sink {
 static const char *const sink_types[] = {"kafka", "stdout", NULL};
 
 static const sl_cfg_key_t sink_keys[] = {
-    {.name = "type", .type = SL_CFG_STRING, .offset = offsetof(test_sink_t, type),
-     .required = true, .choices = sink_types, .doc = "sink type"},
-    {.name = "topic", .type = SL_CFG_STRING, .offset = offsetof(test_sink_t, topic),
-     .def = "\"events\"", .doc = "topic"},
-    {.name = "properties", .type = SL_CFG_OBJECT, .offset = offsetof(test_sink_t, properties),
+    {.name = "type",
+     .type = SL_CFG_STRING,
+     .offset = offsetof(test_sink_t, type),
+     .required = true,
+     .choices = sink_types,
+     .doc = "sink type"},
+    {.name = "topic",
+     .type = SL_CFG_STRING,
+     .offset = offsetof(test_sink_t, topic),
+     .def = "\"events\"",
+     .doc = "topic"},
+    {.name = "properties",
+     .type = SL_CFG_OBJECT,
+     .offset = offsetof(test_sink_t, properties),
      .doc = "librdkafka properties"},
 };
 
@@ -556,7 +592,7 @@ typedef struct object_row {
 } object_row_t;
 
 /* What a pipe looks like after a failure: every field zeroed. */
-#define PIPE_ZERO                                                                       \
+#define PIPE_ZERO                                                                          \
     " | state: name=(null) tables=[] password=(null) batch_size=0 offset=0 enabled=false " \
     "format=(null) level=(null) sink=(null) filters=(null)"
 
@@ -583,8 +619,7 @@ static const object_row_t object_rows[] = {
      "ok: name=orders tables=[public.orders] password=(null) batch_size=2 offset=1000 "
      "enabled=true format=json level=(null) sink={} filters=(null)"},
     {"unknown key with a hint", OBJ_PIPE, "{" MIN_PIPE ", \"batch_sise\": 5}", "pipelines[0]",
-     "error: pipelines[0].batch_sise: unknown key | hint: did you mean \"batch_size\"?"
-     PIPE_ZERO},
+     "error: pipelines[0].batch_sise: unknown key | hint: did you mean \"batch_size\"?" PIPE_ZERO},
     {"unknown key differing in case", OBJ_PIPE, "{\"Name\": \"x\", \"sink\": {}}", "p",
      "error: p.Name: unknown key | hint: did you mean \"name\"?" PIPE_ZERO},
     {"unknown key without a close match", OBJ_SINK, "{\"type\": \"kafka\", \"compression\": 1}",
@@ -594,50 +629,77 @@ static const object_row_t object_rows[] = {
     {"duplicate key", OBJ_PIPE, "{" MIN_PIPE ", \"name\": \"again\"}", "p",
      "error: p.name: duplicate key | hint: each key may appear once in an object" PIPE_ZERO},
     {"missing required key", OBJ_PIPE, "{\"sink\": {}}", "pipelines[0]",
-     "error: pipelines[0]: missing required key \"name\"" " | hint: add \"name\": pipeline name" PIPE_ZERO},
+     "error: pipelines[0]: missing required key \"name\""
+     " | hint: add \"name\": pipeline name" PIPE_ZERO},
     {"missing required key after filled ones", OBJ_PIPE,
      "{\"name\": \"orders\", \"tables\": [\"a\"], \"password\": \"pw\"}", "pipelines[0]",
-     "error: pipelines[0]: missing required key \"sink\"" " | hint: add \"sink\": where messages go" PIPE_ZERO},
+     "error: pipelines[0]: missing required key \"sink\""
+     " | hint: add \"sink\": where messages go" PIPE_ZERO},
     {"absent object: required key missing", OBJ_SINK, NULL, "pipelines[0].sink",
-     "error: pipelines[0].sink: missing required key \"type\"" " | hint: add \"type\": sink type" SINK_ZERO},
+     "error: pipelines[0].sink: missing required key \"type\""
+     " | hint: add \"type\": sink type" SINK_ZERO},
     {"not an object", OBJ_SINK, "[1]", "pipelines[0].sink",
      "error: pipelines[0].sink: expected an object, got array" SINK_ZERO},
     {"empty path names the key alone", OBJ_PIPE, "{" MIN_PIPE ", \"batch_size\": \"10\"}", "",
-     "error: batch_size: expected an integer, got string" " | hint: \"batch_size\" is rows per batch; `sluice relay --help-config` lists every key" PIPE_ZERO},
+     "error: batch_size: expected an integer, got string"
+     " | hint: \"batch_size\" is rows per batch; `sluice relay --help-config` lists every "
+     "key" PIPE_ZERO},
     {"string where an integer is expected", OBJ_PIPE,
      "{" MIN_PIPE ", \"tables\": [\"a\"], \"batch_size\": \"100\"}", "pipelines[0]",
-     "error: pipelines[0].batch_size: expected an integer, got string" " | hint: \"batch_size\" is rows per batch; `sluice relay --help-config` lists every key" PIPE_ZERO},
+     "error: pipelines[0].batch_size: expected an integer, got string"
+     " | hint: \"batch_size\" is rows per batch; `sluice relay --help-config` lists every "
+     "key" PIPE_ZERO},
     {"fraction where an integer is expected", OBJ_PIPE, "{" MIN_PIPE ", \"batch_size\": 1.5}",
-     "pipelines[0]", "error: pipelines[0].batch_size: expected an integer, got 1.5" " | hint: \"batch_size\" is rows per batch; `sluice relay --help-config` lists every key" PIPE_ZERO},
+     "pipelines[0]",
+     "error: pipelines[0].batch_size: expected an integer, got 1.5"
+     " | hint: \"batch_size\" is rows per batch; `sluice relay --help-config` lists every "
+     "key" PIPE_ZERO},
     {"below the range", OBJ_PIPE, "{" MIN_PIPE ", \"batch_size\": 0}", "pipelines[0]",
-     "error: pipelines[0].batch_size: must be between 1 and 10000, got 0" " | hint: \"batch_size\" is rows per batch; `sluice relay --help-config` lists every key" PIPE_ZERO},
+     "error: pipelines[0].batch_size: must be between 1 and 10000, got 0"
+     " | hint: \"batch_size\" is rows per batch; `sluice relay --help-config` lists every "
+     "key" PIPE_ZERO},
     {"above the range", OBJ_PIPE, "{" MIN_PIPE ", \"batch_size\": 10001}", "pipelines[0]",
-     "error: pipelines[0].batch_size: must be between 1 and 10000, got 10001" " | hint: \"batch_size\" is rows per batch; `sluice relay --help-config` lists every key" PIPE_ZERO},
+     "error: pipelines[0].batch_size: must be between 1 and 10000, got 10001"
+     " | hint: \"batch_size\" is rows per batch; `sluice relay --help-config` lists every "
+     "key" PIPE_ZERO},
     {"too large for int64", OBJ_PIPE, "{" MIN_PIPE ", \"offset\": 1e20}", "p",
      "error: p.offset: must be between -9223372036854775808 and 9223372036854775807, "
      "got 1e+20"
      " | hint: \"offset\" is any integer; `sluice relay --help-config` lists every key" PIPE_ZERO},
     {"null is a wrong type", OBJ_PIPE, "{" MIN_PIPE ", \"offset\": null}", "p",
-     "error: p.offset: expected an integer, got null" " | hint: \"offset\" is any integer; `sluice relay --help-config` lists every key" PIPE_ZERO},
+     "error: p.offset: expected an integer, got null"
+     " | hint: \"offset\" is any integer; `sluice relay --help-config` lists every key" PIPE_ZERO},
     {"number where a boolean is expected", OBJ_PIPE, "{" MIN_PIPE ", \"enabled\": 1}", "p",
-     "error: p.enabled: expected a boolean, got number" " | hint: \"enabled\" is on or off; `sluice relay --help-config` lists every key" PIPE_ZERO},
+     "error: p.enabled: expected a boolean, got number"
+     " | hint: \"enabled\" is on or off; `sluice relay --help-config` lists every key" PIPE_ZERO},
     {"number where a string is expected", OBJ_PIPE, "{\"name\": 5, \"sink\": {}}", "p",
-     "error: p.name: expected a string, got number" " | hint: \"name\" is pipeline name; `sluice relay --help-config` lists every key" PIPE_ZERO},
+     "error: p.name: expected a string, got number"
+     " | hint: \"name\" is pipeline name; `sluice relay --help-config` lists every key" PIPE_ZERO},
     {"value not among choices", OBJ_PIPE, "{" MIN_PIPE ", \"format\": \"xml\"}", "pipelines[0]",
-     "error: pipelines[0].format: expected one of \"json\", \"msgpack\", got \"xml\"" " | hint: \"format\" is wire format; `sluice relay --help-config` lists every key" PIPE_ZERO},
+     "error: pipelines[0].format: expected one of \"json\", \"msgpack\", got \"xml\""
+     " | hint: \"format\" is wire format; `sluice relay --help-config` lists every key" PIPE_ZERO},
     {"choice typo gets a hint", OBJ_PIPE, "{" MIN_PIPE ", \"format\": \"jsno\"}", "p",
      "error: p.format: expected one of \"json\", \"msgpack\", got \"jsno\""
      " | hint: did you mean \"json\"?" PIPE_ZERO},
     {"secret choice is not echoed", OBJ_PIPE, "{" MIN_PIPE ", \"level\": \"hig\"}", "p",
-     "error: p.level: expected one of \"low\", \"high\"" " | hint: \"level\" is a secret enum; `sluice relay --help-config` lists every key" PIPE_ZERO},
+     "error: p.level: expected one of \"low\", \"high\""
+     " | hint: \"level\" is a secret enum; `sluice relay --help-config` lists every key" PIPE_ZERO},
     {"string list with a non-string", OBJ_PIPE, "{" MIN_PIPE ", \"tables\": [\"a\", 2]}",
-     "pipelines[0]", "error: pipelines[0].tables[1]: expected a string, got number" " | hint: \"tables\" is tables to read; `sluice relay --help-config` lists every key" PIPE_ZERO},
+     "pipelines[0]",
+     "error: pipelines[0].tables[1]: expected a string, got number"
+     " | hint: \"tables\" is tables to read; `sluice relay --help-config` lists every "
+     "key" PIPE_ZERO},
     {"string list given a string", OBJ_PIPE, "{" MIN_PIPE ", \"tables\": \"a\"}", "p",
-     "error: p.tables: expected an array of strings, got string" " | hint: \"tables\" is tables to read; `sluice relay --help-config` lists every key" PIPE_ZERO},
+     "error: p.tables: expected an array of strings, got string"
+     " | hint: \"tables\" is tables to read; `sluice relay --help-config` lists every "
+     "key" PIPE_ZERO},
     {"object given a string", OBJ_PIPE, "{\"name\": \"o\", \"sink\": \"kafka\"}", "pipelines[0]",
-     "error: pipelines[0].sink: expected an object, got string" " | hint: \"sink\" is where messages go; `sluice relay --help-config` lists every key" PIPE_ZERO},
+     "error: pipelines[0].sink: expected an object, got string"
+     " | hint: \"sink\" is where messages go; `sluice relay --help-config` lists every "
+     "key" PIPE_ZERO},
     {"array given an object", OBJ_PIPE, "{" MIN_PIPE ", \"filters\": {}}", "p",
-     "error: p.filters: expected an array, got object" " | hint: \"filters\" is filters; `sluice relay --help-config` lists every key" PIPE_ZERO},
+     "error: p.filters: expected an array, got object"
+     " | hint: \"filters\" is filters; `sluice relay --help-config` lists every key" PIPE_ZERO},
     {"nested: sink parsed at its path", OBJ_NESTED,
      "{\"pipelines\": [{}, {}, {\"name\": \"c\", \"sink\": {\"type\": \"stdout\","
      " \"properties\": {\"a\": 1}}}]}",
@@ -654,10 +716,13 @@ static const object_row_t object_rows[] = {
      "{\"pipelines\": [{}, {}, {\"name\": \"c\", \"sink\": {\"type\": \"kafka\","
      " \"topic\": \"t\", \"properties\": [1]}}]}",
      "pipelines[2]",
-     "error: pipelines[2].sink.properties: expected an object, got array" " | hint: \"properties\" is librdkafka properties; `sluice relay --help-config` lists every key" SINK_ZERO},
+     "error: pipelines[2].sink.properties: expected an object, got array"
+     " | hint: \"properties\" is librdkafka properties; `sluice relay --help-config` lists every "
+     "key" SINK_ZERO},
     {"nested: missing sink type", OBJ_NESTED,
      "{\"pipelines\": [{}, {}, {\"name\": \"c\", \"sink\": {}}]}", "pipelines[2]",
-     "error: pipelines[2].sink: missing required key \"type\"" " | hint: add \"type\": sink type" SINK_ZERO},
+     "error: pipelines[2].sink: missing required key \"type\""
+     " | hint: add \"type\": sink type" SINK_ZERO},
 };
 
 #define N_OBJECT (sizeof object_rows / sizeof object_rows[0])

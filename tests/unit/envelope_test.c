@@ -47,12 +47,15 @@
 
 typedef struct escape_row {
     const char *name;
-    const char *in;     /* input bytes */
-    size_t n;           /* input length (may cover embedded NULs) */
-    const char *want;   /* exact output, quotes included */
+    const char *in;   /* input bytes */
+    size_t n;         /* input length (may cover embedded NULs) */
+    const char *want; /* exact output, quotes included */
 } escape_row_t;
 
-#define ESC(name, lit, want) {name, lit, sizeof(lit) - 1, want}
+#define ESC(name, lit, want)             \
+    {                                    \
+        name, lit, sizeof(lit) - 1, want \
+    }
 
 static const escape_row_t escape_rows[] = {
     ESC("escape_empty", "", "\"\""),
@@ -95,7 +98,7 @@ test_buf_zeroed_is_empty(void **state)
     assert_string_equal(b.data, "");
     sl_buf_free(&b);
     assert_null(b.data);
-    sl_buf_free(&b);  /* freeing twice is harmless */
+    sl_buf_free(&b); /* freeing twice is harmless */
     sl_buf_free(NULL);
 }
 
@@ -145,10 +148,10 @@ test_buf_reserve_overflow(void **state)
 /* ------------------------------------------------------------------------ */
 
 typedef struct format_row {
-    const char *name;     /* test name */
+    const char *name; /* test name */
     const char *in;
     int rc;
-    sl_format_t want;     /* when rc is SL_OK */
+    sl_format_t want; /* when rc is SL_OK */
 } format_row_t;
 
 static const format_row_t format_rows[] = {
@@ -182,21 +185,21 @@ test_format(void **state)
 /* ------------------------------------------------------------------------ */
 
 /* The message most rows start from: what publish() writes. */
-#define BASE_MSG                                              \
-    .outbox_id = 42, .id = "0190f3c2-7a1b-7c3d-8e4f-0123456789ab", \
-    .topic = "orders", .key = "order-17", .op = "event",      \
-    .payload = "{\"total\": 99.5, \"order_id\": 17}", .headers = "{}", \
-    .ts = "2026-11-21T08:30:00.123456+00:00", .db = "shop", .txid = "7771"
+#define BASE_MSG                                                                        \
+    .outbox_id = 42, .id = "0190f3c2-7a1b-7c3d-8e4f-0123456789ab", .topic = "orders",   \
+    .key = "order-17", .op = "event", .payload = "{\"total\": 99.5, \"order_id\": 17}", \
+    .headers = "{}", .ts = "2026-11-21T08:30:00.123456+00:00", .db = "shop", .txid = "7771"
 
 typedef struct golden_row {
-    const char *name;   /* test name; golden file data/envelope_<name>.golden */
+    const char *name; /* test name; golden file data/envelope_<name>.golden */
     sl_msg_t msg;
 } golden_row_t;
 
 static const golden_row_t golden_rows[] = {
     {"basic", {BASE_MSG}},
-    {"null_key", {BASE_MSG, .key = NULL, .op = "delete",
-                  .payload = "{\"before\": {\"id\": 3, \"name\": \"x\"}, \"after\": null}"}},
+    {"null_key",
+     {BASE_MSG, .key = NULL, .op = "delete",
+      .payload = "{\"before\": {\"id\": 3, \"name\": \"x\"}, \"after\": null}"}},
     {"unicode_and_controls",
      {BASE_MSG, .topic = "commandes.\xc3\xa9t\xc3\xa9 \"q\" \\ \t",
       .key = "cl\xc3\xa9 \xe6\x97\xa5\xe6\x9c\xac \xf0\x9f\x9a\x80 \"k\"\n\r\x01\x1f",
@@ -310,21 +313,21 @@ static const sl_msg_t mp_msg_null_key = {BASE_MSG, .key = NULL, .payload = "[1, 
 typedef enum want_type {
     W_NIL,
     W_BOOL,
-    W_INT,    /* int64: a positive or negative msgpack integer */
-    W_FLOAT,  /* float64 */
+    W_INT,   /* int64: a positive or negative msgpack integer */
+    W_FLOAT, /* float64 */
     W_STR,
-    W_ARRAY,  /* array of n elements */
-    W_MAP,    /* map of n entries */
+    W_ARRAY, /* array of n elements */
+    W_MAP,   /* map of n entries */
 } want_type_t;
 
 typedef struct mp_row {
     const char *name;
     const sl_msg_t *msg;
-    const char *path;   /* "payload.arr[2][1].four"; "" is the envelope itself */
+    const char *path; /* "payload.arr[2][1].four"; "" is the envelope itself */
     want_type_t type;
-    int64_t i;          /* W_BOOL, W_INT; W_ARRAY/W_MAP: element count */
-    double f;           /* W_FLOAT */
-    const char *s;      /* W_STR */
+    int64_t i;     /* W_BOOL, W_INT; W_ARRAY/W_MAP: element count */
+    double f;      /* W_FLOAT */
+    const char *s; /* W_STR */
 } mp_row_t;
 
 static const mp_row_t mp_rows[] = {
@@ -352,10 +355,8 @@ static const mp_row_t mp_rows[] = {
     {"mp_int64_max", &mp_msg, "payload.max", W_INT, .i = INT64_MAX},
     {"mp_int64_min", &mp_msg, "payload.min", W_INT, .i = INT64_MIN},
     {"mp_above_int64_is_float", &mp_msg, "payload.over", W_FLOAT, .f = 9223372036854775808.0},
-    {"mp_below_int64_is_float", &mp_msg, "payload.under", W_FLOAT,
-     .f = -9223372036854775809.0},
-    {"mp_int_beyond_2_53_exact", &mp_msg, "payload.snowflake", W_INT,
-     .i = 1234567890123456789},
+    {"mp_below_int64_is_float", &mp_msg, "payload.under", W_FLOAT, .f = -9223372036854775809.0},
+    {"mp_int_beyond_2_53_exact", &mp_msg, "payload.snowflake", W_INT, .i = 1234567890123456789},
     {"mp_float", &mp_msg, "payload.float", W_FLOAT, .f = 1.5},
     {"mp_fraction_stays_float", &mp_msg, "payload.int_valued_float", W_FLOAT, .f = 10.0},
     {"mp_exponent_stays_float", &mp_msg, "payload.exp", W_FLOAT, .f = 100.0},
@@ -384,8 +385,7 @@ mp_decode(const sl_msg_t *m, sl_buf_t *out, msgpack_unpacked *up)
     assert_int_equal(sl_envelope_encode(m, SL_FORMAT_MSGPACK, out, &err), SL_OK);
     size_t off = 0;
     msgpack_unpacked_init(up);
-    assert_int_equal(msgpack_unpack_next(up, out->data, out->len, &off),
-                     MSGPACK_UNPACK_SUCCESS);
+    assert_int_equal(msgpack_unpack_next(up, out->data, out->len, &off), MSGPACK_UNPACK_SUCCESS);
     assert_int_equal(off, out->len); /* exactly one object, nothing after it */
 }
 
@@ -438,9 +438,7 @@ test_mp(void **state)
     const msgpack_object *o = mp_lookup(&up.data, row->path);
 
     switch (row->type) {
-    case W_NIL:
-        assert_int_equal(o->type, MSGPACK_OBJECT_NIL);
-        break;
+    case W_NIL: assert_int_equal(o->type, MSGPACK_OBJECT_NIL); break;
     case W_BOOL:
         assert_int_equal(o->type, MSGPACK_OBJECT_BOOLEAN);
         assert_int_equal(o->via.boolean, row->i != 0);
@@ -504,7 +502,7 @@ typedef struct bad_row {
     sl_format_t format;
     const char *payload;
     const char *headers;
-    const char *want;   /* substring of the error message */
+    const char *want; /* substring of the error message */
 } bad_row_t;
 
 static const bad_row_t bad_rows[] = {
@@ -525,8 +523,7 @@ static void
 test_bad(void **state)
 {
     const bad_row_t *row = *state;
-    sl_msg_t m = {BASE_MSG, .outbox_id = 1234, .payload = row->payload,
-                  .headers = row->headers};
+    sl_msg_t m = {BASE_MSG, .outbox_id = 1234, .payload = row->payload, .headers = row->headers};
     sl_buf_t out = {0};
     sl_err_t err;
     sl_err_clear(&err);
@@ -564,11 +561,12 @@ test_bad_too_deep(void **state)
 /* ------------------------------------------------------------------------ */
 
 /* Appends one test per row of a table to tests. */
-#define ADD_ROWS(table, func)                                                 \
-    for (size_t i = 0; i < ROWS(table); i++)                                  \
-        tests[n++] = (struct CMUnitTest){.name = (table)[i].name,             \
-                                         .test_func = (func),                 \
-                                         .initial_state = (void *)&(table)[i]}
+#define ADD_ROWS(table, func)                                                                  \
+    for (size_t i = 0; i < ROWS(table); i++)                                                   \
+        tests[n++] = (struct CMUnitTest)                                                       \
+        {                                                                                      \
+            .name = (table)[i].name, .test_func = (func), .initial_state = (void *)&(table)[i] \
+        }
 
 #define ADD(func) tests[n++] = (struct CMUnitTest)cmocka_unit_test(func)
 

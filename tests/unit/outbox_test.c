@@ -30,14 +30,10 @@ typedef struct glob_row {
 } glob_row_t;
 
 static const glob_row_t glob_rows[] = {
-    {"glob_plain", "orders", true},
-    {"glob_star_suffix", "payments.*", true},
-    {"glob_star_only", "*", true},
-    {"glob_all_chars", "A-z_0.9", true},
-    {"glob_space", "bad topic", false},
-    {"glob_percent", "a%b", false},
-    {"glob_empty", "", false},
-    {"glob_quote", "a\"b", false},
+    {"glob_plain", "orders", true},     {"glob_star_suffix", "payments.*", true},
+    {"glob_star_only", "*", true},      {"glob_all_chars", "A-z_0.9", true},
+    {"glob_space", "bad topic", false}, {"glob_percent", "a%b", false},
+    {"glob_empty", "", false},          {"glob_quote", "a\"b", false},
 };
 
 static void
@@ -54,7 +50,7 @@ typedef struct filter_row {
     const char *name;
     const char *topics[4];
     size_t n;
-    const char *exact;  /* NULL when no filter */
+    const char *exact; /* NULL when no filter */
     const char *like;
 } filter_row_t;
 
@@ -149,12 +145,12 @@ test_quote(void **state)
 int
 main(void)
 {
-    struct CMUnitTest tests[ROWS(glob_rows) + ROWS(filter_rows) + ROWS(redact_rows) +
-                            ROWS(quote_rows) + 1];
+    struct CMUnitTest
+        tests[ROWS(glob_rows) + ROWS(filter_rows) + ROWS(redact_rows) + ROWS(quote_rows) + 1];
     size_t n = 0;
     for (size_t i = 0; i < ROWS(glob_rows); i++)
-        tests[n++] = (struct CMUnitTest){glob_rows[i].name, test_glob, NULL, NULL,
-                                         (void *)&glob_rows[i]};
+        tests[n++] =
+            (struct CMUnitTest){glob_rows[i].name, test_glob, NULL, NULL, (void *)&glob_rows[i]};
     for (size_t i = 0; i < ROWS(filter_rows); i++)
         tests[n++] = (struct CMUnitTest){filter_rows[i].name, test_filter, NULL, NULL,
                                          (void *)&filter_rows[i]};
@@ -162,9 +158,9 @@ main(void)
         tests[n++] = (struct CMUnitTest){redact_rows[i].name, test_redact, NULL, NULL,
                                          (void *)&redact_rows[i]};
     for (size_t i = 0; i < ROWS(quote_rows); i++)
-        tests[n++] = (struct CMUnitTest){quote_rows[i].name, test_quote, NULL, NULL,
-                                         (void *)&quote_rows[i]};
-    tests[n++] = (struct CMUnitTest){"err_prefix_overflow", test_err_prefix_overflow, NULL, NULL,
-                                     NULL};
+        tests[n++] =
+            (struct CMUnitTest){quote_rows[i].name, test_quote, NULL, NULL, (void *)&quote_rows[i]};
+    tests[n++] =
+        (struct CMUnitTest){"err_prefix_overflow", test_err_prefix_overflow, NULL, NULL, NULL};
     return _cmocka_run_group_tests("outbox", tests, n, NULL, NULL);
 }

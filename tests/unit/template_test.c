@@ -44,9 +44,9 @@ static const sl_msg_t msg = {
 typedef struct tpl_row {
     const char *name;
     const char *tpl;
-    const char *want;       /* rendered for msg, or NULL when compiling must fail */
-    bool constant;          /* when want is set */
-    const char *want_err;   /* when want is NULL: substring of the message */
+    const char *want;     /* rendered for msg, or NULL when compiling must fail */
+    bool constant;        /* when want is set */
+    const char *want_err; /* when want is NULL: substring of the message */
 } tpl_row_t;
 
 static const tpl_row_t tpl_rows[] = {
@@ -120,20 +120,16 @@ test_tpl_constant_without_msg(void **state)
 typedef struct fit_row {
     const char *name;
     const char *tpl;
-    size_t n;       /* buffer size, NUL included */
-    int want;       /* return value */
+    size_t n; /* buffer size, NUL included */
+    int want; /* return value */
 } fit_row_t;
 
 static const fit_row_t fit_rows[] = {
     /* "app.orders" is 10 bytes and needs 11 with its NUL. */
-    {"fit_exact", "app.{topic}", 11, 10},
-    {"fit_one_short", "app.{topic}", 10, -1},
-    {"fit_short_in_literal", "app.{topic}", 3, -1},
-    {"fit_zero", "app.{topic}", 0, -1},
-    {"fit_constant_exact", "events", 7, 6},
-    {"fit_constant_short", "events", 6, -1},
-    {"fit_op_short", "{topic}.{op}", 12, -1},
-    {"fit_op_exact", "{topic}.{op}", 14, 13},
+    {"fit_exact", "app.{topic}", 11, 10},           {"fit_one_short", "app.{topic}", 10, -1},
+    {"fit_short_in_literal", "app.{topic}", 3, -1}, {"fit_zero", "app.{topic}", 0, -1},
+    {"fit_constant_exact", "events", 7, 6},         {"fit_constant_short", "events", 6, -1},
+    {"fit_op_short", "{topic}.{op}", 12, -1},       {"fit_op_exact", "{topic}.{op}", 14, 13},
 };
 
 static void
@@ -164,9 +160,9 @@ test_fit(void **state)
 
 typedef struct topic_row {
     const char *name;
-    const char *topic;      /* NULL: use `repeat` copies of 'a' (or NULL itself when 0) */
+    const char *topic; /* NULL: use `repeat` copies of 'a' (or NULL itself when 0) */
     size_t repeat;
-    const char *want_err;   /* NULL when accepted */
+    const char *want_err; /* NULL when accepted */
 } topic_row_t;
 
 static const topic_row_t topic_rows[] = {
@@ -217,11 +213,12 @@ test_topic(void **state)
 
 /* ------------------------------------------------------------------------ */
 
-#define ADD_ROWS(table, func)                                                 \
-    for (size_t i = 0; i < ROWS(table); i++)                                  \
-        tests[n++] = (struct CMUnitTest){.name = (table)[i].name,             \
-                                         .test_func = (func),                 \
-                                         .initial_state = (void *)&(table)[i]}
+#define ADD_ROWS(table, func)                                                                  \
+    for (size_t i = 0; i < ROWS(table); i++)                                                   \
+        tests[n++] = (struct CMUnitTest)                                                       \
+        {                                                                                      \
+            .name = (table)[i].name, .test_func = (func), .initial_state = (void *)&(table)[i] \
+        }
 
 #define ADD(func) tests[n++] = (struct CMUnitTest)cmocka_unit_test(func)
 
