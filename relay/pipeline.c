@@ -167,6 +167,9 @@ struct sl_pipeline {
     size_t cap;
     uint64_t head; /* next sequence number */
     uint64_t tail; /* first unacknowledged sequence number */
+    /* Outbox id of message tail - 1, the last of the acknowledged prefix. Kept
+     * here because its slot is reused as soon as the window moves on. */
+    int64_t tail_id;
     uint64_t inflight_bytes;
     sl_range_t *ranges; /* owned queue, oldest first */
     size_t nranges, ranges_cap;
@@ -306,7 +309,7 @@ pipeline_advance(sl_pipeline_t *pl)
             continue;
         }
         if (pl->tail > r->start_seq) {
-            int64_t id = pl->slots[(pl->tail - 1) % pl->cap].outbox_id;
+            int64_t id = pl->tail_id;
             if (pl->ck.hi == NULL || pl->ck.last_id != id || pl->ck.range_no != r->range_no) {
                 if (pos_set(&pl->ck, r->lo, r->hi, id, r->range_no) != SL_OK)
                     return;
@@ -346,6 +349,7 @@ pipeline_on_ack(void *ctx, uint64_t token, int status, const sl_err_t *err)
         sl_slot_t *t = &pl->slots[pl->tail % pl->cap];
         pl->inflight_bytes -= t->bytes;
         t->acked = false;
+        pl->tail_id = t->outbox_id;
         pl->tail++;
         pl->delivered++;
     }
