@@ -10,22 +10,18 @@
  * not in `lo` with id > last id, ordered by id. A page shorter than asked
  * completes the range (lo := hi).
  *
- * Window. Every message sent to the sink gets a sequence number; the window is
- * a ring of max_inflight slots indexed by it, allocated once. Acks arrive in
- * any order (Kafka partitions are independent); `tail` advances over the
- * acknowledged prefix. Reads are issued only while the window has room for a
- * whole page (max_inflight messages and max_inflight_bytes), which is the
- * backpressure: a slow or dead sink stops the reader, never grows memory.
+ * Window. Every message sent to the sink enters the window (relay/window.c),
+ * which derives the acknowledged position from acks arriving in any order.
+ * Reads are issued only while the window has room for a whole page
+ * (max_inflight messages and max_inflight_bytes), which is the backpressure:
+ * a slow or dead sink stops the reader, never grows memory.
  *
- * Checkpoint. Ranges still in the window are kept in a small queue. From the
- * acknowledged prefix the pipeline derives its durable position:
- *   - a range whose messages are all acknowledged is done: (lo := its hi);
- *   - otherwise, inside the oldest range: (its lo, its hi, id of the last
- *     acknowledged message).
- * The position is written at most once per checkpoint_interval_ms, and the
- * UPDATE refuses to move it backwards. After a crash, a restart re-reads from
- * the written position: only the unacknowledged window (plus what was
- * acknowledged since the last write) is sent again.
+ * Checkpoint. The window turns acks into the acknowledged position. The
+ * pipeline writes it at most once per checkpoint_interval_ms (once a minute
+ * when only the snapshot moved), and the UPDATE refuses to move it backwards.
+ * After a crash, a restart re-reads from the written position: only the
+ * unacknowledged window (plus what was acknowledged since the last write) is
+ * sent again.
  *
  * States:
  *
@@ -33,8 +29,11 @@
  *       ▲                   │                          │                 │
  *       └──── pg down ──────┴──────────────────────────┘     acked or deadline
  *                                                                        ▼
- *   FAILED ◀── permanent error (bad sink message, no schema) ─────▶ CLOSING ─▶ STOPPED
+ *   any state ── permanent error ──▶ DRAINING (2 s, `failed`) ──▶ CLOSING ─▶ STOPPED
  *
+ * A permanent error (a message the sink rejects, the catalog missing) sets
+ * `failed`, stops reading and drains briefly so acknowledged messages before
+ * it are checkpointed.
  * A lost PostgreSQL connection keeps the window and the in-memory position:
  * acks keep arriving from the sink, and the checkpoint is written once the
  * connection is back. Everything runs on the loop thread.
@@ -99,32 +98,6 @@ typedef enum sl_pipeline_op {
     SL_OP_PRUNE,   /* outbox retention */
 } sl_pipeline_op_t;
 
-/* One in-flight message. */
-typedef struct sl_slot {
-    int64_t outbox_id;
-    uint32_t bytes;
-    bool acked;
-} sl_slot_t;
-
-/* A snapshot range with messages (or the read position) still in the window. */
-typedef struct sl_range {
-    char *lo;             /* owned */
-    char *hi;             /* owned */
-    int64_t range_no;     /* position number while inside this range */
-    int64_t end_range_no; /* position number once this range is done */
-    uint64_t start_seq;   /* first message of the range */
-    uint64_t end_seq;     /* one past its last message, once complete */
-    bool complete;        /* every page read */
-} sl_range_t;
-
-/* A checkpoint position. */
-typedef struct sl_pos {
-    char *lo; /* owned */
-    char *hi; /* owned, NULL outside a range */
-    int64_t last_id;
-    int64_t range_no;
-} sl_pos_t;
-
 struct sl_pipeline {
     uv_loop_t *loop;              /* borrowed */
     const sl_pipeline_cfg_t *cfg; /* borrowed */
@@ -162,17 +135,7 @@ struct sl_pipeline {
     int64_t page_limit;                   /* rows asked for by the PAGE in flight */
     bool sink_full;                       /* the sink said AGAIN: wait for an ack */
 
-    /* Window. */
-    sl_slot_t *slots; /* owned ring of max_inflight */
-    size_t cap;
-    uint64_t head; /* next sequence number */
-    uint64_t tail; /* first unacknowledged sequence number */
-    /* Outbox id of message tail - 1, the last of the acknowledged prefix. Kept
-     * here because its slot is reused as soon as the window moves on. */
-    int64_t tail_id;
-    uint64_t inflight_bytes;
-    sl_range_t *ranges; /* owned queue, oldest first */
-    size_t nranges, ranges_cap;
+    sl_window_t *win; /* owned: unacknowledged messages and their ranges */
 
     /* Checkpoint. */
     sl_pos_t ck;                  /* acknowledged position (in memory) */
@@ -191,8 +154,6 @@ struct sl_pipeline {
     /* Stats. */
     int64_t stats_delivered;
     uint64_t stats_ms;
-
-    sl_buf_t scratch; /* reused for SQL parameters */
 };
 
 static void pipeline_kick(sl_pipeline_t *pl);
@@ -211,113 +172,19 @@ pipeline_set_state(sl_pipeline_t *pl, sl_pipeline_state_t to)
     pl->state = to;
 }
 
-static void
-pos_clear(sl_pos_t *p)
-{
-    free(p->lo);
-    free(p->hi);
-    memset(p, 0, sizeof *p);
-}
-
-/* Sets p from strings (copied). Returns SL_OK or SL_ENOMEM (p unchanged). */
-static int
-pos_set(sl_pos_t *p, const char *lo, const char *hi, int64_t last_id, int64_t range_no)
-{
-    char *l = strdup(lo);
-    char *h = hi != NULL ? strdup(hi) : NULL;
-    if (l == NULL || (hi != NULL && h == NULL)) {
-        free(l);
-        free(h);
-        return SL_ENOMEM;
-    }
-    free(p->lo);
-    free(p->hi);
-    p->lo = l;
-    p->hi = h;
-    p->last_id = last_id;
-    p->range_no = range_no;
-    return SL_OK;
-}
-
 static uint64_t
 window_used(const sl_pipeline_t *pl)
 {
-    return pl->head - pl->tail;
+    return sl_window_used(pl->win);
 }
 
-static void
-ranges_clear(sl_pipeline_t *pl)
-{
-    for (size_t i = 0; i < pl->nranges; i++) {
-        free(pl->ranges[i].lo);
-        free(pl->ranges[i].hi);
-    }
-    pl->nranges = 0;
-}
-
-static void
-ranges_pop(sl_pipeline_t *pl)
-{
-    assert(pl->nranges > 0);
-    free(pl->ranges[0].lo);
-    free(pl->ranges[0].hi);
-    memmove(&pl->ranges[0], &pl->ranges[1], (pl->nranges - 1) * sizeof pl->ranges[0]);
-    pl->nranges--;
-}
-
-static int
-ranges_push(sl_pipeline_t *pl, const char *lo, const char *hi, int64_t range_no, sl_err_t *err)
-{
-    if (pl->nranges == pl->ranges_cap) {
-        size_t cap = pl->ranges_cap ? pl->ranges_cap * 2 : 8;
-        sl_range_t *r = realloc(pl->ranges, cap * sizeof *r);
-        if (r == NULL)
-            return sl_err_nomem(err, "the range queue");
-        pl->ranges = r;
-        pl->ranges_cap = cap;
-    }
-    sl_range_t *r = &pl->ranges[pl->nranges];
-    memset(r, 0, sizeof *r);
-    r->lo = strdup(lo);
-    r->hi = strdup(hi);
-    if (r->lo == NULL || r->hi == NULL) {
-        free(r->lo);
-        free(r->hi);
-        return sl_err_nomem(err, "a range");
-    }
-    r->range_no = range_no;
-    r->end_range_no = range_no + 1;
-    r->start_seq = pl->head;
-    pl->nranges++;
-    return SL_OK;
-}
-
-/*
- * Derives the acknowledged position from the window (see the file header).
- * Called after every ack and every completed range.
- */
+/* Brings the in-memory checkpoint up to the acknowledged prefix. */
 static void
 pipeline_advance(sl_pipeline_t *pl)
 {
-    while (pl->nranges > 0) {
-        sl_range_t *r = &pl->ranges[0];
-        if (r->complete && r->end_seq <= pl->tail) {
-            if (pos_set(&pl->ck, r->hi, NULL, 0, r->end_range_no) != SL_OK)
-                return; /* Out of memory: keep the older position, retry later. */
-            pl->ck_dirty = true;
-            ranges_pop(pl);
-            continue;
-        }
-        if (pl->tail > r->start_seq) {
-            int64_t id = pl->tail_id;
-            if (pl->ck.hi == NULL || pl->ck.last_id != id || pl->ck.range_no != r->range_no) {
-                if (pos_set(&pl->ck, r->lo, r->hi, id, r->range_no) != SL_OK)
-                    return;
-                pl->ck_dirty = true;
-            }
-        }
-        break;
-    }
+    /* Out of memory keeps the older position, which stays true; retried on the next ack. */
+    if (sl_window_position(pl->win, &pl->ck) == 1)
+        pl->ck_dirty = true;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -328,31 +195,23 @@ static void
 pipeline_on_ack(void *ctx, uint64_t token, int status, const sl_err_t *err)
 {
     sl_pipeline_t *pl = ctx;
-    if (token < pl->tail || token >= pl->head)
-        return; /* From before a rewind: nothing refers to it any more. */
-    sl_slot_t *s = &pl->slots[token % pl->cap];
+    if (!sl_window_has(pl->win, token))
+        return; /* From before a restart of the reader: nothing refers to it. */
     if (status != SL_OK) {
         sl_err_t e;
         if (err != NULL)
             e = *err;
         else
             sl_err_set(&e, SL_ERR, "the sink rejected the message");
-        sl_err_prefix(&e, "outbox message %" PRId64 " was not delivered: ", s->outbox_id);
+        sl_err_prefix(&e, "outbox message %" PRId64 " was not delivered: ",
+                      sl_window_outbox_id(pl->win, token));
         if (e.hint[0] == '\0')
             sl_err_hint(&e, "the checkpoint stays before this message; fix the cause and "
                             "restart the relay to deliver it");
         pipeline_fail(pl, &e);
         return;
     }
-    s->acked = true;
-    while (pl->tail < pl->head && pl->slots[pl->tail % pl->cap].acked) {
-        sl_slot_t *t = &pl->slots[pl->tail % pl->cap];
-        pl->inflight_bytes -= t->bytes;
-        t->acked = false;
-        pl->tail_id = t->outbox_id;
-        pl->tail++;
-        pl->delivered++;
-    }
+    pl->delivered += (int64_t)sl_window_ack(pl->win, token);
     pipeline_advance(pl);
     pl->sink_full = false;
     pipeline_kick(pl);
@@ -401,7 +260,8 @@ pipeline_send_held(sl_pipeline_t *pl)
             m.db = pl->db;
             m.txid = PQgetvalue(res, i, 7);
             size_t bytes = 0;
-            uint64_t seq = pl->head;
+            /* The sink never acks inside send, so the token can be pushed after. */
+            uint64_t seq = sl_window_next(pl->win);
             int rc = pl->cfg->sink_ops->send(pl->sk, &m, seq, &bytes, &err);
             if (rc == SL_AGAIN) {
                 pl->sink_full = true;
@@ -412,12 +272,9 @@ pipeline_send_held(sl_pipeline_t *pl)
                 pipeline_fail(pl, &err);
                 return SL_ERR;
             }
-            sl_slot_t *s = &pl->slots[seq % pl->cap];
-            s->outbox_id = m.outbox_id;
-            s->bytes = (uint32_t)bytes;
-            s->acked = false;
-            pl->head++;
-            pl->inflight_bytes += bytes;
+            uint64_t pushed = sl_window_push(pl->win, m.outbox_id, (uint32_t)bytes);
+            assert(pushed == seq);
+            (void)pushed;
             /* Exponential moving average, weight 1/16: sizes the next reads. */
             pl->avg_msg_bytes = pl->avg_msg_bytes - pl->avg_msg_bytes / 16 + bytes / 16;
             if (pl->avg_msg_bytes == 0)
@@ -494,7 +351,7 @@ pipeline_page_limit(const sl_pipeline_t *pl)
     uint64_t used = window_used(pl) + pl->held_rows;
     uint64_t max = (uint64_t)pl->cfg->max_inflight;
     uint64_t room = max > used ? max - used : 0;
-    uint64_t bytes_used = pl->inflight_bytes + pl->held_rows * pl->avg_msg_bytes;
+    uint64_t bytes_used = sl_window_bytes(pl->win) + pl->held_rows * pl->avg_msg_bytes;
     uint64_t bmax = (uint64_t)pl->cfg->max_inflight_bytes;
     uint64_t broom = bmax > bytes_used ? (bmax - bytes_used) / pl->avg_msg_bytes : 0;
     return (int64_t)min_u64((uint64_t)pl->cfg->batch_size, min_u64(room, broom));
@@ -629,21 +486,8 @@ pipeline_kick(sl_pipeline_t *pl)
 static int
 pipeline_range_done(sl_pipeline_t *pl, sl_err_t *err)
 {
-    sl_range_t *r = &pl->ranges[pl->nranges - 1];
-    r->complete = true;
-    r->end_seq = pl->head + pl->held_rows;
-    bool empty = r->end_seq == r->start_seq;
-    if (empty && pl->nranges >= 2) {
-        /* Nothing matched: fold into the previous range (see file header). */
-        sl_range_t *prev = &pl->ranges[pl->nranges - 2];
-        free(prev->hi);
-        prev->hi = r->hi;
-        prev->end_range_no = r->end_range_no;
-        r->hi = NULL;
-        free(r->lo);
-        pl->nranges--;
-    }
-    if (pos_set(&pl->rd, pl->rd.hi, NULL, 0, pl->rd.range_no + 1) != SL_OK)
+    bool empty = sl_window_range_close(pl->win, pl->held_rows);
+    if (sl_pos_set(&pl->rd, pl->rd.hi, NULL, 0, pl->rd.range_no + 1) != SL_OK)
         return sl_err_nomem(err, "the read position");
     pl->rd_bounded = false;
     /* A range that had rows may have more behind it: look again at once. */
@@ -681,9 +525,9 @@ pipeline_on_open(sl_pipeline_t *pl, PGresult *res, sl_err_t *err)
     if (pl->rd.hi == NULL) {
         if (strcmp(hi, pl->rd.lo) == 0)
             return SL_OK; /* Nothing committed since the last range. */
-        if (ranges_push(pl, pl->rd.lo, hi, pl->rd.range_no, err) != SL_OK)
+        if (sl_window_range_open(pl->win, pl->rd.lo, hi, pl->rd.range_no, err) != SL_OK)
             return SL_ENOMEM;
-        if (pos_set(&pl->rd, pl->rd.lo, hi, 0, pl->rd.range_no) != SL_OK)
+        if (sl_pos_set(&pl->rd, pl->rd.lo, hi, 0, pl->rd.range_no) != SL_OK)
             return sl_err_nomem(err, "the read position");
     }
     /* Otherwise this resumes a range loaded from the checkpoint. */
@@ -715,10 +559,10 @@ pipeline_on_load(sl_pipeline_t *pl, PGresult *res, sl_err_t *err)
     pl->db = strdup(PQgetvalue(res, 0, 6));
     if (pl->instance == NULL || pl->db == NULL)
         return sl_err_nomem(err, "the pipeline identity");
-    if (pos_set(&pl->ck, lo, hi, last_id, range_no) != SL_OK ||
-        pos_set(&pl->rd, lo, hi, last_id, range_no) != SL_OK)
+    if (sl_pos_set(&pl->ck, lo, hi, last_id, range_no) != SL_OK ||
+        sl_pos_set(&pl->rd, lo, hi, last_id, range_no) != SL_OK)
         return sl_err_nomem(err, "the checkpoint");
-    if (hi != NULL && ranges_push(pl, lo, hi, range_no, err) != SL_OK)
+    if (hi != NULL && sl_window_range_open(pl->win, lo, hi, range_no, err) != SL_OK)
         return SL_ENOMEM;
     pl->loaded = true;
     pl->wake = true;
@@ -901,7 +745,7 @@ pipeline_poll_timer_cb(uv_timer_t *t)
                         "pipeline=%s delivered=%" PRId64 " delivered_total=%" PRId64
                         " rate_per_s=%" PRId64 " inflight=%" PRIu64 " inflight_bytes=%" PRIu64,
                         pl->cfg->name, n, pl->delivered, n * 1000 / (int64_t)(now - pl->stats_ms),
-                        window_used(pl), pl->inflight_bytes);
+                        window_used(pl), sl_window_bytes(pl->win));
         pl->stats_delivered = pl->delivered;
         pl->stats_ms = now;
     }
@@ -992,17 +836,16 @@ sl_pipeline_new(uv_loop_t *loop, const sl_relay_cfg_t *rcfg, const sl_pipeline_c
     pl->on_stopped = on_stopped;
     pl->on_stopped_arg = arg;
     pl->state = SL_PIPELINE_CONNECTING;
-    pl->cap = (size_t)cfg->max_inflight;
     pl->avg_msg_bytes = SL_PIPELINE_FIRST_MSG_BYTES;
     pl->next_prune_ms =
         rcfg->outbox_retention_s < 0 ? UINT64_MAX : sl_now_ms() + SL_PIPELINE_PRUNE_MS;
-    pl->slots = calloc(pl->cap, sizeof *pl->slots);
-    if (pl->slots == NULL) {
+    int rc = sl_window_new((size_t)cfg->max_inflight, &pl->win, err);
+    if (rc != SL_OK) {
         free(pl);
-        return sl_err_nomem(err, "the in-flight window");
+        return rc;
     }
-    int rc = sl_outbox_topic_filter((const char *const *)cfg->topics.v, cfg->topics.n,
-                                    &pl->topics_exact, &pl->topics_like, err);
+    rc = sl_outbox_topic_filter((const char *const *)cfg->topics.v, cfg->topics.n,
+                                &pl->topics_exact, &pl->topics_like, err);
     if (rc != SL_OK)
         goto fail_slots;
 
@@ -1054,7 +897,7 @@ fail_filter:
     free(pl->topics_exact);
     free(pl->topics_like);
 fail_slots:
-    free(pl->slots);
+    sl_window_free(pl->win);
     free(pl);
     return rc;
 }
@@ -1103,15 +946,12 @@ sl_pipeline_free(sl_pipeline_t *pl)
         return;
     assert(pl->state == SL_PIPELINE_STOPPED);
     pipeline_held_clear(pl);
-    ranges_clear(pl);
-    free(pl->ranges);
-    pos_clear(&pl->rd);
-    pos_clear(&pl->ck);
-    free(pl->slots);
+    sl_window_free(pl->win);
+    sl_pos_clear(&pl->rd);
+    sl_pos_clear(&pl->ck);
     free(pl->instance);
     free(pl->db);
     free(pl->topics_exact);
     free(pl->topics_like);
-    sl_buf_free(&pl->scratch);
     free(pl);
 }
