@@ -89,6 +89,11 @@ sl_pg_conninfo_redact(const char *conninfo, char *buf, size_t n)
     /* Parse with libpq itself, so every form it accepts (URI, key = value with
      * spaces or quotes, percent-encoding) is understood, then print only what
      * is set, with the password replaced. */
+    /* A bare word is a database name (libpq's expand_dbname): nothing to hide. */
+    if (conninfo != NULL && strchr(conninfo, '=') == NULL && strstr(conninfo, "://") == NULL) {
+        snprintf(buf, n, "%s", conninfo);
+        return buf;
+    }
     char *errmsg = NULL;
     PQconninfoOption *opts = PQconninfoParse(conninfo != NULL ? conninfo : "", &errmsg);
     if (opts == NULL) {

@@ -61,6 +61,8 @@
 #define SL_PIPELINE_PRUNE_BUSY_MS 1000
 /* After a failure, how long to wait for acks of messages before the failed one. */
 #define SL_PIPELINE_FAIL_DRAIN_MS 2000
+/* Envelope bytes beyond payload, headers, topic and key (ids, ts, field names). */
+#define SL_PIPELINE_ENVELOPE_OVERHEAD 200
 /* Assumed envelope size before the first message was measured. */
 #define SL_PIPELINE_FIRST_MSG_BYTES 1024
 
@@ -343,7 +345,8 @@ min_u64(uint64_t a, uint64_t b)
  * Rows asked for by the next page: a batch, or what the window has room for
  * (in messages and, at the average envelope size, in bytes) once the held
  * rows are in it. The byte side is an estimate, so a page of unusually large
- * messages can pass max_inflight_bytes by at most one page.
+ * messages can pass max_inflight_bytes by at most one page: pipeline_on_page
+ * raises the average from that page before reading ahead.
  */
 static int64_t
 pipeline_page_limit(const sl_pipeline_t *pl)
@@ -501,6 +504,18 @@ pipeline_on_page(sl_pipeline_t *pl, PGresult *res, sl_err_t *err)
 {
     int nrows = PQntuples(res);
     bool complete = nrows < pl->page_limit;
+    /* Size the read-ahead by this page at once when its messages are larger
+     * than the running average (smaller ones lower it gradually as they are
+     * sent), so a page of large messages is not followed by another. */
+    if (nrows > 0) {
+        uint64_t page = 0;
+        for (int i = 0; i < nrows; i++)
+            page += (uint64_t)PQgetlength(res, i, 4) + (uint64_t)PQgetlength(res, i, 5) +
+                    (uint64_t)PQgetlength(res, i, 1) + (uint64_t)PQgetlength(res, i, 2) +
+                    SL_PIPELINE_ENVELOPE_OVERHEAD;
+        if (page / (uint64_t)nrows > pl->avg_msg_bytes)
+            pl->avg_msg_bytes = page / (uint64_t)nrows;
+    }
     if (nrows > 0)
         pl->rd.last_id = strtoll(PQgetvalue(res, nrows - 1, 0), NULL, 10);
     complete = complete || pl->rd.last_id >= pl->rd_max_id;

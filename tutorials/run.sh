@@ -218,6 +218,9 @@ cat "$SLUICE_ENV_DIR/relay.log"
 psql -X "$SLUICE_PG_URL" -c "SELECT * FROM sluice.relay_status"
 grep -q 'event=pipeline.closed pipeline=orders-to-kafka delivered_total=5 unacknowledged=0 checkpoint_saved=true' \
   "$SLUICE_ENV_DIR/relay.log" || fail "the pipeline did not close cleanly"
+# Retention (outbox_retention_s, default one hour) has not removed them yet.
+[[ "$(psql_value "SELECT count(*) FROM sluice.outbox")" == 5 ]] \
+  || fail "the outbox does not hold the five delivered events any more"
 
 # --------------------------------------------------------------------------
 step "12. Clean up"

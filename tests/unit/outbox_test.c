@@ -94,6 +94,7 @@ static const redact_row_t redact_rows[] = {
     {"redact_query_param", "postgresql://db/shop?password=s3cret",
      "password=[redacted] dbname=shop host=db"},
     {"redact_unparseable", "host='unterminated", "[redacted: not a valid connection string]"},
+    {"redact_bare_dbname", "shop", "shop"},
 };
 
 static void
