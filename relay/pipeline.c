@@ -392,6 +392,20 @@ pipeline_read(sl_pipeline_t *pl)
     pipeline_send(pl, SL_OP_PAGE, SL_OUTBOX_SQL_READ, 7, params);
 }
 
+/*
+ * When the next checkpoint write is due: new deliveries are stored within
+ * checkpoint_interval_ms; a position that moved without deliveries only every
+ * SL_PIPELINE_IDLE_CKPT_MS.
+ */
+static uint64_t
+pipeline_ckpt_due(const sl_pipeline_t *pl)
+{
+    uint64_t wait = pl->delivered != pl->ck_saved_delivered
+                        ? (uint64_t)pl->rcfg->checkpoint_interval_ms
+                        : SL_PIPELINE_IDLE_CKPT_MS;
+    return pl->ck_written_ms + wait;
+}
+
 static bool
 pipeline_can_read(const sl_pipeline_t *pl)
 {
@@ -455,12 +469,7 @@ pipeline_kick(sl_pipeline_t *pl)
     if (pl->state != SL_PIPELINE_RUNNING || !sl_pgconn_is_ready(pl->pc))
         return;
     uint64_t now = sl_now_ms();
-    /* New deliveries are stored within checkpoint_interval_ms; a position
-     * that moved without deliveries only every SL_PIPELINE_IDLE_CKPT_MS. */
-    uint64_t wait = pl->delivered != pl->ck_saved_delivered
-                        ? (uint64_t)pl->rcfg->checkpoint_interval_ms
-                        : SL_PIPELINE_IDLE_CKPT_MS;
-    uint64_t due = pl->ck_written_ms + wait;
+    uint64_t due = pipeline_ckpt_due(pl);
     if (pl->ck_dirty && now >= due) {
         pipeline_save(pl);
         return;
@@ -524,8 +533,11 @@ pipeline_on_page(sl_pipeline_t *pl, PGresult *res, sl_err_t *err)
     pl->held_rows += (uint64_t)nrows;
     if (complete)
         return pipeline_range_done(pl, err);
-    /* Read ahead: PostgreSQL prepares the next page while the sink takes this one. */
-    if (sl_pgconn_is_ready(pl->pc) && pipeline_can_read(pl))
+    /* Read ahead: PostgreSQL prepares the next page while the sink takes this
+     * one, unless a checkpoint write is due (pipeline_kick does that first;
+     * reading ahead here would starve it during a long drain). */
+    if (sl_pgconn_is_ready(pl->pc) && pipeline_can_read(pl) &&
+        !(pl->ck_dirty && sl_now_ms() >= pipeline_ckpt_due(pl)))
         pipeline_read(pl);
     return SL_OK;
 }

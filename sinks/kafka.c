@@ -63,6 +63,7 @@ typedef struct kafka_sink {
     uv_timer_t timer;        /* fallback queue service */
     int open_handles;
     const sl_template_t *tpl; /* borrowed from the config */
+    rd_kafka_topic_t *rkt;    /* owned handle of a constant topic, else NULL */
     sl_format_t fmt;
     sl_buf_t value; /* reused envelope buffer */
     bool closing;   /* reports after close are dropped */
@@ -373,6 +374,15 @@ kafka_create(const void *conf, const sl_sink_env_t *env, sl_sink_t **out, sl_err
     }
     /* Logs go to the main queue, which the loop serves. */
     rd_kafka_set_log_queue(s->rk, NULL);
+    /* Name a constant topic now, so its metadata comes with the first
+     * request; a topic first named at the first produce waits for
+     * librdkafka's next metadata scan (about a second). */
+    if (sl_template_is_constant(c->tpl)) {
+        char topic[SL_KAFKA_TOPIC_MAX];
+        sl_msg_t none = {.topic = "", .op = ""};
+        if (sl_template_render(c->tpl, &none, topic, sizeof topic) >= 0)
+            s->rkt = rd_kafka_topic_new(s->rk, topic, NULL);
+    }
     if (pipe(s->pipefd) != 0 || fcntl(s->pipefd[0], F_SETFL, O_NONBLOCK) != 0 ||
         fcntl(s->pipefd[1], F_SETFL, O_NONBLOCK) != 0) {
         rc = sl_err_set(err, SL_ERR, "cannot create a pipe: %s", strerror(errno));
@@ -395,6 +405,8 @@ kafka_create(const void *conf, const sl_sink_env_t *env, sl_sink_t **out, sl_err
     return SL_OK;
 
 fail_rk:
+    if (s->rkt != NULL)
+        rd_kafka_topic_destroy(s->rkt);
     rd_kafka_destroy(s->rk);
 fail_free:
     free(s);
@@ -504,6 +516,8 @@ kafka_handle_closed(uv_handle_t *h)
     void *arg = s->done_arg;
     rd_kafka_queue_io_event_enable(s->mainq, -1, NULL, 0);
     rd_kafka_queue_destroy(s->mainq);
+    if (s->rkt != NULL)
+        rd_kafka_topic_destroy(s->rkt);
     rd_kafka_destroy(s->rk);
     close(s->pipefd[0]);
     close(s->pipefd[1]);
