@@ -27,6 +27,8 @@
 
 struct cJSON;
 struct pg_conn;
+struct pg_result;
+struct uv_loop_s;
 
 /* ------------------------------------------------------------------------ */
 /* Return codes                                                              */
@@ -393,5 +395,72 @@ int sl_template_render(const sl_template_t *t, const sl_msg_t *m, char *buf, siz
  * or "..". `what` names the value in the error.
  */
 int sl_kafka_topic_check(const char *name, const char *what, sl_err_t *err);
+
+/* ------------------------------------------------------------------------ */
+/* Asynchronous PostgreSQL connection (core/pgconn.c)                        */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * One libpq connection driven by the libuv loop: non-blocking connect,
+ * one statement in flight at a time, LISTEN notifications, and reconnect with
+ * exponential backoff. Everything runs on the loop thread.
+ *
+ *            sl_pgconn_start
+ *   DOWN ─────────────────────▶ CONNECTING ──ok──▶ READY ◀──result── BUSY
+ *    ▲                              │                 │ send          ▲
+ *    │ close                        │ fail            └───────────────┘
+ *    │                              ▼                 │ connection lost
+ *  CLOSED ◀── sl_pgconn_close ── BACKOFF ◀────────────┘ (from READY or BUSY)
+ *                                   │ timer
+ *                                   └──────▶ CONNECTING
+ */
+typedef enum sl_pgconn_state {
+    SL_PGCONN_DOWN,
+    SL_PGCONN_CONNECTING,
+    SL_PGCONN_READY,
+    SL_PGCONN_BUSY,
+    SL_PGCONN_BACKOFF,
+    SL_PGCONN_CLOSED,
+} sl_pgconn_state_t;
+
+typedef struct sl_pgconn sl_pgconn_t;
+
+typedef struct sl_pgconn_cbs {
+    /* The connection is up (state READY). Runs on the loop. */
+    void (*on_up)(sl_pgconn_t *pc, void *ctx);
+    /* The statement sent last finished. Takes res (PQclear it); res may be
+     * NULL when the statement produced no result at all. */
+    void (*on_result)(sl_pgconn_t *pc, struct pg_result *res, void *ctx);
+    /* A NOTIFY arrived on a channel this connection listens to. */
+    void (*on_notify)(sl_pgconn_t *pc, const char *channel, void *ctx);
+    /* The connection was lost (a statement in flight is lost with it); a
+     * reconnect is scheduled. err says why. */
+    void (*on_down)(sl_pgconn_t *pc, const sl_err_t *err, void *ctx);
+} sl_pgconn_cbs_t;
+
+/* Creates a connection object (not connected). conninfo is copied; name is
+ * used in logs ("pipeline orders"). Free with sl_pgconn_close. */
+int sl_pgconn_new(struct uv_loop_s *loop, const char *conninfo, const char *name,
+                  const sl_pgconn_cbs_t *cbs, void *ctx, sl_pgconn_t **out, sl_err_t *err);
+
+/* Starts connecting (DOWN -> CONNECTING). */
+void sl_pgconn_start(sl_pgconn_t *pc);
+
+/* Sends one statement with text parameters (nparams 0: simple protocol,
+ * several statements allowed); only in READY. Returns SL_OK
+ * (the result arrives via on_result) or SL_ERR (connection is going down). */
+int sl_pgconn_send(sl_pgconn_t *pc, const char *sql, int nparams, const char *const *params,
+                   sl_err_t *err);
+
+bool sl_pgconn_is_ready(const sl_pgconn_t *pc);
+sl_pgconn_state_t sl_pgconn_state(const sl_pgconn_t *pc);
+
+/* Forces a disconnect and a reconnect after backoff (used when a statement
+ * fails in a way that leaves the session in doubt). */
+void sl_pgconn_reset(sl_pgconn_t *pc, const sl_err_t *why);
+
+/* Closes the connection and frees pc once its libuv handles are closed;
+ * done(arg) runs after that (may be NULL). Accepts NULL. */
+void sl_pgconn_close(sl_pgconn_t *pc, void (*done)(void *arg), void *arg);
 
 #endif /* SL_CORE_H */

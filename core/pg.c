@@ -3,7 +3,7 @@
  *
  * Used by one-shot commands (`sluice init`) and start-up checks. The relay's
  * hot path never blocks: it drives libpq asynchronously on the libuv loop
- * (relay/pgconn.c). Errors carry the server's SQLSTATE and hint so callers can
+ * (core/pgconn.c). Errors carry the server's SQLSTATE and hint so callers can
  * pass PostgreSQL's own explanation through to the user.
  */
 #include "core/core.h"

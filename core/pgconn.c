@@ -1,8 +1,8 @@
 /*
- * relay/pgconn.c - one libpq connection on the libuv loop.
+ * core/pgconn.c - one libpq connection on the libuv loop.
  *
  * libpq runs in non-blocking mode; its socket is watched with a uv_poll_t.
- * The state machine is drawn in relay_int.h. Design notes:
+ * The state machine is drawn in core/core.h. Design notes:
  *
  *  - During connect, libpq may close its socket and open another (next host,
  *    or IPv6 then IPv4 for "localhost"), possibly under the same descriptor
@@ -19,7 +19,10 @@
  *  - Keepalives are on, so a server that vanished without closing the socket
  *    is noticed in about 30 s even when the connection is idle.
  */
-#include "relay/relay_int.h"
+#include "core/core.h"
+
+#include <libpq-fe.h>
+#include <uv.h>
 
 #include <assert.h>
 #include <stdlib.h>
