@@ -11,6 +11,7 @@
  *   hint: <how to fix it>
  */
 #include "core/core.h"
+#include "inbox/inbox.h"
 #include "outbox/outbox.h"
 #include "relay/relay.h"
 
@@ -84,6 +85,15 @@ usage_error(sl_err_t *err, const char *cmd, const char *what)
     return sl_err_hint(err, "run `sluice %s --help`", cmd);
 }
 
+/* Orders embedded migrations by their numeric prefix (names start with digits). */
+static int
+migration_cmp(const void *a, const void *b)
+{
+    long va = strtol(((const sl_sql_file_t *)a)->name, NULL, 10);
+    long vb = strtol(((const sl_sql_file_t *)b)->name, NULL, 10);
+    return (va > vb) - (va < vb);
+}
+
 static int
 cmd_init(int argc, char **argv, sl_err_t *err)
 {
@@ -109,8 +119,20 @@ cmd_init(int argc, char **argv, sl_err_t *err)
     int rc = sl_pg_connect(db, "sluice-init", &conn, err);
     if (rc != SL_OK)
         return rc;
+    /* Migrations of every folder, merged by version. */
+    size_t n = sl_outbox_migrations_count + sl_inbox_migrations_count;
+    sl_sql_file_t *all = calloc(n > 0 ? n : 1, sizeof *all);
+    if (all == NULL) {
+        PQfinish(conn);
+        return sl_err_nomem(err, "the migration list");
+    }
+    memcpy(all, sl_outbox_migrations, sl_outbox_migrations_count * sizeof *all);
+    memcpy(all + sl_outbox_migrations_count, sl_inbox_migrations,
+           sl_inbox_migrations_count * sizeof *all);
+    qsort(all, n, sizeof *all, migration_cmp);
     int applied = 0;
-    rc = sl_outbox_install(conn, &applied, err);
+    rc = sl_migrate(conn, all, n, &applied, err);
+    free(all);
     if (rc == SL_OK) {
         PGresult *res = PQexec(conn, "SELECT max(version) FROM sluice.schema_version");
         const char *v = PQresultStatus(res) == PGRES_TUPLES_OK ? PQgetvalue(res, 0, 0) : "?";

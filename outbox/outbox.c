@@ -8,12 +8,6 @@
 #include <string.h>
 
 int
-sl_outbox_install(struct pg_conn *conn, int *applied, sl_err_t *err)
-{
-    return sl_migrate(conn, sl_outbox_migrations, sl_outbox_migrations_count, applied, err);
-}
-
-int
 sl_outbox_topic_glob_check(const char *glob, const char *path, sl_err_t *err)
 {
     size_t len = strlen(glob);

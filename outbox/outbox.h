@@ -123,7 +123,4 @@ int sl_outbox_topic_filter(const char *const *topics, size_t n, char **exact, ch
 /* Validates one topic or glob from a config ("orders", "payments.*"). */
 int sl_outbox_topic_glob_check(const char *glob, const char *path, sl_err_t *err);
 
-/* Installs or upgrades the catalog (blocking). */
-int sl_outbox_install(struct pg_conn *conn, int *applied, sl_err_t *err);
-
 #endif /* SL_OUTBOX_H */

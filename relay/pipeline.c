@@ -879,6 +879,7 @@ sl_pipeline_new(uv_loop_t *loop, const sl_relay_cfg_t *rcfg, const sl_pipeline_c
     sl_sink_env_t env = {
         .loop = loop,
         .pipeline = cfg->name,
+        .database = cfg->database != NULL ? cfg->database : rcfg->database,
         .on_ack = pipeline_on_ack,
         .ctx = pl,
         .max_inflight = (size_t)cfg->max_inflight,

@@ -43,6 +43,7 @@ typedef void (*sl_sink_ack_fn)(void *ctx, uint64_t token, int status, const sl_e
 typedef struct sl_sink_env {
     uv_loop_t *loop;
     const char *pipeline; /* pipeline name, for logs; outlives the sink */
+    const char *database; /* the pipeline's outbox database (conninfo); outlives the sink */
     sl_sink_ack_fn on_ack;
     void *ctx;
     size_t max_inflight; /* the pipeline's window, to size sink queues */
