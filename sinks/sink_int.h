@@ -9,6 +9,7 @@
 extern const sl_sink_ops_t sl_sink_kafka_ops;
 extern const sl_sink_ops_t sl_sink_stdout_ops;
 extern const sl_sink_ops_t sl_sink_file_ops;
+extern const sl_sink_ops_t sl_sink_notify_ops;
 
 /* The header every sink starts with; pipelines only see sl_sink_t. */
 struct sl_sink {

@@ -82,16 +82,6 @@ cmp_str(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-static const char *
-self_exe(void)
-{
-    static char path[TH_PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", path, sizeof path - 1);
-    TH_ASSERT(n > 0, "readlink /proc/self/exe works (%s)", strerror(errno));
-    path[n] = '\0';
-    return path;
-}
-
 /* ------------------------------------------------------------------------ */
 /* Publisher process (this program with --publish)                           */
 /* ------------------------------------------------------------------------ */
@@ -287,8 +277,8 @@ main(int argc, char **argv)
         snprintf(nev, sizeof nev, "%d", NEVENTS / NPUB);
         snprintf(sd, sizeof sd, "%u", seed);
         snprintf(pub_logs[p], sizeof pub_logs[p], "%s/publisher-%d.log", tmp, p);
-        const char *const av[] = {self_exe(), "--publish", env.pg_url, idx, npub,
-                                  nkeys,      nev,         sd,         NULL};
+        const char *const av[] = {th_self_exe(), "--publish", env.pg_url, idx, npub,
+                                  nkeys,         nev,         sd,         NULL};
         pubs[p] = th_spawn(av, pub_logs[p]);
     }
     for (int p = 0; p < NPUB; p++) {

@@ -60,16 +60,6 @@
 /* Small helpers                                                             */
 /* ------------------------------------------------------------------------ */
 
-static const char *
-self_exe(void)
-{
-    static char path[TH_PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", path, sizeof path - 1);
-    TH_ASSERT(n > 0, "readlink /proc/self/exe works (%s)", strerror(errno));
-    path[n] = '\0';
-    return path;
-}
-
 /* xorshift: the test's own random numbers, reproducible from the seed. */
 static uint64_t rng_state;
 
@@ -396,7 +386,7 @@ main(int argc, char **argv)
     snprintf(rate, sizeof rate, "%d", PUB_RATE);
     snprintf(nev, sizeof nev, "%d", NEVENTS);
     snprintf(pub_log, sizeof pub_log, "%s/publisher.log", tmp);
-    const char *const pub_av[] = {self_exe(), "--publish", env.pg_url, nev, rate, NULL};
+    const char *const pub_av[] = {th_self_exe(), "--publish", env.pg_url, nev, rate, NULL};
     pid_t pub = th_spawn(pub_av, pub_log);
 
     /* Kill points: outbox sizes spread over the publishing, in order. */

@@ -67,16 +67,6 @@
 /* Small helpers                                                             */
 /* ------------------------------------------------------------------------ */
 
-static const char *
-self_exe(void)
-{
-    static char path[TH_PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", path, sizeof path - 1);
-    TH_ASSERT(n > 0, "readlink /proc/self/exe works (%s)", strerror(errno));
-    path[n] = '\0';
-    return path;
-}
-
 /* A field of /proc/<pid>/status in kB, or -1. */
 static long long
 proc_status_kb(pid_t pid, const char *key)
@@ -578,7 +568,7 @@ main(int argc, char **argv)
     snprintf(stop_file, sizeof stop_file, "%s/publisher.stop", tmp);
     snprintf(pub_log, sizeof pub_log, "%s/publisher.log", tmp);
     snprintf(rate, sizeof rate, "%d", PUB_RATE);
-    const char *const pub_av[] = {self_exe(), "--publish", g_env.pg_url, stop_file, rate, NULL};
+    const char *const pub_av[] = {th_self_exe(), "--publish", g_env.pg_url, stop_file, rate, NULL};
     pid_t pub = th_spawn(pub_av, pub_log);
 
     min_arg_t arg = {.want = 300};

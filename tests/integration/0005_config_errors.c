@@ -223,35 +223,6 @@ static const bad_case_t secret_cases[] = {
      {"pipelines[0].sink.properties.acks"}},
 };
 
-/* Reads a whole file (NULL when unreadable); the caller frees. */
-static char *
-read_text(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (f == NULL)
-        return NULL;
-    size_t cap = 4096, len = 0;
-    char *buf = malloc(cap);
-    size_t got;
-    while (buf != NULL && (got = fread(buf + len, 1, cap - len - 1, f)) > 0) {
-        len += got;
-        if (len + 1 == cap) {
-            char *nb = realloc(buf, cap * 2);
-            if (nb == NULL) {
-                free(buf);
-                buf = NULL;
-                break;
-            }
-            buf = nb;
-            cap *= 2;
-        }
-    }
-    fclose(f);
-    if (buf != NULL)
-        buf[len] = '\0';
-    return buf;
-}
-
 /*
  * Runs `sluice <cmd> --config <file>`; returns its exit code and stores its
  * stdout and stderr (caller frees both).
@@ -265,7 +236,7 @@ run_sluice(const char *cmd, const char *file, char **out, char **err)
         "sh", "-c", "f=$1; shift; exec \"$@\" 2>\"$f\"", "sh", errpath, SLUICE_BIN, cmd, "--config",
         file, NULL};
     int rc = th_run(argv, out, RUN_MS);
-    *err = read_text(errpath);
+    *err = th_read_file(errpath, NULL);
     if (*err == NULL)
         *err = strdup("");
     if (*out == NULL)
@@ -319,7 +290,7 @@ static bool
 log_line_has(void *p)
 {
     log_arg_t *l = p;
-    char *text = read_text(l->path);
+    char *text = th_read_file(l->path, NULL);
     if (text == NULL)
         return false;
     bool found = false;
@@ -420,7 +391,7 @@ check_secrets(th_env_t *env)
     int status = 0;
     TH_ASSERT(th_wait_exit(pid, WAIT_MS, &status) == 0, "the relay exits after SIGTERM");
     TH_ASSERT(WIFEXITED(status), "the relay exits normally (status %d)", status);
-    char *text = read_text(log);
+    char *text = th_read_file(log, NULL);
     TH_ASSERT(text != NULL && strlen(text) > 0, "the relay wrote a log");
     TH_ASSERT(strstr(text, SECRET) == NULL, "the relay log never contains the secret:\n%s", text);
     free(text);

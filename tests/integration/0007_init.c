@@ -66,19 +66,6 @@ applied_of(const char *out)
     return atoi(p);
 }
 
-static char *
-read_text(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (f == NULL)
-        return NULL;
-    char *buf = calloc(1, 65536);
-    size_t n = buf ? fread(buf, 1, 65535, f) : 0;
-    (void)n;
-    fclose(f);
-    return buf;
-}
-
 static long long
 count_embedded_migrations(void)
 {
@@ -150,7 +137,7 @@ check_concurrent(th_env_t *env, long long nmig)
     for (int i = 0; i < N; i++) {
         int status = 0;
         TH_ASSERT(th_wait_exit(pids[i], RUN_MS, &status) == 0, "concurrent init %d finishes", i);
-        char *log = read_text(logs[i]);
+        char *log = th_read_file(logs[i], NULL);
         TH_ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0,
                   "concurrent init %d exits 0 (status %d): %s", i, status, log ? log : "");
         int applied = log ? applied_of(log) : -1;

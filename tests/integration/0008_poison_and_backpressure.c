@@ -66,38 +66,11 @@
 #define BP_RSS_GROWTH_MAX_KB (24 * 1024)
 #endif
 
-static char *
-read_text(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (f == NULL)
-        return NULL;
-    size_t cap = 65536, len = 0, got;
-    char *buf = malloc(cap);
-    while (buf != NULL && (got = fread(buf + len, 1, cap - len - 1, f)) > 0) {
-        len += got;
-        if (len + 1 == cap) {
-            char *nb = realloc(buf, cap * 2);
-            if (nb == NULL) {
-                free(buf);
-                buf = NULL;
-                break;
-            }
-            buf = nb;
-            cap *= 2;
-        }
-    }
-    fclose(f);
-    if (buf != NULL)
-        buf[len] = '\0';
-    return buf;
-}
-
 /* Returns a copy of the first log line containing every non-NULL needle. */
 static char *
 log_find(const char *path, const char *a, const char *b, const char *c)
 {
-    char *text = read_text(path);
+    char *text = th_read_file(path, NULL);
     if (text == NULL)
         return NULL;
     char *found = NULL;
@@ -184,7 +157,7 @@ static bool
 file_has_lines(void *p)
 {
     const char **a = p;
-    char *text = read_text(a[0]);
+    char *text = th_read_file(a[0], NULL);
     if (text == NULL)
         return false;
     long want = atol(a[1]);
@@ -226,7 +199,7 @@ check_file_sink(th_env_t *env, PGconn *conn)
     TH_ASSERT(th_wait_until(file_has_lines, arg, WAIT_MS, 50), "the file gets 100 lines");
     TH_ASSERT(stop_relay(pid, "file sink") == 0, "the file relay exits 0 after SIGTERM");
 
-    char *text = read_text(out);
+    char *text = th_read_file(out, NULL);
     TH_ASSERT(text != NULL, "the file can be read");
     char *save = NULL;
     int n = 0;
@@ -415,7 +388,7 @@ rss_kb(pid_t pid)
 {
     char path[64];
     snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-    char *text = read_text(path);
+    char *text = th_read_file(path, NULL);
     if (text == NULL)
         return -1;
     const char *p = strstr(text, "VmRSS:");

@@ -38,33 +38,6 @@
 #define SHUTDOWN_MS 10000
 #define HALF 1000
 
-static char *
-read_text(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (f == NULL)
-        return NULL;
-    size_t cap = 65536, len = 0, got;
-    char *buf = malloc(cap);
-    while (buf != NULL && (got = fread(buf + len, 1, cap - len - 1, f)) > 0) {
-        len += got;
-        if (len + 1 == cap) {
-            char *nb = realloc(buf, cap * 2);
-            if (nb == NULL) {
-                free(buf);
-                buf = NULL;
-                break;
-            }
-            buf = nb;
-            cap *= 2;
-        }
-    }
-    fclose(f);
-    if (buf != NULL)
-        buf[len] = '\0';
-    return buf;
-}
-
 /* Runs sluice with a NULL-terminated argument list; *out gets stdout, *err stderr. */
 static int
 sluice(char **out, char **err, const char *const *args)
@@ -80,7 +53,7 @@ sluice(char **out, char **err, const char *const *args)
     int rc = th_run(argv, out, RUN_MS);
     if (*out == NULL)
         *out = strdup("");
-    *err = read_text(errpath);
+    *err = th_read_file(errpath, NULL);
     if (*err == NULL)
         *err = strdup("");
     return rc;
@@ -240,7 +213,7 @@ typedef struct log_arg {
 static char *
 log_find(const char *path, const char *a, const char *b)
 {
-    char *text = read_text(path);
+    char *text = th_read_file(path, NULL);
     if (text == NULL)
         return NULL;
     char *found = NULL, *save = NULL;

@@ -469,8 +469,7 @@ th_run(const char *const argv[], char **out, int timeout_ms)
     return th_run_len(argv, out, NULL, timeout_ms);
 }
 
-/* Reads a whole file; NULL when it cannot be read. */
-static char *
+char *
 th_read_file(const char *path, size_t *len)
 {
     int fd = open(path, O_RDONLY);
@@ -489,6 +488,16 @@ th_read_file(const char *path, size_t *len)
     if (len)
         *len = n;
     return buf;
+}
+
+const char *
+th_self_exe(void)
+{
+    static char path[TH_PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", path, sizeof path - 1);
+    TH_ASSERT(n > 0, "readlink /proc/self/exe works (%s)", strerror(errno));
+    path[n] = '\0';
+    return path;
 }
 
 bool

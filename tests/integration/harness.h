@@ -193,6 +193,13 @@ int th_kill(pid_t pid, int sig);
 /* True when the file exists and contains needle. */
 bool th_file_contains(const char *path, const char *needle);
 
+/* Reads a whole file, NUL-terminated (caller frees); *len (optional) gets its
+ * length. NULL when it cannot be read. */
+char *th_read_file(const char *path, size_t *len);
+
+/* The running test program's own path (to re-run it as a helper process). */
+const char *th_self_exe(void);
+
 /* Polls until the file contains needle; false at the deadline. */
 bool th_wait_file_contains(const char *path, const char *needle, int timeout_ms);
 
