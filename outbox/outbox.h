@@ -29,6 +29,18 @@ extern const size_t sl_outbox_migrations_count;
 #define SL_OUTBOX_DOORBELL "sluice_outbox"
 
 /*
+ * The doorbell is armed by idle relays: each holds this advisory lock in
+ * shared mode while it waits, and publish() rings only when it cannot take
+ * the lock exclusively, i.e. when someone is waiting. A busy relay disarms,
+ * so a steady stream of publishers does not pay for NOTIFY (which makes
+ * committing notifiers queue behind one lock). The key is "sldbell" in ASCII;
+ * outbox/sql/0001_outbox.sql uses the same number.
+ */
+#define SL_OUTBOX_DOORBELL_LOCK "8317132985617640448"
+#define SL_OUTBOX_SQL_ARM "SELECT pg_try_advisory_lock_shared(" SL_OUTBOX_DOORBELL_LOCK ")"
+#define SL_OUTBOX_SQL_DISARM "SELECT pg_advisory_unlock_shared(" SL_OUTBOX_DOORBELL_LOCK ")"
+
+/*
  * Opens a range: takes the upper snapshot (or re-uses $2 when resuming a
  * range after a restart) and finds the id bounds of the rows in the range
  * with one scan of the txid index. Pages then walk the primary key between

@@ -61,6 +61,14 @@
 #define SL_PIPELINE_PRUNE_BUSY_MS 1000
 /* After a failure, how long to wait for acks of messages before the failed one. */
 #define SL_PIPELINE_FAIL_DRAIN_MS 2000
+/*
+ * After arming the doorbell, look again after this long, then 4 times longer
+ * each time up to poll_interval_ms: a publisher that checked the doorbell just
+ * before it was armed, and so did not ring, is found within about that delay
+ * of its commit (see "the doorbell" in docs/concepts.md).
+ */
+#define SL_PIPELINE_IDLE_FIRST_MS 5
+#define SL_PIPELINE_IDLE_GROWTH 4
 /* Envelope bytes beyond payload, headers, topic and key (ids, ts, field names). */
 #define SL_PIPELINE_ENVELOPE_OVERHEAD 200
 /* Assumed envelope size before the first message was measured. */
@@ -98,6 +106,8 @@ typedef enum sl_pipeline_op {
     SL_OP_PAGE,    /* read a page */
     SL_OP_SAVE,    /* checkpoint write */
     SL_OP_PRUNE,   /* outbox retention */
+    SL_OP_ARM,     /* take the doorbell lock: idle, ring me */
+    SL_OP_DISARM,  /* release it: busy, do not ring */
 } sl_pipeline_op_t;
 
 struct sl_pipeline {
@@ -129,6 +139,10 @@ struct sl_pipeline {
     bool rd_bounded;                      /* rd_max_id is known for the open range */
     int64_t rd_max_id;                    /* highest id in the open range */
     bool wake;                            /* something may have been published */
+    bool armed;                           /* holds the doorbell lock (idle, ring me) */
+    bool disarm_wanted;                   /* busy again: release the doorbell lock */
+    uint64_t arm_after_ms;                /* do not try to arm before this */
+    uint64_t idle_delay_ms;               /* next poll delay while armed */
     PGresult *held[SL_PIPELINE_HELD_MAX]; /* pages not yet handed to the sink, oldest first */
     int nheld;                            /* pages in `held` */
     int held_row;                         /* next row of held[0] to send */
@@ -161,6 +175,8 @@ struct sl_pipeline {
 static void pipeline_kick(sl_pipeline_t *pl);
 static void pipeline_fail(sl_pipeline_t *pl, const sl_err_t *err);
 static void pipeline_close(sl_pipeline_t *pl);
+static void pipeline_poll_schedule(sl_pipeline_t *pl);
+static void pipeline_poll_timer_cb(uv_timer_t *t);
 
 /* ------------------------------------------------------------------------ */
 
@@ -474,8 +490,19 @@ pipeline_kick(sl_pipeline_t *pl)
         pipeline_save(pl);
         return;
     }
+    if (pl->armed && pl->disarm_wanted) {
+        pl->disarm_wanted = false;
+        pipeline_send(pl, SL_OP_DISARM, SL_OUTBOX_SQL_DISARM, 0, NULL);
+        return;
+    }
     if (pipeline_can_read(pl)) {
         pipeline_read(pl);
+        return;
+    }
+    /* Nothing new was found: wait for the doorbell. */
+    if (pl->cfg->doorbell && !pl->armed && !pl->wake && pl->rd.hi == NULL && pl->nheld == 0 &&
+        now >= pl->arm_after_ms) {
+        pipeline_send(pl, SL_OP_ARM, SL_OUTBOX_SQL_ARM, 0, NULL);
         return;
     }
     if (now >= pl->next_prune_ms) {
@@ -560,6 +587,7 @@ pipeline_on_open(sl_pipeline_t *pl, PGresult *res, sl_err_t *err)
     /* Otherwise this resumes a range loaded from the checkpoint. */
     if (empty || pl->rd.last_id >= max_id)
         return pipeline_range_done(pl, err);
+    pl->disarm_wanted = pl->armed; /* Busy: publishers need not ring. */
     pl->rd_bounded = true;
     pl->rd_max_id = max_id;
     if (pl->rd.last_id < min_id - 1)
@@ -713,6 +741,27 @@ pipeline_on_result(sl_pgconn_t *pc, PGresult *res, void *ctx)
             pl->next_prune_ms = sl_now_ms() + SL_PIPELINE_PRUNE_BUSY_MS;
         break;
     }
+    case SL_OP_ARM: {
+        bool got = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+        PQclear(res);
+        if (!got) {
+            /* A publisher held it for an instant; try again shortly. */
+            pl->arm_after_ms = sl_now_ms() + SL_PIPELINE_IDLE_FIRST_MS;
+            break;
+        }
+        pl->armed = true;
+        /* Look once more now (a commit may have raced the arming), then at
+         * growing intervals. */
+        pl->wake = true;
+        pl->idle_delay_ms = SL_PIPELINE_IDLE_FIRST_MS;
+        pipeline_poll_schedule(pl);
+        break;
+    }
+    case SL_OP_DISARM:
+        PQclear(res);
+        pl->armed = false;
+        pipeline_poll_schedule(pl);
+        break;
     case SL_OP_NONE: PQclear(res); break;
     }
     if (rc != SL_OK) {
@@ -752,6 +801,8 @@ pipeline_on_down(sl_pgconn_t *pc, const sl_err_t *err, void *ctx)
         pl->ck_dirty = true;
     pl->op = SL_OP_NONE;
     pl->lock_wait = false; /* on_up asks again after the reconnect. */
+    pl->armed = false;     /* Session locks end with the session. */
+    pl->disarm_wanted = false;
     if (pl->state == SL_PIPELINE_RUNNING || pl->state == SL_PIPELINE_SETUP)
         pipeline_set_state(pl, SL_PIPELINE_CONNECTING);
 }
@@ -760,11 +811,25 @@ pipeline_on_down(sl_pgconn_t *pc, const sl_err_t *err, void *ctx)
 /* Timers, lifecycle                                                         */
 /* ------------------------------------------------------------------------ */
 
+/* (Re)starts the poll timer: poll_interval_ms, or the growing idle delay
+ * while the doorbell is armed. */
+static void
+pipeline_poll_schedule(sl_pipeline_t *pl)
+{
+    uint64_t delay = (uint64_t)pl->cfg->poll_interval_ms;
+    if (pl->armed && pl->idle_delay_ms < delay)
+        delay = pl->idle_delay_ms;
+    uv_timer_start(&pl->poll_timer, pipeline_poll_timer_cb, delay, 0);
+}
+
 static void
 pipeline_poll_timer_cb(uv_timer_t *t)
 {
     sl_pipeline_t *pl = t->data;
     uint64_t now = sl_now_ms();
+    if (pl->armed)
+        pl->idle_delay_ms *= SL_PIPELINE_IDLE_GROWTH;
+    pipeline_poll_schedule(pl);
     if (now - pl->stats_ms >= SL_PIPELINE_STATS_MS) {
         int64_t n = pl->delivered - pl->stats_delivered;
         if (n > 0 || window_used(pl) > 0)
@@ -908,8 +973,7 @@ sl_pipeline_new(uv_loop_t *loop, const sl_relay_cfg_t *rcfg, const sl_pipeline_c
     pl->ckpt_timer.data = pl;
     pl->open_handles = 2;
     pl->stats_ms = sl_now_ms();
-    uv_timer_start(&pl->poll_timer, pipeline_poll_timer_cb, (uint64_t)cfg->poll_interval_ms,
-                   (uint64_t)cfg->poll_interval_ms);
+    pipeline_poll_schedule(pl);
     sl_log_info("pipeline.start",
                 "pipeline=%s sink=%s batch_size=%" PRId64 " max_inflight=%" PRId64
                 " max_inflight_bytes=%" PRId64 " topics=%zu",

@@ -51,8 +51,9 @@ CREATE TABLE sluice.relay_checkpoints (
 --
 -- Writes one event into the outbox as part of the caller's transaction: the
 -- event exists if and only if the caller commits. Rings the relay's doorbell
--- (one NOTIFY per transaction, deduplicated by PostgreSQL) unless the setting
--- sluice.doorbell is off ('off', 'false', '0' or 'no', any case).
+-- (one NOTIFY per transaction, deduplicated by PostgreSQL) when a relay is
+-- idle and waiting for it, unless the setting sluice.doorbell is off ('off',
+-- 'false', '0' or 'no', any case).
 CREATE FUNCTION sluice.publish(topic text, payload jsonb, key text DEFAULT NULL,
                                headers jsonb DEFAULT '{}')
 RETURNS bigint
@@ -108,8 +109,16 @@ BEGIN
     VALUES (topic, key, payload, headers)
     RETURNING id INTO new_id;
 
+    -- The doorbell. NOTIFY makes committing transactions queue behind one
+    -- lock, so ring only when it helps: when a relay is idle and waiting. An
+    -- idle relay holds advisory lock 8317132985617640448 ("sldbell") in shared
+    -- mode; failing to take it exclusively means someone is listening.
     IF lower(coalesce(current_setting('sluice.doorbell', true), '')) NOT IN ('off', 'false', '0', 'no') THEN
-        PERFORM pg_notify('sluice_outbox', '');
+        IF pg_try_advisory_lock(8317132985617640448) THEN
+            PERFORM pg_advisory_unlock(8317132985617640448);
+        ELSE
+            PERFORM pg_notify('sluice_outbox', '');
+        END IF;
     END IF;
     RETURN new_id;
 END

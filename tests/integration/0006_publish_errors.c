@@ -19,11 +19,13 @@
  *      key, payload and headers as given; limits are inclusive (a payload of
  *      exactly the limit passes); 200-character topics pass; NULL headers
  *      mean {}; a publish in a rolled-back transaction leaves no row.
- *   4. The doorbell: a LISTEN sluice_outbox session receives a notification
- *      for a committed publish, none for a rolled-back one, and none when the
- *      publisher SET sluice.doorbell = off (which still publishes). A NOTIFY
- *      sent after each case is the marker that bounds the wait, so nothing
- *      depends on timing.
+ *   4. The doorbell: a session that arms it like an idle relay (LISTEN
+ *      sluice_outbox plus the shared doorbell lock) receives a notification
+ *      for a committed publish, none for a rolled-back one, none when the
+ *      publisher SET sluice.doorbell = off (which still publishes), and none
+ *      while no relay is armed (a busy relay costs publishers no NOTIFY). A
+ *      NOTIFY sent after each case is the marker that bounds the wait, so
+ *      nothing depends on timing.
  */
 #include "harness.h"
 
@@ -124,6 +126,17 @@ check_doorbell(th_env_t *env, PGconn *conn)
     PGconn *listener = th_pg_connect(env->pg_url);
     th_sql(listener, "LISTEN sluice_outbox; LISTEN marker");
 
+    TH_LOG("no relay waiting (doorbell not armed): no notification");
+    th_sql(conn, "SELECT sluice.publish('t0006.bell', '{\"n\": 0}')");
+    send_marker(conn, "m0");
+    int unarmed = doorbells_before_marker(listener, "m0");
+    TH_ASSERT(unarmed == 0, "with no armed relay a publish sends no NOTIFY (got %d)", unarmed);
+
+    /* Arm it as an idle relay does (outbox/outbox.h, SL_OUTBOX_SQL_ARM). */
+    TH_ASSERT(
+        th_sql_int(listener, "SELECT pg_try_advisory_lock_shared(8317132985617640448)::int") == 1,
+        "the listener takes the doorbell lock in shared mode");
+
     TH_LOG("doorbell on (default): one notification per committing transaction");
     th_sql(conn, "BEGIN; SELECT sluice.publish('t0006.bell', '{\"n\": 1}'); "
                  "SELECT sluice.publish('t0006.bell', '{\"n\": 2}'); COMMIT");
@@ -169,6 +182,13 @@ check_doorbell(th_env_t *env, PGconn *conn)
     send_marker(conn, "m6");
     rings = doorbells_before_marker(listener, "m6");
     TH_ASSERT(rings == 1, "the next transaction rings again (got %d)", rings);
+
+    TH_LOG("doorbell disarmed again: no notification");
+    th_sql(listener, "SELECT pg_advisory_unlock_shared(8317132985617640448)");
+    th_sql(conn, "SELECT sluice.publish('t0006.bell', '{\"n\": 6}')");
+    send_marker(conn, "m7");
+    rings = doorbells_before_marker(listener, "m7");
+    TH_ASSERT(rings == 0, "after the relay disarms, publishing sends no NOTIFY (got %d)", rings);
     PQfinish(listener);
 }
 
