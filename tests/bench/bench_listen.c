@@ -1,13 +1,13 @@
 /*
  * tests/bench/bench_listen.c - sl_bench_listen: an idle doorbell listener.
  *
- *   sl_bench_listen --db CONNINFO [--channel NAME]
+ *   sl_bench_listen --db CONNINFO [--channel NAME] [--arm]
  *
  * LISTENs on the publish doorbell (SL_OUTBOX_DOORBELL unless --channel) and
  * consumes notifications as they come, like a relay waiting for work, until
- * SIGTERM or SIGINT. With a listener present, every publishing commit must
- * also signal this backend, so measuring the doorbell's cost to publishers
- * without one would flatter it.
+ * SIGTERM or SIGINT. With --arm it also arms the doorbell as an idle relay
+ * does (SL_OUTBOX_SQL_ARM) and never disarms: every publishing commit then
+ * rings, the doorbell's worst case for publishers.
  *
  * Prints "ready" once LISTEN is in effect, and at exit one line:
  *   notifications=N
@@ -37,13 +37,16 @@ int
 main(int argc, char **argv)
 {
     const char *db = NULL, *channel = SL_OUTBOX_DOORBELL;
+    bool arm = false;
     for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--db") == 0 && i + 1 < argc)
+        if (strcmp(argv[i], "--arm") == 0)
+            arm = true;
+        else if (strcmp(argv[i], "--db") == 0 && i + 1 < argc)
             db = argv[++i];
         else if (strcmp(argv[i], "--channel") == 0 && i + 1 < argc)
             channel = argv[++i];
         else
-            bench_die(PROG, "usage: " PROG " --db CONNINFO [--channel NAME]");
+            bench_die(PROG, "usage: " PROG " --db CONNINFO [--channel NAME] [--arm]");
     }
     if (db == NULL)
         bench_die(PROG, "missing --db CONNINFO");
@@ -65,6 +68,12 @@ main(int argc, char **argv)
     if (PQresultStatus(res) != PGRES_COMMAND_OK)
         bench_die(PROG, "%s: %s", sql, PQerrorMessage(conn));
     PQclear(res);
+    if (arm) {
+        res = PQexec(conn, SL_OUTBOX_SQL_ARM);
+        if (PQresultStatus(res) != PGRES_TUPLES_OK || strcmp(PQgetvalue(res, 0, 0), "t") != 0)
+            bench_die(PROG, "cannot arm the doorbell: %s", PQerrorMessage(conn));
+        PQclear(res);
+    }
     printf("ready\n");
     fflush(stdout);
 
