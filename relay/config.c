@@ -61,7 +61,8 @@ static const sl_cfg_key_t pipeline_keys[] = {
      10, 3600000, NULL, false,
      "fallback poll when no doorbell rings (the doorbell wakes the relay at once)"},
     {"doorbell", SL_CFG_BOOL, offsetof(sl_pipeline_cfg_t, doorbell), false, "true", 0, 0, NULL,
-     false, "LISTEN for publish() notifications to wake immediately"},
+     false,
+     "LISTEN for publish() notifications and arm the doorbell while idle, to wake immediately"},
 };
 
 #define NKEYS(t) (sizeof(t) / sizeof((t)[0]))
