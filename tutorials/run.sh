@@ -91,8 +91,9 @@ scripts/dev-env broker "$SLUICE_ENV_DIR" topic shop.orders 3
 # --------------------------------------------------------------------------
 step "3. Install the sluice schema"
 "$BUILD"/sluice init --db "$SLUICE_PG_URL"
-[[ "$(psql_value "SELECT max(version) FROM sluice.schema_version")" == 1 ]] \
-  || fail "sluice init did not install schema version 1"
+[[ "$(psql_value "SELECT count(*) FROM sluice.schema_version")" -ge 1 &&
+   "$(psql_value "SELECT to_regprocedure('sluice.publish(text,jsonb,text,jsonb)') IS NOT NULL")" == t ]] \
+  || fail "sluice init did not install the schema (no sluice.publish)"
 
 # --------------------------------------------------------------------------
 step "4. Create an application table"
