@@ -945,6 +945,8 @@ sl_pipeline_new(uv_loop_t *loop, const sl_relay_cfg_t *rcfg, const sl_pipeline_c
         .loop = loop,
         .pipeline = cfg->name,
         .database = cfg->database != NULL ? cfg->database : rcfg->database,
+        .topics = (const char *const *)cfg->topics.v,
+        .ntopics = cfg->topics.n,
         .on_ack = pipeline_on_ack,
         .ctx = pl,
         .max_inflight = (size_t)cfg->max_inflight,

@@ -40,6 +40,8 @@
 
 /* Safety net for coalesced queue wake-ups; cheap when idle. */
 #define SL_KAFKA_POLL_MS 100
+/* Topics named at start at most (the rest are named at their first record). */
+#define SL_KAFKA_NAMED_TOPICS_MAX 64
 /* Longest rendered Kafka topic name plus NUL (Kafka's limit is 249). */
 #define SL_KAFKA_TOPIC_MAX 256
 
@@ -63,7 +65,8 @@ typedef struct kafka_sink {
     uv_timer_t timer;        /* fallback queue service */
     int open_handles;
     const sl_template_t *tpl; /* borrowed from the config */
-    rd_kafka_topic_t *rkt;    /* owned handle of a constant topic, else NULL */
+    rd_kafka_topic_t **rkts;  /* owned handles of the Kafka topics known up front */
+    size_t nrkts;
     sl_format_t fmt;
     sl_buf_t value; /* reused envelope buffer */
     bool closing;   /* reports after close are dropped */
@@ -337,6 +340,52 @@ kafka_timer_cb(uv_timer_t *t)
 /* Sink operations                                                           */
 /* ------------------------------------------------------------------------ */
 
+/*
+ * Names the Kafka topics known before the first message: the template's only
+ * topic when it is constant, else the rendering of each exact outbox topic of
+ * the pipeline (when the template does not depend on {op}). Their metadata
+ * then comes with the producer's first request; a topic first named at the
+ * first produce waits for librdkafka's next metadata scan (about a second).
+ * Best effort: a topic not named here still works, only its first record
+ * may wait.
+ */
+static void
+kafka_name_topics(kafka_sink_t *s, const sl_template_t *tpl, const sl_sink_env_t *env)
+{
+    size_t max = env->ntopics > 0 ? env->ntopics : 1;
+    if (max > SL_KAFKA_NAMED_TOPICS_MAX)
+        max = SL_KAFKA_NAMED_TOPICS_MAX;
+    s->rkts = calloc(max, sizeof *s->rkts);
+    if (s->rkts == NULL)
+        return;
+    for (size_t i = 0; i < max; i++) {
+        const char *outbox = env->ntopics > 0 ? env->topics[i] : "";
+        if (!sl_template_is_constant(tpl) && (env->ntopics == 0 || strchr(outbox, '*') != NULL))
+            continue;
+        char a[SL_KAFKA_TOPIC_MAX], b[SL_KAFKA_TOPIC_MAX];
+        sl_msg_t ma = {.topic = outbox, .op = "a"}, mb = {.topic = outbox, .op = "b"};
+        if (sl_template_render(tpl, &ma, a, sizeof a) < 0 ||
+            sl_template_render(tpl, &mb, b, sizeof b) < 0 || strcmp(a, b) != 0 ||
+            sl_kafka_topic_check(a, "topic", NULL) != SL_OK)
+            continue;
+        rd_kafka_topic_t *rkt = rd_kafka_topic_new(s->rk, a, NULL);
+        if (rkt != NULL)
+            s->rkts[s->nrkts++] = rkt;
+        if (sl_template_is_constant(tpl))
+            break;
+    }
+}
+
+static void
+kafka_topics_release(kafka_sink_t *s)
+{
+    for (size_t i = 0; i < s->nrkts; i++)
+        rd_kafka_topic_destroy(s->rkts[i]);
+    free(s->rkts);
+    s->rkts = NULL;
+    s->nrkts = 0;
+}
+
 static int
 kafka_create(const void *conf, const sl_sink_env_t *env, sl_sink_t **out, sl_err_t *err)
 {
@@ -374,15 +423,7 @@ kafka_create(const void *conf, const sl_sink_env_t *env, sl_sink_t **out, sl_err
     }
     /* Logs go to the main queue, which the loop serves. */
     rd_kafka_set_log_queue(s->rk, NULL);
-    /* Name a constant topic now, so its metadata comes with the first
-     * request; a topic first named at the first produce waits for
-     * librdkafka's next metadata scan (about a second). */
-    if (sl_template_is_constant(c->tpl)) {
-        char topic[SL_KAFKA_TOPIC_MAX];
-        sl_msg_t none = {.topic = "", .op = ""};
-        if (sl_template_render(c->tpl, &none, topic, sizeof topic) >= 0)
-            s->rkt = rd_kafka_topic_new(s->rk, topic, NULL);
-    }
+    kafka_name_topics(s, c->tpl, env);
     if (pipe(s->pipefd) != 0 || fcntl(s->pipefd[0], F_SETFL, O_NONBLOCK) != 0 ||
         fcntl(s->pipefd[1], F_SETFL, O_NONBLOCK) != 0) {
         rc = sl_err_set(err, SL_ERR, "cannot create a pipe: %s", strerror(errno));
@@ -405,8 +446,7 @@ kafka_create(const void *conf, const sl_sink_env_t *env, sl_sink_t **out, sl_err
     return SL_OK;
 
 fail_rk:
-    if (s->rkt != NULL)
-        rd_kafka_topic_destroy(s->rkt);
+    kafka_topics_release(s);
     rd_kafka_destroy(s->rk);
 fail_free:
     free(s);
@@ -516,8 +556,7 @@ kafka_handle_closed(uv_handle_t *h)
     void *arg = s->done_arg;
     rd_kafka_queue_io_event_enable(s->mainq, -1, NULL, 0);
     rd_kafka_queue_destroy(s->mainq);
-    if (s->rkt != NULL)
-        rd_kafka_topic_destroy(s->rkt);
+    kafka_topics_release(s);
     rd_kafka_destroy(s->rk);
     close(s->pipefd[0]);
     close(s->pipefd[1]);

@@ -42,8 +42,10 @@ typedef void (*sl_sink_ack_fn)(void *ctx, uint64_t token, int status, const sl_e
 /* What a pipeline gives its sink. Copied by create. */
 typedef struct sl_sink_env {
     uv_loop_t *loop;
-    const char *pipeline; /* pipeline name, for logs; outlives the sink */
-    const char *database; /* the pipeline's outbox database (conninfo); outlives the sink */
+    const char *pipeline;      /* pipeline name, for logs; outlives the sink */
+    const char *database;      /* the pipeline's outbox database (conninfo); outlives the sink */
+    const char *const *topics; /* the pipeline's outbox topics (may hold '*' globs); outlive it */
+    size_t ntopics;            /* 0: every topic */
     sl_sink_ack_fn on_ack;
     void *ctx;
     size_t max_inflight; /* the pipeline's window, to size sink queues */
