@@ -16,6 +16,8 @@ function(sl_embed_sql target symbol)
     COMMAND ${CMAKE_COMMAND} -DOUT=${out} -DSYMBOL=${symbol} "-DFILES=${abs_files}"
             -P "${PROJECT_SOURCE_DIR}/cmake/embed_sql_run.cmake"
     DEPENDS ${abs_files} "${PROJECT_SOURCE_DIR}/cmake/embed_sql_run.cmake"
-    COMMENT "Embedding SQL into ${symbol}.c")
+    COMMENT "Embedding SQL into ${symbol}.c"
+    # VERBATIM: FILES is a ;-list, which the shell would otherwise split into commands.
+    VERBATIM)
   target_sources(${target} PRIVATE "${out}")
 endfunction()
