@@ -36,8 +36,8 @@ static const sl_cmd_t commands[] = {
     {"init", cmd_init, "install or upgrade the sluice schema in a database",
      "usage: sluice init --db CONNINFO\n"
      "\n"
-     "Installs schema \"sluice\" (outbox, publish(), checkpoints) or upgrades it to\n"
-     "this binary's version. Safe to run repeatedly and concurrently.\n"
+     "Installs schema \"sluice\" (outbox, publish(), checkpoints, inbox tables) or\n"
+     "upgrades it to this binary's version. Safe to run repeatedly and concurrently.\n"
      "\n"
      "  --db CONNINFO   PostgreSQL URI or key=value string (default: $SLUICE_DB)\n"
      "  -h, --help      show this help\n"},

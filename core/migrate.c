@@ -9,8 +9,9 @@
  *   2. creates schema sluice and the sluice.schema_version table if missing;
  *   3. refuses a database whose recorded version is newer than this binary
  *      knows (an older binary must never "downgrade" a catalog by accident);
- *   4. applies every missing version in its own transaction and records it,
- *      so a failure leaves the catalog at the last good version.
+ *   4. applies every version not recorded yet, in version order, each in its
+ *      own transaction, and records it, so a failure leaves the catalog at
+ *      the last good version.
  */
 #include "core/core.h"
 
@@ -94,7 +95,14 @@ sl_migrate(PGconn *conn, const sl_sql_file_t *files, size_t nfiles, int *applied
 
     for (size_t i = 0; i < nfiles; i++) {
         int v = migration_version(&files[i], NULL);
-        if (v <= current)
+        /* Apply every version not recorded yet, not only those above the
+         * newest recorded: folders number their migrations independently. */
+        long long have = 0;
+        snprintf(sql, sizeof sql, "SELECT count(*) FROM sluice.schema_version WHERE version = %d",
+                 v);
+        if ((rc = query_int(conn, sql, &have, err)) != SL_OK)
+            goto fail_unlock;
+        if (have > 0)
             continue;
         if ((rc = sl_pg_exec(conn, "BEGIN", err)) != SL_OK)
             goto fail_unlock;
