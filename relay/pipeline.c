@@ -745,8 +745,12 @@ pipeline_on_result(sl_pgconn_t *pc, PGresult *res, void *ctx)
         bool got = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
         PQclear(res);
         if (!got) {
-            /* A publisher held it for an instant; try again shortly. */
+            /* A publisher held it for an instant. Publishers do not ring
+             * while it is unarmed, so look again soon rather than at the
+             * next poll_interval_ms. */
             pl->arm_after_ms = sl_now_ms() + SL_PIPELINE_IDLE_FIRST_MS;
+            uv_timer_start(&pl->poll_timer, pipeline_poll_timer_cb, SL_PIPELINE_IDLE_FIRST_MS,
+                           0);
             break;
         }
         pl->armed = true;
