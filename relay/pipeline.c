@@ -749,8 +749,7 @@ pipeline_on_result(sl_pgconn_t *pc, PGresult *res, void *ctx)
              * while it is unarmed, so look again soon rather than at the
              * next poll_interval_ms. */
             pl->arm_after_ms = sl_now_ms() + SL_PIPELINE_IDLE_FIRST_MS;
-            uv_timer_start(&pl->poll_timer, pipeline_poll_timer_cb, SL_PIPELINE_IDLE_FIRST_MS,
-                           0);
+            uv_timer_start(&pl->poll_timer, pipeline_poll_timer_cb, SL_PIPELINE_IDLE_FIRST_MS, 0);
             break;
         }
         pl->armed = true;

@@ -12,11 +12,8 @@
 #include <string.h>
 
 static const sl_sink_ops_t *const sink_types[] = {
-    &sl_sink_kafka_ops,
-    &sl_sink_stdout_ops,
-    &sl_sink_file_ops,
-    &sl_sink_notify_ops,
-    &sl_sink_inbox_ops,
+    &sl_sink_kafka_ops,  &sl_sink_stdout_ops, &sl_sink_file_ops,
+    &sl_sink_notify_ops, &sl_sink_inbox_ops,
 };
 
 #define SINK_NTYPES (sizeof sink_types / sizeof sink_types[0])

@@ -71,8 +71,8 @@ count_embedded_migrations(void)
 {
     /* The binary embeds every <folder>/sql/NNNN_*.sql; count them in the source. */
     char *out = NULL;
-    const char *const argv[] = {
-        "sh", "-c", "ls \"$0\"/*/sql/[0-9][0-9][0-9][0-9]_*.sql | wc -l", SL_SOURCE_DIR, NULL};
+    const char *const argv[] = {"sh", "-c", "ls \"$0\"/*/sql/[0-9][0-9][0-9][0-9]_*.sql | wc -l",
+                                SL_SOURCE_DIR, NULL};
     TH_ASSERT(th_run(argv, &out, RUN_MS) == 0 && out != NULL, "listing outbox/sql works");
     long long n = atoll(out);
     free(out);
