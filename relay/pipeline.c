@@ -68,6 +68,13 @@
  * of its commit (see "the doorbell" in docs/concepts.md).
  */
 #define SL_PIPELINE_IDLE_FIRST_MS 5
+/*
+ * Disarm only after finding new rows continuously for this long: a trickle
+ * of events keeps the doorbell armed (each one rings, which is cheap when
+ * commits are few), a sustained stream releases it (ringing would make every
+ * commit queue behind NOTIFY's lock while the relay is busy anyway).
+ */
+#define SL_PIPELINE_DISARM_AFTER_MS 20
 #define SL_PIPELINE_IDLE_GROWTH 4
 /* Envelope bytes beyond payload, headers, topic and key (ids, ts, field names). */
 #define SL_PIPELINE_ENVELOPE_OVERHEAD 200
@@ -135,14 +142,15 @@ struct sl_pipeline {
     char *topics_like;  /* owned text[] literal or NULL */
 
     /* Reader. */
-    sl_pos_t rd;                          /* where the next read starts */
-    bool rd_bounded;                      /* rd_max_id is known for the open range */
-    int64_t rd_max_id;                    /* highest id in the open range */
-    bool wake;                            /* something may have been published */
-    bool armed;                           /* holds the doorbell lock (idle, ring me) */
-    bool disarm_wanted;                   /* busy again: release the doorbell lock */
-    uint64_t arm_after_ms;                /* do not try to arm before this */
-    uint64_t idle_delay_ms;               /* next poll delay while armed */
+    sl_pos_t rd;            /* where the next read starts */
+    bool rd_bounded;        /* rd_max_id is known for the open range */
+    int64_t rd_max_id;      /* highest id in the open range */
+    bool wake;              /* something may have been published */
+    bool armed;             /* holds the doorbell lock (idle, ring me) */
+    bool disarm_wanted;     /* busy again: release the doorbell lock */
+    uint64_t arm_after_ms;  /* do not try to arm before this */
+    uint64_t idle_delay_ms; /* next poll delay while armed */
+    uint64_t busy_since_ms; /* first of the current run of non-empty reads, 0 if none */
     PGresult *held[SL_PIPELINE_HELD_MAX]; /* pages not yet handed to the sink, oldest first */
     int nheld;                            /* pages in `held` */
     int held_row;                         /* next row of held[0] to send */
@@ -577,17 +585,25 @@ pipeline_on_open(sl_pipeline_t *pl, PGresult *res, sl_err_t *err)
     int64_t min_id = empty ? 0 : strtoll(PQgetvalue(res, 0, 1), NULL, 10);
     int64_t max_id = empty ? 0 : strtoll(PQgetvalue(res, 0, 2), NULL, 10);
     if (pl->rd.hi == NULL) {
-        if (strcmp(hi, pl->rd.lo) == 0)
+        if (strcmp(hi, pl->rd.lo) == 0) {
+            pl->busy_since_ms = 0;
             return SL_OK; /* Nothing committed since the last range. */
+        }
         if (sl_window_range_open(pl->win, pl->rd.lo, hi, pl->rd.range_no, err) != SL_OK)
             return SL_ENOMEM;
         if (sl_pos_set(&pl->rd, pl->rd.lo, hi, 0, pl->rd.range_no) != SL_OK)
             return sl_err_nomem(err, "the read position");
     }
     /* Otherwise this resumes a range loaded from the checkpoint. */
-    if (empty || pl->rd.last_id >= max_id)
+    if (empty || pl->rd.last_id >= max_id) {
+        pl->busy_since_ms = 0;
         return pipeline_range_done(pl, err);
-    pl->disarm_wanted = pl->armed; /* Busy: publishers need not ring. */
+    }
+    uint64_t now = sl_now_ms();
+    if (pl->busy_since_ms == 0)
+        pl->busy_since_ms = now;
+    /* Busy for a while: publishers need not ring. */
+    pl->disarm_wanted = pl->armed && now - pl->busy_since_ms >= SL_PIPELINE_DISARM_AFTER_MS;
     pl->rd_bounded = true;
     pl->rd_max_id = max_id;
     if (pl->rd.last_id < min_id - 1)
