@@ -69,12 +69,15 @@
  */
 #define SL_PIPELINE_IDLE_FIRST_MS 5
 /*
- * Disarm only after finding new rows continuously for this long: a trickle
- * of events keeps the doorbell armed (each one rings, which is cheap when
- * commits are few), a sustained stream releases it (ringing would make every
- * commit queue behind NOTIFY's lock while the relay is busy anyway).
+ * A pipeline disarms as soon as it finds new rows, and arms again only after
+ * finding nothing for SL_PIPELINE_ARM_AFTER_MS, looking every
+ * SL_PIPELINE_IDLE_POLL_MS meanwhile. Publishers that keep the relay busy
+ * (even with short gaps) therefore never ring: ringing would make every
+ * commit queue behind NOTIFY's lock, slowing commits, which would leave the
+ * relay idle more often and keep the doorbell armed.
  */
-#define SL_PIPELINE_DISARM_AFTER_MS 20
+#define SL_PIPELINE_ARM_AFTER_MS 50
+#define SL_PIPELINE_IDLE_POLL_MS 2
 #define SL_PIPELINE_IDLE_GROWTH 4
 /* Envelope bytes beyond payload, headers, topic and key (ids, ts, field names). */
 #define SL_PIPELINE_ENVELOPE_OVERHEAD 200
@@ -142,15 +145,15 @@ struct sl_pipeline {
     char *topics_like;  /* owned text[] literal or NULL */
 
     /* Reader. */
-    sl_pos_t rd;            /* where the next read starts */
-    bool rd_bounded;        /* rd_max_id is known for the open range */
-    int64_t rd_max_id;      /* highest id in the open range */
-    bool wake;              /* something may have been published */
-    bool armed;             /* holds the doorbell lock (idle, ring me) */
-    bool disarm_wanted;     /* busy again: release the doorbell lock */
-    uint64_t arm_after_ms;  /* do not try to arm before this */
-    uint64_t idle_delay_ms; /* next poll delay while armed */
-    uint64_t busy_since_ms; /* first of the current run of non-empty reads, 0 if none */
+    sl_pos_t rd;                          /* where the next read starts */
+    bool rd_bounded;                      /* rd_max_id is known for the open range */
+    int64_t rd_max_id;                    /* highest id in the open range */
+    bool wake;                            /* something may have been published */
+    bool armed;                           /* holds the doorbell lock (idle, ring me) */
+    bool disarm_wanted;                   /* busy again: release the doorbell lock */
+    uint64_t arm_after_ms;                /* do not try to arm before this */
+    uint64_t idle_delay_ms;               /* next poll delay while armed */
+    uint64_t idle_since_ms;               /* when reads started finding nothing, 0 if busy */
     PGresult *held[SL_PIPELINE_HELD_MAX]; /* pages not yet handed to the sink, oldest first */
     int nheld;                            /* pages in `held` */
     int held_row;                         /* next row of held[0] to send */
@@ -509,7 +512,8 @@ pipeline_kick(sl_pipeline_t *pl)
     }
     /* Nothing new was found: wait for the doorbell. */
     if (pl->cfg->doorbell && !pl->armed && !pl->wake && pl->rd.hi == NULL && pl->nheld == 0 &&
-        now >= pl->arm_after_ms) {
+        now >= pl->arm_after_ms && pl->idle_since_ms != 0 &&
+        now - pl->idle_since_ms >= SL_PIPELINE_ARM_AFTER_MS) {
         pipeline_send(pl, SL_OP_ARM, SL_OUTBOX_SQL_ARM, 0, NULL);
         return;
     }
@@ -577,6 +581,16 @@ pipeline_on_page(sl_pipeline_t *pl, PGresult *res, sl_err_t *err)
     return SL_OK;
 }
 
+/* A read found nothing new: start (or continue) the idle period. */
+static void
+pipeline_idle(sl_pipeline_t *pl)
+{
+    if (pl->idle_since_ms != 0 || pl->armed || !pl->cfg->doorbell)
+        return;
+    pl->idle_since_ms = sl_now_ms();
+    pipeline_poll_schedule(pl); /* look again every SL_PIPELINE_IDLE_POLL_MS */
+}
+
 static int
 pipeline_on_open(sl_pipeline_t *pl, PGresult *res, sl_err_t *err)
 {
@@ -586,7 +600,7 @@ pipeline_on_open(sl_pipeline_t *pl, PGresult *res, sl_err_t *err)
     int64_t max_id = empty ? 0 : strtoll(PQgetvalue(res, 0, 2), NULL, 10);
     if (pl->rd.hi == NULL) {
         if (strcmp(hi, pl->rd.lo) == 0) {
-            pl->busy_since_ms = 0;
+            pipeline_idle(pl);
             return SL_OK; /* Nothing committed since the last range. */
         }
         if (sl_window_range_open(pl->win, pl->rd.lo, hi, pl->rd.range_no, err) != SL_OK)
@@ -596,14 +610,12 @@ pipeline_on_open(sl_pipeline_t *pl, PGresult *res, sl_err_t *err)
     }
     /* Otherwise this resumes a range loaded from the checkpoint. */
     if (empty || pl->rd.last_id >= max_id) {
-        pl->busy_since_ms = 0;
+        pipeline_idle(pl);
         return pipeline_range_done(pl, err);
     }
-    uint64_t now = sl_now_ms();
-    if (pl->busy_since_ms == 0)
-        pl->busy_since_ms = now;
-    /* Busy for a while: publishers need not ring. */
-    pl->disarm_wanted = pl->armed && now - pl->busy_since_ms >= SL_PIPELINE_DISARM_AFTER_MS;
+    /* Busy: publishers need not ring while it lasts. */
+    pl->idle_since_ms = 0;
+    pl->disarm_wanted = pl->armed;
     pl->rd_bounded = true;
     pl->rd_max_id = max_id;
     if (pl->rd.last_id < min_id - 1)
@@ -838,6 +850,8 @@ pipeline_poll_schedule(sl_pipeline_t *pl)
     uint64_t delay = (uint64_t)pl->cfg->poll_interval_ms;
     if (pl->armed && pl->idle_delay_ms < delay)
         delay = pl->idle_delay_ms;
+    else if (!pl->armed && pl->idle_since_ms != 0 && SL_PIPELINE_IDLE_POLL_MS < delay)
+        delay = SL_PIPELINE_IDLE_POLL_MS; /* idle, not yet armed */
     uv_timer_start(&pl->poll_timer, pipeline_poll_timer_cb, delay, 0);
 }
 
