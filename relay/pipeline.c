@@ -77,7 +77,7 @@
  * relay idle more often and keep the doorbell armed.
  */
 #define SL_PIPELINE_ARM_AFTER_MS 50
-#define SL_PIPELINE_IDLE_POLL_MS 2
+#define SL_PIPELINE_IDLE_POLL_MS 1
 #define SL_PIPELINE_IDLE_GROWTH 4
 /* Envelope bytes beyond payload, headers, topic and key (ids, ts, field names). */
 #define SL_PIPELINE_ENVELOPE_OVERHEAD 200

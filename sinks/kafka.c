@@ -92,7 +92,7 @@ static const sl_cfg_key_t kafka_keys[] = {
 /* Properties sluice sets before the user's, who may override them. */
 static const char *const kafka_defaults[][2] = {
     {"enable.idempotence", "true"},  {"acks", "all"},
-    {"message.timeout.ms", "0"},     {"linger.ms", "2"},
+    {"message.timeout.ms", "0"},     {"linger.ms", "1"},
     {"reconnect.backoff.ms", "100"}, {"reconnect.backoff.max.ms", "30000"},
     {"retry.backoff.ms", "100"},     {"log.queue", "true"},
     {"client.id", "sluice-relay"},

@@ -5,7 +5,7 @@
  *
  * Produces N records of BYTES bytes (NULL key, so librdkafka spreads them over
  * the partitions) with the delivery settings the relay's Kafka sink uses
- * (sinks/kafka.c: enable.idempotence=true, acks=all, linger.ms=2), and waits
+ * (sinks/kafka.c: enable.idempotence=true, acks=all, linger.ms=1), and waits
  * for every delivery report. No headers and no envelope: this is the ceiling
  * for what one producer can push into this broker on this machine.
  *
@@ -50,7 +50,7 @@ conf_set(rd_kafka_conf_t *conf, const char *k, const char *v)
 int
 main(int argc, char **argv)
 {
-    const char *brokers = NULL, *topic = NULL, *linger = "2";
+    const char *brokers = NULL, *topic = NULL, *linger = "1";
     int64_t n = 0, size = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--brokers") == 0 && i + 1 < argc)
