@@ -1,11 +1,11 @@
 /*
  * sinks/notify.c - the "notify" sink: one PostgreSQL NOTIFY per message.
  *
- * Every message becomes one pg_notify(channel, payload) on a connection of
- * the sink's own (core's sl_pgconn_t) to "database" (default: the pipeline's
- * outbox database). The channel is a name template ({topic}, {op}); the
- * payload is the JSON envelope when it is shorter than PostgreSQL's limit
- * (SL_NOTIFY_PAYLOAD_MAX, 8000 bytes), otherwise a small reference
+ * Every message becomes one pg_notify(channel, payload) on the sink's own
+ * connection to "database" (default: the pipeline's outbox database). The
+ * channel is a name template ({topic}, {op}); the payload is the JSON
+ * envelope when it is shorter than PostgreSQL's limit (SL_NOTIFY_PAYLOAD_MAX,
+ * 8000 bytes), otherwise a small reference
  *
  *   {"id":..,"topic":..,"key":..,"op":..,"outbox_id":N,"truncated":true}
  *
@@ -33,7 +33,6 @@
 #include "sinks/sink_int.h"
 
 #include <inttypes.h>
-#include <libpq-fe.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
