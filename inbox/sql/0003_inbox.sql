@@ -502,6 +502,84 @@ REVOKE ALL ON FUNCTION sluice.inbox_ack(text, text, uuid) FROM PUBLIC;
 COMMENT ON FUNCTION sluice.inbox_ack(text, text, uuid) IS
     'Mark a claimed message done; refused when its lease expired (or, with claim_token, when it was claimed again)';
 
+-- sluice.inbox_ack_batch(name, message_ids, claim_tokens) -> acknowledged
+--
+-- inbox_ack for many messages at once, all or nothing: every message must be
+-- processing under a lease that has not expired (and, where a claim token is
+-- given, under that claim), otherwise the call raises the error inbox_ack
+-- would raise for the first message that fails the check and acknowledges
+-- none. One set-based UPDATE instead of a lookup and an update per message,
+-- for workers that settle a claimed batch in one transaction.
+CREATE FUNCTION sluice.inbox_ack_batch(name text, message_ids text[], claim_tokens uuid[] DEFAULT NULL)
+RETURNS int
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    fn   constant text := 'sluice.inbox_ack_batch';
+    ib   sluice.inboxes := sluice._inbox_lookup(fn, inbox_ack_batch.name);
+    ids  text[] := inbox_ack_batch.message_ids;
+    toks uuid[] := inbox_ack_batch.claim_tokens;
+    want int;
+    n    int;
+    bad  record;
+BEGIN
+    IF ids IS NULL THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'null_value_not_allowed',
+            MESSAGE = format('%s: message_ids is NULL (inbox %s)', fn, ib.name),
+            HINT = 'Pass the message_ids that sluice.inbox_claim() returned.';
+    END IF;
+    IF toks IS NOT NULL AND cardinality(toks) <> cardinality(ids) THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('%s: %s message_ids but %s claim_tokens (inbox %s)', fn,
+                             cardinality(ids), cardinality(toks), ib.name),
+            HINT = 'Pass one claim token per message id, in the same order, or none.';
+    END IF;
+    -- The first message that may not be acknowledged, if any: let the
+    -- single-message check raise the precise error for it.
+    EXECUTE format($q$
+        SELECT x.m, x.t
+          FROM unnest($1::text[], $2::uuid[]) WITH ORDINALITY AS x(m, t, o)
+          LEFT JOIN sluice.%I i ON i.message_id = x.m
+         WHERE i.message_id IS NULL OR i.status <> 'processing'
+            OR i.lease_expires_at <= clock_timestamp()
+            OR (x.t IS NOT NULL AND x.t IS DISTINCT FROM i.claim_token)
+         ORDER BY x.o LIMIT 1$q$, ib.table_name)
+       INTO bad USING ids, coalesce(toks, array_fill(NULL::uuid, ARRAY[cardinality(ids)]));
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n > 0 THEN
+        PERFORM sluice._inbox_leased(fn, ib, bad.m, bad.t); -- raises
+    END IF;
+    SELECT count(DISTINCT m) INTO want FROM unnest(ids) AS m;
+    EXECUTE format($q$
+        UPDATE sluice.%I i
+           SET status = 'done', processed_at = clock_timestamp(),
+               lease_expires_at = NULL, claim_token = NULL
+          FROM unnest($1::text[], $2::uuid[]) AS x(m, t)
+         WHERE i.message_id = x.m AND i.status = 'processing'
+           AND i.lease_expires_at > clock_timestamp()
+           AND (x.t IS NULL OR x.t = i.claim_token)$q$, ib.table_name)
+       USING ids, coalesce(toks, array_fill(NULL::uuid, ARRAY[cardinality(ids)]));
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n <> want THEN
+        -- A lease ran out between the check and the update.
+        RAISE EXCEPTION USING
+            ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = format('%s: %s of %s messages of inbox %s could not be acknowledged (a lease expired meanwhile); nothing was acknowledged',
+                             fn, want - n, want, ib.name),
+            HINT = 'Roll back the work of this batch; its messages are claimable again once their leases expire.';
+    END IF;
+    RETURN n;
+END
+$fn$;
+
+REVOKE ALL ON FUNCTION sluice.inbox_ack_batch(text, text[], uuid[]) FROM PUBLIC;
+COMMENT ON FUNCTION sluice.inbox_ack_batch(text, text[], uuid[]) IS
+    'Mark many claimed messages done at once, all or nothing, with the checks of inbox_ack';
+
 -- sluice.inbox_fail(name, message_id, error, claim_token) -> new status
 --
 -- Records a failed attempt of a claimed message (same lease checks as

@@ -752,6 +752,42 @@ check_one_per_key(PGconn *conn)
     th_sql(conn, "SELECT sluice.drop_inbox('keyed')");
 }
 
+static void
+check_ack_batch(PGconn *conn)
+{
+    TH_LOG("inbox_ack_batch: many acks in one statement, all or nothing");
+    th_sql(conn, "SELECT sluice.create_inbox('batched')");
+    expect_text(insert_msgs(conn, "batched",
+                            "[{\"message_id\": \"x1\", \"topic\": \"t\", \"payload\": 1},"
+                            " {\"message_id\": \"x2\", \"topic\": \"t\", \"payload\": 2},"
+                            " {\"message_id\": \"x3\", \"topic\": \"t\", \"payload\": 3},"
+                            " {\"message_id\": \"x4\", \"topic\": \"t\", \"payload\": 4}]"),
+                "4/0", "four messages");
+    th_sql(conn, "CREATE TEMP TABLE claimed AS SELECT * FROM sluice.inbox_claim('batched', 3)");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM claimed") == 3, "three are claimed");
+    expect_error(conn, "55000", "is not claimed", NULL,
+                 "SELECT sluice.inbox_ack_batch('batched', "
+                 "(SELECT array_agg(message_id ORDER BY message_id) FROM claimed) || 'x4'::text)");
+    TH_ASSERT(count_rows(conn, "batched", "status = 'done'") == 0,
+              "a batch with one unclaimed message acknowledges none of them");
+    expect_error(conn, "55000", "claim token does not match", NULL,
+                 "SELECT sluice.inbox_ack_batch('batched', ARRAY['x1'], ARRAY[gen_random_uuid()])");
+    expect_error(conn, "22023", "2 message_ids but 1 claim_tokens", NULL,
+                 "SELECT sluice.inbox_ack_batch('batched', ARRAY['x1', 'x2'], "
+                 "ARRAY[gen_random_uuid()])");
+    TH_ASSERT(th_sql_int(conn, "SELECT sluice.inbox_ack_batch('batched', "
+                               "(SELECT array_agg(message_id) FROM claimed), "
+                               "(SELECT array_agg(claim_token) FROM claimed))") == 3,
+              "the claimed batch is acknowledged at once with its tokens");
+    TH_ASSERT(count_rows(conn, "batched", "status = 'done'") == 3 &&
+                  count_rows(conn, "batched", "status = 'pending'") == 1,
+              "three done, the unclaimed one still pending");
+    expect_error(conn, "55000", "already done", NULL,
+                 "SELECT sluice.inbox_ack_batch('batched', ARRAY['x1'])");
+    th_sql(conn, "DROP TABLE claimed");
+    th_sql(conn, "SELECT sluice.drop_inbox('batched')");
+}
+
 /* ------------------------------------------------------------------------ */
 /* 7. stats and cleanup                                                      */
 /* ------------------------------------------------------------------------ */
@@ -906,6 +942,7 @@ main(void)
     check_fail_dead_replay(conn);
     check_leases(&env, conn);
     check_one_per_key(conn);
+    check_ack_batch(conn);
     check_stats_cleanup(conn);
     check_permissions(&env, conn);
     TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice.inboxes") == 1,
