@@ -45,8 +45,6 @@ typedef struct inbox_sink {
     sl_buf_t elem;       /* scratch: one element */
     int64_t inserted;    /* totals, for logs */
     int64_t duplicates;
-    void (*done)(void *);
-    void *done_arg;
 } inbox_sink_t;
 
 static const sl_cfg_key_t inbox_keys[] = {
@@ -166,27 +164,18 @@ static void
 inbox_closed(void *arg)
 {
     inbox_sink_t *s = arg;
-    void (*done)(void *) = s->done;
-    void *done_arg = s->done_arg;
     sl_log_info("inbox.closed", "pipeline=%s inserted_total=%" PRId64 " duplicates_total=%" PRId64,
                 s->base.env.pipeline, s->inserted, s->duplicates);
     sl_buf_free(&s->elem);
-    free(s);
-    if (done != NULL)
-        done(done_arg);
+    sl_sink_close_end(&s->base);
 }
 
 static void
 inbox_close(sl_sink_t *sk, void (*done)(void *arg), void *arg)
 {
     inbox_sink_t *s = (inbox_sink_t *)sk;
-    if (s == NULL) {
-        if (done != NULL)
-            done(arg);
+    if (!sl_sink_close_begin(sk, done, arg))
         return;
-    }
-    s->done = done;
-    s->done_arg = arg;
     sl_pgbatch_close(s->batch, inbox_closed, s);
 }
 

@@ -70,8 +70,6 @@ typedef struct kafka_sink {
     sl_format_t fmt;
     sl_buf_t value; /* reused envelope buffer */
     bool closing;   /* reports after close are dropped */
-    void (*done)(void *);
-    void *done_arg;
 } kafka_sink_t;
 
 static const char *const kafka_formats[] = {"json", "msgpack", NULL};
@@ -552,8 +550,6 @@ kafka_handle_closed(uv_handle_t *h)
     kafka_sink_t *s = h->data;
     if (--s->open_handles > 0)
         return;
-    void (*done)(void *) = s->done;
-    void *arg = s->done_arg;
     rd_kafka_queue_io_event_enable(s->mainq, -1, NULL, 0);
     rd_kafka_queue_destroy(s->mainq);
     kafka_topics_release(s);
@@ -561,22 +557,15 @@ kafka_handle_closed(uv_handle_t *h)
     close(s->pipefd[0]);
     close(s->pipefd[1]);
     sl_buf_free(&s->value);
-    free(s);
-    if (done != NULL)
-        done(arg);
+    sl_sink_close_end(&s->base);
 }
 
 static void
 kafka_close(sl_sink_t *sk, void (*done)(void *arg), void *arg)
 {
     kafka_sink_t *s = (kafka_sink_t *)sk;
-    if (s == NULL) {
-        if (done != NULL)
-            done(arg);
+    if (!sl_sink_close_begin(sk, done, arg))
         return;
-    }
-    s->done = done;
-    s->done_arg = arg;
     int outq = rd_kafka_outq_len(s->rk);
     if (outq > 0)
         sl_log_warn("kafka.purge", "pipeline=%s unacknowledged=%d", s->base.env.pipeline, outq);

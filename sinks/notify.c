@@ -73,8 +73,6 @@ typedef struct notify_sink {
     sl_buf_t env;             /* scratch: one envelope */
     sl_buf_t ref;             /* scratch: one reference payload */
     sl_buf_t elem;            /* scratch: one [channel, payload] element */
-    void (*done)(void *);
-    void *done_arg;
 } notify_sink_t;
 
 static const sl_cfg_key_t notify_keys[] = {
@@ -237,27 +235,18 @@ static void
 notify_closed(void *arg)
 {
     notify_sink_t *s = arg;
-    void (*done)(void *) = s->done;
-    void *done_arg = s->done_arg;
     sl_buf_free(&s->env);
     sl_buf_free(&s->ref);
     sl_buf_free(&s->elem);
-    free(s);
-    if (done != NULL)
-        done(done_arg);
+    sl_sink_close_end(&s->base);
 }
 
 static void
 notify_close(sl_sink_t *sk, void (*done)(void *arg), void *arg)
 {
     notify_sink_t *s = (notify_sink_t *)sk;
-    if (s == NULL) {
-        if (done != NULL)
-            done(arg);
+    if (!sl_sink_close_begin(sk, done, arg))
         return;
-    }
-    s->done = done;
-    s->done_arg = arg;
     sl_pgbatch_close(s->batch, notify_closed, s);
 }
 

@@ -77,6 +77,29 @@ sl_sink_conf_parse(const cJSON *obj, const char *path, const sl_sink_ops_t **ops
     return SL_OK;
 }
 
+bool
+sl_sink_close_begin(sl_sink_t *sk, void (*done)(void *arg), void *arg)
+{
+    if (sk == NULL) {
+        if (done != NULL)
+            done(arg);
+        return false;
+    }
+    sk->done = done;
+    sk->done_arg = arg;
+    return true;
+}
+
+void
+sl_sink_close_end(sl_sink_t *sk)
+{
+    void (*done)(void *) = sk->done;
+    void *arg = sk->done_arg;
+    free(sk);
+    if (done != NULL)
+        done(arg);
+}
+
 void
 sl_sink_conf_free(const sl_sink_ops_t *ops, void *conf)
 {

@@ -16,7 +16,18 @@ extern const sl_sink_ops_t sl_sink_inbox_ops;
 struct sl_sink {
     const sl_sink_ops_t *ops;
     sl_sink_env_t env;
+    void (*done)(void *); /* close callback, set by sl_sink_close_begin */
+    void *done_arg;
 };
+
+/*
+ * The two ends of every sink's asynchronous close. begin remembers done(arg)
+ * and returns true; for a NULL sink it calls done at once and returns false.
+ * end, called when the sink's own resources are released, frees the sink
+ * (one allocation that starts with its header) and then calls done.
+ */
+bool sl_sink_close_begin(sl_sink_t *sk, void (*done)(void *arg), void *arg);
+void sl_sink_close_end(sl_sink_t *sk);
 
 /* ------------------------------------------------------------------------ */
 /* Batches written to PostgreSQL (sinks/pgbatch.c)                           */

@@ -36,8 +36,6 @@ typedef struct stdout_sink {
     uint64_t *acking; /* tokens being acknowledged by the timer (owned) */
     size_t nacking, acking_cap;
     uv_timer_t ack_timer; /* delivers acks on the next loop iteration */
-    void (*done)(void *);
-    void *done_arg;
 } stdout_sink_t;
 
 static const sl_cfg_key_t stdout_keys[] = {
@@ -180,8 +178,6 @@ static void
 stdout_closed(uv_handle_t *h)
 {
     stdout_sink_t *s = h->data;
-    void (*done)(void *) = s->done;
-    void *arg = s->done_arg;
     if (s->own_fd)
         close(s->fd);
     sl_buf_free(&s->out);
@@ -189,22 +185,15 @@ stdout_closed(uv_handle_t *h)
     free(s->pending);
     free(s->acking);
     free(s->path);
-    free(s);
-    if (done != NULL)
-        done(arg);
+    sl_sink_close_end(&s->base);
 }
 
 static void
 stdout_close(sl_sink_t *sk, void (*done)(void *arg), void *arg)
 {
     stdout_sink_t *s = (stdout_sink_t *)sk;
-    if (s == NULL) {
-        if (done != NULL)
-            done(arg);
+    if (!sl_sink_close_begin(sk, done, arg))
         return;
-    }
-    s->done = done;
-    s->done_arg = arg;
     uv_timer_stop(&s->ack_timer);
     uv_close((uv_handle_t *)&s->ack_timer, stdout_closed);
 }
