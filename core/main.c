@@ -10,9 +10,11 @@
  *   sluice <command>: error: <what, with context>
  *   hint: <how to fix it>
  */
+#include "cdc/cdc.h"
 #include "core/core.h"
 #include "inbox/inbox.h"
 #include "outbox/outbox.h"
+#include "refresh/refresh.h"
 #include "relay/relay.h"
 
 #include <getopt.h>
@@ -120,15 +122,28 @@ cmd_init(int argc, char **argv, sl_err_t *err)
     if (rc != SL_OK)
         return rc;
     /* Migrations of every folder, merged by version. */
-    size_t n = sl_outbox_migrations_count + sl_inbox_migrations_count;
+    const struct {
+        const sl_sql_file_t *files;
+        size_t count;
+    } folders[] = {
+        {sl_outbox_migrations, sl_outbox_migrations_count},
+        {sl_inbox_migrations, sl_inbox_migrations_count},
+        {sl_cdc_migrations, sl_cdc_migrations_count},
+        {sl_refresh_migrations, sl_refresh_migrations_count},
+    };
+    size_t n = 0;
+    for (size_t i = 0; i < sizeof folders / sizeof folders[0]; i++)
+        n += folders[i].count;
     sl_sql_file_t *all = calloc(n > 0 ? n : 1, sizeof *all);
     if (all == NULL) {
         PQfinish(conn);
         return sl_err_nomem(err, "the migration list");
     }
-    memcpy(all, sl_outbox_migrations, sl_outbox_migrations_count * sizeof *all);
-    memcpy(all + sl_outbox_migrations_count, sl_inbox_migrations,
-           sl_inbox_migrations_count * sizeof *all);
+    size_t at = 0;
+    for (size_t i = 0; i < sizeof folders / sizeof folders[0]; i++) {
+        memcpy(all + at, folders[i].files, folders[i].count * sizeof *all);
+        at += folders[i].count;
+    }
     qsort(all, n, sizeof *all, migration_cmp);
     int applied = 0;
     rc = sl_migrate(conn, all, n, &applied, err);

@@ -1,0 +1,5 @@
+/*
+ * refresh/refresh.c - anchors the embedded migrations of refresh/sql in the
+ * sl_refresh library.
+ */
+#include "refresh/refresh.h"
