@@ -325,8 +325,25 @@ int sl_buf_append(sl_buf_t *b, const void *data, size_t n, sl_err_t *err);
 int sl_buf_append_str(sl_buf_t *b, const char *s, sl_err_t *err);
 /* Appends s as a JSON string literal (quotes and escapes included). */
 int sl_buf_append_json_str(sl_buf_t *b, const char *s, size_t n, sl_err_t *err);
+/* Appends n bytes as RFC 4648 base64 (with padding). */
+int sl_buf_append_base64(sl_buf_t *b, const void *data, size_t n, sl_err_t *err);
 void sl_buf_reset(sl_buf_t *b);
 void sl_buf_free(sl_buf_t *b);
+
+/* ------------------------------------------------------------------------ */
+/* Bytes from outside PostgreSQL (core/json.c)                              */
+/* ------------------------------------------------------------------------ */
+
+/* True when s[0..n) is strict UTF-8 without NUL bytes: text PostgreSQL can store. */
+bool sl_utf8_valid(const char *s, size_t n);
+
+/*
+ * Finds member `name` of the top-level JSON object s[0..n) (already accepted
+ * by a JSON parser). Returns 1 with the span of its value, as
+ * written, in *off and *len; 0 when the object has no such member; -1 when s
+ * is not an object.
+ */
+int sl_json_member(const char *s, size_t n, const char *name, size_t *off, size_t *len);
 
 /* ------------------------------------------------------------------------ */
 /* Messages and envelopes                                                    */
@@ -347,6 +364,7 @@ typedef struct sl_msg {
     const char *ts;      /* created_at, RFC 3339 with time zone */
     const char *db;      /* source database name */
     const char *txid;    /* xid8 of the publishing transaction, decimal text */
+    const char *error;   /* why the message is invalid (reverse relay), else NULL */
 } sl_msg_t;
 
 typedef enum sl_format {

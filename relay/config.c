@@ -44,6 +44,8 @@ static const sl_cfg_key_t pipeline_keys[] = {
      "unique name; keys the pipeline's checkpoint, so renaming restarts delivery"},
     {"topics", SL_CFG_STRLIST, offsetof(sl_pipeline_cfg_t, topics), false, NULL, 0, 0, NULL, false,
      "outbox topics to relay; '*' matches any characters; absent = every topic"},
+    {"source", SL_CFG_OBJECT, offsetof(sl_pipeline_cfg_t, source), false, NULL, 0, 0, NULL, false,
+     "where messages come from when not the outbox: a Kafka source (see below)"},
     {"sink", SL_CFG_OBJECT, offsetof(sl_pipeline_cfg_t, sink), true, NULL, 0, 0, NULL, false,
      "where messages go; see the sink keys below"},
     {"database", SL_CFG_STRING, offsetof(sl_pipeline_cfg_t, database), false, NULL, 0, 0, NULL,
@@ -104,7 +106,8 @@ pipeline_cfg_parse(const cJSON *obj, size_t i, sl_pipeline_cfg_t *pc, sl_err_t *
         if ((rc = sl_outbox_topic_glob_check(pc->topics.v[t], tp, err)) != SL_OK)
             return rc;
     }
-    if (pc->batch_size > pc->max_inflight) {
+    /* batch_size sizes outbox reads; a Kafka source has no such reads. */
+    if (pc->source == NULL && pc->batch_size > pc->max_inflight) {
         sl_err_set(err, SL_EUSAGE, "%s: batch_size (%lld) is larger than max_inflight (%lld)", path,
                    (long long)pc->batch_size, (long long)pc->max_inflight);
         return sl_err_hint(err, "lower batch_size or raise max_inflight; a read never asks for "
@@ -112,7 +115,26 @@ pipeline_cfg_parse(const cJSON *obj, size_t i, sl_pipeline_cfg_t *pc, sl_err_t *
     }
     char sp[80];
     snprintf(sp, sizeof sp, "%s.sink", path);
-    return sl_sink_conf_parse(pc->sink, sp, &pc->sink_ops, &pc->sink_conf, err);
+    if ((rc = sl_sink_conf_parse(pc->sink, sp, &pc->sink_ops, &pc->sink_conf, err)) != SL_OK)
+        return rc;
+    if (pc->source == NULL)
+        return SL_OK;
+    snprintf(sp, sizeof sp, "%s.source", path);
+    if ((rc = sl_ksource_conf_parse(pc->source, sp, &pc->ksrc, err)) != SL_OK)
+        return rc;
+    if (pc->topics.n > 0) {
+        sl_err_set(err, SL_EUSAGE,
+                   "%s.topics: selects outbox topics, but this pipeline reads Kafka", path);
+        return sl_err_hint(err, "name the Kafka topics in source.topics and remove this key");
+    }
+    if (strcmp(pc->sink_ops->type, "inbox") != 0) {
+        sl_err_set(err, SL_EUSAGE,
+                   "%s.sink.type: a Kafka source delivers into an inbox, not \"%s\"", path,
+                   pc->sink_ops->type);
+        return sl_err_hint(err, "use {\"type\": \"inbox\", \"inbox\": \"<name>\"}: the inbox "
+                                "makes redelivered records harmless");
+    }
+    return SL_OK;
 }
 
 static void
@@ -120,6 +142,7 @@ pipeline_cfg_release(sl_pipeline_cfg_t *pc)
 {
     if (pc->sink_ops != NULL)
         sl_sink_conf_free(pc->sink_ops, pc->sink_conf);
+    sl_ksource_conf_free(pc->ksrc);
     sl_cfg_release(pipeline_keys, NKEYS(pipeline_keys), pc);
     free(pc->path);
 }
@@ -252,5 +275,6 @@ sl_relay_cfg_help(FILE *out)
     sl_cfg_keys_help(out, relay_keys, NKEYS(relay_keys), "    ");
     fprintf(out, "\n  pipelines[]:\n");
     sl_cfg_keys_help(out, pipeline_keys, NKEYS(pipeline_keys), "    ");
+    sl_ksource_help(out);
     sl_sink_help(out);
 }

@@ -275,7 +275,7 @@ pipeline_send_held(sl_pipeline_t *pl)
         int nrows = PQntuples(res);
         while (pl->held_row < nrows) {
             int i = pl->held_row;
-            sl_msg_t m;
+            sl_msg_t m = {0};
             m.outbox_id = strtoll(PQgetvalue(res, i, 0), NULL, 10);
             snprintf(idbuf, sizeof idbuf, "%s:%" PRId64, pl->instance, m.outbox_id);
             fix_timestamp(PQgetvalue(res, i, 6), tsbuf, sizeof tsbuf);

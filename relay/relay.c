@@ -20,7 +20,8 @@
 typedef struct sl_relay {
     uv_loop_t loop;
     const sl_relay_cfg_t *cfg; /* borrowed */
-    sl_pipeline_t **pls;       /* owned array of owned pipelines */
+    sl_pipeline_t **pls;       /* owned array of owned pipelines (outbox sources) */
+    sl_ksource_t **kss;        /* owned array: the Kafka-source pipelines, same index */
     size_t npls;
     size_t running; /* pipelines not yet stopped */
     size_t failed;
@@ -37,10 +38,9 @@ relay_close_walk(uv_handle_t *h, void *arg)
 }
 
 static void
-relay_on_pipeline_stopped(sl_pipeline_t *pl, void *arg)
+relay_one_stopped(sl_relay_t *r, bool failed)
 {
-    sl_relay_t *r = arg;
-    if (sl_pipeline_is_failed(pl))
+    if (failed)
         r->failed++;
     r->running--;
     if (r->running == 0) {
@@ -49,6 +49,28 @@ relay_on_pipeline_stopped(sl_pipeline_t *pl, void *arg)
         uv_close((uv_handle_t *)&r->sigterm, NULL);
         uv_close((uv_handle_t *)&r->sigint, NULL);
     }
+}
+
+static void
+relay_on_pipeline_stopped(sl_pipeline_t *pl, void *arg)
+{
+    relay_one_stopped(arg, sl_pipeline_is_failed(pl));
+}
+
+static void
+relay_on_ksource_stopped(sl_ksource_t *ks, void *arg)
+{
+    relay_one_stopped(arg, sl_ksource_is_failed(ks));
+}
+
+/* Stops pipeline i, whichever its source. */
+static void
+relay_stop_one(sl_relay_t *r, size_t i, uint64_t deadline)
+{
+    if (r->pls[i] != NULL)
+        sl_pipeline_stop(r->pls[i], deadline);
+    if (r->kss[i] != NULL)
+        sl_ksource_stop(r->kss[i], deadline);
 }
 
 static void
@@ -62,15 +84,13 @@ relay_signal_cb(uv_signal_t *h, int signum)
                     signum == SIGTERM ? "SIGTERM" : "SIGINT", r->cfg->shutdown_timeout_ms);
         r->stopping = true;
         for (size_t i = 0; i < r->npls; i++)
-            if (r->pls[i] != NULL)
-                sl_pipeline_stop(r->pls[i], deadline);
+            relay_stop_one(r, i, deadline);
         return;
     }
     sl_log_warn("relay.stop_now", "signal=%s note=\"second signal: not waiting for acks\"",
                 signum == SIGTERM ? "SIGTERM" : "SIGINT");
     for (size_t i = 0; i < r->npls; i++)
-        if (r->pls[i] != NULL)
-            sl_pipeline_stop(r->pls[i], 0);
+        relay_stop_one(r, i, 0);
 }
 
 int
@@ -92,7 +112,10 @@ sl_relay_run(const sl_relay_cfg_t *cfg, sl_err_t *err)
     uv_signal_start(&r.sigint, relay_signal_cb, SIGINT);
 
     r.pls = calloc(cfg->npl, sizeof *r.pls);
-    if (r.pls == NULL) {
+    r.kss = calloc(cfg->npl, sizeof *r.kss);
+    if (r.pls == NULL || r.kss == NULL) {
+        free(r.pls);
+        free(r.kss);
         rc = sl_err_nomem(err, "the pipeline list");
         goto fail_loop;
     }
@@ -102,8 +125,12 @@ sl_relay_run(const sl_relay_cfg_t *cfg, sl_err_t *err)
     for (size_t i = 0; i < cfg->npl; i++) {
         sl_err_t perr;
         sl_err_clear(&perr);
-        if (sl_pipeline_new(&r.loop, cfg, &cfg->pl[i], relay_on_pipeline_stopped, &r, &r.pls[i],
-                            &perr) != SL_OK) {
+        int prc = cfg->pl[i].ksrc != NULL
+                      ? sl_ksource_new(&r.loop, cfg, &cfg->pl[i], relay_on_ksource_stopped, &r,
+                                       &r.kss[i], &perr)
+                      : sl_pipeline_new(&r.loop, cfg, &cfg->pl[i], relay_on_pipeline_stopped, &r,
+                                        &r.pls[i], &perr);
+        if (prc != SL_OK) {
             /* Other pipelines keep running (invariant 7). */
             sl_log_error("pipeline.failed", "pipeline=%s err=%s", cfg->pl[i].name,
                          sl_log_quote(q, sizeof q, perr.msg));
@@ -118,9 +145,12 @@ sl_relay_run(const sl_relay_cfg_t *cfg, sl_err_t *err)
     }
     uv_run(&r.loop, UV_RUN_DEFAULT);
 
-    for (size_t i = 0; i < r.npls; i++)
+    for (size_t i = 0; i < r.npls; i++) {
         sl_pipeline_free(r.pls[i]);
+        sl_ksource_free(r.kss[i]);
+    }
     free(r.pls);
+    free(r.kss);
     rc = SL_OK;
     sl_log_info("relay.stopped", "pipelines=%zu failed=%zu", r.npls, r.failed);
     if (r.failed > 0) {

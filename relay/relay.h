@@ -19,13 +19,24 @@ struct sl_sink_ops;
 #define SL_RELAY_DEFAULT_MAX_INFLIGHT 10000          /* unacknowledged messages */
 #define SL_RELAY_DEFAULT_MAX_INFLIGHT_BYTES 67108864 /* 64 MiB of unacknowledged envelopes */
 
+/* A Kafka source (the reverse relay: Kafka -> inbox); relay/ksource.c. */
+typedef struct sl_ksource_conf {
+    char *type;    /* "kafka" */
+    char *brokers; /* bootstrap servers */
+    sl_strlist_t topics;
+    char *group;                    /* consumer group id */
+    char *format;                   /* "sluice" (envelopes) or "json" */
+    const struct cJSON *properties; /* librdkafka consumer properties, borrowed */
+} sl_ksource_conf_t;
+
 /* One pipeline's configuration (one element of "pipelines"). */
 typedef struct sl_pipeline_cfg {
-    char *name;               /* unique, [A-Za-z0-9._-]{1,100} */
-    sl_strlist_t topics;      /* outbox topics or globs; empty = every topic */
-    const struct cJSON *sink; /* borrowed from the document */
-    char *database;           /* optional override of the relay's database */
-    char *start;              /* "beginning" or "now": where a new pipeline starts */
+    char *name;                 /* unique, [A-Za-z0-9._-]{1,100} */
+    sl_strlist_t topics;        /* outbox topics or globs; empty = every topic */
+    const struct cJSON *source; /* borrowed; NULL = the outbox */
+    const struct cJSON *sink;   /* borrowed from the document */
+    char *database;             /* optional override of the relay's database */
+    char *start;                /* "beginning" or "now": where a new pipeline starts */
     int64_t batch_size;
     int64_t max_inflight;
     int64_t max_inflight_bytes;
@@ -34,6 +45,7 @@ typedef struct sl_pipeline_cfg {
     /* Resolved at load time. */
     const struct sl_sink_ops *sink_ops; /* the sink's vtable */
     void *sink_conf;                    /* parsed sink config, owned */
+    sl_ksource_conf_t *ksrc;            /* parsed Kafka source, owned; NULL = the outbox */
     char *path;                         /* "pipelines[0]", owned, for messages */
 } sl_pipeline_cfg_t;
 

@@ -96,4 +96,30 @@ const char *sl_pipeline_name(const sl_pipeline_t *pl);
 /* Frees a stopped pipeline. Accepts NULL. */
 void sl_pipeline_free(sl_pipeline_t *pl);
 
+/* ------------------------------------------------------------------------ */
+/* Kafka sources: the reverse relay (relay/ksource.c)                        */
+/* ------------------------------------------------------------------------ */
+
+/* Parses and checks a "source" object (path names it in errors). Free with
+ * sl_ksource_conf_free. */
+int sl_ksource_conf_parse(const struct cJSON *obj, const char *path, sl_ksource_conf_t **out,
+                          sl_err_t *err);
+/* Accepts NULL. */
+void sl_ksource_conf_free(sl_ksource_conf_t *c);
+/* Prints the source keys (for --help-config). */
+void sl_ksource_help(FILE *out);
+
+typedef struct sl_ksource sl_ksource_t;
+
+/* Starts a Kafka -> sink pipeline on the loop (cfg->ksrc set). Same life
+ * cycle as a pipeline: stop, then on_stopped, then free. */
+int sl_ksource_new(uv_loop_t *loop, const sl_relay_cfg_t *rcfg, const sl_pipeline_cfg_t *cfg,
+                   void (*on_stopped)(sl_ksource_t *ks, void *arg), void *arg, sl_ksource_t **out,
+                   sl_err_t *err);
+/* Stops reading, waits for in-flight records until deadline_ms, commits, closes. */
+void sl_ksource_stop(sl_ksource_t *ks, uint64_t deadline_ms);
+bool sl_ksource_is_failed(const sl_ksource_t *ks);
+/* Frees a stopped source. Accepts NULL. */
+void sl_ksource_free(sl_ksource_t *ks);
+
 #endif /* SL_RELAY_INT_H */

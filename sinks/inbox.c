@@ -144,8 +144,14 @@ inbox_send(sl_sink_t *sk, const sl_msg_t *m, uint64_t token, size_t *bytes, sl_e
     if (rc != SL_OK || (rc = sl_buf_append_str(e, ",\"payload\":", err)) != SL_OK ||
         (rc = sl_buf_append_str(e, m->payload, err)) != SL_OK ||
         (rc = sl_buf_append_str(e, ",\"headers\":", err)) != SL_OK ||
-        (rc = sl_buf_append_str(e, m->headers[0] != '\0' ? m->headers : "{}", err)) != SL_OK ||
-        (rc = sl_buf_append_str(e, "}", err)) != SL_OK)
+        (rc = sl_buf_append_str(e, m->headers[0] != '\0' ? m->headers : "{}", err)) != SL_OK)
+        return rc;
+    /* An invalid message (reverse relay) is stored as dead, with the reason. */
+    if (m->error != NULL &&
+        ((rc = sl_buf_append_str(e, ",\"error\":", err)) != SL_OK ||
+         (rc = sl_buf_append_json_str(e, m->error, strlen(m->error), err)) != SL_OK))
+        return rc;
+    if ((rc = sl_buf_append_str(e, "}", err)) != SL_OK)
         return rc;
     if ((rc = sl_pgbatch_add(s->batch, e->data, e->len, m->outbox_id, token, err)) != SL_OK)
         return rc;

@@ -116,31 +116,32 @@ property_text(const cJSON *v, char *buf, size_t n)
     return -1;
 }
 
-/* Builds a librdkafka conf from defaults, brokers and user properties. */
-static int
-kafka_conf_build(const kafka_conf_t *c, const char *path, rd_kafka_conf_t **out, sl_err_t *err)
+int
+sl_kafka_conf_new(const char *const (*defaults)[2], size_t ndefaults, const char *const *reserved,
+                  const char *brokers, const cJSON *properties, const char *path,
+                  rd_kafka_conf_t **out, sl_err_t *err)
 {
     char errstr[512];
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     if (conf == NULL)
         return sl_err_nomem(err, "a Kafka configuration");
-    for (size_t i = 0; i < sizeof kafka_defaults / sizeof kafka_defaults[0]; i++) {
-        if (rd_kafka_conf_set(conf, kafka_defaults[i][0], kafka_defaults[i][1], errstr,
-                              sizeof errstr) != RD_KAFKA_CONF_OK) {
+    for (size_t i = 0; i < ndefaults; i++) {
+        if (rd_kafka_conf_set(conf, defaults[i][0], defaults[i][1], errstr, sizeof errstr) !=
+            RD_KAFKA_CONF_OK) {
             rd_kafka_conf_destroy(conf);
-            return sl_err_set(err, SL_ERR, "%s: librdkafka refused %s=%s: %s", path,
-                              kafka_defaults[i][0], kafka_defaults[i][1], errstr);
+            return sl_err_set(err, SL_ERR, "%s: librdkafka refused %s=%s: %s", path, defaults[i][0],
+                              defaults[i][1], errstr);
         }
     }
-    if (rd_kafka_conf_set(conf, "bootstrap.servers", c->brokers, errstr, sizeof errstr) !=
+    if (rd_kafka_conf_set(conf, "bootstrap.servers", brokers, errstr, sizeof errstr) !=
         RD_KAFKA_CONF_OK) {
         rd_kafka_conf_destroy(conf);
         return sl_err_set(err, SL_EUSAGE, "%s.brokers: %s", path, errstr);
     }
     const cJSON *p;
-    cJSON_ArrayForEach (p, c->properties) {
+    cJSON_ArrayForEach (p, properties) {
         char val[4096];
-        for (const char *const *r = kafka_reserved; *r != NULL; r++) {
+        for (const char *const *r = reserved; *r != NULL; r++) {
             if (strcmp(p->string, *r) == 0) {
                 rd_kafka_conf_destroy(conf);
                 sl_err_set(err, SL_EUSAGE, "%s.properties.%s: set by sluice and cannot be changed",
@@ -159,12 +160,20 @@ kafka_conf_build(const kafka_conf_t *c, const char *path, rd_kafka_conf_t **out,
             rd_kafka_conf_destroy(conf);
             /* errstr may quote the value, which can be a secret: do not echo it. */
             sl_err_set(err, SL_EUSAGE, "%s.properties.%s: rejected by librdkafka", path, p->string);
-            return sl_err_hint(err, "see librdkafka's CONFIGURATION.md for the producer "
-                                    "properties and their values");
+            return sl_err_hint(err, "see librdkafka's CONFIGURATION.md for the properties and "
+                                    "their values");
         }
     }
     *out = conf;
     return SL_OK;
+}
+
+/* Builds the producer's librdkafka conf from defaults, brokers and user properties. */
+static int
+kafka_conf_build(const kafka_conf_t *c, const char *path, rd_kafka_conf_t **out, sl_err_t *err)
+{
+    return sl_kafka_conf_new(kafka_defaults, sizeof kafka_defaults / sizeof kafka_defaults[0],
+                             kafka_reserved, c->brokers, c->properties, path, out, err);
 }
 
 static int

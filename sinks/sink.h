@@ -84,4 +84,16 @@ void sl_sink_conf_free(const sl_sink_ops_t *ops, void *conf);
 /* Prints every sink's key table (for `sluice relay --help-config` and docs). */
 void sl_sink_help(FILE *out);
 
+/*
+ * Builds a librdkafka configuration (for the kafka sink, and for the reverse
+ * relay's consumer): `defaults` first, then bootstrap.servers = brokers, then
+ * the user's `properties` object (scalar values; names in `reserved`, a NULL
+ * terminated list, are refused). Errors name `path` and never echo a value.
+ */
+typedef struct rd_kafka_conf_s rd_kafka_conf_t;
+int sl_kafka_conf_new(const char *const (*defaults)[2], size_t ndefaults,
+                      const char *const *reserved, const char *brokers,
+                      const struct cJSON *properties, const char *path, rd_kafka_conf_t **out,
+                      sl_err_t *err);
+
 #endif /* SL_SINK_H */
