@@ -2,7 +2,9 @@
  * cdc/cdc.h - change capture for stream tables: statement-level triggers
  * that copy every change of a source table into its change buffer
  * (cdc/sql), installed by `sluice init`. Stream-table refreshes read the
- * buffers; see docs/stream-tables.md.
+ * buffers; see docs/stream-tables.md. Buffer format, the window predicate
+ * and the DDL behaviour are described at the top of cdc/sql/0004_cdc.sql and
+ * in docs/cdc.md.
  */
 #ifndef SL_CDC_H
 #define SL_CDC_H
