@@ -33,6 +33,7 @@ typedef struct sl_cmd {
 static int cmd_init(int argc, char **argv, sl_err_t *err);
 static int cmd_relay(int argc, char **argv, sl_err_t *err);
 static int cmd_check_config(int argc, char **argv, sl_err_t *err);
+static int cmd_engine(int argc, char **argv, sl_err_t *err);
 
 static const sl_cmd_t commands[] = {
     {"init", cmd_init, "install or upgrade the sluice schema in a database",
@@ -62,6 +63,18 @@ static const sl_cmd_t commands[] = {
      "\n"
      "  -c, --config FILE   relay config\n"
      "  -h, --help          show this help\n"},
+    {"engine", cmd_engine, "keep the stream tables of a database current",
+     "usage: sluice engine --db CONNINFO [--notify-coalesce-ms MS] [--once]\n"
+     "\n"
+     "Analyses every stream table's query (libpg_query) and refreshes each one on\n"
+     "its schedule, in dependency order, until SIGTERM or SIGINT.\n"
+     "\n"
+     "  --db CONNINFO             PostgreSQL URI or key=value string (default: $SLUICE_DB)\n"
+     "  --notify-coalesce-ms MS   window for coalescing subscription notifications\n"
+     "                            (default 250; 0 sends one per refresh)\n"
+     "  --once                    one pass (analyse, refresh what is due), then exit\n"
+     "  -l, --log-level LEVEL     debug, info, warn or error (default info)\n"
+     "  -h, --help                show this help\n"},
 };
 
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
@@ -157,6 +170,47 @@ cmd_init(int argc, char **argv, sl_err_t *err)
     }
     PQfinish(conn);
     return rc;
+}
+
+static int
+cmd_engine(int argc, char **argv, sl_err_t *err)
+{
+    static const struct option opts[] = {
+        {"db", required_argument, NULL, 'd'}, {"notify-coalesce-ms", required_argument, NULL, 'n'},
+        {"once", no_argument, NULL, 'o'},     {"log-level", required_argument, NULL, 'l'},
+        {"help", no_argument, NULL, 'h'},     {NULL, 0, NULL, 0},
+    };
+    sl_engine_opts_t o = {.db = getenv("SLUICE_DB"), .notify_coalesce_ms = 250};
+    int c;
+    while ((c = getopt_long(argc, argv, "d:l:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'd': o.db = optarg; break;
+        case 'n': {
+            char *end = NULL;
+            long v = strtol(optarg, &end, 10);
+            if (end == optarg || *end != '\0' || v < 0 || v > 3600000)
+                return usage_error(err, "engine",
+                                   "--notify-coalesce-ms: expected milliseconds, 0 to 3600000");
+            o.notify_coalesce_ms = (int)v;
+            break;
+        }
+        case 'o': o.once = true; break;
+        case 'l': {
+            sl_log_level_t lv;
+            if (sl_log_level_parse(optarg, &lv, err) != SL_OK)
+                return usage_error(err, "engine", "--log-level: use debug, info, warn or error");
+            sl_log_set_level(lv);
+            break;
+        }
+        case 'h': fputs(commands[3].usage, stdout); return SL_DONE;
+        default: return usage_error(err, "engine", "invalid option");
+        }
+    }
+    if (optind < argc)
+        return usage_error(err, "engine", "unexpected argument");
+    if (o.db == NULL || o.db[0] == '\0')
+        return usage_error(err, "engine", "missing --db CONNINFO");
+    return sl_engine_run(&o, err);
 }
 
 static int

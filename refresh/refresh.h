@@ -12,4 +12,53 @@
 extern const sl_sql_file_t sl_refresh_migrations[];
 extern const size_t sl_refresh_migrations_count;
 
+/* ------------------------------------------------------------------------ */
+/* The analyzer (refresh/analyze.c)                                          */
+/* ------------------------------------------------------------------------ */
+
+/* What the analyzer is told about a stream table (from the catalog). */
+typedef struct sl_analyze_in {
+    const char *query;       /* the defining query */
+    const char *const *keys; /* row-identity output columns (may be empty) */
+    size_t nkeys;
+    bool has_keys;           /* false: content identity (no keys known) */
+    const uint32_t *sources; /* relids of the relations the query reads */
+    size_t nsources;
+    bool requested_full; /* refresh_mode 'full' */
+} sl_analyze_in_t;
+
+/* The analysis, as sluice._set_analysis stores it. Strings owned. */
+typedef struct sl_analysis {
+    char *mode;          /* "differential" or "full" */
+    char *reason;        /* why full; NULL when differential */
+    char *tree;          /* operator tree, one node per line, indented */
+    char *affected_sql;  /* differential only: affected key values */
+    char *recompute_sql; /* differential only: new rows of those keys */
+} sl_analysis_t;
+
+/*
+ * Parses in->query with libpg_query and fills *a. A query that cannot be
+ * refreshed differentially is not an error: a->mode is "full" and a->reason
+ * says why. Errors (SL_EUSAGE) are for text that is not one SELECT.
+ */
+int sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err);
+/* Frees the strings; accepts a zeroed analysis. */
+void sl_analysis_free(sl_analysis_t *a);
+
+/* ------------------------------------------------------------------------ */
+/* The engine (refresh/engine.c)                                             */
+/* ------------------------------------------------------------------------ */
+
+typedef struct sl_engine_opts {
+    const char *db;         /* conninfo */
+    int notify_coalesce_ms; /* window of coalesced subscription notifications */
+    bool once;              /* analyse and refresh what is due once, then return */
+} sl_engine_opts_t;
+
+/*
+ * Runs `sluice engine` until SIGTERM/SIGINT (or one pass with o->once).
+ * Returns SL_OK; with once, the first database error.
+ */
+int sl_engine_run(const sl_engine_opts_t *o, sl_err_t *err);
+
 #endif /* SL_REFRESH_H */

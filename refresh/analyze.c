@@ -1,0 +1,897 @@
+/*
+ * refresh/analyze.c - reads a stream table's query with libpg_query and
+ * decides how it can be refreshed.
+ *
+ * The result is what refresh/sql stores through sluice._set_analysis(): the
+ * operator tree (for explain_stream_table), the effective mode, the reason
+ * for a fallback to FULL, and for DIFFERENTIAL two SQL statements that the
+ * refresh driver runs (see docs/stream-tables.md):
+ *
+ *   affected_sql   the values of the row-identity (key) columns that the
+ *                  changes in the window can touch: the query's key
+ *                  expressions evaluated over the changed rows' images (old
+ *                  and new), through the query's own WHERE clause, from the
+ *                  temp table pg_temp.__sluice_chg_<relid> the driver fills.
+ *   recompute_sql  the query itself, restricted to those key values (read
+ *                  back from pg_temp.__sluice_aff): the new content of every
+ *                  row the window can have changed, and nothing else.
+ *
+ * The driver compares recompute_sql's rows with the stored rows of the same
+ * keys and publishes the difference, so a refresh recomputes whole groups
+ * (or rows) from the current source rather than adding up deltas. That is
+ * correct for every aggregate (min and max included) and for HAVING and
+ * DISTINCT, and a change seen twice changes nothing. Its cost is the
+ * affected groups' rows, which an index on the key columns keeps small.
+ *
+ * Differential today: one source table (projection, WHERE, GROUP BY with any
+ * aggregates, HAVING, DISTINCT), when the row identity is known (group keys
+ * or the table's primary key in the select list). Joins, UNION ALL and
+ * subqueries in FROM are refreshed in full, and the reason says so.
+ *
+ * Text handling: the generated SQL is spliced from the user's own query
+ * text, cut at top-level clause boundaries found with libpg_query's scanner
+ * (pg_query_scan), so expressions keep exactly the meaning PostgreSQL gave
+ * them. Only identifiers sluice adds are written here, always double-quoted.
+ * pg_query_scan answers in protobuf; the few fields needed are read by a
+ * small decoder below rather than through protobuf-c.
+ */
+#include "refresh/refresh.h"
+
+#include <cjson/cJSON.h>
+#include <ctype.h>
+#include <pg_query.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------------ */
+/* Tokens (pg_query_scan's protobuf ScanResult)                              */
+/* ------------------------------------------------------------------------ */
+
+typedef struct tok {
+    int start, end; /* byte offsets in the query */
+    bool keyword;   /* a keyword of any kind (quoted identifiers are not) */
+} tok_t;
+
+typedef struct toks {
+    tok_t *v;
+    size_t n, cap;
+} toks_t;
+
+/* Reads a varint at *p (below end); false when truncated. */
+static bool
+pb_varint(const unsigned char **p, const unsigned char *end, uint64_t *out)
+{
+    uint64_t v = 0;
+    for (int shift = 0; shift < 64 && *p < end; shift += 7) {
+        unsigned char b = *(*p)++;
+        v |= (uint64_t)(b & 0x7F) << shift;
+        if ((b & 0x80) == 0) {
+            *out = v;
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Skips a field of wire type wt; false when malformed. */
+static bool
+pb_skip(const unsigned char **p, const unsigned char *end, int wt)
+{
+    uint64_t v;
+    switch (wt) {
+    case 0: return pb_varint(p, end, &v);
+    case 1: *p += 8; return *p <= end;
+    case 2:
+        if (!pb_varint(p, end, &v) || v > (uint64_t)(end - *p))
+            return false;
+        *p += v;
+        return true;
+    case 5: *p += 4; return *p <= end;
+    default: return false;
+    }
+}
+
+static int
+scan_tokens(const char *query, toks_t *out, sl_err_t *err)
+{
+    PgQueryScanResult r = pg_query_scan(query);
+    if (r.error != NULL) {
+        sl_err_set(err, SL_EUSAGE, "the query cannot be scanned: %s (at character %d)",
+                   r.error->message, r.error->cursorpos);
+        pg_query_free_scan_result(r);
+        return SL_EUSAGE;
+    }
+    const unsigned char *p = (const unsigned char *)r.pbuf.data;
+    const unsigned char *end = p + r.pbuf.len;
+    int rc = SL_OK;
+    while (p < end && rc == SL_OK) {
+        uint64_t key;
+        if (!pb_varint(&p, end, &key)) {
+            rc = SL_ERR;
+            break;
+        }
+        if (key >> 3 != 2 || (key & 7) != 2) {
+            if (!pb_skip(&p, end, (int)(key & 7)))
+                rc = SL_ERR;
+            continue;
+        }
+        uint64_t len;
+        if (!pb_varint(&p, end, &len) || len > (uint64_t)(end - p)) {
+            rc = SL_ERR;
+            break;
+        }
+        const unsigned char *q = p, *qend = p + len;
+        p = qend;
+        tok_t t = {0, 0, false};
+        while (q < qend) {
+            uint64_t k, v;
+            if (!pb_varint(&q, qend, &k)) {
+                rc = SL_ERR;
+                break;
+            }
+            if ((k & 7) != 0) {
+                if (!pb_skip(&q, qend, (int)(k & 7)))
+                    rc = SL_ERR;
+                continue;
+            }
+            if (!pb_varint(&q, qend, &v)) {
+                rc = SL_ERR;
+                break;
+            }
+            if (k >> 3 == 1)
+                t.start = (int)v;
+            else if (k >> 3 == 2)
+                t.end = (int)v;
+            else if (k >> 3 == 5)
+                t.keyword = v != 0;
+        }
+        if (out->n == out->cap) {
+            size_t cap = out->cap ? out->cap * 2 : 64;
+            tok_t *nv = realloc(out->v, cap * sizeof *nv);
+            if (nv == NULL) {
+                rc = SL_ENOMEM;
+                break;
+            }
+            out->v = nv;
+            out->cap = cap;
+        }
+        out->v[out->n++] = t;
+    }
+    pg_query_free_scan_result(r);
+    if (rc == SL_ENOMEM)
+        return sl_err_nomem(err, "the query's tokens");
+    if (rc != SL_OK)
+        return sl_err_set(err, SL_ERR, "cannot read libpg_query's scan result");
+    return SL_OK;
+}
+
+static bool
+tok_is(const char *q, const tok_t *t, const char *word)
+{
+    size_t n = strlen(word);
+    return (size_t)(t->end - t->start) == n && strncasecmp(q + t->start, word, n) == 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Output buffer with printf                                                 */
+/* ------------------------------------------------------------------------ */
+
+typedef struct out {
+    sl_buf_t b;
+    int rc;
+    sl_err_t *err;
+} out_t;
+
+static void outf(out_t *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void
+outf(out_t *o, const char *fmt, ...)
+{
+    if (o->rc != SL_OK)
+        return;
+    char small[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(small, sizeof small, fmt, ap);
+    va_end(ap);
+    if (n < 0) {
+        o->rc = sl_err_set(o->err, SL_ERR, "formatting failed");
+        return;
+    }
+    if ((size_t)n < sizeof small) {
+        o->rc = sl_buf_append(&o->b, small, (size_t)n, o->err);
+        return;
+    }
+    char *big = malloc((size_t)n + 1);
+    if (big == NULL) {
+        o->rc = sl_err_nomem(o->err, "generated SQL");
+        return;
+    }
+    va_start(ap, fmt);
+    vsnprintf(big, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    o->rc = sl_buf_append(&o->b, big, (size_t)n, o->err);
+    free(big);
+}
+
+/* Appends len bytes of the query. */
+static void
+outq(out_t *o, const char *q, int from, int to)
+{
+    if (o->rc == SL_OK && to > from)
+        o->rc = sl_buf_append(&o->b, q + from, (size_t)(to - from), o->err);
+}
+
+/* Appends an identifier, always double-quoted. */
+static void
+outid(out_t *o, const char *id)
+{
+    outf(o, "\"");
+    for (const char *c = id; *c != '\0'; c++)
+        outf(o, *c == '"' ? "\"\"" : "%c", *c);
+    outf(o, "\"");
+}
+
+static char *
+out_take(out_t *o)
+{
+    if (o->rc != SL_OK) {
+        sl_buf_free(&o->b);
+        return NULL;
+    }
+    char *s = o->b.data != NULL ? o->b.data : strdup("");
+    o->b.data = NULL;
+    o->b.len = o->b.cap = 0;
+    return s;
+}
+
+/* ------------------------------------------------------------------------ */
+/* The parse tree (libpg_query JSON)                                         */
+/* ------------------------------------------------------------------------ */
+
+static const cJSON *
+node(const cJSON *n, const char *type)
+{
+    return cJSON_GetObjectItemCaseSensitive(n, type);
+}
+
+static const char *
+str(const cJSON *n, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(n, key);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+/* True when any node below n is of `type` (e.g. "SubLink"). */
+static bool
+has_node(const cJSON *n, const char *type)
+{
+    if (n == NULL)
+        return false;
+    if (n->string != NULL && strcmp(n->string, type) == 0)
+        return true;
+    for (const cJSON *c = n->child; c != NULL; c = c->next)
+        if (has_node(c, type))
+            return true;
+    return false;
+}
+
+/* True when a FuncCall below n has an OVER clause (a window function). */
+static bool
+has_window(const cJSON *n)
+{
+    if (n == NULL)
+        return false;
+    if (n->string != NULL && strcmp(n->string, "FuncCall") == 0 &&
+        cJSON_GetObjectItemCaseSensitive(n, "over") != NULL)
+        return true;
+    for (const cJSON *c = n->child; c != NULL; c = c->next)
+        if (has_window(c))
+            return true;
+    return false;
+}
+
+/* True when a ColumnRef below n has 3 or more parts (schema.table.column). */
+static bool
+has_long_colref(const cJSON *n)
+{
+    if (n == NULL)
+        return false;
+    if (n->string != NULL && strcmp(n->string, "ColumnRef") == 0 &&
+        cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(n, "fields")) >= 3)
+        return true;
+    for (const cJSON *c = n->child; c != NULL; c = c->next)
+        if (has_long_colref(c))
+            return true;
+    return false;
+}
+
+/* The name PostgreSQL gives an unnamed select-list entry (the cases keys use). */
+static const char *
+figure_colname(const cJSON *val)
+{
+    const cJSON *n;
+    if ((n = node(val, "ColumnRef")) != NULL) {
+        const cJSON *fields = cJSON_GetObjectItemCaseSensitive(n, "fields");
+        const cJSON *last = cJSON_GetArrayItem(fields, cJSON_GetArraySize(fields) - 1);
+        return str(node(last, "String"), "sval");
+    }
+    if ((n = node(val, "FuncCall")) != NULL) {
+        const cJSON *names = cJSON_GetObjectItemCaseSensitive(n, "funcname");
+        const cJSON *last = cJSON_GetArrayItem(names, cJSON_GetArraySize(names) - 1);
+        return str(node(last, "String"), "sval");
+    }
+    if ((n = node(val, "TypeCast")) != NULL)
+        return figure_colname(cJSON_GetObjectItemCaseSensitive(n, "arg"));
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Operator tree                                                             */
+/* ------------------------------------------------------------------------ */
+
+static void tree_select(out_t *o, const cJSON *sel, int depth);
+
+static void
+indent(out_t *o, int depth)
+{
+    for (int i = 0; i < depth; i++)
+        outf(o, "  ");
+}
+
+static void
+tree_from(out_t *o, const cJSON *item, int depth)
+{
+    const cJSON *n;
+    if ((n = node(item, "RangeVar")) != NULL) {
+        indent(o, depth);
+        const char *schema = str(n, "schemaname");
+        const char *alias = str(node(n, "alias"), "aliasname");
+        outf(o, "Scan %s%s%s%s%s\n", schema ? schema : "", schema ? "." : "", str(n, "relname"),
+             alias ? " AS " : "", alias ? alias : "");
+    } else if ((n = node(item, "JoinExpr")) != NULL) {
+        const char *jt = str(n, "jointype");
+        const char *kind = jt == NULL                      ? "Join"
+                           : strcmp(jt, "JOIN_INNER") == 0 ? "Inner Join"
+                           : strcmp(jt, "JOIN_LEFT") == 0  ? "Left Join"
+                           : strcmp(jt, "JOIN_RIGHT") == 0 ? "Right Join"
+                           : strcmp(jt, "JOIN_FULL") == 0  ? "Full Join"
+                                                           : "Join";
+        indent(o, depth);
+        outf(o, "%s%s\n", kind,
+             cJSON_GetObjectItemCaseSensitive(n, "usingClause") != NULL ? " (USING)"
+             : cJSON_GetObjectItemCaseSensitive(n, "quals") != NULL     ? " (ON)"
+                                                                        : "");
+        tree_from(o, cJSON_GetObjectItemCaseSensitive(n, "larg"), depth + 1);
+        tree_from(o, cJSON_GetObjectItemCaseSensitive(n, "rarg"), depth + 1);
+    } else if ((n = node(item, "RangeSubselect")) != NULL) {
+        indent(o, depth);
+        const char *alias = str(node(n, "alias"), "aliasname");
+        outf(o, "Subquery%s%s\n", alias ? " AS " : "", alias ? alias : "");
+        tree_select(o, node(cJSON_GetObjectItemCaseSensitive(n, "subquery"), "SelectStmt"),
+                    depth + 1);
+    } else {
+        indent(o, depth);
+        outf(o, "%s\n", item != NULL && item->child != NULL ? item->child->string : "?");
+    }
+}
+
+static void
+tree_select(out_t *o, const cJSON *sel, int depth)
+{
+    if (sel == NULL)
+        return;
+    const char *op = str(sel, "op");
+    if (op != NULL && strcmp(op, "SETOP_NONE") != 0) {
+        bool all = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(sel, "all"));
+        const char *name = strcmp(op, "SETOP_UNION") == 0       ? "Union"
+                           : strcmp(op, "SETOP_INTERSECT") == 0 ? "Intersect"
+                                                                : "Except";
+        indent(o, depth);
+        outf(o, "%s%s\n", name, all ? " All" : "");
+        tree_select(o,
+                    node(cJSON_GetObjectItemCaseSensitive(sel, "larg"), "SelectStmt") != NULL
+                        ? node(cJSON_GetObjectItemCaseSensitive(sel, "larg"), "SelectStmt")
+                        : cJSON_GetObjectItemCaseSensitive(sel, "larg"),
+                    depth + 1);
+        tree_select(o,
+                    node(cJSON_GetObjectItemCaseSensitive(sel, "rarg"), "SelectStmt") != NULL
+                        ? node(cJSON_GetObjectItemCaseSensitive(sel, "rarg"), "SelectStmt")
+                        : cJSON_GetObjectItemCaseSensitive(sel, "rarg"),
+                    depth + 1);
+        return;
+    }
+    int d = depth;
+    if (cJSON_GetObjectItemCaseSensitive(sel, "limitCount") != NULL ||
+        cJSON_GetObjectItemCaseSensitive(sel, "limitOffset") != NULL) {
+        indent(o, d++);
+        outf(o, "Limit\n");
+    }
+    if (cJSON_GetObjectItemCaseSensitive(sel, "sortClause") != NULL) {
+        indent(o, d++);
+        outf(o, "Sort\n");
+    }
+    const cJSON *distinct = cJSON_GetObjectItemCaseSensitive(sel, "distinctClause");
+    if (distinct != NULL) {
+        indent(o, d++);
+        outf(o, "%s\n",
+             cJSON_GetArrayItem(distinct, 0) != NULL &&
+                     cJSON_GetArrayItem(distinct, 0)->child != NULL
+                 ? "Distinct On"
+                 : "Distinct");
+    }
+    indent(o, d++);
+    outf(o, "Project (%d column%s)\n",
+         cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(sel, "targetList")),
+         cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(sel, "targetList")) == 1 ? "" : "s");
+    if (cJSON_GetObjectItemCaseSensitive(sel, "havingClause") != NULL) {
+        indent(o, d++);
+        outf(o, "Filter (HAVING)\n");
+    }
+    const cJSON *group = cJSON_GetObjectItemCaseSensitive(sel, "groupClause");
+    if (group != NULL ||
+        has_node(cJSON_GetObjectItemCaseSensitive(sel, "targetList"), "FuncCall")) {
+        int ng = cJSON_GetArraySize(group);
+        if (group != NULL || has_node(sel, "agg_star") ||
+            has_node(cJSON_GetObjectItemCaseSensitive(sel, "havingClause"), "FuncCall")) {
+            indent(o, d++);
+            if (ng > 0)
+                outf(o, "Aggregate (GROUP BY %d key%s)\n", ng, ng == 1 ? "" : "s");
+            else
+                outf(o, "Aggregate\n");
+        }
+    }
+    if (cJSON_GetObjectItemCaseSensitive(sel, "whereClause") != NULL) {
+        indent(o, d++);
+        outf(o, "Filter (WHERE)\n");
+    }
+    const cJSON *from = cJSON_GetObjectItemCaseSensitive(sel, "fromClause");
+    int nfrom = cJSON_GetArraySize(from);
+    if (nfrom > 1) {
+        indent(o, d++);
+        outf(o, "Cross Join (%d items)\n", nfrom);
+    }
+    const cJSON *item;
+    cJSON_ArrayForEach (item, from)
+        tree_from(o, item, d);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Classification                                                            */
+/* ------------------------------------------------------------------------ */
+
+/* Why sel cannot be refreshed differentially, or NULL. */
+static const char *
+full_reason(const cJSON *sel, const sl_analyze_in_t *in)
+{
+    const char *op = str(sel, "op");
+    if (op != NULL && strcmp(op, "SETOP_NONE") != 0)
+        return "UNION, INTERSECT and EXCEPT are refreshed in full (differential UNION ALL is "
+               "planned)";
+    if (cJSON_GetObjectItemCaseSensitive(sel, "withClause") != NULL)
+        return "WITH (common table expressions) is refreshed in full";
+    if (cJSON_GetObjectItemCaseSensitive(sel, "limitCount") != NULL ||
+        cJSON_GetObjectItemCaseSensitive(sel, "limitOffset") != NULL)
+        return "LIMIT/OFFSET makes the result depend on rows outside any change; it is "
+               "refreshed in full";
+    if (cJSON_GetObjectItemCaseSensitive(sel, "lockingClause") != NULL)
+        return "FOR UPDATE/SHARE has no meaning in a stream table";
+    if (cJSON_GetObjectItemCaseSensitive(sel, "intoClause") != NULL)
+        return "SELECT INTO is not a query";
+    if (has_window(sel))
+        return "window functions are refreshed in full";
+    if (has_node(sel, "SubLink"))
+        return "subqueries in expressions (IN/EXISTS/scalar subqueries) are refreshed in full";
+    if (has_node(cJSON_GetObjectItemCaseSensitive(sel, "groupClause"), "GroupingSet"))
+        return "GROUPING SETS, ROLLUP and CUBE are refreshed in full";
+    const cJSON *distinct = cJSON_GetObjectItemCaseSensitive(sel, "distinctClause");
+    if (distinct != NULL && cJSON_GetArrayItem(distinct, 0) != NULL &&
+        cJSON_GetArrayItem(distinct, 0)->child != NULL)
+        return "DISTINCT ON is refreshed in full";
+    if (has_node(cJSON_GetObjectItemCaseSensitive(sel, "targetList"), "SRF") ||
+        has_node(sel, "RangeFunction"))
+        return "set-returning functions are refreshed in full";
+    const cJSON *from = cJSON_GetObjectItemCaseSensitive(sel, "fromClause");
+    if (cJSON_GetArraySize(from) == 0)
+        return "a query without FROM has no source to capture";
+    if (cJSON_GetArraySize(from) > 1 || node(cJSON_GetArrayItem(from, 0), "JoinExpr") != NULL)
+        return "joins are refreshed in full for now (differential joins are planned)";
+    if (node(cJSON_GetArrayItem(from, 0), "RangeSubselect") != NULL)
+        return "subqueries in FROM are refreshed in full for now";
+    if (node(cJSON_GetArrayItem(from, 0), "RangeVar") == NULL)
+        return "only a table in FROM can be refreshed differentially";
+    if (in->nsources != 1)
+        return "the query reads more than one relation";
+    if (has_long_colref(sel))
+        return "a column written as schema.table.column cannot be rebound to the change rows";
+    if (!in->has_keys)
+        return "the rows have no identity: the select list lacks the table's primary key "
+               "(or the GROUP BY keys); add it for differential refresh";
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Top-level clauses of the query text                                       */
+/* ------------------------------------------------------------------------ */
+
+enum {
+    CL_SELECT,
+    CL_FROM,
+    CL_WHERE,
+    CL_GROUP,
+    CL_HAVING,
+    CL_WINDOW,
+    CL_ORDER,
+    CL_LIMIT,
+    CL_OFFSET,
+    CL_FETCH,
+    CL_FOR,
+    CL_COUNT
+};
+
+static const char *const cl_words[CL_COUNT] = {"SELECT", "FROM",   "WHERE", "GROUP",
+                                               "HAVING", "WINDOW", "ORDER", "LIMIT",
+                                               "OFFSET", "FETCH",  "FOR"};
+
+typedef struct clauses {
+    int tok[CL_COUNT]; /* token index of each clause keyword at depth 0, -1 if absent */
+    int end;           /* end of the statement text (before any ';') */
+} clauses_t;
+
+static void
+find_clauses(const char *q, const toks_t *t, clauses_t *c)
+{
+    for (int i = 0; i < CL_COUNT; i++)
+        c->tok[i] = -1;
+    c->end = (int)strlen(q);
+    int depth = 0;
+    for (size_t i = 0; i < t->n; i++) {
+        const tok_t *k = &t->v[i];
+        if (tok_is(q, k, "("))
+            depth++;
+        else if (tok_is(q, k, ")"))
+            depth--;
+        else if (tok_is(q, k, ";") && depth == 0) {
+            c->end = k->start;
+            break;
+        } else if (depth == 0 && k->keyword) {
+            for (int w = 0; w < CL_COUNT; w++)
+                if (c->tok[w] < 0 && tok_is(q, k, cl_words[w]))
+                    c->tok[w] = (int)i;
+        }
+    }
+}
+
+/* Start of the first clause after `after` among `which`, or the end. */
+static int
+clause_end(const char *q, const toks_t *t, const clauses_t *c, int after)
+{
+    int end = c->end;
+    for (int w = after + 1; w < CL_COUNT; w++)
+        if (c->tok[w] >= 0 && t->v[c->tok[w]].start < end)
+            end = t->v[c->tok[w]].start;
+    return end;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Generation                                                                */
+/* ------------------------------------------------------------------------ */
+
+typedef struct keyexpr {
+    int from, to;      /* span of the expression in the query; from < 0: the column itself */
+    const char *col;   /* the key column (output name) */
+    const char *alias; /* the table's name in the query, for from < 0 */
+} keyexpr_t;
+
+/* Appends key expression i. */
+static void
+out_key(out_t *o, const char *q, const keyexpr_t *k)
+{
+    if (k->from < 0) {
+        /* From SELECT *: the column of the one table, qualified. */
+        outid(o, k->alias);
+        outf(o, ".");
+        outid(o, k->col);
+        return;
+    }
+    outf(o, "(");
+    outq(o, q, k->from, k->to);
+    outf(o, ")");
+}
+
+/* Maps every key column to an expression of the select list. */
+static const char *
+map_keys(const char *q, const toks_t *t, const clauses_t *c, const cJSON *sel,
+         const sl_analyze_in_t *in, keyexpr_t *keys)
+{
+    const cJSON *targets = cJSON_GetObjectItemCaseSensitive(sel, "targetList");
+    int ntargets = cJSON_GetArraySize(targets);
+    /* Spans of the select-list entries: split at depth-0 commas. */
+    int first = c->tok[CL_SELECT] + 1;
+    if (first < (int)t->n && tok_is(q, &t->v[first], "DISTINCT"))
+        first++;
+    int last = c->tok[CL_FROM]; /* exclusive token index */
+    int spans[256][2];
+    int nspans = 0, depth = 0, s = first;
+    for (int i = first; i <= last && nspans < 256; i++) {
+        bool at_end = i == last;
+        if (!at_end) {
+            if (tok_is(q, &t->v[i], "("))
+                depth++;
+            else if (tok_is(q, &t->v[i], ")"))
+                depth--;
+        }
+        if (at_end || (depth == 0 && tok_is(q, &t->v[i], ","))) {
+            spans[nspans][0] = s;
+            spans[nspans][1] = i; /* exclusive */
+            nspans++;
+            s = i + 1;
+        }
+    }
+    if (nspans != ntargets)
+        return "the select list could not be matched with the parse tree";
+    bool star = false;
+    for (size_t k = 0; k < in->nkeys; k++) {
+        keys[k].col = in->keys[k];
+        keys[k].from = -2;
+        for (int i = 0; i < ntargets; i++) {
+            const cJSON *rt = node(cJSON_GetArrayItem(targets, i), "ResTarget");
+            const cJSON *val = cJSON_GetObjectItemCaseSensitive(rt, "val");
+            const cJSON *cr = node(val, "ColumnRef");
+            if (cr != NULL && has_node(cr, "A_Star")) {
+                star = true;
+                continue;
+            }
+            const char *name = str(rt, "name");
+            const char *col = name != NULL ? name : figure_colname(val);
+            if (col == NULL || strcmp(col, in->keys[k]) != 0)
+                continue;
+            int a = spans[i][0], b = spans[i][1];
+            if (name != NULL && b - 1 > a) {
+                b--; /* the alias */
+                if (b - 1 > a && tok_is(q, &t->v[b - 1], "AS"))
+                    b--;
+            }
+            keys[k].from = t->v[a].start;
+            keys[k].to = t->v[b - 1].end;
+            break;
+        }
+        if (keys[k].from == -2) {
+            if (!star)
+                return "a row-identity column is not a plain entry of the select list";
+            keys[k].from = -1; /* SELECT *: the column of the one table */
+        }
+    }
+    return NULL;
+}
+
+static void
+gen_affected(out_t *o, const char *q, const toks_t *t, const clauses_t *c,
+             const sl_analyze_in_t *in, const keyexpr_t *keys, const char *alias)
+{
+    outf(o, "SELECT ");
+    if (in->nkeys > 0)
+        outf(o, "DISTINCT ");
+    for (size_t k = 0; k < in->nkeys; k++) {
+        outf(o, "%s", k ? ", " : "");
+        out_key(o, q, &keys[k]);
+        outf(o, " AS ");
+        outid(o, keys[k].col);
+    }
+    outf(o, " FROM pg_temp.\"__sluice_chg_%u\" AS ", in->sources[0]);
+    outid(o, alias);
+    if (c->tok[CL_WHERE] >= 0) {
+        outf(o, " WHERE ");
+        outq(o, q, t->v[c->tok[CL_WHERE]].end, clause_end(q, t, c, CL_WHERE));
+    }
+    if (in->nkeys == 0)
+        outf(o, " LIMIT 1");
+}
+
+/* The query with `extra` ANDed to its WHERE, without ORDER BY and later clauses. */
+static void
+gen_restricted(out_t *o, const char *q, const toks_t *t, const clauses_t *c,
+               void (*extra)(out_t *, const char *, const sl_analyze_in_t *, const keyexpr_t *),
+               const sl_analyze_in_t *in, const keyexpr_t *keys)
+{
+    int body_end = c->tok[CL_ORDER] >= 0 ? t->v[c->tok[CL_ORDER]].start : c->end;
+    for (int w = CL_LIMIT; w < CL_COUNT; w++)
+        if (c->tok[w] >= 0 && t->v[c->tok[w]].start < body_end)
+            body_end = t->v[c->tok[w]].start;
+    int where_kw = c->tok[CL_WHERE] >= 0 ? t->v[c->tok[CL_WHERE]].start : -1;
+    int rest = clause_end(q, t, c, CL_WHERE); /* GROUP/HAVING/... or body end */
+    if (rest > body_end)
+        rest = body_end;
+    int head_end = where_kw >= 0 ? where_kw : rest;
+    outq(o, q, 0, head_end);
+    outf(o, " WHERE ");
+    if (where_kw >= 0) {
+        outf(o, "(");
+        outq(o, q, t->v[c->tok[CL_WHERE]].end, rest);
+        outf(o, ") AND ");
+    }
+    extra(o, q, in, keys);
+    outf(o, " ");
+    outq(o, q, rest, body_end);
+}
+
+static void
+filter_nonnull(out_t *o, const char *q, const sl_analyze_in_t *in, const keyexpr_t *keys)
+{
+    if (in->nkeys == 1) {
+        out_key(o, q, &keys[0]);
+        outf(o, " = ANY (ARRAY(SELECT ");
+        outid(o, keys[0].col);
+        outf(o, " FROM pg_temp.\"__sluice_aff\" WHERE ");
+        outid(o, keys[0].col);
+        outf(o, " IS NOT NULL))");
+        return;
+    }
+    outf(o, "(");
+    for (size_t k = 0; k < in->nkeys; k++) {
+        outf(o, "%s", k ? ", " : "");
+        out_key(o, q, &keys[k]);
+    }
+    outf(o, ") IN (SELECT ");
+    for (size_t k = 0; k < in->nkeys; k++) {
+        outf(o, "%s", k ? ", " : "");
+        outid(o, keys[k].col);
+    }
+    outf(o, " FROM pg_temp.\"__sluice_aff\")");
+}
+
+/* Appends md5(jsonb_build_array(<keys>)::text), from the query's expressions
+ * (query = true) or from the columns of __sluice_aff. */
+static void
+out_key_hash(out_t *o, const char *q, const sl_analyze_in_t *in, const keyexpr_t *keys, bool query)
+{
+    outf(o, "md5(jsonb_build_array(");
+    for (size_t k = 0; k < in->nkeys; k++) {
+        outf(o, "%s", k ? ", " : "");
+        if (query)
+            out_key(o, q, &keys[k]);
+        else
+            outid(o, keys[k].col);
+    }
+    outf(o, ")::text)");
+}
+
+static void
+filter_null(out_t *o, const char *q, const sl_analyze_in_t *in, const keyexpr_t *keys)
+{
+    /* Keys with a NULL part cannot be found with = or IN. They are compared
+     * through a hash of their JSON form instead, and no key expression is
+     * written inside a subquery over __sluice_aff, where a bare column name
+     * could bind to one of its columns. The first conjunct is an InitPlan:
+     * when no affected key has a NULL part, PostgreSQL skips this half
+     * without scanning anything. */
+    outf(o, "(SELECT count(*) > 0 FROM pg_temp.\"__sluice_aff\" WHERE ");
+    for (size_t k = 0; k < in->nkeys; k++) {
+        outf(o, "%s", k ? " OR " : "");
+        outid(o, keys[k].col);
+        outf(o, " IS NULL");
+    }
+    outf(o, ") AND (");
+    for (size_t k = 0; k < in->nkeys; k++) {
+        outf(o, "%s", k ? " OR " : "");
+        out_key(o, q, &keys[k]);
+        outf(o, " IS NULL");
+    }
+    outf(o, ") AND ");
+    out_key_hash(o, q, in, keys, true);
+    outf(o, " = ANY (ARRAY(SELECT ");
+    out_key_hash(o, q, in, keys, false);
+    outf(o, " FROM pg_temp.\"__sluice_aff\"))");
+}
+
+void
+sl_analysis_free(sl_analysis_t *a)
+{
+    if (a == NULL)
+        return;
+    free(a->mode);
+    free(a->reason);
+    free(a->tree);
+    free(a->affected_sql);
+    free(a->recompute_sql);
+    memset(a, 0, sizeof *a);
+}
+
+int
+sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
+{
+    memset(a, 0, sizeof *a);
+    PgQueryParseResult pr = pg_query_parse(in->query);
+    if (pr.error != NULL) {
+        sl_err_set(err, SL_EUSAGE, "the query does not parse: %s (at character %d)",
+                   pr.error->message, pr.error->cursorpos);
+        pg_query_free_parse_result(pr);
+        return SL_EUSAGE;
+    }
+    cJSON *root = cJSON_Parse(pr.parse_tree);
+    pg_query_free_parse_result(pr);
+    if (root == NULL)
+        return sl_err_nomem(err, "the parse tree");
+    toks_t t = {0};
+    keyexpr_t *keys = NULL;
+    out_t tree = {.rc = SL_OK, .err = err};
+    int rc = SL_OK;
+    const char *reason = NULL;
+    const cJSON *stmts = cJSON_GetObjectItemCaseSensitive(root, "stmts");
+    const cJSON *sel = NULL;
+    if (cJSON_GetArraySize(stmts) != 1 ||
+        (sel = node(node(cJSON_GetArrayItem(stmts, 0), "stmt"), "SelectStmt")) == NULL) {
+        rc = sl_err_set(err, SL_EUSAGE, "a stream table's query is one SELECT statement");
+        goto done;
+    }
+    tree_select(&tree, sel, 0);
+    if ((rc = tree.rc) != SL_OK)
+        goto done;
+    a->tree = out_take(&tree);
+    if (a->tree == NULL) {
+        rc = sl_err_nomem(err, "the operator tree");
+        goto done;
+    }
+    if (in->requested_full) {
+        reason = "refresh_mode is 'full'";
+        goto full;
+    }
+    if ((reason = full_reason(sel, in)) != NULL)
+        goto full;
+    if ((rc = scan_tokens(in->query, &t, err)) != SL_OK)
+        goto done;
+    clauses_t c;
+    find_clauses(in->query, &t, &c);
+    if (c.tok[CL_SELECT] != 0 || c.tok[CL_FROM] < 0) {
+        reason = "the query text does not start with SELECT ... FROM";
+        goto full;
+    }
+    keys = calloc(in->nkeys > 0 ? in->nkeys : 1, sizeof *keys);
+    if (keys == NULL) {
+        rc = sl_err_nomem(err, "the key list");
+        goto done;
+    }
+    const cJSON *rv = node(
+        cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(sel, "fromClause"), 0), "RangeVar");
+    const char *alias = str(node(rv, "alias"), "aliasname");
+    if (alias == NULL)
+        alias = str(rv, "relname");
+    for (size_t k = 0; k < in->nkeys; k++)
+        keys[k].alias = alias;
+    if ((reason = map_keys(in->query, &t, &c, sel, in, keys)) != NULL)
+        goto full;
+    out_t o = {.rc = SL_OK, .err = err};
+    gen_affected(&o, in->query, &t, &c, in, keys, alias);
+    a->affected_sql = out_take(&o);
+    out_t r = {.rc = SL_OK, .err = err};
+    if (in->nkeys == 0) {
+        outq(&r, in->query, 0, c.end);
+    } else {
+        outf(&r, "(");
+        gen_restricted(&r, in->query, &t, &c, filter_nonnull, in, keys);
+        outf(&r, ") UNION ALL (");
+        gen_restricted(&r, in->query, &t, &c, filter_null, in, keys);
+        outf(&r, ")");
+    }
+    a->recompute_sql = out_take(&r);
+    a->mode = strdup("differential");
+    if (a->affected_sql == NULL || a->recompute_sql == NULL || a->mode == NULL)
+        rc = sl_err_nomem(err, "the generated SQL");
+    goto done;
+
+full:
+    a->mode = strdup("full");
+    a->reason = strdup(reason);
+    if (a->mode == NULL || a->reason == NULL)
+        rc = sl_err_nomem(err, "the analysis");
+done:
+    if (rc != SL_OK)
+        sl_analysis_free(a);
+    sl_buf_free(&tree.b);
+    free(keys);
+    free(t.v);
+    cJSON_Delete(root);
+    return rc;
+}
