@@ -1,0 +1,919 @@
+/*
+ * tests/integration/0015_stream_tables.c - stream tables: creation,
+ * row identity, FULL and DIFFERENTIAL refreshes and their outbox deltas,
+ * stream tables over stream tables, drop / alter, subscriptions and their
+ * coalesced notifications (refresh/sql/0005_stream_tables.sql,
+ * docs/stream-tables.md).
+ *
+ *   1. create_stream_table errors: a bad query fails with PostgreSQL's own
+ *      error (SQLSTATE and message); bad names, bad mode, bad schedule, an
+ *      existing stream table or relation, a view as source, REPEATABLE READ,
+ *      'differential' for a keyless query: each its own error, nothing left
+ *      behind.
+ *   2. Population: the table holds the query's rows with the documented row
+ *      ids; one outbox 'insert' per row (topic, key = row id, payload
+ *      before null / after = the row, the refresh id of the history row).
+ *   3. key_columns decided from the plan: GROUP BY, DISTINCT, joins carrying
+ *      every primary key, plain aggregate, and the content-identity cases
+ *      (missing key, set-returning function, group key not selected).
+ *   4. FULL refresh deltas after INSERT / UPDATE / DELETE / TRUNCATE: the
+ *      right ops with before/after images; NULL and no outbox row when
+ *      nothing changed, and when sources changed but the result did not;
+ *      the table equals its query after each refresh.
+ *   5. A stream table reading another one; drop refuses dependants and
+ *      cascades; capture is detached from tables nobody reads.
+ *   6. alter_stream_table: a new query with the same columns (delta of the
+ *      difference), with other columns (deletes then inserts, table
+ *      rebuilt), schedule, refresh mode; errors; a role that is not the
+ *      owner may not refresh, alter or drop.
+ *   7. Subscriptions: errors; list; a LISTEN connection hears one
+ *      notification per refresh when refreshes are slower than the window,
+ *      one coalesced notification (summed counts, first/last ids, number of
+ *      refreshes) from _flush_notifications() or from the next refresh after
+ *      the window; nothing after unsubscribe; nothing from a rolled-back
+ *      refresh.
+ *   8. DIFFERENTIAL: a hand-written analysis (_set_analysis) of a GROUP BY
+ *      query; after seeded random changes (NULL keys, key changes, deletes)
+ *      the table equals the full query and replaying the published deltas
+ *      rebuilds it; TRUNCATE and large changes fall back to FULL; a stale
+ *      analysis is refused; 'differential' analysed as 'full' is an error
+ *      state; a dropped source is reported and recorded.
+ *   9. The no-change refresh takes about a millisecond (measured, logged,
+ *      asserted under a generous bound).
+ */
+#include "harness.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define RUN_MS 60000
+/* How long "no notification arrives" is watched for. */
+#define QUIET_MS 300
+#define NOTIFY_WAIT_MS 10000
+
+/* ------------------------------------------------------------------------ */
+/* Helpers                                                                   */
+/* ------------------------------------------------------------------------ */
+
+/* Runs sql, which must fail with SQLSTATE `state` (NULL: any) and a primary
+ * message containing `want`. */
+static void
+expect_error_at(int line, PGconn *conn, const char *state, const char *want, const char *sql)
+{
+    PGresult *res = PQexec(conn, sql);
+    ExecStatusType st = PQresultStatus(res);
+    const char *code = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+    char got[2048];
+    snprintf(got, sizeof got, "[%s] %s", code ? code : "-", msg ? msg : "-");
+    bool ok = st == PGRES_FATAL_ERROR && msg != NULL && strstr(msg, want) != NULL &&
+              (state == NULL || (code != NULL && strcmp(code, state) == 0));
+    PQclear(res);
+    if (!ok)
+        th_fail_at(__FILE__, line, NULL, "`%s` fails with [%s] \"%s\", got: %s", sql,
+                   state ? state : "any", want, got);
+}
+#define expect_error(conn, state, want, sql) \
+    expect_error_at(__LINE__, (conn), (state), (want), (sql))
+
+static void
+expect_text_at(int line, char *got, const char *want, const char *what)
+{
+    if (got == NULL || strcmp(got, want) != 0)
+        th_fail_at(__FILE__, line, NULL, "%s: want \"%s\", got \"%s\"", what, want,
+                   got ? got : "NULL");
+    free(got);
+}
+#define expect_text(got, want, what) expect_text_at(__LINE__, (got), (want), (what))
+
+/* The outbox rows of topic written after outbox id `after`, one per line as
+ * "op|before|after" (images as jsonb text), in op then row order. */
+static char *
+deltas_since(PGconn *conn, const char *topic, long long after)
+{
+    return th_sql_text(conn,
+                       "SELECT coalesce(string_agg(op || '|' || (payload->'before')::text || '|' "
+                       "|| (payload->'after')::text, E'\\n' ORDER BY op, payload::text), '') "
+                       "FROM sluice.outbox WHERE topic = '%s' AND id > %lld",
+                       topic, after);
+}
+
+static long long
+max_outbox_id(PGconn *conn)
+{
+    return th_sql_int(conn, "SELECT coalesce(max(id), 0) FROM sluice.outbox");
+}
+
+/* Rows of the stream table `st` that differ from its query `q` (both ways). */
+static long long
+diff_from_query(PGconn *conn, const char *st, const char *cols, const char *q)
+{
+    return th_sql_int(conn,
+                      "SELECT count(*) FROM ((SELECT %s FROM %s EXCEPT ALL SELECT * FROM (%s) a) "
+                      "UNION ALL (SELECT * FROM (%s) b EXCEPT ALL SELECT %s FROM %s)) d",
+                      cols, st, q, q, cols, st);
+}
+
+/* Rows of `st` that replaying every outbox delta of its topic (last op per
+ * key wins) does not rebuild, both ways. */
+static long long
+diff_from_replay(PGconn *conn, const char *st)
+{
+    return th_sql_int(
+        conn,
+        "WITH last AS (SELECT DISTINCT ON (key) key, op, payload->'after' AS img "
+        "              FROM sluice.outbox WHERE topic = '%s' ORDER BY key, id DESC), "
+        "     replay AS (SELECT key, img FROM last WHERE op <> 'delete'), "
+        "     cur AS (SELECT t.__sluice_row_id::text AS key, to_jsonb(t) - '__sluice_row_id' AS "
+        "img "
+        "             FROM %s t) "
+        "SELECT count(*) FROM ((SELECT * FROM replay EXCEPT SELECT * FROM cur) "
+        "                      UNION ALL (SELECT * FROM cur EXCEPT SELECT * FROM replay)) d",
+        st, st);
+}
+
+/* Waits up to timeout_ms for one notification on conn; returns its payload
+ * (caller frees) and its channel in chan, or NULL. */
+static char *
+next_notify(PGconn *conn, int timeout_ms, char *chan, size_t chan_n)
+{
+    int64_t deadline = th_now_ms() + timeout_ms;
+    for (;;) {
+        TH_ASSERT(PQconsumeInput(conn) == 1, "the listener reads: %s", PQerrorMessage(conn));
+        PGnotify *nf = PQnotifies(conn);
+        if (nf != NULL) {
+            char *p = strdup(nf->extra);
+            if (chan)
+                snprintf(chan, chan_n, "%s", nf->relname);
+            PQfreemem(nf);
+            return p;
+        }
+        if (th_now_ms() >= deadline)
+            return NULL;
+        th_sleep_ms(5);
+    }
+}
+
+/* Asserts one notification arrives on channel `chan` and that its payload,
+ * normalised by the server (keys in jsonb order), equals `want`. */
+static void
+expect_notify_at(int line, PGconn *lst, PGconn *conn, const char *chan, const char *want)
+{
+    char got_chan[128] = "";
+    char *p = next_notify(lst, NOTIFY_WAIT_MS, got_chan, sizeof got_chan);
+    if (p == NULL)
+        th_fail_at(__FILE__, line, NULL, "a notification on %s arrives within %d ms", chan,
+                   NOTIFY_WAIT_MS);
+    if (strcmp(got_chan, chan) != 0)
+        th_fail_at(__FILE__, line, NULL, "notification on %s, want channel %s (payload %s)",
+                   got_chan, chan, p);
+    if (strlen(p) >= 8000)
+        th_fail_at(__FILE__, line, NULL, "payload of %zu bytes is under 8000", strlen(p));
+    char *norm = th_sql_text(conn, "SELECT ('%s'::jsonb)::text", p);
+    if (strcmp(norm, want) != 0)
+        th_fail_at(__FILE__, line, NULL, "notification payload: want %s, got %s", want, norm);
+    free(norm);
+    free(p);
+}
+#define expect_notify(lst, conn, chan, want) \
+    expect_notify_at(__LINE__, (lst), (conn), (chan), (want))
+
+static void
+expect_quiet_at(int line, PGconn *lst, const char *what)
+{
+    char *p = next_notify(lst, QUIET_MS, NULL, 0);
+    if (p != NULL)
+        th_fail_at(__FILE__, line, NULL, "%s: no notification, got %s", what, p);
+}
+#define expect_quiet(lst, what) expect_quiet_at(__LINE__, (lst), (what))
+
+/* The notification payload jsonb text for the given values. */
+static char *
+payload(PGconn *conn, const char *name, long long first, long long last, int ins, int upd, int del,
+        int n)
+{
+    return th_sql_text(conn,
+                       "SELECT jsonb_build_object('name', '%s', 'refresh_id', %lld, "
+                       "'inserted_count', %d, 'deleted_count', %d, 'updated_count', %d, "
+                       "'first_refresh_id', %lld, 'last_refresh_id', %lld, 'refreshes', %d)::text",
+                       name, last, ins, del, upd, first, last, n);
+}
+
+static long long
+refresh(PGconn *conn, const char *name)
+{
+    return th_sql_int(conn, "SELECT sluice.refresh_stream_table('%s')", name);
+}
+
+static void
+expect_no_refresh_at(int line, PGconn *conn, const char *name)
+{
+    char *got = th_sql_text(conn, "SELECT sluice.refresh_stream_table('%s')", name);
+    if (got != NULL)
+        th_fail_at(__FILE__, line, NULL, "refresh of %s returns NULL (nothing changed), got %s",
+                   name, got);
+}
+#define expect_no_refresh(conn, name) expect_no_refresh_at(__LINE__, (conn), (name))
+
+/* ------------------------------------------------------------------------ */
+/* 1. create errors                                                          */
+/* ------------------------------------------------------------------------ */
+
+static void
+check_create_errors(PGconn *conn)
+{
+    TH_LOG("create_stream_table: errors");
+    expect_error(conn, "42703", "column \"nope\" does not exist",
+                 "SELECT sluice.create_stream_table('t_bad', 'SELECT nope FROM orders')");
+    expect_error(conn, "42P01", "relation \"no_such_table\" does not exist",
+                 "SELECT sluice.create_stream_table('t_bad', 'SELECT * FROM no_such_table')");
+    expect_error(conn, "42601", "syntax error",
+                 "SELECT sluice.create_stream_table('t_bad', 'SELEC 1')");
+    expect_error(conn, "42602", "invalid stream table name",
+                 "SELECT sluice.create_stream_table('a.b.c', 'SELECT 1')");
+    expect_error(conn, "42602", "invalid stream table name",
+                 "SELECT sluice.create_stream_table('\"Has Space\"', 'SELECT 1')");
+    expect_error(conn, "42602", "invalid stream table name",
+                 "SELECT sluice.create_stream_table('', 'SELECT 1')");
+    expect_error(conn, "22023", "invalid refresh_mode 'fast'",
+                 "SELECT sluice.create_stream_table('t_bad', 'SELECT 1', 'fast')");
+    expect_error(conn, "22023", "schedule must be a positive interval",
+                 "SELECT sluice.create_stream_table('t_bad', 'SELECT 1', 'auto', '0')");
+    expect_error(conn, "42809", "which is a view",
+                 "SELECT sluice.create_stream_table('t_bad', 'SELECT * FROM orders_view')");
+    expect_error(conn, "0A000", "refresh_mode differential is not possible for t_bad",
+                 "SELECT sluice.create_stream_table('t_bad', 'SELECT amount FROM orders', "
+                 "'differential')");
+    expect_error(conn, "42P07", "relation public.orders already exists",
+                 "SELECT sluice.create_stream_table('orders', 'SELECT 1')");
+    th_sql(conn, "BEGIN ISOLATION LEVEL REPEATABLE READ");
+    expect_error(conn, "25001", "must run in a READ COMMITTED transaction",
+                 "SELECT sluice.create_stream_table('t_bad', 'SELECT 1 AS x')");
+    th_sql(conn, "ROLLBACK");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice.stream_table_catalog") == 0,
+              "failed creations leave no catalog row");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM pg_class WHERE relname = 't_bad'") == 0,
+              "failed creations leave no table");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice.cdc_sources") == 0,
+              "failed creations leave no capture");
+}
+
+/* ------------------------------------------------------------------------ */
+/* 2. population                                                             */
+/* ------------------------------------------------------------------------ */
+
+static void
+check_population(PGconn *conn)
+{
+    TH_LOG("create_stream_table: population and initial deltas");
+    long long before = max_outbox_id(conn);
+    th_sql(conn, "SELECT sluice.create_stream_table('order_totals', "
+                 "'SELECT customer_id, sum(amount) AS total FROM orders GROUP BY customer_id')");
+    expect_error(conn, "42710", "stream table order_totals already exists",
+                 "SELECT sluice.create_stream_table('public.order_totals', 'SELECT 1 AS x')");
+    TH_ASSERT(diff_from_query(conn, "order_totals", "customer_id, total",
+                              "SELECT customer_id, sum(amount) FROM orders GROUP BY 1") == 0,
+              "order_totals holds its query's rows");
+    long long n = th_sql_int(conn, "SELECT count(*) FROM order_totals");
+    TH_ASSERT(n == 4, "4 customers (one NULL), got %lld", n);
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM order_totals WHERE __sluice_row_id = "
+                               "md5(jsonb_build_array(customer_id)::text)::uuid") == n,
+              "row ids are md5 of the key array");
+    long long rid =
+        th_sql_int(conn, "SELECT h.refresh_id FROM sluice.refresh_history h JOIN "
+                         "sluice.stream_table_catalog c ON c.id = h.stream_table_id "
+                         "WHERE c.name = 'order_totals' AND h.mode = 'full' AND h.inserted = 4 "
+                         "AND h.updated = 0 AND h.deleted = 0");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice.outbox WHERE id > %lld", before) == n,
+              "one outbox row per row");
+    TH_ASSERT(th_sql_int(conn,
+                         "SELECT count(*) FROM sluice.outbox o JOIN order_totals t "
+                         "ON o.key = t.__sluice_row_id::text WHERE o.id > %lld "
+                         "AND o.topic = 'order_totals' AND o.op = 'insert' "
+                         "AND o.payload = jsonb_build_object('before', null, 'after', "
+                         "to_jsonb(t) - '__sluice_row_id') AND o.refresh_id = %lld "
+                         "AND o.headers = '{}'",
+                         before, rid) == n,
+              "each row published as an insert with its after image and the refresh id");
+    expect_text(th_sql_text(conn, "SELECT concat_ws('|', rows, last_refresh_mode, status, "
+                                  "effective_mode, requested_mode, owner) "
+                                  "FROM sluice.stream_tables WHERE name = 'order_totals'"),
+                "4|full|active|full|auto|postgres", "the view shows the new stream table");
+    expect_text(th_sql_text(conn, "SELECT value FROM sluice.explain_stream_table('order_totals') "
+                                  "WHERE property = 'effective mode'"),
+                "full (not analysed yet)", "explain before analysis");
+    expect_text(th_sql_text(conn, "SELECT relname FROM sluice.stream_table_sources"),
+                "public.orders", "the source is recorded");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice.cdc_sources "
+                               "WHERE relid = 'orders'::regclass") == 1,
+              "capture is attached to the source");
+
+    /* The query resolves with the caller's search_path, once. */
+    th_sql(conn, "CREATE SCHEMA app; CREATE TABLE app.items (id int PRIMARY KEY, v text);"
+                 "INSERT INTO app.items VALUES (1, 'a')");
+    th_sql(conn, "SET search_path = app, public");
+    th_sql(conn, "SELECT sluice.create_stream_table('items_copy', 'SELECT id, v FROM items')");
+    th_sql(conn, "RESET search_path");
+    expect_text(th_sql_text(conn, "SELECT concat_ws('|', relid::regclass, key_columns::text) "
+                                  "FROM sluice.stream_table_catalog WHERE name = 'app.items_copy'"),
+                "app.items_copy|{id}", "created in the caller's schema, named schema.table");
+    th_sql(conn, "INSERT INTO app.items VALUES (2, 'b')");
+    TH_ASSERT(refresh(conn, "app.items_copy") > 0, "refresh from another search_path works");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM app.items_copy") == 2, "2 items");
+    th_sql(conn, "SELECT sluice.drop_stream_table('app.items_copy')");
+}
+
+/* ------------------------------------------------------------------------ */
+/* 3. key columns                                                            */
+/* ------------------------------------------------------------------------ */
+
+static void
+expect_keys_at(int line, PGconn *conn, const char *query, const char *want)
+{
+    th_sql(conn, "SELECT sluice.create_stream_table('k_probe', '%s')", query);
+    char *got = th_sql_text(conn, "SELECT coalesce(key_columns::text, 'content') FROM "
+                                  "sluice.stream_table_catalog WHERE name = 'k_probe'");
+    th_sql(conn, "SELECT sluice.drop_stream_table('k_probe')");
+    if (got == NULL || strcmp(got, want) != 0)
+        th_fail_at(__FILE__, line, NULL, "key_columns of %s: want %s, got %s", query, want,
+                   got ? got : "NULL");
+    free(got);
+}
+#define expect_keys(conn, q, want) expect_keys_at(__LINE__, (conn), (q), (want))
+
+static void
+check_key_columns(PGconn *conn)
+{
+    TH_LOG("key_columns from the plan");
+    expect_keys(conn, "SELECT customer_id, count(*) AS n FROM orders GROUP BY customer_id",
+                "{customer_id}");
+    expect_keys(conn, "SELECT count(*) AS n, customer_id FROM orders GROUP BY customer_id",
+                "{customer_id}");
+    expect_keys(conn, "SELECT DISTINCT customer_id, amount FROM orders", "{customer_id,amount}");
+    expect_keys(conn, "SELECT count(*) AS n FROM orders", "{}");
+    expect_keys(conn, "SELECT id, amount FROM orders WHERE amount > 1", "{id}");
+    expect_keys(conn,
+                "SELECT o.id AS order_id, c.id AS cust, c.name FROM orders o "
+                "JOIN customers c ON c.id = o.customer_id",
+                "{order_id,cust}");
+    expect_keys(conn, "SELECT o.id, c.name FROM orders o JOIN customers c ON c.id = o.customer_id",
+                "content");
+    expect_keys(conn, "SELECT amount FROM orders", "content");
+    expect_keys(conn, "SELECT id, unnest(ARRAY[1, 2]) AS x FROM orders", "content");
+    expect_keys(conn, "SELECT sum(amount) AS s FROM orders GROUP BY customer_id", "content");
+    expect_keys(conn, "SELECT id FROM orders UNION ALL SELECT id FROM orders", "content");
+    expect_keys(conn, "SELECT 1 AS one", "content");
+    expect_keys(conn, "SELECT v FROM nopk", "content");
+    /* Content identity numbers duplicates: two identical rows, two ids. */
+    th_sql(conn, "SELECT sluice.create_stream_table('dups', 'SELECT v FROM nopk')");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(DISTINCT __sluice_row_id) FROM dups") == 3,
+              "three rows (two identical) have three ids");
+    th_sql(conn, "DELETE FROM nopk WHERE ctid = (SELECT min(ctid) FROM nopk WHERE v = 'x')");
+    long long before = max_outbox_id(conn);
+    TH_ASSERT(refresh(conn, "dups") > 0, "a duplicate deleted is a change");
+    expect_text(deltas_since(conn, "dups", before), "delete|{\"v\": \"x\"}|null",
+                "one of the two identical rows is deleted");
+    th_sql(conn, "SELECT sluice.drop_stream_table('dups')");
+}
+
+/* ------------------------------------------------------------------------ */
+/* 4. FULL refresh deltas                                                    */
+/* ------------------------------------------------------------------------ */
+
+static void
+check_full_refresh(PGconn *conn)
+{
+    TH_LOG("FULL refresh: deltas for INSERT, UPDATE, DELETE, TRUNCATE");
+    const char *q = "SELECT id, customer_id, amount FROM orders WHERE amount >= 5";
+    th_sql(conn, "SELECT sluice.create_stream_table('big_orders', '%s', 'full')", q);
+    expect_no_refresh(conn, "big_orders");
+
+    long long mark = max_outbox_id(conn);
+    th_sql(conn, "INSERT INTO orders VALUES (100, 7, 50)");
+    long long rid = refresh(conn, "big_orders");
+    TH_ASSERT(th_sql_int(conn,
+                         "SELECT count(*) FROM sluice.outbox WHERE id > %lld AND "
+                         "refresh_id = %lld AND key = md5('[100]')::uuid::text",
+                         mark, rid) == 1,
+              "the insert carries the refresh id and the row id as key");
+    expect_text(deltas_since(conn, "big_orders", mark),
+                "insert|null|{\"id\": 100, \"amount\": 50, \"customer_id\": 7}", "INSERT");
+
+    mark = max_outbox_id(conn);
+    th_sql(conn, "UPDATE orders SET amount = 60 WHERE id = 100");
+    TH_ASSERT(refresh(conn, "big_orders") > rid, "a later refresh id");
+    expect_text(deltas_since(conn, "big_orders", mark),
+                "update|{\"id\": 100, \"amount\": 50, \"customer_id\": 7}|"
+                "{\"id\": 100, \"amount\": 60, \"customer_id\": 7}",
+                "UPDATE");
+
+    mark = max_outbox_id(conn);
+    th_sql(conn, "DELETE FROM orders WHERE id = 100");
+    refresh(conn, "big_orders");
+    expect_text(deltas_since(conn, "big_orders", mark),
+                "delete|{\"id\": 100, \"amount\": 60, \"customer_id\": 7}|null", "DELETE");
+
+    TH_LOG("FULL refresh: no change, and a change the query does not show");
+    mark = max_outbox_id(conn);
+    expect_no_refresh(conn, "big_orders");
+    th_sql(conn, "UPDATE orders SET amount = 2 WHERE id = 4"); /* 1 -> 2: still below 5 */
+    expect_no_refresh(conn, "big_orders");
+    TH_ASSERT(max_outbox_id(conn) == mark, "nothing published");
+    TH_ASSERT(diff_from_query(conn, "big_orders", "id, customer_id, amount", q) == 0,
+              "big_orders equals its query");
+
+    TH_LOG("FULL refresh: TRUNCATE");
+    th_sql(conn, "CREATE TABLE scratch (id int PRIMARY KEY, v int)");
+    th_sql(conn, "INSERT INTO scratch SELECT g, g FROM generate_series(1, 3) g");
+    th_sql(conn, "SELECT sluice.create_stream_table('scratch_st', 'SELECT id, v FROM scratch')");
+    mark = max_outbox_id(conn);
+    th_sql(conn, "TRUNCATE scratch");
+    refresh(conn, "scratch_st");
+    expect_text(th_sql_text(conn,
+                            "SELECT string_agg(op || ':' || (payload->'before'->>'id'), ',' "
+                            "ORDER BY payload->'before'->>'id') FROM sluice.outbox "
+                            "WHERE id > %lld",
+                            mark),
+                "delete:1,delete:2,delete:3", "TRUNCATE deletes every row");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM scratch_st") == 0, "scratch_st is empty");
+    th_sql(conn, "SELECT sluice.drop_stream_table('scratch_st')");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice.cdc_sources "
+                               "WHERE relid = 'scratch'::regclass") == 0,
+              "capture detached from a table nobody reads");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM pg_trigger WHERE tgrelid = "
+                               "'scratch'::regclass") == 0,
+              "its triggers are gone");
+}
+
+/* ------------------------------------------------------------------------ */
+/* 5. stream tables over stream tables; drop                                 */
+/* ------------------------------------------------------------------------ */
+
+static void
+check_dependants(PGconn *conn)
+{
+    TH_LOG("a stream table reading another; drop and cascade");
+    th_sql(conn, "SELECT sluice.create_stream_table('big_per_customer', "
+                 "'SELECT customer_id, count(*) AS n FROM big_orders GROUP BY customer_id')");
+    expect_text(th_sql_text(conn,
+                            "SELECT relname || ':' || is_stream_table FROM "
+                            "sluice.stream_table_sources s JOIN sluice.stream_table_catalog "
+                            "c ON c.id = s.stream_table_id WHERE c.name = 'big_per_customer'"),
+                "public.big_orders:true", "the source is a stream table");
+    th_sql(conn, "INSERT INTO orders VALUES (101, 1, 70), (102, 9, 80)");
+    refresh(conn, "big_orders");
+    long long mark = max_outbox_id(conn);
+    refresh(conn, "big_per_customer");
+    expect_text(deltas_since(conn, "big_per_customer", mark),
+                "insert|null|{\"n\": 1, \"customer_id\": 9}\n"
+                "update|{\"n\": 2, \"customer_id\": 1}|{\"n\": 3, \"customer_id\": 1}",
+                "the dependant sees the upstream refresh's changes");
+    expect_error(conn, "2BP01",
+                 "cannot drop stream table big_orders: stream tables "
+                 "big_per_customer read it",
+                 "SELECT sluice.drop_stream_table('big_orders')");
+    expect_error(conn, "42704", "nope is not a stream table",
+                 "SELECT sluice.drop_stream_table('nope')");
+    th_sql(conn, "SELECT sluice.drop_stream_table('big_orders', cascade => true)");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice.stream_table_catalog WHERE name IN "
+                               "('big_orders', 'big_per_customer')") == 0,
+              "both dropped");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM pg_class WHERE relname IN ('big_orders', "
+                               "'big_per_customer')") == 0,
+              "their tables are gone");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice.cdc_sources WHERE relid = "
+                               "'orders'::regclass") == 1,
+              "orders is still captured: order_totals reads it");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice.cdc_sources") == 1,
+              "the capture of big_orders is gone with it");
+}
+
+/* ------------------------------------------------------------------------ */
+/* 6. alter; owner checks                                                    */
+/* ------------------------------------------------------------------------ */
+
+static void
+check_alter(th_env_t *env, PGconn *conn)
+{
+    TH_LOG("alter_stream_table");
+    th_sql(conn, "SELECT sluice.create_stream_table('cust_orders', "
+                 "'SELECT customer_id, count(*) AS n FROM orders WHERE customer_id IS NOT NULL "
+                 "GROUP BY customer_id', schedule => '5 seconds')");
+    long long mark = max_outbox_id(conn);
+    th_sql(conn, "SELECT sluice.alter_stream_table('cust_orders', schedule => '2 minutes')");
+    expect_text(th_sql_text(conn, "SELECT schedule::text FROM sluice.stream_tables "
+                                  "WHERE name = 'cust_orders'"),
+                "00:02:00", "schedule changed");
+    th_sql(conn, "SELECT sluice.alter_stream_table('cust_orders', "
+                 "query => 'SELECT customer_id, count(*) AS n FROM orders WHERE customer_id > 1 "
+                 "GROUP BY customer_id')");
+    expect_text(deltas_since(conn, "cust_orders", mark),
+                "delete|{\"n\": 4, \"customer_id\": 1}|null",
+                "same columns: the delta of the difference");
+    expect_text(th_sql_text(conn, "SELECT query FROM sluice.stream_tables "
+                                  "WHERE name = 'cust_orders'"),
+                "SELECT customer_id, count(*) AS n FROM orders WHERE customer_id > 1 GROUP BY "
+                "customer_id",
+                "the view shows the new query as given");
+    mark = max_outbox_id(conn);
+    long long nrows = th_sql_int(conn, "SELECT count(*) FROM cust_orders");
+    th_sql(conn, "SELECT sluice.alter_stream_table('cust_orders', "
+                 "query => 'SELECT customer_id, sum(amount) AS total, count(*) AS n FROM orders "
+                 "WHERE customer_id > 1 GROUP BY customer_id')");
+    TH_ASSERT(th_sql_int(conn,
+                         "SELECT count(*) FROM sluice.outbox WHERE id > %lld AND op = "
+                         "'delete'",
+                         mark) == nrows,
+              "other columns: every old row deleted");
+    TH_ASSERT(th_sql_int(conn,
+                         "SELECT count(*) FROM sluice.outbox WHERE id > %lld AND op = "
+                         "'insert' AND payload->'after' ? 'total'",
+                         mark) == nrows,
+              "then every new row inserted, with the new column");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM pg_attribute WHERE attrelid = "
+                               "'cust_orders'::regclass AND attname = 'total'") == 1,
+              "the table was rebuilt");
+    expect_error(conn, "22023", "invalid refresh_mode 'sometimes'",
+                 "SELECT sluice.alter_stream_table('cust_orders', refresh_mode => 'sometimes')");
+    expect_error(conn, "42703", "column \"zzz\" does not exist",
+                 "SELECT sluice.alter_stream_table('cust_orders', query => 'SELECT zzz FROM "
+                 "orders')");
+    th_sql(conn, "SELECT sluice.create_stream_table('cyc', 'SELECT customer_id, total FROM "
+                 "order_totals')");
+    expect_error(conn, "42P19",
+                 "stream table order_totals would read itself: order_totals -> "
+                 "cyc -> order_totals",
+                 "SELECT sluice.alter_stream_table('order_totals', query => 'SELECT "
+                 "customer_id, total FROM cyc')");
+    th_sql(conn, "SELECT sluice.drop_stream_table('cyc')");
+    th_sql(conn, "SELECT sluice.alter_stream_table('cust_orders', refresh_mode => 'full')");
+    expect_text(th_sql_text(conn, "SELECT requested_mode || '|' || effective_mode FROM "
+                                  "sluice.stream_tables WHERE name = 'cust_orders'"),
+                "full|full", "mode full is effective at once");
+
+    TH_LOG("only the owner (or a superuser) may refresh, alter, drop");
+    th_sql(conn, "CREATE ROLE mallory LOGIN; GRANT USAGE ON SCHEMA sluice TO mallory;"
+                 "GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA sluice TO mallory");
+    char url[600];
+    snprintf(url, sizeof url, "postgresql://mallory@127.0.0.1:%d/postgres", env->pg_port);
+    PGconn *mal = th_pg_connect(url);
+    expect_error(mal, "42501", "permission denied for stream table cust_orders",
+                 "SELECT sluice.refresh_stream_table('cust_orders')");
+    expect_error(mal, "42501", "permission denied for stream table cust_orders",
+                 "SELECT sluice.drop_stream_table('cust_orders')");
+    expect_error(mal, "42501", "permission denied for stream table cust_orders",
+                 "SELECT sluice.alter_stream_table('cust_orders', schedule => '1 hour')");
+    expect_error(mal, "42501", "permission denied for table orders",
+                 "SELECT sluice.create_stream_table('mine', 'SELECT id FROM public.orders')");
+    expect_error(mal, "42501", "may not act as role postgres",
+                 "SELECT sluice._create_stream_table('mine', 'SELECT 1', 'auto', '1s', "
+                 "'pg_class'::regclass, 'postgres', 'public', 'public')");
+    PQfinish(mal);
+    th_sql(conn, "SELECT sluice.drop_stream_table('cust_orders')");
+}
+
+/* ------------------------------------------------------------------------ */
+/* 7. subscriptions                                                          */
+/* ------------------------------------------------------------------------ */
+
+static void
+check_subscriptions(th_env_t *env, PGconn *conn)
+{
+    TH_LOG("subscriptions: errors and list");
+    expect_error(conn, "42704", "orders is not a stream table",
+                 "SELECT sluice.subscribe('orders', 'chan')");
+    expect_error(conn, "22023", "invalid channel name ''",
+                 "SELECT sluice.subscribe('order_totals', '')");
+    expect_error(conn, "22023", "invalid channel name",
+                 "SELECT sluice.subscribe('order_totals', repeat('c', 64))");
+    expect_error(conn, "22023", "coalesce_ms must be >= 0",
+                 "SELECT sluice.subscribe('order_totals', 'c', -1)");
+    expect_error(conn, "42704", "orders is not a stream table",
+                 "SELECT sluice.unsubscribe('orders', 'chan')");
+
+    th_sql(conn, "CREATE TABLE ev (id int PRIMARY KEY, v int)");
+    th_sql(conn, "SELECT sluice.create_stream_table('ev_st', 'SELECT id, v FROM ev')");
+    th_sql(conn, "SELECT sluice.subscribe('ev_st', 'ev_slow', 50)");
+    th_sql(conn, "SELECT sluice.subscribe('ev_st', 'ev_slow', 50)"); /* idempotent */
+    expect_text(th_sql_text(conn, "SELECT string_agg(stream_table || ':' || channel, ',') FROM "
+                                  "sluice.list_subscriptions()"),
+                "ev_st:ev_slow", "list_subscriptions");
+
+    PGconn *lst = th_pg_connect(env->pg_url);
+    th_sql(lst, "LISTEN ev_slow; LISTEN ev_fast");
+
+    TH_LOG("subscriptions: one notification per refresh slower than the window");
+    for (int i = 1; i <= 3; i++) {
+        /* Wait (polling the server's clock) until the window has passed. */
+        int64_t deadline = th_now_ms() + 5000;
+        while (th_sql_int(conn, "SELECT count(*) FROM sluice.subscriptions WHERE channel = "
+                                "'ev_slow' AND last_sent_at > clock_timestamp() - "
+                                "interval '60 ms'") > 0) {
+            TH_ASSERT(th_now_ms() < deadline, "the 50 ms window passes");
+            th_sleep_ms(10);
+        }
+        th_sql(conn, "INSERT INTO ev VALUES (%d, %d)", i, i);
+        if (i == 3)
+            th_sql(conn, "UPDATE ev SET v = 10 WHERE id = 1");
+        long long rid = refresh(conn, "ev_st");
+        char *want = payload(conn, "ev_st", rid, rid, 1, i == 3 ? 1 : 0, 0, 1);
+        expect_notify(lst, conn, "ev_slow", want);
+        free(want);
+        expect_quiet(lst, "exactly one notification per refresh");
+    }
+
+    TH_LOG("subscriptions: refreshes within the window are coalesced");
+    th_sql(conn, "SELECT sluice.unsubscribe('ev_st', 'ev_slow')");
+    th_sql(conn, "SELECT sluice.subscribe('ev_st', 'ev_fast', 600000)");
+    th_sql(conn, "INSERT INTO ev VALUES (10, 1)");
+    long long r1 = refresh(conn, "ev_st");
+    char *want = payload(conn, "ev_st", r1, r1, 1, 0, 0, 1);
+    expect_notify(lst, conn, "ev_fast", want); /* the first one goes at once */
+    free(want);
+    th_sql(conn, "INSERT INTO ev VALUES (11, 1), (12, 1)");
+    long long r2 = refresh(conn, "ev_st");
+    th_sql(conn, "DELETE FROM ev WHERE id = 10");
+    refresh(conn, "ev_st");
+    th_sql(conn, "UPDATE ev SET v = 5 WHERE id IN (11, 12)");
+    long long r4 = refresh(conn, "ev_st");
+    expect_quiet(lst, "refreshes within the window are held back");
+    TH_ASSERT(th_sql_int(conn, "SELECT sluice._flush_notifications()") == 0,
+              "nothing to flush before the window passed");
+    expect_quiet(lst, "still held back");
+    /* Let the window pass: move the last notification 10 minutes back. */
+    th_sql(conn, "UPDATE sluice.subscriptions SET last_sent_at = last_sent_at - "
+                 "interval '10 minutes' WHERE channel = 'ev_fast'");
+    TH_ASSERT(th_sql_int(conn, "SELECT sluice._flush_notifications()") == 1,
+              "one coalesced notification flushed");
+    want = payload(conn, "ev_st", r2, r4, 2, 2, 1, 3);
+    expect_notify(lst, conn, "ev_fast", want);
+    free(want);
+    expect_quiet(lst, "one notification for three refreshes");
+    TH_ASSERT(th_sql_int(conn, "SELECT sluice._flush_notifications()") == 0,
+              "nothing left to flush");
+
+    TH_LOG("subscriptions: the next refresh after the window carries what is pending");
+    th_sql(conn, "INSERT INTO ev VALUES (20, 1)");
+    long long r5 = refresh(conn, "ev_st");
+    expect_quiet(lst, "held back");
+    th_sql(conn, "UPDATE sluice.subscriptions SET last_sent_at = last_sent_at - "
+                 "interval '10 minutes' WHERE channel = 'ev_fast'");
+    th_sql(conn, "INSERT INTO ev VALUES (21, 1)");
+    long long r6 = refresh(conn, "ev_st");
+    want = payload(conn, "ev_st", r5, r6, 2, 0, 0, 2);
+    expect_notify(lst, conn, "ev_fast", want);
+    free(want);
+
+    TH_LOG("subscriptions: a rolled-back refresh notifies nobody");
+    th_sql(conn, "SELECT sluice.subscribe('ev_st', 'ev_fast', 0)");
+    th_sql(conn, "INSERT INTO ev VALUES (30, 1)");
+    th_sql(conn, "BEGIN");
+    TH_ASSERT(refresh(conn, "ev_st") > 0, "a refresh inside a transaction");
+    th_sql(conn, "ROLLBACK");
+    expect_quiet(lst, "rolled back");
+    long long r7 = refresh(conn, "ev_st");
+    want = payload(conn, "ev_st", r7, r7, 1, 0, 0, 1);
+    expect_notify(lst, conn, "ev_fast", want);
+    free(want);
+
+    TH_LOG("subscriptions: nothing after unsubscribe");
+    TH_ASSERT(th_sql_int(conn, "SELECT sluice.unsubscribe('ev_st', 'ev_fast')::int") == 1,
+              "unsubscribe reports a subscription removed");
+    TH_ASSERT(th_sql_int(conn, "SELECT sluice.unsubscribe('ev_st', 'ev_fast')::int") == 0,
+              "a second unsubscribe removes nothing");
+    th_sql(conn, "INSERT INTO ev VALUES (40, 1)");
+    TH_ASSERT(refresh(conn, "ev_st") > 0, "a refresh with changes");
+    expect_quiet(lst, "unsubscribed");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice.list_subscriptions()") == 0,
+              "no subscription left");
+    PQfinish(lst);
+    th_sql(conn, "SELECT sluice.drop_stream_table('ev_st')");
+}
+
+/* ------------------------------------------------------------------------ */
+/* 8. DIFFERENTIAL                                                           */
+/* ------------------------------------------------------------------------ */
+
+static const char *const TOTALS_Q =
+    "SELECT customer_id, sum(amount) AS total FROM orders GROUP BY customer_id";
+
+static void
+set_fake_analysis(PGconn *conn)
+{
+    long long relid = th_sql_int(conn, "SELECT 'orders'::regclass::oid::bigint");
+    char aff[256];
+    snprintf(aff, sizeof aff, "SELECT DISTINCT customer_id FROM pg_temp.__sluice_chg_%lld", relid);
+    /* NULL keys: IN never matches NULL, so the NULL group is added apart. */
+    const char *rec = ("SELECT o.customer_id, sum(o.amount) AS total FROM public.orders o "
+                       "WHERE o.customer_id IN (SELECT a.customer_id FROM pg_temp.__sluice_aff a) "
+                       "OR (o.customer_id IS NULL AND EXISTS (SELECT 1 FROM pg_temp.__sluice_aff a "
+                       "WHERE a.customer_id IS NULL)) GROUP BY o.customer_id");
+    TH_ASSERT(th_sql_int(conn,
+                         "SELECT sluice._set_analysis(id, query, 'differential', NULL, "
+                         "'Aggregate(customer_id; sum) <- Scan(orders)', $a$%s$a$, $r$%s$r$)::int "
+                         "FROM sluice.stream_table_catalog WHERE name = 'order_totals'",
+                         aff, rec) == 1,
+              "_set_analysis stores an analysis of the current query");
+}
+
+static void
+check_differential(PGconn *conn)
+{
+    TH_LOG("DIFFERENTIAL: a hand-written analysis of order_totals");
+    TH_ASSERT(th_sql_int(conn, "SELECT sluice._set_analysis(id, 'SELECT 1', 'differential', "
+                               "NULL, NULL, 'x', 'y')::int FROM sluice.stream_table_catalog "
+                               "WHERE name = 'order_totals'") == 0,
+              "an analysis of another query text is refused");
+    set_fake_analysis(conn);
+    expect_text(th_sql_text(conn, "SELECT value FROM sluice.explain_stream_table('order_totals') "
+                                  "WHERE property = 'effective mode'"),
+                "differential", "explain shows the analysis");
+    th_sql(conn, "UPDATE sluice.stream_table_catalog SET full_refresh_fraction = 1000 "
+                 "WHERE name = 'order_totals'");
+    refresh(conn, "order_totals");
+
+    unsigned seed = (unsigned)time(NULL);
+    const char *env_seed = getenv("SL_TEST_SEED");
+    if (env_seed)
+        seed = (unsigned)strtoul(env_seed, NULL, 10);
+    TH_LOG("DIFFERENTIAL: random changes, seed %u (rerun with SL_TEST_SEED=%u)", seed, seed);
+    srand(seed);
+    int next_id = 1000, diff_cycles = 0;
+    for (int cycle = 0; cycle < 40; cycle++) {
+        int nstmt = 1 + rand() % 4;
+        for (int s = 0; s < nstmt; s++) {
+            int cust = rand() % 6; /* 0 = NULL */
+            char custs[16];
+            if (cust == 0)
+                snprintf(custs, sizeof custs, "NULL");
+            else
+                snprintf(custs, sizeof custs, "%d", cust);
+            switch (rand() % 5) {
+            case 0:
+            case 1:
+                th_sql(conn, "INSERT INTO orders VALUES (%d, %s, %d)", next_id++, custs,
+                       rand() % 100);
+                break;
+            case 2: /* amount change */
+                th_sql(conn,
+                       "UPDATE orders SET amount = amount + %d WHERE id = (SELECT id FROM "
+                       "orders ORDER BY md5(id::text || '%d') LIMIT 1)",
+                       1 + rand() % 9, rand());
+                break;
+            case 3: /* key change, NULL included */
+                th_sql(conn,
+                       "UPDATE orders SET customer_id = %s WHERE id IN (SELECT id FROM "
+                       "orders ORDER BY md5(id::text || '%d') LIMIT 2)",
+                       custs, rand());
+                break;
+            default:
+                th_sql(conn,
+                       "DELETE FROM orders WHERE id = (SELECT id FROM orders ORDER BY "
+                       "md5(id::text || '%d') LIMIT 1)",
+                       rand());
+                break;
+            }
+        }
+        /* NULL when the changes cancel out in the result. */
+        th_sql(conn, "SELECT sluice.refresh_stream_table('order_totals')");
+        char *mode = th_sql_text(conn, "SELECT last_refresh_mode FROM sluice.stream_table_catalog "
+                                       "WHERE name = 'order_totals'");
+        if (mode && strcmp(mode, "differential") == 0)
+            diff_cycles++;
+        free(mode);
+        long long d = diff_from_query(conn, "order_totals", "customer_id, total", TOTALS_Q);
+        if (d != 0)
+            TH_FAIL("cycle %d (seed %u): order_totals differs from its query by %lld rows", cycle,
+                    seed, d);
+        d = diff_from_replay(conn, "order_totals");
+        if (d != 0)
+            TH_FAIL("cycle %d (seed %u): replaying the deltas differs by %lld rows", cycle, seed,
+                    d);
+    }
+    TH_ASSERT(diff_cycles == 40, "every cycle refreshed differentially, %d did", diff_cycles);
+
+    TH_LOG("DIFFERENTIAL: TRUNCATE and large changes fall back to FULL");
+    th_sql(conn, "UPDATE sluice.stream_table_catalog SET full_refresh_fraction = 0.3 "
+                 "WHERE name = 'order_totals'");
+    th_sql(conn, "ANALYZE orders");
+    th_sql(conn, "UPDATE orders SET amount = amount + 1");
+    refresh(conn, "order_totals");
+    expect_text(th_sql_text(conn, "SELECT last_refresh_mode FROM sluice.stream_table_catalog "
+                                  "WHERE name = 'order_totals'"),
+                "full", "every row changed: FULL");
+    th_sql(conn, "UPDATE orders SET amount = amount + 1 WHERE id = (SELECT min(id) FROM orders)");
+    refresh(conn, "order_totals");
+    expect_text(th_sql_text(conn, "SELECT last_refresh_mode FROM sluice.stream_table_catalog "
+                                  "WHERE name = 'order_totals'"),
+                "differential", "one row changed: DIFFERENTIAL");
+    th_sql(conn, "BEGIN; TRUNCATE orders; INSERT INTO orders VALUES (1, 1, 1); COMMIT");
+    refresh(conn, "order_totals");
+    expect_text(th_sql_text(conn, "SELECT last_refresh_mode FROM sluice.stream_table_catalog "
+                                  "WHERE name = 'order_totals'"),
+                "full", "TRUNCATE: FULL");
+    TH_ASSERT(diff_from_query(conn, "order_totals", "customer_id, total", TOTALS_Q) == 0,
+              "equal after TRUNCATE");
+    TH_ASSERT(diff_from_replay(conn, "order_totals") == 0, "replay equal after TRUNCATE");
+
+    TH_LOG("DIFFERENTIAL: a stale analysis is not used");
+    th_sql(conn, "SELECT sluice.alter_stream_table('order_totals', query => 'SELECT customer_id, "
+                 "sum(amount) AS total FROM orders WHERE amount > 0 GROUP BY customer_id')");
+    expect_text(th_sql_text(conn, "SELECT coalesce(effective_mode, 'none') || '|' || "
+                                  "coalesce(affected_sql, 'none') FROM "
+                                  "sluice.stream_table_catalog WHERE name = 'order_totals'"),
+                "none|none", "alter clears the analysis");
+    th_sql(conn, "INSERT INTO orders VALUES (2, 2, 2)");
+    refresh(conn, "order_totals");
+    expect_text(th_sql_text(conn, "SELECT last_refresh_mode FROM sluice.stream_table_catalog "
+                                  "WHERE name = 'order_totals'"),
+                "full", "no analysis: FULL");
+
+    TH_LOG("requested differential analysed as full: error state");
+    th_sql(conn, "SELECT sluice.alter_stream_table('order_totals', refresh_mode => "
+                 "'differential')");
+    th_sql(conn, "SELECT sluice._set_analysis(id, query, 'full', 'window functions', NULL, NULL, "
+                 "NULL) FROM sluice.stream_table_catalog WHERE name = 'order_totals'");
+    expect_error(conn, "55000", "differential refresh is not possible: window functions",
+                 "SELECT sluice.refresh_stream_table('order_totals')");
+    th_sql(conn, "SELECT sluice.alter_stream_table('order_totals', refresh_mode => 'auto')");
+    th_sql(conn, "SELECT sluice.refresh_stream_table('order_totals')"); /* works again */
+
+    TH_LOG("a dropped source: reported and recorded");
+    th_sql(conn, "CREATE TABLE gone (id int PRIMARY KEY)");
+    th_sql(conn, "SELECT sluice.create_stream_table('gone_st', 'SELECT id FROM gone')");
+    th_sql(conn, "DROP TABLE gone");
+    expect_error(conn, "42P01", "source public.gone of stream table gone_st no longer exists",
+                 "SELECT sluice.refresh_stream_table('gone_st')");
+    expect_text(th_sql_text(conn, "SELECT sluice._record_failure(id, 'boom', '42P01') FROM "
+                                  "sluice.stream_table_catalog WHERE name = 'gone_st'"),
+                "error", "a DDL failure is an error state");
+    expect_text(th_sql_text(conn, "SELECT last_error || '|' || consecutive_failures FROM "
+                                  "sluice.stream_tables WHERE name = 'gone_st'"),
+                "source public.gone was dropped: boom|1", "the error names the source");
+    expect_error(conn, "55000", "stream table gone_st is in error",
+                 "SELECT sluice.refresh_stream_table('gone_st')");
+    th_sql(conn, "SELECT sluice.drop_stream_table('gone_st')");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice.cdc_sources WHERE relname = "
+                               "'public.gone'") == 0,
+              "the dropped source's capture leftovers are removed");
+}
+
+/* ------------------------------------------------------------------------ */
+/* 9. the no-change refresh                                                  */
+/* ------------------------------------------------------------------------ */
+
+static void
+check_no_change_cost(PGconn *conn)
+{
+    th_sql(conn, "SELECT sluice.refresh_stream_table('order_totals')");
+    char *ms = th_sql_text(conn, "SELECT sluice._st_bench_noop()");
+    TH_LOG("no-change refresh: %s ms per call (100 calls, one transaction)", ms);
+    TH_ASSERT(atof(ms) < 20.0, "a no-change refresh is cheap (%s ms)", ms);
+    free(ms);
+    int64_t t0 = th_now_ms();
+    for (int i = 0; i < 100; i++)
+        expect_no_refresh(conn, "order_totals");
+    TH_LOG("no-change refresh: %.3f ms per autocommit call from the client",
+           (double)(th_now_ms() - t0) / 100.0);
+}
+
+int
+main(void)
+{
+    th_env_t env;
+    TH_ASSERT(th_env_start(&env) == 0, "the environment starts");
+    const char *const init[] = {SLUICE_BIN, "init", "--db", env.pg_url, NULL};
+    TH_ASSERT(th_run(init, NULL, RUN_MS) == 0, "sluice init succeeds");
+    PGconn *conn = th_pg_connect(env.pg_url);
+    th_sql(conn, "SET client_min_messages = warning");
+    th_sql(conn, "CREATE TABLE orders (id int PRIMARY KEY, customer_id int, amount numeric);"
+                 "INSERT INTO orders VALUES (1, 1, 10), (2, 1, 5), (3, 2, 7), (4, NULL, 1),"
+                 "  (5, 3, 3), (6, 1, 1);"
+                 "CREATE TABLE customers (id int PRIMARY KEY, name text);"
+                 "INSERT INTO customers VALUES (1, 'ann'), (2, 'bob');"
+                 "CREATE TABLE nopk (v text); INSERT INTO nopk VALUES ('x'), ('x'), ('y');"
+                 "CREATE VIEW orders_view AS SELECT * FROM orders");
+    th_sql(conn,
+           "CREATE FUNCTION sluice._st_bench_noop() RETURNS text LANGUAGE plpgsql AS $$"
+           "DECLARE t0 timestamptz := clock_timestamp(); BEGIN "
+           "FOR i IN 1..100 LOOP PERFORM sluice.refresh_stream_table('order_totals'); END LOOP; "
+           "RETURN round((extract(epoch FROM clock_timestamp() - t0) * 10)::numeric, 3)::text; "
+           "END $$");
+
+    check_create_errors(conn);
+    check_population(conn);
+    check_key_columns(conn);
+    check_full_refresh(conn);
+    check_dependants(conn);
+    check_alter(&env, conn);
+    check_subscriptions(&env, conn);
+    check_differential(conn);
+    check_no_change_cost(conn);
+
+    PQfinish(conn);
+    th_env_stop(&env);
+    TH_LOG("ok");
+    return 0;
+}
