@@ -670,7 +670,7 @@ BEGIN
     -- are valid topics by construction (sluice._st_norm_name).
     INSERT INTO sluice.outbox (topic, key, op, payload, headers, refresh_id)
     SELECT st.name, d.row_id::text, d.op,
-           jsonb_build_object('before', d.before, 'after', d.after), '{}', rid
+           jsonb_build_object('before', d.before, 'after', d.after, 'refresh_id', rid), '{}', rid
       FROM pg_temp.__sluice_delta d
      ORDER BY CASE d.op WHEN 'delete' THEN 0 WHEN 'update' THEN 1 ELSE 2 END, d.row_id;
     -- The relay's doorbell, exactly as sluice.publish() rings it.

@@ -293,9 +293,9 @@ check_population(PGconn *conn)
                          "ON o.key = t.__sluice_row_id::text WHERE o.id > %lld "
                          "AND o.topic = 'order_totals' AND o.op = 'insert' "
                          "AND o.payload = jsonb_build_object('before', null, 'after', "
-                         "to_jsonb(t) - '__sluice_row_id') AND o.refresh_id = %lld "
-                         "AND o.headers = '{}'",
-                         before, rid) == n,
+                         "to_jsonb(t) - '__sluice_row_id', 'refresh_id', %lld) "
+                         "AND o.refresh_id = %lld AND o.headers = '{}'",
+                         before, rid, rid) == n,
               "each row published as an insert with its after image and the refresh id");
     expect_text(th_sql_text(conn, "SELECT concat_ws('|', rows, last_refresh_mode, status, "
                                   "effective_mode, requested_mode, owner) "
