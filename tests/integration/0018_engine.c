@@ -1,0 +1,166 @@
+/*
+ * tests/integration/0018_engine.c - `sluice engine` keeps stream tables
+ * current on their own.
+ *
+ *   1. Three stream tables: an aggregate (analysed as differential), a join
+ *      (analysed as full, with the reason) and one over a table whose column
+ *      is dropped later. The engine analyses them and logs each decision.
+ *   2. Changes to the sources reach the stream tables within their schedule,
+ *      a LISTEN client subscribed with coalesce_ms 0 hears of each refresh,
+ *      and the deltas are in the outbox.
+ *   3. Dropping a column the third stream table reads puts it into status
+ *      'error' with a message naming the column; the other stream tables
+ *      keep refreshing.
+ *   4. SIGTERM stops the engine with exit 0; bad usage exits 2; --once
+ *      against an unreachable database exits 1 with the error.
+ */
+#include "harness.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/select.h>
+#include <sys/wait.h>
+
+typedef struct sql_arg {
+    PGconn *conn;
+    const char *sql;
+} sql_arg_t;
+
+/* True when the query returns true. */
+static bool
+sql_true(void *p)
+{
+    sql_arg_t *a = p;
+    char *v = th_sql_text(a->conn, "%s", a->sql);
+    bool ok = v != NULL && strcmp(v, "t") == 0;
+    free(v);
+    return ok;
+}
+
+/* Waits up to timeout_ms for a notification on conn; its payload (caller frees) or NULL. */
+static char *
+wait_notify(PGconn *conn, int timeout_ms)
+{
+    for (int waited = 0; waited <= timeout_ms; waited += 50) {
+        PQconsumeInput(conn);
+        PGnotify *n = PQnotifies(conn);
+        if (n != NULL) {
+            char *p = strdup(n->extra);
+            PQfreemem(n);
+            return p;
+        }
+        int fd = PQsocket(conn);
+        fd_set rd;
+        FD_ZERO(&rd);
+        FD_SET(fd, &rd);
+        struct timeval tv = {0, 50 * 1000};
+        select(fd + 1, &rd, NULL, NULL, &tv);
+    }
+    return NULL;
+}
+
+int
+main(void)
+{
+    th_env_t env;
+    TH_ASSERT(th_env_start(&env) == 0, "the environment starts");
+    const char *const init[] = {SLUICE_BIN, "init", "--db", env.pg_url, NULL};
+    TH_ASSERT(th_run(init, NULL, 60000) == 0, "sluice init succeeds");
+    PGconn *conn = th_pg_connect(env.pg_url);
+    PGconn *lis = th_pg_connect(env.pg_url);
+    th_sql(conn, "SET client_min_messages = warning");
+    th_sql(conn, "CREATE TABLE customers (id int PRIMARY KEY, name text);"
+                 "CREATE TABLE orders (id int PRIMARY KEY, customer_id int, amount int);"
+                 "CREATE TABLE legacy (id int PRIMARY KEY, x int, y int);"
+                 "INSERT INTO customers VALUES (1, 'ann'), (2, 'bob');"
+                 "INSERT INTO orders VALUES (1, 1, 10), (2, 2, 20);"
+                 "INSERT INTO legacy VALUES (1, 1, 1)");
+    th_sql(conn, "SELECT sluice.create_stream_table('totals', 'SELECT customer_id, sum(amount) "
+                 "AS total FROM orders GROUP BY customer_id', schedule => '100 ms')");
+    th_sql(conn, "SELECT sluice.create_stream_table('named', 'SELECT o.id AS order_id, c.id AS "
+                 "customer_id, c.name FROM orders o JOIN customers c ON c.id = o.customer_id', "
+                 "schedule => '100 ms')");
+    th_sql(conn, "SELECT sluice.create_stream_table('legacy_x', 'SELECT id, x FROM legacy', "
+                 "schedule => '100 ms')");
+    th_sql(conn, "SELECT sluice.subscribe('totals', 'totals_changed', 0)");
+    th_sql(lis, "LISTEN totals_changed");
+
+    /* 1. Analysis. */
+    char log[TH_PATH_MAX];
+    snprintf(log, sizeof log, "%s/engine.log", th_tmpdir());
+    const char *const argv[] = {SLUICE_BIN, "engine", "--db", env.pg_url, NULL};
+    pid_t pid = th_spawn(argv, log);
+    TH_ASSERT(th_wait_file_contains(log,
+                                    "event=engine.analysed stream_table=totals "
+                                    "mode=differential",
+                                    20000),
+              "the engine analyses the aggregate as differential");
+    TH_ASSERT(th_wait_file_contains(log, "stream_table=named mode=full reason=\"joins", 20000),
+              "the join is analysed as full, with the reason");
+    char *mode = th_sql_text(conn, "SELECT effective_mode || '|' || fallback_reason FROM "
+                                   "sluice.stream_table_catalog WHERE name = 'named'");
+    TH_ASSERT(mode != NULL && strncmp(mode, "full|joins", 10) == 0,
+              "the catalog records the mode and reason (%s)", mode ? mode : "NULL");
+    free(mode);
+
+    /* 2. Changes flow on their own. */
+    th_sql(conn, "INSERT INTO orders VALUES (3, 1, 5); UPDATE customers SET name = 'anne' WHERE "
+                 "id = 1");
+    sql_arg_t totals = {conn, "SELECT total = 15 FROM totals WHERE customer_id = 1"};
+    TH_ASSERT(th_wait_until(sql_true, &totals, 10000, 20),
+              "the engine refreshes the aggregate after an insert");
+    sql_arg_t named = {conn, "SELECT count(*) = 2 FROM named WHERE name = 'anne'"};
+    TH_ASSERT(th_wait_until(sql_true, &named, 10000, 20),
+              "the engine refreshes the join after an update of the other table");
+    char *note = wait_notify(lis, 10000);
+    TH_ASSERT(note != NULL && strstr(note, "\"name\": \"totals\"") != NULL &&
+                  strstr(note, "\"updated_count\": 1") != NULL,
+              "the subscriber hears of the refresh (%s)", note ? note : "nothing");
+    free(note);
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice.outbox WHERE topic = 'totals' AND op = "
+                               "'update' AND payload->'after'->>'total' = '15' AND "
+                               "payload->'before'->>'total' = '10'") == 1,
+              "the update of the aggregate is in the outbox with before and after");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice.stream_table_catalog WHERE name = "
+                               "'totals' AND last_refresh_mode = 'differential'") == 1,
+              "the aggregate was refreshed differentially");
+
+    /* 3. DDL on a source: an error state for that stream table only. */
+    th_sql(conn, "ALTER TABLE legacy DROP COLUMN x");
+    th_sql(conn, "INSERT INTO legacy VALUES (2, 2)");
+    sql_arg_t broken = {conn, "SELECT status = 'error' FROM sluice.stream_table_catalog WHERE "
+                              "name = 'legacy_x'"};
+    TH_ASSERT(th_wait_until(sql_true, &broken, 15000, 50),
+              "the stream table whose column was dropped goes into status error");
+    char *why = th_sql_text(conn, "SELECT last_error FROM sluice.stream_table_catalog WHERE "
+                                  "name = 'legacy_x'");
+    TH_ASSERT(why != NULL && strstr(why, "x") != NULL, "the error names the column (%s)",
+              why ? why : "NULL");
+    free(why);
+    th_sql(conn, "DELETE FROM orders WHERE id = 3");
+    sql_arg_t back = {conn, "SELECT total = 10 FROM totals WHERE customer_id = 1"};
+    TH_ASSERT(th_wait_until(sql_true, &back, 10000, 20), "the other stream tables keep refreshing");
+    TH_ASSERT(th_file_contains(log, "event=engine.refresh_failed stream_table=legacy_x"),
+              "the failure is logged with the stream table's name");
+
+    /* 4. Stop, usage, unreachable database. */
+    th_kill(pid, SIGTERM);
+    int status = 0;
+    TH_ASSERT(th_wait_exit(pid, 10000, &status) == 0 && WIFEXITED(status) &&
+                  WEXITSTATUS(status) == 0,
+              "SIGTERM stops the engine with exit 0");
+    TH_ASSERT(th_file_contains(log, "event=engine.stopped"), "the stop is logged");
+    const char *const nodb[] = {SLUICE_BIN, "engine", NULL};
+    unsetenv("SLUICE_DB");
+    TH_ASSERT(th_run(nodb, NULL, 10000) == 2, "sluice engine without --db exits 2");
+    const char *const bad[] = {SLUICE_BIN, "engine",
+                               "--db",     "postgresql://nobody@127.0.0.1:1/none?connect_timeout=2",
+                               "--once",   NULL};
+    TH_ASSERT(th_run(bad, NULL, 20000) == 1, "--once against an unreachable database exits 1");
+
+    PQfinish(lis);
+    PQfinish(conn);
+    return 0;
+}
