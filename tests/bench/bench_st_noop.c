@@ -32,7 +32,8 @@ refresh(PGconn *conn, const char *name)
     if (PQresultStatus(res) != PGRES_TUPLES_OK)
         bench_die(PROG, "refresh_stream_table: %s", PQerrorMessage(conn));
     if (PQntuples(res) != 1 || !PQgetisnull(res, 0, 0))
-        bench_die(PROG, "refresh_stream_table('%s') returned refresh id %s: something changed a source",
+        bench_die(PROG,
+                  "refresh_stream_table('%s') returned refresh id %s: something changed a source",
                   name, PQntuples(res) == 1 ? PQgetvalue(res, 0, 0) : "(no row)");
     return res;
 }

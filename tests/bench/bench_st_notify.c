@@ -132,7 +132,10 @@ main(int argc, char **argv)
         if (PQresultStatus(res) != PGRES_TUPLES_OK)
             bench_die(PROG, "refresh_stream_table: %s", PQerrorMessage(w));
         if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0))
-            bench_die(PROG, "iteration %" PRId64 ": the refresh changed nothing (does --change change a row the stream table shows?)", k);
+            bench_die(PROG,
+                      "iteration %" PRId64 ": the refresh changed nothing (does --change change a "
+                                           "row the stream table shows?)",
+                      k);
         int64_t rid = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
         PQclear(res);
 
@@ -143,7 +146,9 @@ main(int argc, char **argv)
         while (t_commit < 0 || t_arr < 0) {
             int64_t now = bench_now_us();
             if (now > deadline)
-                bench_die(PROG, "iteration %" PRId64 ": no notification of refresh %" PRId64 " after %" PRId64 " ms",
+                bench_die(PROG,
+                          "iteration %" PRId64 ": no notification of refresh %" PRId64
+                          " after %" PRId64 " ms",
                           k, rid, timeout_ms);
             struct pollfd pfd[2] = {{.fd = PQsocket(lis), .events = POLLIN},
                                     {.fd = PQsocket(w), .events = POLLIN}};
@@ -159,7 +164,8 @@ main(int argc, char **argv)
                 while ((nt = PQnotifies(lis)) != NULL) {
                     int64_t got = payload_refresh_id(nt->extra);
                     if (got != rid)
-                        bench_die(PROG, "unexpected notification (refresh %" PRId64 " expected): %s", rid,
+                        bench_die(PROG,
+                                  "unexpected notification (refresh %" PRId64 " expected): %s", rid,
                                   nt->extra);
                     t_arr = at;
                     PQfreemem(nt);
