@@ -134,7 +134,7 @@ main(int argc, char **argv)
         if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0))
             bench_die(PROG,
                       "iteration %" PRId64 ": the refresh changed nothing (does --change change a "
-                                           "row the stream table shows?)",
+                      "row the stream table shows?)",
                       k);
         int64_t rid = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
         PQclear(res);
