@@ -211,9 +211,11 @@ engine_analyse(PGconn *conn, sl_err_t *err)
         sl_err_clear(&e);
         int one = engine_analyse_one(conn, res, r, &e);
         if (one == SL_EUSAGE) {
-            /* Not one SELECT: recorded on the stream table, others go on. */
-            const char *params[3] = {PQgetvalue(res, r, 0), e.msg, NULL};
-            PQclear(PQexecParams(conn, SQL_FAILURE, 3, NULL, params, NULL, NULL, 0));
+            /* The analyzer cannot read it: stored as a FULL analysis with the
+             * reason, so it is not retried every tick and others go on. */
+            const char *params[7] = {
+                PQgetvalue(res, r, 0), PQgetvalue(res, r, 2), "full", e.msg, NULL, NULL, NULL};
+            PQclear(PQexecParams(conn, SQL_SET_ANALYSIS, 7, NULL, params, NULL, NULL, 0));
             char q[SL_ERR_MSG_MAX + 16];
             sl_log_warn("engine.analyse_failed", "err=%s", sl_log_quote(q, sizeof q, e.msg));
         } else if (one != SL_OK) {

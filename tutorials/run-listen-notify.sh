@@ -16,60 +16,13 @@
 # passed, 1 otherwise.
 set -euo pipefail
 
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-BUILD=${SLUICE_BUILD_DIR:-build}
-TIMEOUT_S=${TUTORIAL_TIMEOUT_S:-30}
-
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-fail() {
-  echo "tutorial: FAILED: $*" >&2
-  local f
-  for f in relay.log psql.out listener.err; do
-    if [[ -n "${SLUICE_ENV_DIR:-}" && -f "$SLUICE_ENV_DIR/$f" ]]; then
-      echo "--- $f" >&2
-      cut -c1-300 "$SLUICE_ENV_DIR/$f" >&2
-    fi
-  done
-  exit 1
-}
-# wait_for WHAT COMMAND...: runs COMMAND every 0.2 s until it succeeds; fails
-# the tutorial when TIMEOUT_S pass first.
-wait_for() {
-  local what=$1 end=$((SECONDS + TIMEOUT_S))
-  shift
-  until "$@"; do
-    ((SECONDS < end)) || fail "no $what after ${TIMEOUT_S}s"
-    sleep 0.2
-  done
-}
-
+TUTORIAL_LOGS=(relay.log psql.out listener.err)
+TUTORIAL_PIDS=(PSQL_PID LISTENER_PID RELAY_PID)
 RELAY_PID="" LISTENER_PID="" PSQL_PID=""
-# stop_pid PID: SIGKILL and reap a process this script started, if it runs.
-stop_pid() {
-  if [[ -n "$1" ]] && kill -0 "$1" 2>/dev/null; then
-    kill -KILL "$1" 2>/dev/null
-    wait "$1" 2>/dev/null
-  fi
-}
-cleanup() {
-  local rc=$?
-  set +e
-  exec 3>&- 2>/dev/null
-  stop_pid "$PSQL_PID"
-  stop_pid "$LISTENER_PID"
-  stop_pid "$RELAY_PID"
-  if [[ -n "${SLUICE_ENV_DIR:-}" ]]; then
-    scripts/dev-env stop "$SLUICE_ENV_DIR" >/dev/null 2>&1
-  fi
-  if ((rc == 0)); then
-    printf '\n\033[1mtutorial: every step passed\033[0m\n'
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
+# shellcheck source=tutorials/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # Helpers for the checks (not tutorial steps).
-psql_value() { psql -X -qAt -v ON_ERROR_STOP=1 "$SLUICE_PG_URL" -c "$1"; }
 relay_running() { grep -q 'event=pipeline.state pipeline=shop-notify from=setup to=running' "$SLUICE_ENV_DIR/relay.log"; }
 delivered_is() { [[ "$(psql_value "SELECT delivered FROM sluice.relay_status WHERE pipeline = 'shop-notify'")" == "$1" ]]; }
 # The second terminal: what the reader types goes to fd 3.

@@ -14,50 +14,13 @@
 # stopped on exit, also on failure. Exit 0 when all checks passed, 1 otherwise.
 set -euo pipefail
 
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-BUILD=${SLUICE_BUILD_DIR:-build}
-TIMEOUT_S=${TUTORIAL_TIMEOUT_S:-30}
-
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-fail() {
-  echo "tutorial: FAILED: $*" >&2
-  if [[ -n "${SLUICE_ENV_DIR:-}" && -f "$SLUICE_ENV_DIR/relay.log" ]]; then
-    echo "--- relay.log" >&2
-    cat "$SLUICE_ENV_DIR/relay.log" >&2
-  fi
-  exit 1
-}
-# wait_for WHAT COMMAND...: runs COMMAND every 0.2 s until it succeeds; fails
-# the tutorial when TIMEOUT_S pass first.
-wait_for() {
-  local what=$1 end=$((SECONDS + TIMEOUT_S))
-  shift
-  until "$@"; do
-    ((SECONDS < end)) || fail "no $what after ${TIMEOUT_S}s"
-    sleep 0.2
-  done
-}
-
+TUTORIAL_LOGS=(relay.log)
+TUTORIAL_PIDS=(RELAY_PID)
 RELAY_PID=""
-cleanup() {
-  local rc=$?
-  set +e
-  if [[ -n "$RELAY_PID" ]] && kill -0 "$RELAY_PID" 2>/dev/null; then
-    kill -KILL "$RELAY_PID"
-    wait "$RELAY_PID" 2>/dev/null
-  fi
-  if [[ -n "${SLUICE_ENV_DIR:-}" ]]; then
-    scripts/dev-env stop "$SLUICE_ENV_DIR" >/dev/null 2>&1
-  fi
-  if ((rc == 0)); then
-    printf '\n\033[1mtutorial: every step passed\033[0m\n'
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
+# shellcheck source=tutorials/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # Helpers for the checks (not tutorial steps).
-psql_value() { psql -X -qAt -v ON_ERROR_STOP=1 "$SLUICE_PG_URL" -c "$1"; }
 records() {   # key|partition|offset|sluice-id of every record of shop.orders
   kcat -C -b "$KAFKA_BROKERS" -t shop.orders -o beginning -e -q \
     -f '%k|%p|%o|%h|%s\n' 2>/dev/null | sed -E 's/\|sluice-id=([^,|]*)[^|]*\|/|\1|/'

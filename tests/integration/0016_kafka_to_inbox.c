@@ -195,6 +195,20 @@ sum_logs(const char *name, int runs, const char *event, const char *key)
     return sum;
 }
 
+typedef struct dup_arg {
+    int runs_b1, runs_b2;
+} dup_arg_t;
+
+/* True once a reverse relay logged an inbox duplicate. */
+static bool
+dup_logged(void *p)
+{
+    dup_arg_t *a = p;
+    return sum_logs("relay-b1", a->runs_b1, "event=inbox.duplicates", "duplicates") +
+               sum_logs("relay-b2", a->runs_b2, "event=inbox.duplicates", "duplicates") >
+           0;
+}
+
 int
 main(void)
 {
@@ -349,16 +363,8 @@ main(void)
                               "{\"payload\": {\"n\": -1}, \"headers\": {}}", h_ok, 30000) == 0,
               "kcat produces a record with an id the inbox already holds");
     /* Wait until some reverse relay logged the duplicate. */
-    bool dup = false;
-    for (int tries = 0; tries < 300 && !dup; tries++) {
-        dup = sum_logs("relay-b1", runs[1] + 1, "event=inbox.duplicates", "duplicates") +
-                  sum_logs("relay-b2", runs[2] + 1, "event=inbox.duplicates", "duplicates") >
-              0;
-        if (!dup) {
-            struct timespec ts = {0, 100 * 1000 * 1000};
-            nanosleep(&ts, NULL);
-        }
-    }
+    dup_arg_t da = {runs[1] + 1, runs[2] + 1};
+    bool dup = th_wait_until(dup_logged, &da, 30000, 100);
     TH_ASSERT(dup, "the repeated id is logged as a duplicate (event=inbox.duplicates)");
     TH_ASSERT(th_sql_int(dst, "SELECT count(*) FROM sluice.inbox_orders") == before,
               "the duplicate did not become a second message");
