@@ -493,23 +493,112 @@ full_reason(const cJSON *sel, const sl_analyze_in_t *in)
     if (has_node(cJSON_GetObjectItemCaseSensitive(sel, "targetList"), "SRF") ||
         has_node(sel, "RangeFunction"))
         return "set-returning functions are refreshed in full";
-    const cJSON *from = cJSON_GetObjectItemCaseSensitive(sel, "fromClause");
-    if (cJSON_GetArraySize(from) == 0)
+    if (cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(sel, "fromClause")) == 0)
         return "a query without FROM has no source to capture";
-    if (cJSON_GetArraySize(from) > 1 || node(cJSON_GetArrayItem(from, 0), "JoinExpr") != NULL)
-        return "joins are refreshed in full for now (differential joins are planned)";
-    if (node(cJSON_GetArrayItem(from, 0), "RangeSubselect") != NULL)
-        return "subqueries in FROM are refreshed in full for now";
-    if (node(cJSON_GetArrayItem(from, 0), "RangeVar") == NULL)
-        return "only a table in FROM can be refreshed differentially";
-    if (in->nsources != 1)
-        return "the query reads more than one relation";
     if (has_long_colref(sel))
         return "a column written as schema.table.column cannot be rebound to the change rows";
     if (!in->has_keys)
-        return "the rows have no identity: the select list lacks the table's primary key "
-               "(or the GROUP BY keys); add it for differential refresh";
+        return "the rows have no identity: the select list lacks every table's primary key "
+               "(or the GROUP BY keys); add them for differential refresh";
     return NULL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* The relations in FROM                                                     */
+/* ------------------------------------------------------------------------ */
+
+#define MAX_RELS 32
+
+typedef struct rel {
+    const sl_analyze_src_t *src;
+    const char *alias; /* the name the query uses for it */
+    bool has_alias;    /* written with an alias (else the name is the alias) */
+    bool only;         /* FROM ONLY */
+    int loc;           /* byte offset of the relation's name in the query */
+} rel_t;
+
+typedef struct from {
+    rel_t v[MAX_RELS]; /* left to right */
+    size_t n;
+    bool outer;     /* a LEFT JOIN somewhere */
+    bool left_deep; /* one item; every join's right side is a table */
+    bool equi;      /* every join has ON with only col = col conjuncts */
+} from_t;
+
+/* True when quals is col = col, or an AND of such. */
+static bool
+equi_quals(const cJSON *quals)
+{
+    const cJSON *n;
+    if ((n = node(quals, "BoolExpr")) != NULL) {
+        if (str(n, "boolop") == NULL || strcmp(str(n, "boolop"), "AND_EXPR") != 0)
+            return false;
+        const cJSON *arg;
+        cJSON_ArrayForEach (arg, cJSON_GetObjectItemCaseSensitive(n, "args"))
+            if (!equi_quals(arg))
+                return false;
+        return true;
+    }
+    if ((n = node(quals, "A_Expr")) == NULL || str(n, "kind") == NULL ||
+        strcmp(str(n, "kind"), "AEXPR_OP") != 0)
+        return false;
+    const cJSON *name = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(n, "name"), 0);
+    const char *op = str(node(name, "String"), "sval");
+    return op != NULL && strcmp(op, "=") == 0 &&
+           cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(n, "name")) == 1 &&
+           node(cJSON_GetObjectItemCaseSensitive(n, "lexpr"), "ColumnRef") != NULL &&
+           node(cJSON_GetObjectItemCaseSensitive(n, "rexpr"), "ColumnRef") != NULL;
+}
+
+/* Collects the relations of one FROM item, left to right; returns why it is
+ * not differential, or NULL. `right`: item is the right side of a join. */
+static const char *
+walk_from(const cJSON *item, const sl_analyze_in_t *in, from_t *f, bool right)
+{
+    const cJSON *n;
+    if ((n = node(item, "RangeVar")) != NULL) {
+        if (f->n == MAX_RELS)
+            return "the query reads too many tables";
+        const char *schema = str(n, "schemaname"), *name = str(n, "relname");
+        const sl_analyze_src_t *src = NULL;
+        for (size_t i = 0; i < in->nsources && src == NULL && name != NULL; i++)
+            if (strcmp(in->sources[i].name, name) == 0 &&
+                (schema == NULL || strcmp(in->sources[i].schema, schema) == 0))
+                src = &in->sources[i];
+        if (src == NULL)
+            return "a relation in FROM is not among the stream table's captured sources";
+        rel_t *r = &f->v[f->n++];
+        r->src = src;
+        r->alias = str(node(n, "alias"), "aliasname");
+        r->has_alias = r->alias != NULL;
+        r->only = !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(n, "inh"));
+        if (r->alias == NULL)
+            r->alias = name;
+        const cJSON *loc = cJSON_GetObjectItemCaseSensitive(n, "location");
+        r->loc = cJSON_IsNumber(loc) ? loc->valueint : -1;
+        return NULL;
+    }
+    if ((n = node(item, "JoinExpr")) != NULL) {
+        const char *jt = str(n, "jointype");
+        if (jt != NULL && strcmp(jt, "JOIN_LEFT") == 0)
+            f->outer = true;
+        else if (jt != NULL && strcmp(jt, "JOIN_INNER") != 0)
+            return "RIGHT and FULL joins are refreshed in full (write a RIGHT JOIN as a LEFT "
+                   "JOIN with the tables swapped)";
+        if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(n, "isNatural")) ||
+            cJSON_GetObjectItemCaseSensitive(n, "usingClause") != NULL ||
+            !equi_quals(cJSON_GetObjectItemCaseSensitive(n, "quals")))
+            f->equi = false;
+        if (right)
+            f->left_deep = false;
+        const char *why = walk_from(cJSON_GetObjectItemCaseSensitive(n, "larg"), in, f, false);
+        if (why == NULL)
+            why = walk_from(cJSON_GetObjectItemCaseSensitive(n, "rarg"), in, f, true);
+        return why;
+    }
+    if (node(item, "RangeSubselect") != NULL)
+        return "subqueries in FROM are refreshed in full for now";
+    return "only tables and joins of tables in FROM are refreshed differentially";
 }
 
 /* ------------------------------------------------------------------------ */
@@ -580,9 +669,10 @@ clause_end(const char *q, const toks_t *t, const clauses_t *c, int after)
 /* ------------------------------------------------------------------------ */
 
 typedef struct keyexpr {
-    int from, to;      /* span of the expression in the query; from < 0: the column itself */
+    int from, to;      /* span of the expression in the query; from < 0: a table's column */
     const char *col;   /* the key column (output name) */
     const char *alias; /* the table's name in the query, for from < 0 */
+    const char *src;   /* that table's column, for from < 0 (NULL: col) */
 } keyexpr_t;
 
 /* Appends key expression i. */
@@ -590,10 +680,10 @@ static void
 out_key(out_t *o, const char *q, const keyexpr_t *k)
 {
     if (k->from < 0) {
-        /* From SELECT *: the column of the one table, qualified. */
+        /* A table's column, qualified (SELECT * of one table, a join's root key). */
         outid(o, k->alias);
         outf(o, ".");
-        outid(o, k->col);
+        outid(o, k->src != NULL ? k->src : k->col);
         return;
     }
     outf(o, "(");
@@ -669,7 +759,7 @@ map_keys(const char *q, const toks_t *t, const clauses_t *c, const cJSON *sel,
 
 static void
 gen_affected(out_t *o, const char *q, const toks_t *t, const clauses_t *c,
-             const sl_analyze_in_t *in, const keyexpr_t *keys, const char *alias)
+             const sl_analyze_in_t *in, const keyexpr_t *keys, const rel_t *rel)
 {
     outf(o, "SELECT ");
     if (in->nkeys > 0)
@@ -680,8 +770,8 @@ gen_affected(out_t *o, const char *q, const toks_t *t, const clauses_t *c,
         outf(o, " AS ");
         outid(o, keys[k].col);
     }
-    outf(o, " FROM pg_temp.\"__sluice_chg_%u\" AS ", in->sources[0]);
-    outid(o, alias);
+    outf(o, " FROM pg_temp.\"__sluice_chg_%u\" AS ", rel->src->relid);
+    outid(o, rel->alias);
     if (c->tok[CL_WHERE] >= 0) {
         outf(o, " WHERE ");
         outq(o, q, t->v[c->tok[CL_WHERE]].end, clause_end(q, t, c, CL_WHERE));
@@ -786,6 +876,241 @@ filter_null(out_t *o, const char *q, const sl_analyze_in_t *in, const keyexpr_t 
     outf(o, " FROM pg_temp.\"__sluice_aff\"))");
 }
 
+/* ------------------------------------------------------------------------ */
+/* Joins                                                                     */
+/* ------------------------------------------------------------------------ */
+
+/* Appends a comma-separated list of quoted names. */
+static void
+out_names(out_t *o, const char *const *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        outf(o, "%s", i ? ", " : "");
+        outid(o, v[i]);
+    }
+}
+
+/*
+ * Appends table s as it was before the window, as a parenthesised subquery:
+ * its rows whose primary key the window did not touch, and for every touched
+ * key whose first change (in capture order) removed a row, that row's image.
+ * A key first added in the window did not exist before it.
+ */
+static void
+out_old_state(out_t *o, const sl_analyze_src_t *s)
+{
+    outf(o, "(SELECT ");
+    out_names(o, s->cols, s->ncols);
+    outf(o, " FROM ");
+    outid(o, s->schema);
+    outf(o, ".");
+    outid(o, s->name);
+    outf(o, " WHERE (");
+    out_names(o, s->pk, s->npk);
+    outf(o, ") NOT IN (SELECT ");
+    out_names(o, s->pk, s->npk);
+    outf(o, " FROM pg_temp.\"__sluice_chg_%u\") UNION ALL SELECT ", s->relid);
+    out_names(o, s->cols, s->ncols);
+    outf(o, " FROM (SELECT DISTINCT ON (");
+    out_names(o, s->pk, s->npk);
+    outf(o, ") * FROM pg_temp.\"__sluice_chg_%u\" ORDER BY ", s->relid);
+    out_names(o, s->pk, s->npk);
+    outf(o, ", \"__sluice_seq\") AS \"__sluice_f\" WHERE \"__sluice_op\" = 'D')");
+}
+
+/* Appends the FROM clause's text (after FROM); with old, every table is
+ * replaced by its state before the window, under the same name. */
+static void
+out_from(out_t *o, const char *q, const toks_t *t, const clauses_t *c, const from_t *f, bool old)
+{
+    int at = t->v[c->tok[CL_FROM]].end, to = clause_end(q, t, c, CL_FROM);
+    if (!old) {
+        outq(o, q, at, to);
+        return;
+    }
+    for (size_t i = 0; i < f->n; i++) {
+        const rel_t *r = &f->v[i];
+        size_t k = 0;
+        while (k < t->n && t->v[k].start != r->loc)
+            k++;
+        size_t e = k; /* the name's last token */
+        if (e + 2 < t->n && tok_is(q, &t->v[e + 1], "."))
+            e += 2;
+        outq(o, q, at, r->loc);
+        out_old_state(o, r->src);
+        if (!r->has_alias) {
+            outf(o, " AS ");
+            outid(o, r->alias);
+        }
+        at = t->v[e].end;
+    }
+    outq(o, q, at, to);
+}
+
+/* Appends (r.pk...) IN (the keys the window touched in r's table). */
+static void
+out_touched(out_t *o, const rel_t *r)
+{
+    outf(o, "(");
+    for (size_t i = 0; i < r->src->npk; i++) {
+        outf(o, "%s", i ? ", " : "");
+        outid(o, r->alias);
+        outf(o, ".");
+        outid(o, r->src->pk[i]);
+    }
+    outf(o, ") IN (SELECT ");
+    out_names(o, r->src->pk, r->src->npk);
+    outf(o, " FROM pg_temp.\"__sluice_chg_%u\")", r->src->relid);
+}
+
+/*
+ * affected_sql of an inner join (any select list with a row identity: the
+ * tables' keys, GROUP BY keys, DISTINCT): the key values of every row that
+ * a combination of rows involving a changed row produces, before the window
+ * (over the tables' old states) and after it (over the tables). A row of
+ * the result can only change when such a combination appears or goes.
+ */
+static void
+gen_affected_inner(out_t *o, const char *q, const toks_t *t, const clauses_t *c,
+                   const sl_analyze_in_t *in, const keyexpr_t *keys, const from_t *f)
+{
+    for (size_t i = 0; i < f->n; i++)
+        for (int old = 0; old < 2; old++) {
+            if (i > 0 || old > 0)
+                outf(o, in->nkeys > 0 ? " UNION " : " UNION ALL ");
+            outf(o, "(SELECT ");
+            for (size_t k = 0; k < in->nkeys; k++) {
+                outf(o, "%s", k ? ", " : "");
+                out_key(o, q, &keys[k]);
+                outf(o, " AS ");
+                outid(o, keys[k].col);
+            }
+            outf(o, " FROM ");
+            out_from(o, q, t, c, f, old != 0);
+            outf(o, " WHERE ");
+            if (c->tok[CL_WHERE] >= 0) {
+                outf(o, "(");
+                outq(o, q, t->v[c->tok[CL_WHERE]].end, clause_end(q, t, c, CL_WHERE));
+                outf(o, ") AND ");
+            }
+            out_touched(o, &f->v[i]);
+            if (in->nkeys == 0)
+                outf(o, " LIMIT 1");
+            outf(o, ")");
+        }
+}
+
+/*
+ * affected_sql of a join with LEFT JOINs, whose result is partitioned by the
+ * first table's rows (its key is in every row's identity): the keys of the
+ * first table's rows the window touched, directly or through a combination
+ * of rows (before or after the window) that involves a changed row. The
+ * combinations are those of FROM alone: a row that WHERE rejects can still
+ * decide whether a row of the first table is NULL-extended.
+ */
+static void
+gen_affected_rooted(out_t *o, const char *q, const toks_t *t, const clauses_t *c, const from_t *f,
+                    const keyexpr_t *units)
+{
+    const rel_t *root = &f->v[0];
+    outf(o, "SELECT DISTINCT * FROM (SELECT ");
+    out_names(o, root->src->pk, root->src->npk);
+    outf(o, " FROM pg_temp.\"__sluice_chg_%u\"", root->src->relid);
+    for (size_t i = 1; i < f->n; i++)
+        for (int old = 0; old < 2; old++) {
+            outf(o, " UNION ALL SELECT ");
+            for (size_t k = 0; k < root->src->npk; k++) {
+                outf(o, "%s", k ? ", " : "");
+                out_key(o, q, &units[k]);
+            }
+            outf(o, " FROM ");
+            out_from(o, q, t, c, f, old != 0);
+            outf(o, " WHERE ");
+            out_touched(o, &f->v[i]);
+        }
+    outf(o, ") AS \"__sluice_u\" (");
+    for (size_t k = 0; k < root->src->npk; k++) {
+        outf(o, "%s", k ? ", " : "");
+        outid(o, units[k].col);
+    }
+    outf(o, ")");
+}
+
+/* Maps the first table's key to output columns that are row-identity
+ * columns (units[k].col); false when one is missing. */
+static bool
+map_units(const cJSON *sel, const sl_analyze_in_t *in, const rel_t *root, keyexpr_t *units)
+{
+    const cJSON *targets = cJSON_GetObjectItemCaseSensitive(sel, "targetList");
+    for (size_t k = 0; k < root->src->npk; k++) {
+        units[k] = (keyexpr_t){.from = -1, .alias = root->alias, .src = root->src->pk[k]};
+        const cJSON *tgt;
+        cJSON_ArrayForEach (tgt, targets) {
+            const cJSON *rt = node(tgt, "ResTarget");
+            const cJSON *fields = cJSON_GetObjectItemCaseSensitive(
+                node(cJSON_GetObjectItemCaseSensitive(rt, "val"), "ColumnRef"), "fields");
+            if (cJSON_GetArraySize(fields) != 2)
+                continue;
+            const char *tab = str(node(cJSON_GetArrayItem(fields, 0), "String"), "sval");
+            const char *col = str(node(cJSON_GetArrayItem(fields, 1), "String"), "sval");
+            if (tab == NULL || col == NULL || strcmp(tab, root->alias) != 0 ||
+                strcmp(col, root->src->pk[k]) != 0)
+                continue;
+            const char *name = str(rt, "name") != NULL ? str(rt, "name") : col;
+            for (size_t i = 0; i < in->nkeys && units[k].col == NULL; i++)
+                if (strcmp(in->keys[i], name) == 0)
+                    units[k].col = in->keys[i];
+            if (units[k].col != NULL)
+                break;
+        }
+        if (units[k].col == NULL)
+            return false;
+    }
+    return true;
+}
+
+/* The text[] literal of the units' column names. */
+static void
+out_units_literal(out_t *o, const keyexpr_t *units, size_t n)
+{
+    outf(o, "{");
+    for (size_t k = 0; k < n; k++) {
+        outf(o, "%s\"", k ? "," : "");
+        for (const char *p = units[k].col; *p != '\0'; p++)
+            outf(o, *p == '"' || *p == '\\' ? "\\%c" : "%c", *p);
+        outf(o, "\"");
+    }
+    outf(o, "}");
+}
+
+/* Why a join of f's tables cannot be refreshed differentially, or NULL:
+ * every table needs a primary key (to tell its changed rows) and must be
+ * found in the text (to put its old state there). */
+static const char *
+check_join(const char *q, const toks_t *t, const from_t *f, char *why, size_t n)
+{
+    int last = -1;
+    for (size_t i = 0; i < f->n; i++) {
+        const rel_t *r = &f->v[i];
+        if (r->src->npk == 0 || r->src->ncols == 0) {
+            snprintf(why, n, "table %s.%s has no primary key: joins over it are refreshed in full",
+                     r->src->schema, r->src->name);
+            return why;
+        }
+        if (r->only) {
+            snprintf(why, n, "FROM ONLY %s.%s is refreshed in full", r->src->schema, r->src->name);
+            return why;
+        }
+        size_t k = 0;
+        while (k < t->n && t->v[k].start != r->loc)
+            k++;
+        if (r->loc <= last || k == t->n || tok_is(q, &t->v[k], "("))
+            return "the tables of the join could not be located in the query text";
+        last = r->loc;
+    }
+    return NULL;
+}
+
 void
 sl_analysis_free(sl_analysis_t *a)
 {
@@ -796,6 +1121,7 @@ sl_analysis_free(sl_analysis_t *a)
     free(a->tree);
     free(a->affected_sql);
     free(a->recompute_sql);
+    free(a->unit_columns);
     memset(a, 0, sizeof *a);
 }
 
@@ -815,7 +1141,8 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
     if (root == NULL)
         return sl_err_nomem(err, "the parse tree");
     toks_t t = {0};
-    keyexpr_t *keys = NULL;
+    keyexpr_t *keys = NULL, *units = NULL;
+    char why[256];
     out_t tree = {.rc = SL_OK, .err = err};
     int rc = SL_OK;
     const char *reason = NULL;
@@ -853,28 +1180,67 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
         rc = sl_err_nomem(err, "the key list");
         goto done;
     }
-    const cJSON *rv = node(
-        cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(sel, "fromClause"), 0), "RangeVar");
-    const char *alias = str(node(rv, "alias"), "aliasname");
-    if (alias == NULL)
-        alias = str(rv, "relname");
+    const cJSON *fromc = cJSON_GetObjectItemCaseSensitive(sel, "fromClause");
+    from_t f = {.n = 0, .left_deep = cJSON_GetArraySize(fromc) == 1, .equi = true};
+    const cJSON *item;
+    cJSON_ArrayForEach (item, fromc)
+        if ((reason = walk_from(item, in, &f, false)) != NULL)
+            goto full;
     for (size_t k = 0; k < in->nkeys; k++)
-        keys[k].alias = alias;
+        keys[k].alias = f.v[0].alias;
     if ((reason = map_keys(in->query, &t, &c, sel, in, keys)) != NULL)
         goto full;
-    out_t o = {.rc = SL_OK, .err = err};
-    gen_affected(&o, in->query, &t, &c, in, keys, alias);
-    a->affected_sql = out_take(&o);
-    out_t r = {.rc = SL_OK, .err = err};
-    if (in->nkeys == 0) {
-        outq(&r, in->query, 0, c.end);
-    } else {
-        outf(&r, "(");
-        gen_restricted(&r, in->query, &t, &c, filter_nonnull, in, keys);
-        outf(&r, ") UNION ALL (");
-        gen_restricted(&r, in->query, &t, &c, filter_null, in, keys);
-        outf(&r, ")");
+    if (f.n > 1 && (reason = check_join(in->query, &t, &f, why, sizeof why)) != NULL)
+        goto full;
+    if (f.outer) {
+        if (!f.left_deep || !f.equi) {
+            reason = "a LEFT JOIN is refreshed differentially only in a chain of equi-joins "
+                     "whose right sides are tables (a LEFT JOIN b ON b.x = a.y LEFT JOIN c ON "
+                     "c.z = b.w ...)";
+            goto full;
+        }
+        units = calloc(f.v[0].src->npk, sizeof *units);
+        if (units == NULL) {
+            rc = sl_err_nomem(err, "the key list");
+            goto done;
+        }
+        if (!map_units(sel, in, &f.v[0], units)) {
+            snprintf(why, sizeof why,
+                     "with a LEFT JOIN, every row (or group) must include the primary key of "
+                     "the first table (%s) for differential refresh",
+                     f.v[0].alias);
+            reason = why;
+            goto full;
+        }
     }
+    out_t o = {.rc = SL_OK, .err = err};
+    out_t r = {.rc = SL_OK, .err = err};
+    out_t u = {.rc = SL_OK, .err = err};
+    if (f.outer) {
+        sl_analyze_in_t unit_in = *in;
+        unit_in.nkeys = f.v[0].src->npk;
+        gen_affected_rooted(&o, in->query, &t, &c, &f, units);
+        gen_restricted(&r, in->query, &t, &c, filter_nonnull, &unit_in, units);
+        out_units_literal(&u, units, unit_in.nkeys);
+        a->unit_columns = out_take(&u);
+        if (a->unit_columns == NULL)
+            rc = sl_err_nomem(err, "the generated SQL");
+    } else {
+        if (f.n == 1)
+            gen_affected(&o, in->query, &t, &c, in, keys, &f.v[0]);
+        else
+            gen_affected_inner(&o, in->query, &t, &c, in, keys, &f);
+        if (in->nkeys == 0) {
+            outq(&r, in->query, 0, c.end);
+        } else {
+            outf(&r, "(");
+            gen_restricted(&r, in->query, &t, &c, filter_nonnull, in, keys);
+            outf(&r, ") UNION ALL (");
+            gen_restricted(&r, in->query, &t, &c, filter_null, in, keys);
+            outf(&r, ")");
+        }
+    }
+    a->affected_sql = out_take(&o);
     a->recompute_sql = out_take(&r);
     a->mode = strdup("differential");
     if (a->affected_sql == NULL || a->recompute_sql == NULL || a->mode == NULL)
@@ -891,6 +1257,7 @@ done:
         sl_analysis_free(a);
     sl_buf_free(&tree.b);
     free(keys);
+    free(units);
     free(t.v);
     cJSON_Delete(root);
     return rc;

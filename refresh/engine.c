@@ -27,6 +27,8 @@
  */
 #include "refresh/refresh.h"
 
+#include <cjson/cJSON.h>
+
 #include <errno.h>
 #include <inttypes.h>
 #include <libpq-fe.h>
@@ -49,15 +51,28 @@ engine_on_signal(int sig)
 }
 
 /* Stream tables needing an analysis, with what the analyzer needs. */
-#define SQL_STALE                                                                              \
-    "SELECT c.id, c.name, c.query, c.key_columns IS NOT NULL, coalesce(c.key_columns, '{}'), " \
-    "       c.requested_mode = 'full', "                                                       \
-    "       ARRAY(SELECT s.relid::bigint FROM sluice.stream_table_sources s "                  \
-    "              WHERE s.stream_table_id = c.id ORDER BY s.relid) "                          \
-    "  FROM sluice.stream_table_catalog c "                                                    \
+#define SQL_STALE                                                                                  \
+    "SELECT c.id, c.name, c.query, c.key_columns IS NOT NULL, coalesce(c.key_columns, '{}'), "     \
+    "       c.requested_mode = 'full', "                                                           \
+    "       (SELECT coalesce(json_agg(json_build_object("                                          \
+    "                 'relid', k.oid::bigint, 'schema', n.nspname, 'name', k.relname, "            \
+    "                 'pk', ARRAY(SELECT a.attname FROM pg_index i "                               \
+    "                              CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY u(n, o) "   \
+    "                              JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = " \
+    "u.n "                                                                                         \
+    "                             WHERE i.indrelid = k.oid AND i.indisprimary ORDER BY u.o), "     \
+    "                 'cols', ARRAY(SELECT a.attname FROM pg_attribute a "                         \
+    "                                WHERE a.attrelid = k.oid AND a.attnum > 0 "                   \
+    "                                  AND NOT a.attisdropped ORDER BY a.attnum)) "                \
+    "                 ORDER BY k.oid), '[]') "                                                     \
+    "          FROM sluice.stream_table_sources s "                                                \
+    "          JOIN pg_class k ON k.oid = s.relid "                                                \
+    "          JOIN pg_namespace n ON n.oid = k.relnamespace "                                     \
+    "         WHERE s.stream_table_id = c.id) "                                                    \
+    "  FROM sluice.stream_table_catalog c "                                                        \
     " WHERE c.analyzed_query IS DISTINCT FROM c.query ORDER BY c.id"
 
-#define SQL_SET_ANALYSIS "SELECT sluice._set_analysis($1, $2, $3, $4, $5, $6, $7)"
+#define SQL_SET_ANALYSIS "SELECT sluice._set_analysis($1, $2, $3, $4, $5, $6, $7, $8)"
 
 /*
  * Due stream tables, readers after what they read: depth = the longest
@@ -144,22 +159,80 @@ free_strs(char **v, size_t n)
     free(v);
 }
 
+/* Reads an array of strings (JSON) into v, pointing into the tree. */
+static int
+json_strs(const cJSON *arr, const char ***v, size_t *n, sl_err_t *err)
+{
+    *n = (size_t)cJSON_GetArraySize(arr);
+    *v = calloc(*n > 0 ? *n : 1, sizeof **v);
+    if (*v == NULL)
+        return sl_err_nomem(err, "a source's columns");
+    size_t i = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach (e, arr) {
+        if (!cJSON_IsString(e))
+            return sl_err_set(err, SL_ERR, "unexpected source description from the catalog");
+        (*v)[i++] = e->valuestring;
+    }
+    return SL_OK;
+}
+
+/* The sources (JSON from SQL_STALE) as the analyzer wants them; strings
+ * point into the tree *json, which the caller frees. */
+static int
+parse_sources(const char *text, cJSON **json, sl_analyze_src_t **out, size_t *n, sl_err_t *err)
+{
+    *out = NULL;
+    *n = 0;
+    if ((*json = cJSON_Parse(text)) == NULL || !cJSON_IsArray(*json))
+        return sl_err_set(err, SL_ERR, "unexpected source list from the catalog");
+    size_t cnt = (size_t)cJSON_GetArraySize(*json);
+    if ((*out = calloc(cnt > 0 ? cnt : 1, sizeof **out)) == NULL)
+        return sl_err_nomem(err, "the source list");
+    const cJSON *e;
+    cJSON_ArrayForEach (e, *json) {
+        sl_analyze_src_t *s = &(*out)[(*n)++];
+        const cJSON *relid = cJSON_GetObjectItemCaseSensitive(e, "relid");
+        s->schema = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(e, "schema"));
+        s->name = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(e, "name"));
+        if (!cJSON_IsNumber(relid) || s->schema == NULL || s->name == NULL)
+            return sl_err_set(err, SL_ERR, "unexpected source description from the catalog");
+        s->relid = (uint32_t)relid->valuedouble;
+        const char **pk = NULL, **cols = NULL;
+        int rc = json_strs(cJSON_GetObjectItemCaseSensitive(e, "pk"), &pk, &s->npk, err);
+        s->pk = pk;
+        if (rc == SL_OK)
+            rc = json_strs(cJSON_GetObjectItemCaseSensitive(e, "cols"), &cols, &s->ncols, err);
+        s->cols = cols;
+        if (rc != SL_OK)
+            return rc;
+    }
+    return SL_OK;
+}
+
+static void
+free_sources(sl_analyze_src_t *v, size_t n)
+{
+    for (size_t i = 0; v != NULL && i < n; i++) {
+        free((void *)v[i].pk);
+        free((void *)v[i].cols);
+    }
+    free(v);
+}
+
 /* Analyses one stale stream table (row r of res) and stores the result. */
 static int
 engine_analyse_one(PGconn *conn, PGresult *res, int r, sl_err_t *err)
 {
     const char *id = PQgetvalue(res, r, 0);
     const char *name = PQgetvalue(res, r, 1);
-    char **keys = NULL, **srcs = NULL;
+    char **keys = NULL;
     size_t nkeys = 0, nsrcs = 0;
+    cJSON *json = NULL;
+    sl_analyze_src_t *srcs = NULL;
     int rc = parse_text_array(PQgetvalue(res, r, 4), &keys, &nkeys, err);
     if (rc == SL_OK)
-        rc = parse_text_array(PQgetvalue(res, r, 6), &srcs, &nsrcs, err);
-    uint32_t *relids = calloc(nsrcs > 0 ? nsrcs : 1, sizeof *relids);
-    if (rc == SL_OK && relids == NULL)
-        rc = sl_err_nomem(err, "the source list");
-    for (size_t i = 0; rc == SL_OK && i < nsrcs; i++)
-        relids[i] = (uint32_t)strtoul(srcs[i], NULL, 10);
+        rc = parse_sources(PQgetvalue(res, r, 6), &json, &srcs, &nsrcs, err);
     sl_analysis_t a = {0};
     if (rc == SL_OK) {
         sl_analyze_in_t in = {
@@ -167,7 +240,7 @@ engine_analyse_one(PGconn *conn, PGresult *res, int r, sl_err_t *err)
             .keys = (const char *const *)keys,
             .nkeys = nkeys,
             .has_keys = PQgetvalue(res, r, 3)[0] == 't',
-            .sources = relids,
+            .sources = srcs,
             .nsources = nsrcs,
             .requested_full = PQgetvalue(res, r, 5)[0] == 't',
         };
@@ -176,9 +249,9 @@ engine_analyse_one(PGconn *conn, PGresult *res, int r, sl_err_t *err)
             sl_err_prefix(err, "stream table %s: ", name);
     }
     if (rc == SL_OK) {
-        const char *params[7] = {id,     PQgetvalue(res, r, 2), a.mode,         a.reason,
-                                 a.tree, a.affected_sql,        a.recompute_sql};
-        PGresult *s = PQexecParams(conn, SQL_SET_ANALYSIS, 7, NULL, params, NULL, NULL, 0);
+        const char *params[8] = {id,     PQgetvalue(res, r, 2), a.mode,          a.reason,
+                                 a.tree, a.affected_sql,        a.recompute_sql, a.unit_columns};
+        PGresult *s = PQexecParams(conn, SQL_SET_ANALYSIS, 8, NULL, params, NULL, NULL, 0);
         if (PQresultStatus(s) != PGRES_TUPLES_OK) {
             rc = sl_pg_result_err(s, conn, err);
             sl_err_prefix(err, "stream table %s: storing its analysis: ", name);
@@ -190,9 +263,9 @@ engine_analyse_one(PGconn *conn, PGresult *res, int r, sl_err_t *err)
         PQclear(s);
     }
     sl_analysis_free(&a);
-    free(relids);
+    free_sources(srcs, nsrcs);
+    cJSON_Delete(json);
     free_strs(keys, nkeys);
-    free_strs(srcs, nsrcs);
     return rc;
 }
 
@@ -213,9 +286,15 @@ engine_analyse(PGconn *conn, sl_err_t *err)
         if (one == SL_EUSAGE) {
             /* The analyzer cannot read it: stored as a FULL analysis with the
              * reason, so it is not retried every tick and others go on. */
-            const char *params[7] = {
-                PQgetvalue(res, r, 0), PQgetvalue(res, r, 2), "full", e.msg, NULL, NULL, NULL};
-            PQclear(PQexecParams(conn, SQL_SET_ANALYSIS, 7, NULL, params, NULL, NULL, 0));
+            const char *params[8] = {PQgetvalue(res, r, 0),
+                                     PQgetvalue(res, r, 2),
+                                     "full",
+                                     e.msg,
+                                     NULL,
+                                     NULL,
+                                     NULL,
+                                     NULL};
+            PQclear(PQexecParams(conn, SQL_SET_ANALYSIS, 8, NULL, params, NULL, NULL, 0));
             char q[SL_ERR_MSG_MAX + 16];
             sl_log_warn("engine.analyse_failed", "err=%s", sl_log_quote(q, sizeof q, e.msg));
         } else if (one != SL_OK) {

@@ -16,13 +16,23 @@ extern const size_t sl_refresh_migrations_count;
 /* The analyzer (refresh/analyze.c)                                          */
 /* ------------------------------------------------------------------------ */
 
+/* A relation the query reads, from the catalog. */
+typedef struct sl_analyze_src {
+    uint32_t relid;
+    const char *schema, *name; /* as PostgreSQL prints them in the stored query */
+    const char *const *pk;     /* primary-key columns (npk == 0: none) */
+    size_t npk;
+    const char *const *cols; /* every column, in attnum order */
+    size_t ncols;
+} sl_analyze_src_t;
+
 /* What the analyzer is told about a stream table (from the catalog). */
 typedef struct sl_analyze_in {
     const char *query;       /* the defining query */
     const char *const *keys; /* row-identity output columns (may be empty) */
     size_t nkeys;
-    bool has_keys;           /* false: content identity (no keys known) */
-    const uint32_t *sources; /* relids of the relations the query reads */
+    bool has_keys;                   /* false: content identity (no keys known) */
+    const sl_analyze_src_t *sources; /* the relations the query reads */
     size_t nsources;
     bool requested_full; /* refresh_mode 'full' */
 } sl_analyze_in_t;
@@ -32,8 +42,10 @@ typedef struct sl_analysis {
     char *mode;          /* "differential" or "full" */
     char *reason;        /* why full; NULL when differential */
     char *tree;          /* operator tree, one node per line, indented */
-    char *affected_sql;  /* differential only: affected key values */
-    char *recompute_sql; /* differential only: new rows of those keys */
+    char *affected_sql;  /* differential only: the refresh units the window touches */
+    char *recompute_sql; /* differential only: new rows of those units */
+    char *unit_columns;  /* text[] literal of the stream table's columns naming a unit
+                          * (the columns of affected_sql); NULL: the row identity */
 } sl_analysis_t;
 
 /*

@@ -260,7 +260,7 @@ terminal2 ';'
 [[ $(notifications) -eq 3 ]] || fail "more than 3 notifications"
 
 # --------------------------------------------------------------------------
-step "13. A query that is not differential"
+step "13. A join"
 psql -X -v ON_ERROR_STOP=1 "$SLUICE_PG_URL" <<'SQL'
 CREATE TABLE customers (id int PRIMARY KEY, name text NOT NULL);
 INSERT INTO customers VALUES (1, 'ada'), (2, 'grace'), (3, 'edsger');
@@ -268,15 +268,14 @@ SELECT sluice.create_stream_table('order_details',
   'SELECT o.id AS order_id, o.amount, c.id AS customer_id, c.name
      FROM orders o JOIN customers c ON c.id = o.customer_id');
 SQL
-wait_for "analysis of order_details" engine_says 'event=engine.analysed stream_table=order_details mode=full'
+wait_for "analysis of order_details" engine_says 'event=engine.analysed stream_table=order_details mode=differential'
 grep 'stream_table=order_details' "$SLUICE_ENV_DIR/engine.log"
 psql -X -At -F ': ' "$SLUICE_PG_URL" -c "SELECT property, value FROM sluice.explain_stream_table('order_details')
-  WHERE property IN ('effective mode', 'fallback reason', 'row identity', 'operator tree')" \
+  WHERE property IN ('effective mode', 'row identity', 'refresh unit', 'operator tree')" \
   | tee "$SLUICE_ENV_DIR/explain2.out"
-grep -qx 'effective mode: full' "$SLUICE_ENV_DIR/explain2.out" || fail "order_details is not full"
-grep -qx 'fallback reason: joins are refreshed in full for now (differential joins are planned)' "$SLUICE_ENV_DIR/explain2.out" \
-  || fail "order_details has no join reason"
+grep -qx 'effective mode: differential' "$SLUICE_ENV_DIR/explain2.out" || fail "order_details is not differential"
 grep -qx 'row identity: key (order_id, customer_id)' "$SLUICE_ENV_DIR/explain2.out" || fail "order_details has no key"
+grep -qx 'refresh unit: row identity' "$SLUICE_ENV_DIR/explain2.out" || fail "order_details has another refresh unit"
 grep -qx '  Inner Join (ON)' "$SLUICE_ENV_DIR/explain2.out" || fail "the operator tree has no join"
 
 # --------------------------------------------------------------------------
@@ -288,7 +287,7 @@ wait_for "a second engine refresh of order_totals" engine_refreshed order_totals
 psql -X "$SLUICE_PG_URL" -c "SELECT name, effective_mode, schedule, rows, last_refresh_mode, status, last_error
   FROM sluice.stream_tables ORDER BY name"
 [[ "$(psql_value "SELECT string_agg(name || ':' || effective_mode || ':' || rows || ':' || last_refresh_mode || ':' || status, ' ' ORDER BY name)
-                    FROM sluice.stream_tables")" == "order_details:full:7:full:active order_totals:differential:3:differential:active" ]] \
+                    FROM sluice.stream_tables")" == "order_details:differential:7:differential:active order_totals:differential:3:differential:active" ]] \
   || fail "sluice.stream_tables does not show what the tutorial says"
 psql -X "$SLUICE_PG_URL" -c "SELECT refresh_id, mode, inserted, updated, deleted FROM sluice.refresh_history h
   JOIN sluice.stream_table_catalog c ON c.id = h.stream_table_id WHERE c.name = 'order_totals' ORDER BY refresh_id"

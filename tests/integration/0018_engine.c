@@ -84,6 +84,8 @@ main(void)
                  "schedule => '100 ms')");
     th_sql(conn, "SELECT sluice.create_stream_table('legacy_x', 'SELECT id, x FROM legacy', "
                  "schedule => '100 ms')");
+    th_sql(conn, "SELECT sluice.create_stream_table('top', 'SELECT id, amount FROM orders ORDER BY "
+                 "amount DESC LIMIT 2', schedule => '100 ms')");
     th_sql(conn, "SELECT sluice.subscribe('totals', 'totals_changed', 0)");
     th_sql(lis, "LISTEN totals_changed");
 
@@ -97,11 +99,13 @@ main(void)
                                     "mode=differential",
                                     20000),
               "the engine analyses the aggregate as differential");
-    TH_ASSERT(th_wait_file_contains(log, "stream_table=named mode=full reason=\"joins", 20000),
-              "the join is analysed as full, with the reason");
+    TH_ASSERT(th_wait_file_contains(log, "stream_table=named mode=differential", 20000),
+              "the engine analyses the join as differential");
+    TH_ASSERT(th_wait_file_contains(log, "stream_table=top mode=full reason=\"LIMIT", 20000),
+              "the LIMIT query is analysed as full, with the reason");
     char *mode = th_sql_text(conn, "SELECT effective_mode || '|' || fallback_reason FROM "
-                                   "sluice.stream_table_catalog WHERE name = 'named'");
-    TH_ASSERT(mode != NULL && strncmp(mode, "full|joins", 10) == 0,
+                                   "sluice.stream_table_catalog WHERE name = 'top'");
+    TH_ASSERT(mode != NULL && strncmp(mode, "full|LIMIT", 10) == 0,
               "the catalog records the mode and reason (%s)", mode ? mode : "NULL");
     free(mode);
 
@@ -114,6 +118,9 @@ main(void)
     sql_arg_t named = {conn, "SELECT count(*) = 2 FROM named WHERE name = 'anne'"};
     TH_ASSERT(th_wait_until(sql_true, &named, 10000, 20),
               "the engine refreshes the join after an update of the other table");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice.stream_table_catalog WHERE name = "
+                               "'named' AND last_refresh_mode = 'differential'") == 1,
+              "the join was refreshed differentially");
     char *note = wait_notify(lis, 10000);
     TH_ASSERT(note != NULL && strstr(note, "\"name\": \"totals\"") != NULL &&
                   strstr(note, "\"updated_count\": 1") != NULL,
