@@ -890,12 +890,23 @@ out_names(out_t *o, const char *const *v, size_t n)
     }
 }
 
-/*
- * Appends table s as it was before the window, as a parenthesised subquery:
- * its rows whose primary key the window did not touch, and for every touched
- * key whose first change (in capture order) removed a row, that row's image.
- * A key first added in the window did not exist before it.
- */
+/* Appends, for every key of table s that the window touched and whose first
+ * change (in capture order) removed a row, that row's image: the old state
+ * of the touched keys. A key first added in the window did not exist. */
+static void
+out_old_images(out_t *o, const sl_analyze_src_t *s)
+{
+    outf(o, "SELECT ");
+    out_names(o, s->cols, s->ncols);
+    outf(o, " FROM (SELECT DISTINCT ON (");
+    out_names(o, s->pk, s->npk);
+    outf(o, ") * FROM pg_temp.\"__sluice_chg_%u\" ORDER BY ", s->relid);
+    out_names(o, s->pk, s->npk);
+    outf(o, ", \"__sluice_seq\") AS \"__sluice_f\" WHERE \"__sluice_op\" = 'D'");
+}
+
+/* Appends table s as it was before the window, as a parenthesised subquery:
+ * its rows whose key the window did not touch, and the old images. */
 static void
 out_old_state(out_t *o, const sl_analyze_src_t *s)
 {
@@ -909,19 +920,17 @@ out_old_state(out_t *o, const sl_analyze_src_t *s)
     out_names(o, s->pk, s->npk);
     outf(o, ") NOT IN (SELECT ");
     out_names(o, s->pk, s->npk);
-    outf(o, " FROM pg_temp.\"__sluice_chg_%u\") UNION ALL SELECT ", s->relid);
-    out_names(o, s->cols, s->ncols);
-    outf(o, " FROM (SELECT DISTINCT ON (");
-    out_names(o, s->pk, s->npk);
-    outf(o, ") * FROM pg_temp.\"__sluice_chg_%u\" ORDER BY ", s->relid);
-    out_names(o, s->pk, s->npk);
-    outf(o, ", \"__sluice_seq\") AS \"__sluice_f\" WHERE \"__sluice_op\" = 'D')");
+    outf(o, " FROM pg_temp.\"__sluice_chg_%u\") UNION ALL ", s->relid);
+    out_old_images(o, s);
+    outf(o, ")");
 }
 
-/* Appends the FROM clause's text (after FROM); with old, every table is
- * replaced by its state before the window, under the same name. */
+/* Appends the FROM clause's text (after FROM). With old, every table is
+ * replaced by its state before the window, under the same name, and
+ * `touched` by only the old images of its touched keys. */
 static void
-out_from(out_t *o, const char *q, const toks_t *t, const clauses_t *c, const from_t *f, bool old)
+out_from(out_t *o, const char *q, const toks_t *t, const clauses_t *c, const from_t *f, bool old,
+         const rel_t *touched)
 {
     int at = t->v[c->tok[CL_FROM]].end, to = clause_end(q, t, c, CL_FROM);
     if (!old) {
@@ -937,7 +946,13 @@ out_from(out_t *o, const char *q, const toks_t *t, const clauses_t *c, const fro
         if (e + 2 < t->n && tok_is(q, &t->v[e + 1], "."))
             e += 2;
         outq(o, q, at, r->loc);
-        out_old_state(o, r->src);
+        if (r == touched) {
+            outf(o, "(");
+            out_old_images(o, r->src);
+            outf(o, ")");
+        } else {
+            out_old_state(o, r->src);
+        }
         if (!r->has_alias) {
             outf(o, " AS ");
             outid(o, r->alias);
@@ -947,10 +962,21 @@ out_from(out_t *o, const char *q, const toks_t *t, const clauses_t *c, const fro
     outq(o, q, at, to);
 }
 
-/* Appends (r.pk...) IN (the keys the window touched in r's table). */
+/* Appends (r.pk...) IN (the keys the window touched in r's table); with a
+ * one-column key as = ANY (ARRAY(...)), which PostgreSQL answers through the
+ * key's index however many rows it expects. */
 static void
 out_touched(out_t *o, const rel_t *r)
 {
+    if (r->src->npk == 1) {
+        outid(o, r->alias);
+        outf(o, ".");
+        outid(o, r->src->pk[0]);
+        outf(o, " = ANY (ARRAY(SELECT ");
+        outid(o, r->src->pk[0]);
+        outf(o, " FROM pg_temp.\"__sluice_chg_%u\"))", r->src->relid);
+        return;
+    }
     outf(o, "(");
     for (size_t i = 0; i < r->src->npk; i++) {
         outf(o, "%s", i ? ", " : "");
@@ -986,14 +1012,17 @@ gen_affected_inner(out_t *o, const char *q, const toks_t *t, const clauses_t *c,
                 outid(o, keys[k].col);
             }
             outf(o, " FROM ");
-            out_from(o, q, t, c, f, old != 0);
+            out_from(o, q, t, c, f, old != 0, &f->v[i]);
             outf(o, " WHERE ");
             if (c->tok[CL_WHERE] >= 0) {
                 outf(o, "(");
                 outq(o, q, t->v[c->tok[CL_WHERE]].end, clause_end(q, t, c, CL_WHERE));
-                outf(o, ") AND ");
+                outf(o, ")%s", old ? "" : " AND ");
+            } else if (old) {
+                outf(o, "true");
             }
-            out_touched(o, &f->v[i]);
+            if (!old)
+                out_touched(o, &f->v[i]);
             if (in->nkeys == 0)
                 outf(o, " LIMIT 1");
             outf(o, ")");
@@ -1024,9 +1053,11 @@ gen_affected_rooted(out_t *o, const char *q, const toks_t *t, const clauses_t *c
                 out_key(o, q, &units[k]);
             }
             outf(o, " FROM ");
-            out_from(o, q, t, c, f, old != 0);
-            outf(o, " WHERE ");
-            out_touched(o, &f->v[i]);
+            out_from(o, q, t, c, f, old != 0, &f->v[i]);
+            if (!old) {
+                outf(o, " WHERE ");
+                out_touched(o, &f->v[i]);
+            }
         }
     outf(o, ") AS \"__sluice_u\" (");
     for (size_t k = 0; k < root->src->npk; k++) {

@@ -6,7 +6,11 @@
 --   * the change tables pg_temp.__sluice_chg_<relid> carry the buffer's seq
 --     (__sluice_seq), so a table's state before the window can be rebuilt:
 --     the first change of a key in capture order says whether the key
---     existed, and its 'D' image what the row was;
+--     existed, and its 'D' image what the row was; they are analysed, so
+--     the planner drives the generated joins from the changed keys, and JIT
+--     is off for the refresh (its compile time dwarfs these statements);
+--     stored rows are found with "= ANY (ARRAY(...))", an index lookup per
+--     key, where the planner preferred to scan the whole stream table;
 --   * a refresh unit other than the row identity: for a LEFT JOIN, the rows
 --     of the first table (catalog column unit_columns, the stream table's
 --     columns holding that table's primary key). The driver reads the old
@@ -210,11 +214,16 @@ BEGIN
                            '__sluice_chg_' || src.relid, src.buffer, src.relid::regclass,
                            replace(replace(win, '$1', quote_literal(st.frontier::text) || '::pg_snapshot'),
                                    '$2', quote_literal(cur::text) || '::pg_snapshot'));
+            -- Statistics: the planner drives joins from the changed keys.
+            EXECUTE format('ANALYZE pg_temp.%I', '__sluice_chg_' || src.relid);
         END LOOP;
+        -- The generated statements are cheap but their estimates can be
+        -- large; JIT compilation would cost more than running them.
+        PERFORM set_config('jit', 'off', true);
         EXECUTE format('CREATE TEMP TABLE __sluice_aff ON COMMIT DROP AS %s', st.affected_sql);
         IF st.unit_columns IS NULL THEN
             -- Units are rows or groups: the stored rows of those identities.
-            EXECUTE format('CREATE TEMP TABLE __sluice_old ON COMMIT DROP AS SELECT __sluice_s.* FROM %s __sluice_s WHERE __sluice_s.__sluice_row_id IN (SELECT %s FROM pg_temp.__sluice_aff __sluice_a)',
+            EXECUTE format('CREATE TEMP TABLE __sluice_old ON COMMIT DROP AS SELECT __sluice_s.* FROM %s __sluice_s WHERE __sluice_s.__sluice_row_id = ANY (ARRAY(SELECT %s FROM pg_temp.__sluice_aff __sluice_a))',
                            storage, sluice._st_identity_sql(st.relid, st.key_columns, '__sluice_a'));
         ELSE
             -- Units are the first table's rows of a LEFT JOIN: every stored
@@ -247,7 +256,9 @@ BEGIN
             OR to_jsonb(__sluice_o) IS DISTINCT FROM to_jsonb(__sluice_n)$q$, old_rel);
 
     -- 6. Apply it (an update is a delete and an insert of the row).
-    EXECUTE format('DELETE FROM %s __sluice_s USING pg_temp.__sluice_delta __sluice_d WHERE __sluice_s.__sluice_row_id = __sluice_d.row_id AND __sluice_d.op <> ''insert''',
+    -- "= ANY (ARRAY(...))": looked up through the primary key, whatever
+    -- the planner would guess of a join with the temp table.
+    EXECUTE format('DELETE FROM %s __sluice_s WHERE __sluice_s.__sluice_row_id = ANY (ARRAY(SELECT __sluice_d.row_id FROM pg_temp.__sluice_delta __sluice_d WHERE __sluice_d.op <> ''insert''))',
                    storage);
     GET DIAGNOSTICS del = ROW_COUNT;
     EXECUTE format('INSERT INTO %s (%s) SELECT %s FROM pg_temp.__sluice_new __sluice_n WHERE __sluice_n.__sluice_row_id IN (SELECT __sluice_d.row_id FROM pg_temp.__sluice_delta __sluice_d WHERE __sluice_d.op <> ''delete'')',
