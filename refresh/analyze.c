@@ -509,12 +509,19 @@ full_reason(const cJSON *sel, const sl_analyze_in_t *in)
 
 #define MAX_RELS 32
 
+#define MAX_KEY_COLS 16
+
+/* A table in FROM, directly or as the one table of a subquery in FROM that
+ * only filters and projects it (and selects its primary key). */
 typedef struct rel {
     const sl_analyze_src_t *src;
-    const char *alias; /* the name the query uses for it */
-    bool has_alias;    /* written with an alias (else the name is the alias) */
-    bool only;         /* FROM ONLY */
-    int loc;           /* byte offset of the relation's name in the query */
+    const char *alias;            /* the name the query uses for it (the subquery's alias) */
+    const char *pk[MAX_KEY_COLS]; /* its key columns as the query sees them through alias */
+    const char *text_name;        /* the table's name inside the text (alias or name) */
+    bool has_alias;               /* the table is written with an alias */
+    bool only;                    /* FROM ONLY */
+    bool subquery;                /* read through a subquery */
+    int loc;                      /* byte offset of the table's name in the query */
 } rel_t;
 
 typedef struct from {
@@ -550,6 +557,94 @@ equi_quals(const cJSON *quals)
            node(cJSON_GetObjectItemCaseSensitive(n, "rexpr"), "ColumnRef") != NULL;
 }
 
+/* Appends the table of RangeVar rv to f (its key columns still unset). */
+static const char *
+add_table(const cJSON *rv, const sl_analyze_in_t *in, from_t *f)
+{
+    if (f->n == MAX_RELS)
+        return "the query reads too many tables";
+    const char *schema = str(rv, "schemaname"), *name = str(rv, "relname");
+    const sl_analyze_src_t *src = NULL;
+    for (size_t i = 0; i < in->nsources && src == NULL && name != NULL; i++)
+        if (strcmp(in->sources[i].name, name) == 0 &&
+            (schema == NULL || strcmp(in->sources[i].schema, schema) == 0))
+            src = &in->sources[i];
+    if (src == NULL)
+        return "a relation in FROM is not among the stream table's captured sources";
+    if (src->npk > MAX_KEY_COLS)
+        return "a table's primary key has too many columns";
+    rel_t *r = &f->v[f->n++];
+    memset(r, 0, sizeof *r);
+    r->src = src;
+    r->alias = str(node(rv, "alias"), "aliasname");
+    r->has_alias = r->alias != NULL;
+    r->only = !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(rv, "inh"));
+    if (r->alias == NULL)
+        r->alias = name;
+    r->text_name = r->alias;
+    const cJSON *loc = cJSON_GetObjectItemCaseSensitive(rv, "location");
+    r->loc = cJSON_IsNumber(loc) ? loc->valueint : -1;
+    return NULL;
+}
+
+/*
+ * Appends the table of a subquery in FROM that reads one table and only
+ * filters and projects it: no aggregate (its key column in the select list
+ * without GROUP BY rules one out), DISTINCT, window, LIMIT or sublink. Such a
+ * subquery is that table seen through a projection, so it takes part like
+ * the table itself, its key read through the subquery's output columns.
+ */
+static const char *
+add_subquery(const cJSON *rs, const sl_analyze_in_t *in, from_t *f)
+{
+    static const char *const why_shape =
+        "a subquery in FROM is refreshed differentially only when it filters and projects one "
+        "table and selects that table's primary key";
+    const cJSON *sel = node(cJSON_GetObjectItemCaseSensitive(rs, "subquery"), "SelectStmt");
+    const cJSON *alias = node(rs, "alias");
+    const cJSON *from = cJSON_GetObjectItemCaseSensitive(sel, "fromClause");
+    const cJSON *rv = node(cJSON_GetArrayItem(from, 0), "RangeVar");
+    if (sel == NULL || str(alias, "aliasname") == NULL ||
+        cJSON_GetObjectItemCaseSensitive(alias, "colnames") != NULL ||
+        cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(rs, "lateral")))
+        return why_shape;
+    const char *op = str(sel, "op");
+    if ((op != NULL && strcmp(op, "SETOP_NONE") != 0) || cJSON_GetArraySize(from) != 1 ||
+        rv == NULL || cJSON_GetObjectItemCaseSensitive(sel, "groupClause") != NULL ||
+        cJSON_GetObjectItemCaseSensitive(sel, "havingClause") != NULL ||
+        cJSON_GetObjectItemCaseSensitive(sel, "distinctClause") != NULL ||
+        cJSON_GetObjectItemCaseSensitive(sel, "withClause") != NULL ||
+        cJSON_GetObjectItemCaseSensitive(sel, "limitCount") != NULL ||
+        cJSON_GetObjectItemCaseSensitive(sel, "limitOffset") != NULL || has_window(sel))
+        return why_shape;
+    const char *why = add_table(rv, in, f);
+    if (why != NULL)
+        return why;
+    rel_t *r = &f->v[f->n - 1];
+    r->subquery = true;
+    r->alias = str(alias, "aliasname");
+    for (size_t k = 0; k < r->src->npk; k++) {
+        const cJSON *tgt;
+        cJSON_ArrayForEach (tgt, cJSON_GetObjectItemCaseSensitive(sel, "targetList")) {
+            const cJSON *rt = node(tgt, "ResTarget");
+            const cJSON *fields = cJSON_GetObjectItemCaseSensitive(
+                node(cJSON_GetObjectItemCaseSensitive(rt, "val"), "ColumnRef"), "fields");
+            int nf = cJSON_GetArraySize(fields);
+            const char *col = str(node(cJSON_GetArrayItem(fields, nf - 1), "String"), "sval");
+            const char *tab =
+                nf == 2 ? str(node(cJSON_GetArrayItem(fields, 0), "String"), "sval") : NULL;
+            if ((nf != 1 && nf != 2) || col == NULL || strcmp(col, r->src->pk[k]) != 0 ||
+                (nf == 2 && (tab == NULL || strcmp(tab, r->text_name) != 0)))
+                continue;
+            r->pk[k] = str(rt, "name") != NULL ? str(rt, "name") : col;
+            break;
+        }
+        if (r->pk[k] == NULL)
+            return why_shape;
+    }
+    return NULL;
+}
+
 /* Collects the relations of one FROM item, left to right; returns why it is
  * not differential, or NULL. `right`: item is the right side of a join. */
 static const char *
@@ -557,26 +652,11 @@ walk_from(const cJSON *item, const sl_analyze_in_t *in, from_t *f, bool right)
 {
     const cJSON *n;
     if ((n = node(item, "RangeVar")) != NULL) {
-        if (f->n == MAX_RELS)
-            return "the query reads too many tables";
-        const char *schema = str(n, "schemaname"), *name = str(n, "relname");
-        const sl_analyze_src_t *src = NULL;
-        for (size_t i = 0; i < in->nsources && src == NULL && name != NULL; i++)
-            if (strcmp(in->sources[i].name, name) == 0 &&
-                (schema == NULL || strcmp(in->sources[i].schema, schema) == 0))
-                src = &in->sources[i];
-        if (src == NULL)
-            return "a relation in FROM is not among the stream table's captured sources";
-        rel_t *r = &f->v[f->n++];
-        r->src = src;
-        r->alias = str(node(n, "alias"), "aliasname");
-        r->has_alias = r->alias != NULL;
-        r->only = !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(n, "inh"));
-        if (r->alias == NULL)
-            r->alias = name;
-        const cJSON *loc = cJSON_GetObjectItemCaseSensitive(n, "location");
-        r->loc = cJSON_IsNumber(loc) ? loc->valueint : -1;
-        return NULL;
+        const char *why = add_table(n, in, f);
+        if (why == NULL)
+            for (size_t k = 0; k < f->v[f->n - 1].src->npk; k++)
+                f->v[f->n - 1].pk[k] = f->v[f->n - 1].src->pk[k];
+        return why;
     }
     if ((n = node(item, "JoinExpr")) != NULL) {
         const char *jt = str(n, "jointype");
@@ -596,9 +676,9 @@ walk_from(const cJSON *item, const sl_analyze_in_t *in, from_t *f, bool right)
             why = walk_from(cJSON_GetObjectItemCaseSensitive(n, "rarg"), in, f, true);
         return why;
     }
-    if (node(item, "RangeSubselect") != NULL)
-        return "subqueries in FROM are refreshed in full for now";
-    return "only tables and joins of tables in FROM are refreshed differentially";
+    if ((n = node(item, "RangeSubselect")) != NULL)
+        return add_subquery(n, in, f);
+    return "only tables, joins and subqueries of tables in FROM are refreshed differentially";
 }
 
 /* ------------------------------------------------------------------------ */
@@ -955,7 +1035,7 @@ out_from(out_t *o, const char *q, const toks_t *t, const clauses_t *c, const fro
         }
         if (!r->has_alias) {
             outf(o, " AS ");
-            outid(o, r->alias);
+            outid(o, r->text_name);
         }
         at = t->v[e].end;
     }
@@ -971,7 +1051,7 @@ out_touched(out_t *o, const rel_t *r)
     if (r->src->npk == 1) {
         outid(o, r->alias);
         outf(o, ".");
-        outid(o, r->src->pk[0]);
+        outid(o, r->pk[0]);
         outf(o, " = ANY (ARRAY(SELECT ");
         outid(o, r->src->pk[0]);
         outf(o, " FROM pg_temp.\"__sluice_chg_%u\"))", r->src->relid);
@@ -982,7 +1062,7 @@ out_touched(out_t *o, const rel_t *r)
         outf(o, "%s", i ? ", " : "");
         outid(o, r->alias);
         outf(o, ".");
-        outid(o, r->src->pk[i]);
+        outid(o, r->pk[i]);
     }
     outf(o, ") IN (SELECT ");
     out_names(o, r->src->pk, r->src->npk);
@@ -1074,7 +1154,7 @@ map_units(const cJSON *sel, const sl_analyze_in_t *in, const rel_t *root, keyexp
 {
     const cJSON *targets = cJSON_GetObjectItemCaseSensitive(sel, "targetList");
     for (size_t k = 0; k < root->src->npk; k++) {
-        units[k] = (keyexpr_t){.from = -1, .alias = root->alias, .src = root->src->pk[k]};
+        units[k] = (keyexpr_t){.from = -1, .alias = root->alias, .src = root->pk[k]};
         const cJSON *tgt;
         cJSON_ArrayForEach (tgt, targets) {
             const cJSON *rt = node(tgt, "ResTarget");
@@ -1085,7 +1165,7 @@ map_units(const cJSON *sel, const sl_analyze_in_t *in, const rel_t *root, keyexp
             const char *tab = str(node(cJSON_GetArrayItem(fields, 0), "String"), "sval");
             const char *col = str(node(cJSON_GetArrayItem(fields, 1), "String"), "sval");
             if (tab == NULL || col == NULL || strcmp(tab, root->alias) != 0 ||
-                strcmp(col, root->src->pk[k]) != 0)
+                strcmp(col, root->pk[k]) != 0)
                 continue;
             const char *name = str(rt, "name") != NULL ? str(rt, "name") : col;
             for (size_t i = 0; i < in->nkeys && units[k].col == NULL; i++)
@@ -1221,7 +1301,8 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
         keys[k].alias = f.v[0].alias;
     if ((reason = map_keys(in->query, &t, &c, sel, in, keys)) != NULL)
         goto full;
-    if (f.n > 1 && (reason = check_join(in->query, &t, &f, why, sizeof why)) != NULL)
+    if ((f.n > 1 || f.v[0].subquery) &&
+        (reason = check_join(in->query, &t, &f, why, sizeof why)) != NULL)
         goto full;
     if (f.outer) {
         if (!f.left_deep || !f.equi) {
@@ -1257,7 +1338,7 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
         if (a->unit_columns == NULL)
             rc = sl_err_nomem(err, "the generated SQL");
     } else {
-        if (f.n == 1)
+        if (f.n == 1 && !f.v[0].subquery)
             gen_affected(&o, in->query, &t, &c, in, keys, &f.v[0]);
         else
             gen_affected_inner(&o, in->query, &t, &c, in, keys, &f);

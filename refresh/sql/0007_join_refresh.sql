@@ -148,7 +148,27 @@ BEGIN
                           st.name);
     END IF;
 
-    -- 2. The window (frontier, cur] and whether anything is in it.
+    -- 2. One state of the sources. A stream table over several tables must
+    -- hold exactly their state at the frontier it stores: a join's next
+    -- refresh rebuilds that state from the change buffers (old rows of
+    -- changed keys), and a row the table holds from a later state could be
+    -- missed. Under REPEATABLE READ (the engine's refreshes) every statement
+    -- below sees the snapshot taken here. Under READ COMMITTED each statement
+    -- would see later commits, so writers of the sources are held off for
+    -- the refresh (SHARE lock, until commit) and the snapshot is taken once
+    -- none is in progress.
+    IF current_setting('transaction_isolation') = 'read committed'
+       AND (SELECT count(*) FROM sluice.stream_table_sources s WHERE s.stream_table_id = st.id) > 1 THEN
+        FOR src IN
+            SELECT s.relid FROM sluice.stream_table_sources s
+              JOIN pg_class k ON k.oid = s.relid
+             WHERE s.stream_table_id = st.id ORDER BY s.relid
+        LOOP
+            EXECUTE format('LOCK TABLE %s IN SHARE MODE', src.relid::regclass);
+        END LOOP;
+    END IF;
+
+    -- 3. The window (frontier, cur] and whether anything is in it.
     snap := pg_current_snapshot();
     cur := sluice._snap_own(snap, true);
     next_fr := sluice._snap_own(snap, false);
@@ -176,7 +196,7 @@ BEGIN
         CONTINUE WHEN NOT has;
         changed := true;
         IF mode = 'differential' THEN
-            -- 3. Too many changes, or a TRUNCATE: FULL for this cycle.
+            -- Too many changes, or a TRUNCATE: FULL for this cycle.
             EXECUTE format('SELECT count(*), coalesce(bool_or(b.op = ''T''), false) FROM %s b WHERE %s',
                            src.buffer, win)
                INTO nchg, ntrunc USING st.frontier, cur;
