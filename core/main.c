@@ -64,15 +64,22 @@ static const sl_cmd_t commands[] = {
      "  -c, --config FILE   relay config\n"
      "  -h, --help          show this help\n"},
     {"engine", cmd_engine, "keep the stream tables of a database current",
-     "usage: sluice engine --db CONNINFO [--notify-coalesce-ms MS] [--once]\n"
+     "usage: sluice engine --db CONNINFO [--workers N] [--safety-poll-ms MS]\n"
+     "                     [--notify-coalesce-ms MS] [--once]\n"
      "\n"
-     "Analyses every stream table's query (libpg_query) and refreshes each one on\n"
-     "its schedule, in dependency order, until SIGTERM or SIGINT.\n"
+     "Analyses every stream table's query (libpg_query) and refreshes each one when\n"
+     "its sources changed (capture wakes it) and its schedule allows, readers after\n"
+     "what they read, on a pool of connections, until SIGTERM or SIGINT.\n"
      "\n"
      "  --db CONNINFO             PostgreSQL URI or key=value string (default: $SLUICE_DB)\n"
+     "  --workers N               refresh connections, 1 to 64 (default 4): one slow\n"
+     "                            stream table occupies one of them\n"
+     "  --safety-poll-ms MS       re-check every stream table this often even when no\n"
+     "                            change woke the engine (default 1000)\n"
      "  --notify-coalesce-ms MS   window for coalescing subscription notifications\n"
      "                            (default 250; 0 sends one per refresh)\n"
-     "  --once                    one pass (analyse, refresh what is due), then exit\n"
+     "  --once                    one pass on one connection (analyse, refresh what\n"
+     "                            is due, in dependency order), then exit\n"
      "  -l, --log-level LEVEL     debug, info, warn or error (default info)\n"
      "  -h, --help                show this help\n"},
 };
@@ -176,11 +183,19 @@ static int
 cmd_engine(int argc, char **argv, sl_err_t *err)
 {
     static const struct option opts[] = {
-        {"db", required_argument, NULL, 'd'}, {"notify-coalesce-ms", required_argument, NULL, 'n'},
-        {"once", no_argument, NULL, 'o'},     {"log-level", required_argument, NULL, 'l'},
-        {"help", no_argument, NULL, 'h'},     {NULL, 0, NULL, 0},
+        {"db", required_argument, NULL, 'd'},
+        {"notify-coalesce-ms", required_argument, NULL, 'n'},
+        {"workers", required_argument, NULL, 'w'},
+        {"safety-poll-ms", required_argument, NULL, 'p'},
+        {"once", no_argument, NULL, 'o'},
+        {"log-level", required_argument, NULL, 'l'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
     };
-    sl_engine_opts_t o = {.db = getenv("SLUICE_DB"), .notify_coalesce_ms = 250};
+    sl_engine_opts_t o = {.db = getenv("SLUICE_DB"),
+                          .notify_coalesce_ms = 250,
+                          .workers = SL_ENGINE_WORKERS_DEFAULT,
+                          .safety_poll_ms = SL_ENGINE_SAFETY_POLL_MS_DEFAULT};
     int c;
     while ((c = getopt_long(argc, argv, "d:l:h", opts, NULL)) != -1) {
         switch (c) {
@@ -192,6 +207,23 @@ cmd_engine(int argc, char **argv, sl_err_t *err)
                 return usage_error(err, "engine",
                                    "--notify-coalesce-ms: expected milliseconds, 0 to 3600000");
             o.notify_coalesce_ms = (int)v;
+            break;
+        }
+        case 'w': {
+            char *end = NULL;
+            long v = strtol(optarg, &end, 10);
+            if (end == optarg || *end != '\0' || v < 1 || v > SL_ENGINE_WORKERS_MAX)
+                return usage_error(err, "engine", "--workers: expected a number, 1 to 64");
+            o.workers = (int)v;
+            break;
+        }
+        case 'p': {
+            char *end = NULL;
+            long v = strtol(optarg, &end, 10);
+            if (end == optarg || *end != '\0' || v < 10 || v > 3600000)
+                return usage_error(err, "engine",
+                                   "--safety-poll-ms: expected milliseconds, 10 to 3600000");
+            o.safety_poll_ms = (int)v;
             break;
         }
         case 'o': o.once = true; break;

@@ -61,15 +61,28 @@ void sl_analysis_free(sl_analysis_t *a);
 /* The engine (refresh/engine.c)                                             */
 /* ------------------------------------------------------------------------ */
 
+/* Defaults of `sluice engine` (core/main.c), documented in docs/stream-tables.md. */
+/* Refresh connections: enough that a few slow stream tables leave room for
+ * the others, few enough not to crowd a small server's max_connections. */
+#define SL_ENGINE_WORKERS_DEFAULT 4
+#define SL_ENGINE_WORKERS_MAX 64
+/* Re-check every stream table this often even when no change woke the
+ * engine: bounds the delay of anything a ring missed (see engine.c). */
+#define SL_ENGINE_SAFETY_POLL_MS_DEFAULT 1000
+
 typedef struct sl_engine_opts {
     const char *db;         /* conninfo */
     int notify_coalesce_ms; /* window of coalesced subscription notifications */
     bool once;              /* analyse and refresh what is due once, then return */
+    int workers;            /* refresh connections, 1 .. SL_ENGINE_WORKERS_MAX */
+    int safety_poll_ms;     /* >= 1: every stream table is re-checked this often */
 } sl_engine_opts_t;
 
 /*
- * Runs `sluice engine` until SIGTERM/SIGINT (or one pass with o->once).
- * Returns SL_OK; with once, the first database error.
+ * Runs `sluice engine` until SIGTERM/SIGINT (or one pass with o->once, on
+ * one connection). The loop runs on the calling thread (its own libuv
+ * loop). Returns SL_OK; with once, the first database error; without, only
+ * errors setting the loop up (database errors are logged and retried).
  */
 int sl_engine_run(const sl_engine_opts_t *o, sl_err_t *err);
 

@@ -1,0 +1,273 @@
+/*
+ * tests/integration/0019_engine_scheduling.c - `sluice engine` is woken by
+ * changes and refreshes stream tables concurrently.
+ *
+ * The engine runs with --safety-poll-ms 60000, so within this test nothing
+ * is refreshed because of a poll: a change that shows up in a stream table
+ * within WAKE_DEADLINE_MS was delivered by capture's doorbell
+ * (cdc/sql/0008_cdc_wake.sql).
+ *
+ *   1. Wake: once the engine is idle (it holds the doorbell lock), an insert
+ *      into a source reaches a stream table with a 1 ms schedule within
+ *      WAKE_DEADLINE_MS, several times in a row; the latencies are logged.
+ *   2. One slow stream table (its full refresh sleeps SLOW_S seconds in
+ *      pg_sleep) does not delay a fast one: while the slow refresh is
+ *      running (pg_stat_activity shows it sleeping), a change to the fast
+ *      one's source reaches the fast stream table, and the slow refresh is
+ *      still running afterwards.
+ *   3. Dependency order: a stream table over the fast stream table sees a
+ *      change of the fast one's source shortly after, in one pass.
+ *   4. A failing stream table (division by zero) is retried with backoff
+ *      (consecutive_failures grows, status stays 'active', the error is
+ *      recorded) while the others keep refreshing; fixed, it recovers.
+ *   5. A worker whose connection is terminated in the middle of a refresh
+ *      reconnects; the others go on, and the refresh is retried.
+ *   6. SIGTERM stops the engine with exit 0; bad --workers exits 2.
+ */
+#include "harness.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+/* Well below the 60 s safety poll and the old 100 ms tick's worst case
+ * plus a refresh on a busy machine; a change that waited for a poll could
+ * not make it. */
+#define WAKE_DEADLINE_MS 500
+#define WAKES 5
+/* Long enough to observe the slow refresh while it runs. */
+#define SLOW_S 6
+/* The doorbell lock (SL_ENGINE_DOORBELL_LOCK) as pg_locks shows it: a
+ * bigint key is classid (high 32 bits), objid (low 32 bits), objsubid 1. */
+#define DOORBELL_HELD                                                                          \
+    "SELECT count(*) > 0 FROM pg_locks WHERE locktype = 'advisory' AND mode = 'ShareLock' "    \
+    "AND granted AND objsubid = 1 AND classid = (x'736c77616b650000'::bigint >> 32)::oid AND " \
+    "objid = (x'736c77616b650000'::bigint & x'ffffffff'::bigint)::oid"
+/* Idle: armed, and no refresh running (a refresh of fast_st writes its
+ * storage, which fast_sum reads, and so would ring and disarm the engine;
+ * a write racing with that is left to the safety poll, see engine.c). */
+#define ENGINE_IDLE                                                                   \
+    DOORBELL_HELD " AND NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE query LIKE " \
+                  "'SELECT sluice._refresh(%' AND state = 'active')"
+#define SLOW_RUNNING                                                                         \
+    "SELECT count(*) = 1 FROM pg_stat_activity WHERE query LIKE 'SELECT sluice._refresh(%' " \
+    "AND state = 'active' AND wait_event = 'PgSleep'"
+
+typedef struct sql_arg {
+    PGconn *conn;
+    const char *sql;
+} sql_arg_t;
+
+/* True when the query returns true. */
+static bool
+sql_true(void *p)
+{
+    sql_arg_t *a = p;
+    char *v = th_sql_text(a->conn, "%s", a->sql);
+    bool ok = v != NULL && strcmp(v, "t") == 0;
+    free(v);
+    return ok;
+}
+
+typedef struct log_arg {
+    const char *path;
+    const char *needle;
+    int want;
+} log_arg_t;
+
+/* True when the file contains needle at least want times. */
+static bool
+log_has(void *p)
+{
+    log_arg_t *a = p;
+    char *text = th_read_file(a->path, NULL);
+    int n = 0;
+    for (const char *s = text; s != NULL && (s = strstr(s, a->needle)) != NULL; s++)
+        n++;
+    free(text);
+    return n >= a->want;
+}
+
+/* Waits (polling every 5 ms) until the query is true; returns the
+ * milliseconds it took, or -1 at the deadline. */
+static int64_t
+wait_ms(PGconn *conn, const char *sql, int timeout_ms)
+{
+    sql_arg_t a = {conn, sql};
+    int64_t t0 = th_now_ms();
+    if (!th_wait_until(sql_true, &a, timeout_ms, 5))
+        return -1;
+    return th_now_ms() - t0;
+}
+
+int
+main(void)
+{
+    th_env_t env;
+    TH_ASSERT(th_env_start(&env) == 0, "the environment starts");
+    const char *const init[] = {SLUICE_BIN, "init", "--db", env.pg_url, NULL};
+    TH_ASSERT(th_run(init, NULL, 60000) == 0, "sluice init succeeds");
+    PGconn *conn = th_pg_connect(env.pg_url);
+    th_sql(conn, "SET client_min_messages = warning");
+    th_sql(conn, "CREATE TABLE fast_src (id int PRIMARY KEY, v int);"
+                 "CREATE TABLE slow_src (id int PRIMARY KEY);"
+                 "CREATE TABLE slow_ctl (id int PRIMARY KEY, delay_s float8);"
+                 "CREATE TABLE bad_src (id int PRIMARY KEY);"
+                 "CREATE TABLE bad_ctl (id int PRIMARY KEY, divisor int);"
+                 "INSERT INTO fast_src VALUES (1, 10);"
+                 "INSERT INTO slow_src VALUES (1);"
+                 "INSERT INTO slow_ctl VALUES (1, 0);"
+                 "INSERT INTO bad_src VALUES (1);"
+                 "INSERT INTO bad_ctl VALUES (1, 1);"
+                 /* pg_sleep in a query: the refresh of slow_st takes delay_s. */
+                 "CREATE FUNCTION test_sleep(s float8) RETURNS float8 LANGUAGE sql VOLATILE "
+                 "AS 'SELECT pg_sleep(s); SELECT s'");
+    th_sql(conn, "SELECT sluice.create_stream_table('fast_st', 'SELECT id, v FROM fast_src', "
+                 "schedule => '1 ms')");
+    th_sql(conn, "SELECT sluice.create_stream_table('fast_sum', 'SELECT count(*) AS n, "
+                 "sum(v) AS total FROM fast_st', schedule => '1 ms')");
+    th_sql(conn, "SELECT sluice.create_stream_table('slow_st', 'SELECT s.id, "
+                 "public.test_sleep(c.delay_s) AS d FROM slow_src s CROSS JOIN slow_ctl c', "
+                 "refresh_mode => 'full', schedule => '1 ms')");
+    th_sql(conn, "SELECT sluice.create_stream_table('bad_st', 'SELECT s.id, 100 / c.divisor AS "
+                 "x FROM bad_src s CROSS JOIN bad_ctl c', schedule => '1 ms')");
+
+    char log[TH_PATH_MAX];
+    snprintf(log, sizeof log, "%s/engine.log", th_tmpdir());
+    const char *const argv[] = {SLUICE_BIN,
+                                "engine",
+                                "--db",
+                                env.pg_url,
+                                "--workers",
+                                "3",
+                                "--safety-poll-ms",
+                                "60000",
+                                "--notify-coalesce-ms",
+                                "0",
+                                NULL};
+    pid_t pid = th_spawn(argv, log);
+    TH_ASSERT(th_wait_file_contains(log, "stream_table=fast_sum mode=differential", 20000),
+              "the engine analyses the stream table over a stream table");
+    TH_ASSERT(th_wait_file_contains(log, "event=engine.worker_up worker=3", 20000),
+              "the three workers connect");
+    TH_ASSERT(th_wait_file_contains(log, "safety_poll_ms=60000", 1000),
+              "the engine logs its safety poll");
+
+    /* 1. Wake. */
+    int64_t worst = 0;
+    for (int i = 0; i < WAKES; i++) {
+        /* Twice, 30 ms apart: settled, not between two refreshes. */
+        TH_ASSERT(wait_ms(conn, ENGINE_IDLE, 20000) >= 0,
+                  "the engine goes idle and arms the doorbell (round %d)", i + 1);
+        th_sleep_ms(30);
+        TH_ASSERT(wait_ms(conn, ENGINE_IDLE, 20000) >= 0, "the engine stays idle (round %d)",
+                  i + 1);
+        th_sql(conn, "INSERT INTO fast_src VALUES (%d, %d)", 100 + i, i);
+        char sql[256];
+        snprintf(sql, sizeof sql, "SELECT count(*) = 1 FROM fast_st WHERE id = %d", 100 + i);
+        int64_t ms = wait_ms(conn, sql, 20000);
+        TH_LOG("wake %d: insert -> stream table in %lld ms", i + 1, (long long)ms);
+        TH_ASSERT(ms >= 0 && ms < WAKE_DEADLINE_MS,
+                  "an insert wakes the engine: the row is in the stream table within %d ms, "
+                  "not at the 60 s safety poll (took %lld ms)",
+                  WAKE_DEADLINE_MS, (long long)ms);
+        if (ms > worst)
+            worst = ms;
+    }
+    TH_LOG("wake latency, worst of %d: %lld ms", WAKES, (long long)worst);
+
+    /* 3. Dependency order: the reader of fast_st follows in the same pass. */
+    TH_ASSERT(wait_ms(conn, ENGINE_IDLE, 20000) >= 0, "the engine is idle again");
+    th_sleep_ms(30);
+    TH_ASSERT(wait_ms(conn, ENGINE_IDLE, 20000) >= 0, "the engine stays idle");
+    th_sql(conn, "UPDATE fast_src SET v = v + 1000 WHERE id = 1");
+    int64_t chain = wait_ms(conn,
+                            "SELECT total = (SELECT sum(v) FROM fast_src) AND n = "
+                            "(SELECT count(*) FROM fast_src) FROM fast_sum",
+                            20000);
+    TH_LOG("chain: source -> stream table over a stream table in %lld ms", (long long)chain);
+    TH_ASSERT(chain >= 0 && chain < 2 * WAKE_DEADLINE_MS,
+              "the stream table over fast_st sees the change within %d ms (took %lld ms)",
+              2 * WAKE_DEADLINE_MS, (long long)chain);
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice.refresh_history h "
+                               "JOIN sluice.stream_table_catalog c ON c.id = h.stream_table_id "
+                               "WHERE c.name = 'fast_sum' AND h.mode = 'differential'") >= 1,
+              "the reader was refreshed differentially");
+
+    /* 2. A slow refresh does not hold up a fast one. */
+    th_sql(conn, "UPDATE slow_ctl SET delay_s = %d", SLOW_S);
+    TH_ASSERT(wait_ms(conn, SLOW_RUNNING, 5000) >= 0,
+              "the slow refresh starts at once and sleeps in pg_sleep (pg_stat_activity)");
+    th_sql(conn, "INSERT INTO fast_src VALUES (200, 2)");
+    int64_t beside = wait_ms(conn, "SELECT count(*) = 1 FROM fast_st WHERE id = 200", 20000);
+    TH_LOG("fast beside slow: insert -> stream table in %lld ms", (long long)beside);
+    TH_ASSERT(beside >= 0 && beside < 2 * WAKE_DEADLINE_MS,
+              "the fast stream table is refreshed within %d ms while the slow one runs "
+              "(took %lld ms; the slow refresh takes %d s)",
+              2 * WAKE_DEADLINE_MS, (long long)beside, SLOW_S);
+    sql_arg_t slow = {conn, SLOW_RUNNING};
+    TH_ASSERT(sql_true(&slow), "the slow refresh was still running when the fast one finished");
+    /* A stream table is never refreshed twice at once. */
+    th_sql(conn, "UPDATE slow_src SET id = id");
+    th_sleep_ms(300); /* give a wrong engine time to start a second refresh */
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE "
+                               "'SELECT sluice._refresh(%%' AND state = 'active'") == 1,
+              "only the slow refresh runs: its stream table is not started twice");
+
+    /* 5. Kill the worker running the slow refresh. */
+    th_sql(conn, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE "
+                 "'SELECT sluice._refresh(%%' AND state = 'active' AND wait_event = 'PgSleep'");
+    TH_ASSERT(th_wait_file_contains(log, "event=engine.worker_down", 5000),
+              "the engine notices the lost worker");
+    th_sql(conn, "UPDATE slow_ctl SET delay_s = 0");
+    th_sql(conn, "INSERT INTO fast_src VALUES (201, 3)");
+    TH_ASSERT(wait_ms(conn, "SELECT count(*) = 1 FROM fast_st WHERE id = 201", 5000) >= 0,
+              "the other workers keep refreshing");
+    TH_ASSERT(wait_ms(conn,
+                      "SELECT count(*) = 1 FROM slow_st WHERE d = 0 AND NOT EXISTS (SELECT 1 "
+                      "FROM pg_stat_activity WHERE wait_event = 'PgSleep')",
+                      20000) >= 0,
+              "the slow stream table is refreshed again, with the new delay");
+    log_arg_t up = {log, "event=engine.worker_up", 4};
+    TH_ASSERT(th_wait_until(log_has, &up, 10000, 20),
+              "the lost worker reconnects (a fourth engine.worker_up line)");
+
+    /* 4. A failing stream table. */
+    th_sql(conn, "UPDATE bad_ctl SET divisor = 0");
+    TH_ASSERT(wait_ms(conn,
+                      "SELECT consecutive_failures >= 3 AND status = 'active' AND last_error "
+                      "LIKE '%division by zero%' FROM sluice.stream_table_catalog WHERE name = "
+                      "'bad_st'",
+                      20000) >= 0,
+              "the failing stream table is retried (with backoff) and each failure recorded");
+    th_sql(conn, "INSERT INTO fast_src VALUES (300, 4)");
+    TH_ASSERT(
+        wait_ms(conn, "SELECT count(*) = 1 FROM fast_st WHERE id = 300", 2 * WAKE_DEADLINE_MS) >= 0,
+        "the others keep refreshing while one fails");
+    long long fails = th_sql_int(conn, "SELECT consecutive_failures FROM "
+                                       "sluice.stream_table_catalog WHERE name = 'bad_st'");
+    TH_ASSERT(fails < 20, "failures are backed off, not retried in a tight loop (%lld)", fails);
+    TH_ASSERT(th_file_contains(log, "event=engine.refresh_failed stream_table=bad_st"),
+              "the failure is logged with the stream table's name");
+    th_sql(conn, "UPDATE bad_ctl SET divisor = 4");
+    TH_ASSERT(wait_ms(conn,
+                      "SELECT consecutive_failures = 0 AND (SELECT x FROM bad_st) = 25 FROM "
+                      "sluice.stream_table_catalog WHERE name = 'bad_st'",
+                      40000) >= 0,
+              "fixed, the failing stream table recovers");
+
+    /* 6. Stop. */
+    th_kill(pid, SIGTERM);
+    int status = 0;
+    TH_ASSERT(th_wait_exit(pid, 15000, &status) == 0 && WIFEXITED(status) &&
+                  WEXITSTATUS(status) == 0,
+              "SIGTERM stops the engine with exit 0");
+    TH_ASSERT(th_file_contains(log, "event=engine.stopped"), "the stop is logged");
+    const char *const bad[] = {SLUICE_BIN, "engine", "--db", env.pg_url, "--workers", "0", NULL};
+    TH_ASSERT(th_run(bad, NULL, 10000) == 2, "--workers 0 exits 2");
+
+    PQfinish(conn);
+    return 0;
+}
