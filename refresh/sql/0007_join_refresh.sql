@@ -6,7 +6,7 @@
 --   * the change tables pg_temp.__sluice_chg_<relid> carry the buffer's seq
 --     (__sluice_seq), so a table's state before the window can be rebuilt:
 --     the first change of a key in capture order says whether the key
---     existed, and its 'D' image what the row was; they are analysed, so
+--     existed, and its 'D' image what the row was; large ones are analysed, so
 --     the planner drives the generated joins from the changed keys, and JIT
 --     is off for the refresh (its compile time dwarfs these statements);
 --     stored rows are found with "= ANY (ARRAY(...))", an index lookup per
@@ -126,6 +126,7 @@ DECLARE
     old_rel  text;
     cols     text;
     ucols    text;
+    nimg     bigint;
     uaff     text;
     rid      bigint;
     nrows    bigint;
@@ -234,8 +235,12 @@ BEGIN
                            '__sluice_chg_' || src.relid, src.buffer, src.relid::regclass,
                            replace(replace(win, '$1', quote_literal(st.frontier::text) || '::pg_snapshot'),
                                    '$2', quote_literal(cur::text) || '::pg_snapshot'));
-            -- Statistics: the planner drives joins from the changed keys.
-            EXECUTE format('ANALYZE pg_temp.%I', '__sluice_chg_' || src.relid);
+            -- Statistics for many changes, so the planner drives joins from
+            -- the changed keys; a few are cheaper than an ANALYZE.
+            GET DIAGNOSTICS nimg = ROW_COUNT;
+            IF nimg >= 1000 THEN
+                EXECUTE format('ANALYZE pg_temp.%I', '__sluice_chg_' || src.relid);
+            END IF;
         END LOOP;
         -- The generated statements are cheap but their estimates can be
         -- large; JIT compilation would cost more than running them.
