@@ -7,25 +7,64 @@
  * with small value domains, so duplicates, NULLs and collisions are common.
  * Stream tables over them: aggregates (count/sum/min/max/avg, HAVING),
  * DISTINCT, a filtered projection, a global aggregate, two- and three-table
- * joins (inner and left), DISTINCT over a join, and a stream table reading
- * another one. After `sluice engine --once` has analysed them, every cycle:
+ * joins (inner and left; a LEFT JOIN filtered on its NULL-extended side, a
+ * chain of two LEFT JOINs, an aggregate over a LEFT JOIN grouped by the
+ * first table's key), a subquery in FROM joined to a table, DISTINCT over a
+ * join, and a stream table reading another one. After `sluice engine
+ * --once` has analysed them (every one is DIFFERENTIAL), every cycle:
  *
  *   1. runs a random batch of INSERT/UPDATE/DELETE (sometimes TRUNCATE) on
  *      the sources: NULLs, duplicate rows, primary-key changes, and a join
  *      partner deleted in the same cycle as the key that joined it changes;
  *   2. refreshes every stream table with sluice.refresh_stream_table;
- *   3. asserts for each stream table that its content equals its query's
- *      result (as multisets), and that replaying every delta it published
- *      (sluice.outbox rows of its topic, in order) from empty rebuilds
- *      exactly that content, row identities included. Replaying also checks
- *      the delta model itself: an insert of a row id that exists, or an
- *      update/delete of one that does not, fails the test.
+ *   3. asserts for each stream table that the refresh succeeds, that its
+ *      content equals its query's result (as multisets), and that replaying
+ *      every delta it published (sluice.outbox rows of its topic, in order)
+ *      from empty rebuilds exactly that content, row identities included.
+ *      Replaying also checks the delta model itself: an insert of a row id
+ *      that exists, or an update/delete of one that does not, fails the test.
  *
  * Seeded: the seed is printed, SLUICE_TEST_SEED=<n> reruns it and
  * SLUICE_PROPERTY_CYCLES=<n> sets the number of cycles (default 1000). A
  * failure prints the seed, the cycle, the stream table and the statements of
  * the failing cycle; every statement since the start is in the scratch
  * directory's statements.sql (kept on failure), which replays the run in psql.
+ *
+ * Shrinking. A failure of check C on stream table S at cycle N is then
+ * shrunk to a minimal reproduction. The test keeps every DML statement it ran
+ * with its cycle (cycle 0: before the stream tables exist). A candidate is a
+ * subsequence of that history, run in a fresh database (CREATE DATABASE from
+ * a template on which `sluice init` ran) exactly like the main loop, with
+ * only S and the stream tables it reads:
+ *
+ *   sources, cycle-0 statements, create_stream_table, `sluice engine --once`,
+ *   then per kept cycle: its statements, refresh (S's upstreams first), check
+ *   S with the same check function; a candidate whose statements are all in
+ *   cycle 0 still gets one refresh and check (the failing cycle's refresh).
+ *
+ * It "still fails" when C fails on S at any cycle; it is then cut after that
+ * cycle. ddmin (remove one of n chunks, n = 2, 4, ... until single units)
+ * runs first over cycles, then over single statements. When the whole history
+ * does not fail with S alone, all stream tables are created instead; when it
+ * still does not fail, there is no reproduction (statements.sql remains).
+ * Replays are not always exact: a refresh falls back to FULL when the changes
+ * exceed full_refresh_fraction of a source's reltuples, which autovacuum
+ * updates when it likes (a fresh database has none), so a failure that needs
+ * the main run's choice of mode may not reproduce.
+ * Shrinking stops after SLUICE_PROPERTY_SHRINK_S seconds (default 120, but
+ * unset it also ends SHRINK_END_S after the start, inside ctest's timeout; 0
+ * turns it off) with the smallest candidate so far. The result is printed as
+ * a self-contained SQL script and written to the scratch directory's
+ * repro.sql: the sources, the kept statements with refresh calls at the
+ * cycle boundaries, a marked comment where `sluice engine --once` must run
+ * (its analysis makes S differential) and the failing check, which raises.
+ *
+ * Fault injection, for the shrinker's own test only: SLUICE_PROPERTY_INJECT=1
+ * makes the checker compare p_proj with a query that also drops rows with
+ * v = 7, so p_proj "fails" as soon as such a row exists. The run then passes
+ * only when that failure was found, shrunk to at most INJECT_MAX_STMTS
+ * statements, and replaying repro.sql with psql (and the engine at the mark)
+ * raises the mismatch: ctest's integration.0017_stream_property_shrink.
  */
 #include "harness.h"
 
@@ -39,34 +78,148 @@ typedef struct st_def {
     const char *name;
     const char *cols; /* the output columns, for comparisons */
     const char *query;
+    const char *reads; /* a stream table the query reads, or NULL */
 } st_def_t;
 
 static const st_def_t sts[] = {
     {"p_agg", "k, n, sv, mn, mx, av",
      "SELECT k, count(*) AS n, sum(v) AS sv, min(v) AS mn, max(v) AS mx, avg(v) AS av FROM a "
-     "GROUP BY k"},
+     "GROUP BY k",
+     NULL},
     {"p_having", "k, sv",
-     "SELECT k, sum(v) AS sv FROM a WHERE v > 2 GROUP BY k HAVING count(*) >= 2"},
-    {"p_distinct", "k, s", "SELECT DISTINCT k, s FROM a"},
-    {"p_proj", "id, k, v", "SELECT id, k, v FROM a WHERE v IS NULL OR v % 3 <> 0"},
-    {"p_global", "n, total", "SELECT count(*) AS n, sum(v) AS total FROM a"},
+     "SELECT k, sum(v) AS sv FROM a WHERE v > 2 GROUP BY k HAVING count(*) >= 2", NULL},
+    {"p_distinct", "k, s", "SELECT DISTINCT k, s FROM a", NULL},
+    {"p_proj", "id, k, v", "SELECT id, k, v FROM a WHERE v IS NULL OR v % 3 <> 0", NULL},
+    {"p_global", "n, total", "SELECT count(*) AS n, sum(v) AS total FROM a", NULL},
     {"p_join", "a_id, b_id, v, w",
-     "SELECT a.id AS a_id, b.id AS b_id, a.v, b.w FROM a JOIN b ON b.a_k = a.k"},
+     "SELECT a.id AS a_id, b.id AS b_id, a.v, b.w FROM a JOIN b ON b.a_k = a.k", NULL},
     {"p_left", "a_id, b_id, w",
-     "SELECT a.id AS a_id, b.id AS b_id, b.w FROM a LEFT JOIN b ON b.a_k = a.k"},
+     "SELECT a.id AS a_id, b.id AS b_id, b.w FROM a LEFT JOIN b ON b.a_k = a.k", NULL},
     {"p_join3", "w, n, sz",
      "SELECT b.w, count(*) AS n, sum(c.z) AS sz FROM a JOIN b ON b.a_k = a.k JOIN c ON c.b_id = "
-     "b.id GROUP BY b.w"},
-    {"p_dist_join", "k, w", "SELECT DISTINCT a.k, b.w FROM a JOIN b ON b.a_k = a.k"},
-    {"p_of_st", "k, n", "SELECT k, n FROM p_agg WHERE n > 1"},
+     "b.id GROUP BY b.w",
+     NULL},
+    {"p_dist_join", "k, w", "SELECT DISTINCT a.k, b.w FROM a JOIN b ON b.a_k = a.k", NULL},
+    {"p_left_where", "a_id, b_id, w",
+     "SELECT a.id AS a_id, b.id AS b_id, b.w FROM a LEFT JOIN b ON b.a_k = a.k WHERE "
+     "coalesce(b.w, 0) < 3",
+     NULL},
+    {"p_left3", "a_id, b_id, c_id, z",
+     "SELECT a.id AS a_id, b.id AS b_id, c.id AS c_id, c.z FROM a LEFT JOIN b ON b.a_k = a.k "
+     "LEFT JOIN c ON c.b_id = b.id",
+     NULL},
+    {"p_sub_join", "bid, cid, w, z",
+     "SELECT s.bid, c.id AS cid, s.w, c.z FROM (SELECT id AS bid, w FROM b WHERE w IS NOT NULL) s "
+     "JOIN c ON c.b_id = s.bid",
+     NULL},
+    {"p_left_agg", "id, nb, sw",
+     "SELECT a.id, count(b.id) AS nb, sum(b.w) AS sw FROM a LEFT JOIN b ON b.a_k = a.k GROUP BY "
+     "a.id",
+     NULL},
+    {"p_of_st", "agg_id, k, n", "SELECT __sluice_row_id AS agg_id, k, n FROM p_agg WHERE n > 1",
+     "p_agg"},
 };
 #define NSTS (sizeof sts / sizeof sts[0])
+
+static const char *const source_ddl[] = {
+    "CREATE TABLE a (id int PRIMARY KEY, k int, v int, s text)",
+    "CREATE TABLE b (id int PRIMARY KEY, a_k int, w int)",
+    "CREATE TABLE c (id int PRIMARY KEY, b_id int, z int)",
+};
+#define NSOURCES (sizeof source_ddl / sizeof source_ddl[0])
+
+/* The injected fault (SLUICE_PROPERTY_INJECT=1): p_proj is compared with a
+ * query that also leaves out v = 7, so any row with v = 7 "differs". */
+#define INJECT_ST "p_proj"
+#define INJECT_QUERY \
+    "SELECT id, k, v FROM a WHERE (v IS NULL OR v % 3 <> 0) AND v IS DISTINCT FROM 7"
+/* The injected fault needs one statement (an INSERT with v = 7), or two or
+ * three when v = 7 comes from an UPDATE of an inserted row; more means the
+ * shrinker did not shrink. */
+#define INJECT_MAX_STMTS 3
+
+/* Default time budget for shrinking a failure, in seconds: long enough for a
+ * few hundred candidate runs of a short history, short against the cost of
+ * a human bisecting statements.sql by hand. */
+#define SHRINK_BUDGET_S 120
+/* ctest ends this test after 900 s (TIMEOUT in CMakeLists.txt), and a
+ * killed test prints no reproduction: unless SLUICE_PROPERTY_SHRINK_S is
+ * set, shrinking also stops this many seconds after the test started, but
+ * gets at least SHRINK_MIN_S. */
+#define SHRINK_END_S 880
+#define SHRINK_MIN_S 10
+
+/* The line of repro.sql where `sluice engine --once` must run. */
+#define ENGINE_MARK "-- >>> run `sluice engine --once --db <this database>` here"
+
+static bool inject;           /* SLUICE_PROPERTY_INJECT=1 */
+static int64_t test_start_ms; /* th_now_ms() when main() began */
+
+/* The query stream table i is compared with: its own, except for the
+ * injected fault. */
+static const char *
+expected_query(size_t i)
+{
+    if (inject && strcmp(sts[i].name, INJECT_ST) == 0)
+        return INJECT_QUERY;
+    return sts[i].query;
+}
+
+static void *
+xmalloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    TH_ASSERT(p != NULL, "out of memory (%zu bytes)", n);
+    return p;
+}
+
+/* ------------------------------------------------------------------------ */
+/* The statement history                                                     */
+/* ------------------------------------------------------------------------ */
+
+/* One DML statement the run executed, for shrinking. */
+typedef struct hist_stmt {
+    char *sql; /* owned; without the final ';' */
+    int cycle; /* 0: before the stream tables were created */
+} hist_stmt_t;
+
+static hist_stmt_t *hist; /* every DML statement, in order; freed by hist_free */
+static size_t hist_n, hist_cap;
+static int hist_cycle; /* the cycle statements are recorded into */
+
+static void
+hist_add(const char *sql)
+{
+    if (hist_n == hist_cap) {
+        size_t cap = hist_cap ? hist_cap * 2 : 1024;
+        hist_stmt_t *nh = realloc(hist, cap * sizeof *nh);
+        TH_ASSERT(nh != NULL, "out of memory (history of %zu statements)", cap);
+        hist = nh;
+        hist_cap = cap;
+    }
+    size_t len = strlen(sql);
+    hist[hist_n].sql = xmalloc(len + 1);
+    memcpy(hist[hist_n].sql, sql, len + 1);
+    hist[hist_n].cycle = hist_cycle;
+    hist_n++;
+}
+
+static void
+hist_free(void)
+{
+    for (size_t j = 0; j < hist_n; j++)
+        free(hist[j].sql);
+    free(hist);
+    hist = NULL;
+    hist_n = hist_cap = 0;
+}
 
 static FILE *stmt_log;
 static char cycle_sql[1 << 16];
 static size_t cycle_len;
 
-/* Runs one generated statement, logging it for the reproduction. */
+/* Runs one generated DML statement, logging it for the reproduction and
+ * recording it in the history. */
 static void run(PGconn *conn, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 static void
@@ -81,6 +234,7 @@ run(PGconn *conn, const char *fmt, ...)
     if (cycle_len + strlen(sql) + 3 < sizeof cycle_sql)
         cycle_len +=
             (size_t)snprintf(cycle_sql + cycle_len, sizeof cycle_sql - cycle_len, "  %s;\n", sql);
+    hist_add(sql);
     th_sql(conn, "%s", sql);
 }
 
@@ -163,6 +317,8 @@ random_dml(PGconn *conn)
 }
 
 /* Applies the new deltas of one stream table to its replay table. */
+static const char *replay_ddl =
+    "CREATE TABLE replay_rows (name text, row_id uuid, img jsonb, PRIMARY KEY (name, row_id))";
 static const char *replay_fn =
     "CREATE FUNCTION replay(st text, after_id bigint) RETURNS bigint LANGUAGE plpgsql AS $$\n"
     "DECLARE m record; last bigint := after_id; n int;\n"
@@ -189,9 +345,630 @@ static const char *replay_fn =
     "  RETURN last;\n"
     "END $$";
 
+/* ------------------------------------------------------------------------ */
+/* The checks, shared by the main loop and the shrinker                      */
+/* ------------------------------------------------------------------------ */
+
+/* What a check found about one stream table after its refresh. */
+typedef enum check_kind {
+    CHECK_PASS,    /* refreshed, holds its query's result, its deltas replay to it */
+    CHECK_REFRESH, /* sluice.refresh_stream_table failed */
+    CHECK_CONTENT, /* its content differs from its query's result */
+    CHECK_REPLAY,  /* its deltas do not replay, or replay to something else */
+    CHECK_BROKEN,  /* a query of the check itself failed: no verdict */
+} check_kind_t;
+
+static const char *const check_names[] = {
+    [CHECK_PASS] = "pass",
+    [CHECK_REFRESH] = "the refresh succeeds",
+    [CHECK_CONTENT] = "the content equals the query's result",
+    [CHECK_REPLAY] = "replaying the deltas rebuilds the content",
+    [CHECK_BROKEN] = "the check's own queries run",
+};
+
+/* The number of rows in which stream table i and its expected query differ
+ * (as multisets), as one count query in buf. */
+static void
+content_diff_sql(char *buf, size_t n, size_t i)
+{
+    int len = snprintf(buf, n,
+                       "SELECT count(*) FROM ((SELECT %s FROM %s EXCEPT ALL SELECT %s FROM (%s) q) "
+                       "UNION ALL (SELECT %s FROM (%s) q EXCEPT ALL SELECT %s FROM %s)) x",
+                       sts[i].cols, sts[i].name, sts[i].cols, expected_query(i), sts[i].cols,
+                       expected_query(i), sts[i].cols, sts[i].name);
+    TH_ASSERT(len > 0 && (size_t)len < n, "the comparison of %s fits its buffer", sts[i].name);
+}
+
+/* The number of rows in which stream table i and the replay of its deltas
+ * differ, row ids included, as one count query in buf. */
+static void
+replay_diff_sql(char *buf, size_t n, size_t i)
+{
+    const char *st = sts[i].name;
+    int len = snprintf(buf, n,
+                       "SELECT count(*) FROM ((SELECT row_id, img FROM replay_rows WHERE name = "
+                       "'%s' EXCEPT ALL SELECT __sluice_row_id, to_jsonb(t) - '__sluice_row_id' "
+                       "FROM %s t) UNION ALL (SELECT __sluice_row_id, to_jsonb(t) - "
+                       "'__sluice_row_id' FROM %s t EXCEPT ALL SELECT row_id, img FROM "
+                       "replay_rows WHERE name = '%s')) x",
+                       st, st, st, st);
+    TH_ASSERT(len > 0 && (size_t)len < n, "the replay comparison of %s fits its buffer", st);
+}
+
+/*
+ * Runs a query returning one integer into *out. Returns 0, or -1 with the
+ * server's message (or what was wrong with the result) in msg. Unlike
+ * th_sql_int it does not end the test: the shrinker runs candidates that may
+ * fail.
+ */
+static int sql_count(PGconn *conn, long long *out, char *msg, size_t n, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+
+static int
+sql_count(PGconn *conn, long long *out, char *msg, size_t n, const char *fmt, ...)
+{
+    char sql[8192];
+    va_list ap;
+    va_start(ap, fmt);
+    int len = vsnprintf(sql, sizeof sql, fmt, ap);
+    va_end(ap);
+    TH_ASSERT(len > 0 && (size_t)len < sizeof sql, "a check query fits its buffer");
+    PGresult *res = PQexec(conn, sql);
+    int rc = -1;
+    if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK) {
+        const char *primary = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+        snprintf(msg, n, "%s", primary ? primary : PQerrorMessage(conn));
+    } else if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0)) {
+        snprintf(msg, n, "expected one integer from: %.200s", sql);
+    } else {
+        *out = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+        rc = 0;
+    }
+    PQclear(res);
+    return rc;
+}
+
+/* Refreshes stream table i. 0, or -1 with what failed in msg. */
+static int
+refresh_st(PGconn *conn, size_t i, char *msg, size_t n)
+{
+    char err[512];
+    if (th_sql_try(conn, err, sizeof err, "SELECT sluice.refresh_stream_table('%s')",
+                   sts[i].name) == 0)
+        return 0;
+    snprintf(msg, n, "refreshing %s failed: %s", sts[i].name, err);
+    return -1;
+}
+
+/*
+ * Checks stream table i after its refresh: its content against its expected
+ * query, then replays its deltas after outbox id *replayed (in: the last id
+ * replayed so far; out: the last id now) and compares the replay with it.
+ * Returns CHECK_PASS, or what failed with a message in msg.
+ */
+static check_kind_t
+check_st(PGconn *conn, size_t i, long long *replayed, char *msg, size_t n)
+{
+    char sql[4096];
+    long long bad = 0;
+    content_diff_sql(sql, sizeof sql, i);
+    if (sql_count(conn, &bad, msg, n, "%s", sql) != 0)
+        return CHECK_BROKEN;
+    if (bad != 0) {
+        snprintf(msg, n, "%s differs from its query (%lld rows differ)", sts[i].name, bad);
+        return CHECK_CONTENT;
+    }
+    char err[768]; /* leaves room for the prefix in msg */
+    long long last = 0;
+    if (sql_count(conn, &last, err, sizeof err, "SELECT replay('%s', %lld)", sts[i].name,
+                  *replayed) != 0) {
+        snprintf(msg, n, "replaying the deltas of %s failed: %s", sts[i].name, err);
+        return CHECK_REPLAY;
+    }
+    *replayed = last;
+    replay_diff_sql(sql, sizeof sql, i);
+    if (sql_count(conn, &bad, msg, n, "%s", sql) != 0)
+        return CHECK_BROKEN;
+    if (bad != 0) {
+        snprintf(msg, n,
+                 "replaying the deltas of %s from empty does not rebuild it, row ids included "
+                 "(%lld rows differ)",
+                 sts[i].name, bad);
+        return CHECK_REPLAY;
+    }
+    return CHECK_PASS;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Shrinking                                                                 */
+/* ------------------------------------------------------------------------ */
+
+/* A failure of the main loop. */
+typedef struct failure {
+    unsigned seed;
+    int cycle;         /* the cycle whose check failed */
+    size_t st;         /* the stream table (index into sts) */
+    check_kind_t kind; /* the check that failed */
+    char msg[1024];    /* what the check said */
+} failure_t;
+
+/* What one candidate run found. */
+typedef enum cand_result {
+    CAND_PASSES, /* the failure does not show */
+    CAND_FAILS,  /* the same check fails on the same stream table */
+    CAND_STOP,   /* out of time, or the environment failed: stop shrinking */
+} cand_result_t;
+
+/* The shrinker's state. */
+typedef struct shrink {
+    th_env_t *env;          /* borrowed */
+    const failure_t *f;     /* borrowed: what to reproduce */
+    PGconn *admin;          /* owned: to the postgres database, for CREATE/DROP DATABASE */
+    char tmpl[64];          /* template database, `sluice init` done */
+    unsigned mask;          /* stream tables created: bit i is sts[i] */
+    size_t *cand;           /* owned: the smallest failing candidate (history indices) */
+    size_t n;               /* its length */
+    size_t orig_n;          /* length of the whole history */
+    char msg[1024];         /* the failing check's message for cand */
+    char run_msg[1024];     /* the same for the candidate last run */
+    int runs;               /* candidates run */
+    unsigned db_seq;        /* for database names */
+    int64_t deadline_ms;    /* th_now_ms() at which shrinking stops */
+    bool stopped;           /* out of time, or why_stopped */
+    char why_stopped[1024]; /* "" when out of time */
+} shrink_t;
+
+/* The stream tables stream table st needs: itself and what it reads. */
+static unsigned
+st_closure(size_t st)
+{
+    unsigned mask = 1u << st;
+    for (bool grew = true; grew;) {
+        grew = false;
+        for (size_t i = 0; i < NSTS; i++) {
+            if (!(mask & (1u << i)) || sts[i].reads == NULL)
+                continue;
+            for (size_t j = 0; j < NSTS; j++) {
+                if (strcmp(sts[j].name, sts[i].reads) == 0 && !(mask & (1u << j))) {
+                    mask |= 1u << j;
+                    grew = true;
+                }
+            }
+        }
+    }
+    return mask;
+}
+
+static size_t
+count_cycles(const size_t *cand, size_t n)
+{
+    size_t c = 0;
+    for (size_t j = 0; j < n; j++)
+        c += j == 0 || hist[cand[j]].cycle != hist[cand[j - 1]].cycle;
+    return c;
+}
+
+static cand_result_t cand_stop(shrink_t *sh, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static cand_result_t
+cand_stop(shrink_t *sh, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(sh->why_stopped, sizeof sh->why_stopped, fmt, ap);
+    va_end(ap);
+    sh->stopped = true;
+    return CAND_STOP;
+}
+
+/*
+ * Runs candidate cand[0..n) in a new database, exactly like the main loop
+ * runs the history (see the file header), and drops the database. On
+ * CAND_FAILS *fail_n gets the number of statements up to the end of the
+ * cycle that failed, and sh->run_msg the check's message.
+ */
+static cand_result_t
+cand_run(shrink_t *sh, const size_t *cand, size_t n, size_t *fail_n)
+{
+    if (th_now_ms() >= sh->deadline_ms) {
+        sh->stopped = true;
+        return CAND_STOP;
+    }
+    sh->runs++;
+    char db[64], err[1024];
+    snprintf(db, sizeof db, "sl_shrink_%u", sh->db_seq++);
+    if (th_sql_try(sh->admin, err, sizeof err, "CREATE DATABASE %s TEMPLATE %s", db, sh->tmpl) != 0)
+        return cand_stop(sh, "create database %s: %s", db, err);
+    char url[512];
+    snprintf(url, sizeof url, "postgresql://postgres@127.0.0.1:%d/%s", sh->env->pg_port, db);
+    cand_result_t res = CAND_PASSES;
+    PGconn *conn = PQconnectdb(url);
+    if (PQstatus(conn) != CONNECTION_OK) {
+        res = cand_stop(sh, "connect %s: %s", url, PQerrorMessage(conn));
+        goto done;
+    }
+    /* Statements that fail (none should: ids never collide) make a candidate
+     * that does not reproduce, like any other difference. */
+    if (th_sql_try(conn, err, sizeof err, "SET client_min_messages = warning") != 0)
+        goto done;
+    for (size_t s = 0; s < NSOURCES; s++)
+        if (th_sql_try(conn, err, sizeof err, "%s", source_ddl[s]) != 0)
+            goto done;
+    if (th_sql_try(conn, err, sizeof err, "%s", replay_ddl) != 0 ||
+        th_sql_try(conn, err, sizeof err, "%s", replay_fn) != 0)
+        goto done;
+    size_t pos = 0;
+    for (; pos < n && hist[cand[pos]].cycle == 0; pos++)
+        if (th_sql_try(conn, err, sizeof err, "%s", hist[cand[pos]].sql) != 0)
+            goto done;
+    for (size_t i = 0; i < NSTS; i++)
+        if ((sh->mask & (1u << i)) &&
+            th_sql_try(conn, err, sizeof err, "SELECT sluice.create_stream_table('%s', $q$%s$q$)",
+                       sts[i].name, sts[i].query) != 0)
+            goto done;
+    const char *const once[] = {SLUICE_BIN, "engine", "--db", url, "--once", "-l", "warn", NULL};
+    int rc = th_run(once, NULL, 60000);
+    if (rc != 0) {
+        res = cand_stop(sh, "sluice engine --once on %s exited %d", db, rc);
+        goto done;
+    }
+    long long replayed = 0;
+    for (bool checked = false; pos < n || !checked; checked = true) {
+        if (th_now_ms() >= sh->deadline_ms) {
+            sh->stopped = true;
+            res = CAND_STOP;
+            goto done;
+        }
+        int cycle = pos < n ? hist[cand[pos]].cycle : -1;
+        for (; pos < n && hist[cand[pos]].cycle == cycle; pos++)
+            if (th_sql_try(conn, err, sizeof err, "%s", hist[cand[pos]].sql) != 0)
+                goto done;
+        for (size_t i = 0; i < NSTS; i++) {
+            if (!(sh->mask & (1u << i)))
+                continue;
+            check_kind_t kind = CHECK_PASS;
+            char msg[1024];
+            if (refresh_st(conn, i, msg, sizeof msg) != 0)
+                kind = CHECK_REFRESH;
+            else if (i == sh->f->st)
+                kind = check_st(conn, i, &replayed, msg, sizeof msg);
+            if (kind == CHECK_PASS)
+                continue;
+            if (i == sh->f->st && kind == sh->f->kind) {
+                *fail_n = pos;
+                snprintf(sh->run_msg, sizeof sh->run_msg, "%s", msg);
+                res = CAND_FAILS;
+            }
+            goto done; /* a different failure is not this one */
+        }
+    }
+done:
+    PQfinish(conn);
+    if (th_sql_try(sh->admin, err, sizeof err, "DROP DATABASE %s WITH (FORCE)", db) != 0 &&
+        res != CAND_STOP)
+        res = cand_stop(sh, "drop database %s: %s", db, err);
+    return res;
+}
+
+static const char *
+plural(size_t n)
+{
+    return n == 1 ? "" : "s";
+}
+
+static void
+shrink_progress(shrink_t *sh)
+{
+    int64_t left = sh->deadline_ms - th_now_ms();
+    size_t ncycles = count_cycles(sh->cand, sh->n);
+    th_log("shrink: %zu statement%s in %zu cycle%s still fail (%d run%s, %lld s left)", sh->n,
+           plural(sh->n), ncycles, plural(ncycles), sh->runs, plural((size_t)sh->runs),
+           (long long)(left > 0 ? left / 1000 : 0));
+}
+
+/*
+ * ddmin over sh->cand: its units are cycles (by_cycle) or single
+ * statements. Removes one of `gran` chunks of units at a time, keeping the
+ * first removal that still fails; with none, doubles gran until the chunks
+ * are single units. Ends when no single unit can go, or when stopped.
+ */
+static void
+ddmin(shrink_t *sh, bool by_cycle)
+{
+    size_t *unit = xmalloc(sh->n * sizeof *unit);
+    size_t *trial = xmalloc(sh->n * sizeof *trial);
+    size_t gran = 2;
+    while (!sh->stopped) {
+        size_t nunits = 0;
+        for (size_t j = 0; j < sh->n; j++) {
+            if (j > 0 && (!by_cycle || hist[sh->cand[j]].cycle != hist[sh->cand[j - 1]].cycle))
+                nunits++;
+            unit[j] = nunits;
+        }
+        nunits = sh->n == 0 ? 0 : nunits + 1;
+        if (nunits < 2)
+            break;
+        if (gran > nunits)
+            gran = nunits;
+        bool reduced = false;
+        for (size_t c = 0; c < gran && !reduced && !sh->stopped; c++) {
+            size_t lo = c * nunits / gran, hi = (c + 1) * nunits / gran;
+            size_t tn = 0;
+            for (size_t j = 0; j < sh->n; j++)
+                if (unit[j] < lo || unit[j] >= hi)
+                    trial[tn++] = sh->cand[j];
+            size_t fail_n = tn;
+            if (cand_run(sh, trial, tn, &fail_n) != CAND_FAILS)
+                continue;
+            memcpy(sh->cand, trial, fail_n * sizeof *trial);
+            sh->n = fail_n;
+            snprintf(sh->msg, sizeof sh->msg, "%s", sh->run_msg);
+            reduced = true;
+            gran = gran > 2 ? gran - 1 : 2;
+            shrink_progress(sh);
+        }
+        if (!reduced) {
+            if (gran >= nunits)
+                break;
+            gran = gran * 2 < nunits ? gran * 2 : nunits;
+        }
+    }
+    free(unit);
+    free(trial);
+}
+
+/* A growing string; every append checks its allocation. */
+typedef struct sbuf {
+    char *s; /* owned, NUL-terminated once anything was appended */
+    size_t len, cap;
+} sbuf_t;
+
+static void sb_printf(sbuf_t *sb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void
+sb_printf(sbuf_t *sb, const char *fmt, ...)
+{
+    va_list ap, ap2;
+    va_start(ap, fmt);
+    va_copy(ap2, ap);
+    int len = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    TH_ASSERT(len >= 0, "formatting the reproduction works");
+    if (sb->len + (size_t)len + 1 > sb->cap) {
+        size_t cap = sb->cap ? sb->cap : 4096;
+        while (sb->len + (size_t)len + 1 > cap)
+            cap *= 2;
+        char *ns = realloc(sb->s, cap);
+        TH_ASSERT(ns != NULL, "out of memory (reproduction of %zu bytes)", cap);
+        sb->s = ns;
+        sb->cap = cap;
+    }
+    vsnprintf(sb->s + sb->len, sb->cap - sb->len, fmt, ap2);
+    va_end(ap2);
+    sb->len += (size_t)len;
+}
+
+/* The reproduction of sh->cand as a psql script (caller frees). */
+static char *
+repro_sql(const shrink_t *sh)
+{
+    const failure_t *f = sh->f;
+    const char *st = sts[f->st].name;
+    size_t ncycles = count_cycles(sh->cand, sh->n);
+    sbuf_t sb = {0};
+    sb_printf(&sb,
+              "-- %s, by tests/integration/0017_stream_property.c\n"
+              "-- seed %u (SLUICE_TEST_SEED=%u): at cycle %d, stream table %s failed the check\n"
+              "-- \"%s\": %s\n"
+              "-- Shrunk from %zu statements to %zu statement%s in %zu cycle%s (%d run%s).\n"
+              "--\n"
+              "-- Replay on a new database after `sluice init --db DB`:\n"
+              "--   psql -X -v ON_ERROR_STOP=1 -d DB -f repro.sql\n"
+              "-- stopping at the marked line to run `sluice engine --once --db DB` (its\n"
+              "-- analysis makes the stream tables DIFFERENTIAL; without it every refresh\n"
+              "-- is FULL). The last statement raises while the bug is there.\n\n",
+              sh->stopped ? "Smallest reproduction found before shrinking stopped"
+                          : "Minimal reproduction",
+              f->seed, f->seed, f->cycle, st, check_names[f->kind], sh->msg, sh->orig_n, sh->n,
+              plural(sh->n), ncycles, plural(ncycles), sh->runs, plural((size_t)sh->runs));
+    sb_printf(&sb, "SET client_min_messages = warning;\n");
+    for (size_t s = 0; s < NSOURCES; s++)
+        sb_printf(&sb, "%s;\n", source_ddl[s]);
+    if (f->kind == CHECK_REPLAY)
+        sb_printf(&sb,
+                  "-- replay(st, after_id) applies the deltas in sluice.outbox to replay_rows\n"
+                  "%s;\n%s;\n",
+                  replay_ddl, replay_fn);
+    size_t pos = 0;
+    if (pos < sh->n && hist[sh->cand[pos]].cycle == 0)
+        sb_printf(&sb, "-- before the stream tables exist (cycle 0)\n");
+    for (; pos < sh->n && hist[sh->cand[pos]].cycle == 0; pos++)
+        sb_printf(&sb, "%s;\n", hist[sh->cand[pos]].sql);
+    for (size_t i = 0; i < NSTS; i++)
+        if (sh->mask & (1u << i))
+            sb_printf(&sb, "SELECT sluice.create_stream_table('%s', $q$%s$q$);\n", sts[i].name,
+                      sts[i].query);
+    sb_printf(&sb, "\n" ENGINE_MARK "\n-- (the test runs the engine's analysis at this point)\n\n");
+    for (bool refreshed = false; pos < sh->n || !refreshed; refreshed = true) {
+        int cycle = pos < sh->n ? hist[sh->cand[pos]].cycle : f->cycle;
+        sb_printf(&sb, "-- cycle %d\n", cycle);
+        for (; pos < sh->n && hist[sh->cand[pos]].cycle == cycle; pos++)
+            sb_printf(&sb, "%s;\n", hist[sh->cand[pos]].sql);
+        for (size_t i = 0; i < NSTS; i++)
+            if (sh->mask & (1u << i))
+                sb_printf(&sb, "SELECT sluice.refresh_stream_table('%s');\n", sts[i].name);
+    }
+    char sql[4096];
+    switch (f->kind) {
+    case CHECK_REFRESH:
+        sb_printf(&sb, "-- the check that fails: the refresh of %s above raises\n", st);
+        break;
+    case CHECK_CONTENT:
+        content_diff_sql(sql, sizeof sql, f->st);
+        sb_printf(&sb,
+                  "\n-- the check that fails: %s holds what its query returns, as multisets\n"
+                  "SELECT 'only in %s' AS side, * FROM (SELECT %s FROM %s EXCEPT ALL SELECT %s "
+                  "FROM (%s) q) x\nUNION ALL\nSELECT 'only in its query', * FROM (SELECT %s FROM "
+                  "(%s) q EXCEPT ALL SELECT %s FROM %s) y;\n"
+                  "DO $$ DECLARE n bigint; BEGIN\n  %s INTO n;\n  IF n <> 0 THEN RAISE "
+                  "EXCEPTION '%s differs from its query: %% rows differ', n; END IF;\nEND $$;\n",
+                  st, st, sts[f->st].cols, st, sts[f->st].cols, expected_query(f->st),
+                  sts[f->st].cols, expected_query(f->st), sts[f->st].cols, st, sql, st);
+        break;
+    case CHECK_REPLAY:
+        replay_diff_sql(sql, sizeof sql, f->st);
+        sb_printf(&sb,
+                  "\n-- the check that fails: replaying every delta of %s from empty rebuilds it\n"
+                  "SELECT replay('%s', 0);\n"
+                  "DO $$ DECLARE n bigint; BEGIN\n  %s INTO n;\n  IF n <> 0 THEN RAISE "
+                  "EXCEPTION 'the replayed deltas of %s differ from it: %% rows differ', n; END "
+                  "IF;\nEND $$;\n",
+                  st, st, sql, st);
+        break;
+    case CHECK_PASS:
+    case CHECK_BROKEN: TH_FAIL("no reproduction for check kind %d", (int)f->kind);
+    }
+    return sb.s;
+}
+
+/*
+ * Shrinks failure f (see the file header) and prints the reproduction, also
+ * written to <scratch>/repro.sql. Returns the script (caller frees) and its
+ * number of statements in *nstmts, or NULL when shrinking is off or the
+ * failure does not reproduce in a fresh database.
+ */
+static char *
+shrink(th_env_t *env, const failure_t *f, size_t *nstmts)
+{
+    int budget_s = SHRINK_BUDGET_S;
+    const char *b = getenv("SLUICE_PROPERTY_SHRINK_S");
+    if (b != NULL) {
+        budget_s = atoi(b);
+    } else {
+        int left_s = SHRINK_END_S - (int)((th_now_ms() - test_start_ms) / 1000);
+        if (left_s < budget_s)
+            budget_s = left_s > SHRINK_MIN_S ? left_s : SHRINK_MIN_S;
+    }
+    if (budget_s <= 0) {
+        th_log("shrink: off (SLUICE_PROPERTY_SHRINK_S=%s)", b);
+        return NULL;
+    }
+    shrink_t sh = {.env = env, .f = f, .orig_n = hist_n};
+    sh.deadline_ms = th_now_ms() + (int64_t)budget_s * 1000;
+    snprintf(sh.tmpl, sizeof sh.tmpl, "sl_shrink_template");
+    sh.admin = th_pg_connect(env->pg_url);
+    th_sql(sh.admin, "CREATE DATABASE %s", sh.tmpl);
+    char url[512];
+    snprintf(url, sizeof url, "postgresql://postgres@127.0.0.1:%d/%s", env->pg_port, sh.tmpl);
+    const char *const init[] = {SLUICE_BIN, "init", "--db", url, NULL};
+    TH_ASSERT(th_run(init, NULL, 60000) == 0, "sluice init succeeds on the shrinker's template");
+
+    sh.cand = xmalloc((hist_n ? hist_n : 1) * sizeof *sh.cand);
+    for (size_t j = 0; j < hist_n; j++)
+        sh.cand[j] = j;
+    sh.n = hist_n;
+    th_log("shrink: %s failed \"%s\" at cycle %d after %zu statements; shrinking for up to %d s "
+           "(SLUICE_PROPERTY_SHRINK_S)",
+           sts[f->st].name, check_names[f->kind], f->cycle, hist_n, budget_s);
+    char *repro = NULL;
+    size_t fail_n = sh.n;
+    sh.mask = st_closure(f->st);
+    cand_result_t r = cand_run(&sh, sh.cand, sh.n, &fail_n);
+    if (r == CAND_PASSES) {
+        th_log("shrink: with only %s and what it reads, the whole history passes; trying again "
+               "with every stream table",
+               sts[f->st].name);
+        sh.mask = (1u << NSTS) - 1;
+        r = cand_run(&sh, sh.cand, sh.n, &fail_n);
+    }
+    if (r != CAND_FAILS) {
+        th_log("shrink: the failure does not reproduce in a fresh database (%s); statements.sql "
+               "replays the whole run",
+               r == CAND_PASSES    ? "it passes"
+               : sh.why_stopped[0] ? sh.why_stopped
+                                   : "out of time before the whole history ran; set "
+                                     "SLUICE_PROPERTY_SHRINK_S higher");
+        goto done;
+    }
+    sh.n = fail_n;
+    snprintf(sh.msg, sizeof sh.msg, "%s", sh.run_msg);
+    shrink_progress(&sh);
+    th_log("shrink: dropping cycles");
+    ddmin(&sh, true);
+    th_log("shrink: dropping statements");
+    ddmin(&sh, false);
+    if (sh.stopped && sh.why_stopped[0] != '\0')
+        th_log("shrink: stopped (%s); the smallest reproduction so far follows", sh.why_stopped);
+    else if (sh.stopped)
+        th_log("shrink: out of time after %d s; the smallest reproduction so far follows (run "
+               "the test binary with SLUICE_TEST_SEED=%u SLUICE_PROPERTY_SHRINK_S=600 to shrink "
+               "further)",
+               budget_s, f->seed);
+    else
+        th_log("shrink: done: no single cycle or statement can go (%d run%s)", sh.runs,
+               plural((size_t)sh.runs));
+
+    repro = repro_sql(&sh);
+    char path[TH_PATH_MAX];
+    snprintf(path, sizeof path, "%s/repro.sql", th_tmpdir());
+    th_write_file(path, repro);
+    fprintf(stderr, "---- reproduction (%s) ----\n%s---- end of %s ----\n", path, repro, path);
+    *nstmts = sh.n;
+done:
+    th_sql(sh.admin, "DROP DATABASE %s WITH (FORCE)", sh.tmpl);
+    PQfinish(sh.admin);
+    free(sh.cand);
+    return repro;
+}
+
+/*
+ * Replays reproduction `repro` like a user would: a new database, `sluice
+ * init`, psql up to ENGINE_MARK, `sluice engine --once`, psql for the rest.
+ * True when psql stops at the final check with its mismatch message.
+ */
+static bool
+repro_replays(th_env_t *env, const char *repro, const char *mismatch)
+{
+    const char *mark = strstr(repro, ENGINE_MARK);
+    TH_ASSERT(mark != NULL, "repro.sql has the engine mark");
+    char p1[TH_PATH_MAX], p2[TH_PATH_MAX];
+    snprintf(p1, sizeof p1, "%s/repro-1.sql", th_tmpdir());
+    snprintf(p2, sizeof p2, "%s/repro-2.sql", th_tmpdir());
+    size_t head = (size_t)(mark - repro);
+    char *part1 = xmalloc(head + 1);
+    memcpy(part1, repro, head);
+    part1[head] = '\0';
+    th_write_file(p1, part1);
+    free(part1);
+    th_write_file(p2, mark);
+
+    char *url = th_createdb(env, "sl_repro_check");
+    const char *const init[] = {SLUICE_BIN, "init", "--db", url, NULL};
+    TH_ASSERT(th_run(init, NULL, 60000) == 0, "sluice init succeeds on the replay database");
+    const char *const psql1[] = {"psql", "-X", "-q", "-v", "ON_ERROR_STOP=1",
+                                 "-d",   url,  "-f", p1,   NULL};
+    int rc1 = th_run(psql1, NULL, 60000);
+    const char *const once[] = {SLUICE_BIN, "engine", "--db", url, "--once", "-l", "warn", NULL};
+    int rc_once = th_run(once, NULL, 60000);
+    /* psql's error goes to stderr: sh merges it into the captured output. */
+    const char *const psql2[] = {
+        "sh", "-c", "psql -X -q -v ON_ERROR_STOP=1 -d \"$1\" -f \"$2\" 2>&1", "sh", url, p2, NULL};
+    char *out = NULL;
+    int rc2 = th_run(psql2, &out, 60000);
+    th_log("replaying repro.sql: psql part 1 exited %d, sluice engine --once %d, psql part 2 %d "
+           "with:\n%s",
+           rc1, rc_once, rc2, out ? out : "");
+    bool ok = rc1 == 0 && rc_once == 0 && rc2 == 3 && out != NULL && strstr(out, mismatch) != NULL;
+    free(out);
+    free(url);
+    return ok;
+}
+
 int
 main(void)
 {
+    test_start_ms = th_now_ms();
     unsigned seed = (unsigned)time(NULL);
     const char *fixed = getenv("SLUICE_TEST_SEED");
     if (fixed != NULL)
@@ -200,7 +977,11 @@ main(void)
     const char *nc = getenv("SLUICE_PROPERTY_CYCLES");
     if (nc != NULL)
         cycles = atoi(nc);
-    th_log("seed %u, %d cycles (rerun with SLUICE_TEST_SEED=%u)", seed, cycles, seed);
+    const char *inj = getenv("SLUICE_PROPERTY_INJECT");
+    inject = inj != NULL && strcmp(inj, "1") == 0;
+    th_log("seed %u, %d cycles (rerun with SLUICE_TEST_SEED=%u)%s", seed, cycles, seed,
+           inject ? "; SLUICE_PROPERTY_INJECT=1: " INJECT_ST " is checked against a wrong query"
+                  : "");
     srand(seed);
 
     th_env_t env;
@@ -214,94 +995,102 @@ main(void)
     TH_ASSERT(stmt_log != NULL, "the statement log opens");
     setvbuf(stmt_log, NULL, _IOLBF, 0);
 
-    run(conn, "CREATE TABLE a (id int PRIMARY KEY, k int, v int, s text)");
-    run(conn, "CREATE TABLE b (id int PRIMARY KEY, a_k int, w int)");
-    run(conn, "CREATE TABLE c (id int PRIMARY KEY, b_id int, z int)");
+    for (size_t s = 0; s < NSOURCES; s++) {
+        fprintf(stmt_log, "%s;\n", source_ddl[s]);
+        th_sql(conn, "%s", source_ddl[s]);
+    }
+    hist_cycle = 0;
     for (int i = 0; i < 20; i++)
         random_dml(conn);
-    for (size_t i = 0; i < NSTS; i++)
-        run(conn, "SELECT sluice.create_stream_table('%s', $q$%s$q$)", sts[i].name, sts[i].query);
+    for (size_t i = 0; i < NSTS; i++) {
+        fprintf(stmt_log, "SELECT sluice.create_stream_table('%s', $q$%s$q$);\n", sts[i].name,
+                sts[i].query);
+        th_sql(conn, "SELECT sluice.create_stream_table('%s', $q$%s$q$)", sts[i].name,
+               sts[i].query);
+    }
     th_sql(conn, "SET client_min_messages = warning");
-    th_sql(conn, "CREATE TABLE replay_rows (name text, row_id uuid, img jsonb, PRIMARY KEY "
-                 "(name, row_id))");
+    th_sql(conn, "%s", replay_ddl);
     th_sql(conn, "%s", replay_fn);
 
     const char *const once[] = {SLUICE_BIN, "engine", "--db", env.pg_url, "--once", NULL};
     TH_ASSERT(th_run(once, NULL, 60000) == 0, "sluice engine --once analyses the stream tables");
     long long diff = th_sql_int(conn, "SELECT count(*) FROM sluice.stream_table_catalog WHERE "
                                       "effective_mode = 'differential'");
-    TH_ASSERT(diff >= 5, "the single-table stream tables are differential (%lld are)", diff);
+    TH_ASSERT(diff == (long long)NSTS, "every stream table is differential (%lld of %zu are)", diff,
+              NSTS);
     th_log("%lld of %zu stream tables refresh differentially", diff, NSTS);
 
     long long replayed[NSTS];
     for (size_t i = 0; i < NSTS; i++)
         replayed[i] = 0;
     long long modes_diff = 0, modes_full = 0;
-    for (int cycle = 1; cycle <= cycles; cycle++) {
+    failure_t f = {.seed = seed, .kind = CHECK_PASS};
+    for (int cycle = 1; cycle <= cycles && f.kind == CHECK_PASS; cycle++) {
         cycle_len = 0;
         cycle_sql[0] = '\0';
         fprintf(stmt_log, "-- cycle %d\n", cycle);
+        hist_cycle = cycle;
         random_dml(conn);
-        for (size_t i = 0; i < NSTS; i++) {
-            run(conn, "SELECT sluice.refresh_stream_table('%s')", sts[i].name);
-            char *mode = th_sql_text(conn,
-                                     "SELECT last_refresh_mode FROM sluice.stream_table_catalog "
-                                     "WHERE name = '%s'",
-                                     sts[i].name);
-            if (mode != NULL && strcmp(mode, "differential") == 0)
-                modes_diff++;
-            else
-                modes_full++;
-            free(mode);
-            long long bad = th_sql_int(
-                conn,
-                "SELECT count(*) FROM ((SELECT %s FROM %s EXCEPT ALL SELECT %s FROM (%s) q) UNION "
-                "ALL (SELECT %s FROM (%s) q EXCEPT ALL SELECT %s FROM %s)) x",
-                sts[i].cols, sts[i].name, sts[i].cols, sts[i].query, sts[i].cols, sts[i].query,
-                sts[i].cols, sts[i].name);
-            if (bad != 0)
-                fprintf(stderr, "seed %u cycle %d: %s differs from its query; this cycle ran:\n%s",
-                        seed, cycle, sts[i].name, cycle_sql);
-            TH_ASSERT(bad == 0,
-                      "seed %u cycle %d: %s holds what its query returns (%lld rows differ; "
-                      "statements.sql replays the run)",
-                      seed, cycle, sts[i].name, bad);
-            char err[1024];
-            char *last = NULL;
-            if (th_sql_try(conn, err, sizeof err,
-                           "SELECT set_config('sluice_test.last', replay('%s', %lld)::text, false)",
-                           sts[i].name, replayed[i]) != 0) {
-                fprintf(stderr, "seed %u cycle %d: replaying %s failed: %s; this cycle ran:\n%s",
-                        seed, cycle, sts[i].name, err, cycle_sql);
-                TH_ASSERT(false, "seed %u cycle %d: the deltas of %s replay cleanly (%s)", seed,
-                          cycle, sts[i].name, err);
+        for (size_t i = 0; i < NSTS && f.kind == CHECK_PASS; i++) {
+            fprintf(stmt_log, "SELECT sluice.refresh_stream_table('%s');\n", sts[i].name);
+            if (refresh_st(conn, i, f.msg, sizeof f.msg) != 0) {
+                f.kind = CHECK_REFRESH;
+            } else {
+                char *mode = th_sql_text(conn,
+                                         "SELECT last_refresh_mode FROM "
+                                         "sluice.stream_table_catalog WHERE name = '%s'",
+                                         sts[i].name);
+                if (mode != NULL && strcmp(mode, "differential") == 0)
+                    modes_diff++;
+                else
+                    modes_full++;
+                free(mode);
+                f.kind = check_st(conn, i, &replayed[i], f.msg, sizeof f.msg);
             }
-            last = th_sql_text(conn, "SELECT current_setting('sluice_test.last')");
-            replayed[i] = last != NULL ? strtoll(last, NULL, 10) : replayed[i];
-            free(last);
-            long long rbad = th_sql_int(
-                conn,
-                "SELECT count(*) FROM ((SELECT row_id, img FROM replay_rows WHERE name = '%s' "
-                "EXCEPT ALL SELECT __sluice_row_id, to_jsonb(t) - '__sluice_row_id' FROM %s t) "
-                "UNION ALL (SELECT __sluice_row_id, to_jsonb(t) - '__sluice_row_id' FROM %s t "
-                "EXCEPT ALL SELECT row_id, img FROM replay_rows WHERE name = '%s')) x",
-                sts[i].name, sts[i].name, sts[i].name, sts[i].name);
-            if (rbad != 0)
-                fprintf(stderr,
-                        "seed %u cycle %d: replayed deltas of %s differ from it; this cycle "
-                        "ran:\n%s",
-                        seed, cycle, sts[i].name, cycle_sql);
-            TH_ASSERT(rbad == 0,
-                      "seed %u cycle %d: replaying the deltas of %s from empty rebuilds it, row "
-                      "ids included (%lld rows differ)",
-                      seed, cycle, sts[i].name, rbad);
+            if (f.kind == CHECK_PASS)
+                continue;
+            f.cycle = cycle;
+            f.st = i;
+            fprintf(stderr, "seed %u cycle %d: %s; this cycle ran:\n%s", seed, cycle, f.msg,
+                    cycle_sql);
+            TH_ASSERT(f.kind != CHECK_BROKEN, "seed %u cycle %d: the checks of %s run (%s)", seed,
+                      cycle, sts[i].name, f.msg);
         }
-        if (cycle % 250 == 0)
+        if (f.kind == CHECK_PASS && cycle % 250 == 0)
             th_log("cycle %d: every stream table matches its query and its replayed deltas", cycle);
     }
-    th_log("%lld differential and %lld full refreshes checked", modes_diff, modes_full);
-    TH_ASSERT(modes_diff > cycles, "most refreshes of the differential tables were differential");
+
+    if (f.kind != CHECK_PASS) {
+        size_t nstmts = 0;
+        char *repro = shrink(&env, &f, &nstmts);
+        if (!inject)
+            TH_FAIL("seed %u cycle %d: %s: %s (%s)", seed, f.cycle, check_names[f.kind], f.msg,
+                    repro != NULL ? "repro.sql reproduces it; statements.sql replays the run"
+                                  : "statements.sql replays the run");
+        /* The shrinker's own test: the failure must be the injected one,
+         * shrunk, and reproducible from repro.sql alone. */
+        TH_ASSERT(strcmp(sts[f.st].name, INJECT_ST) == 0 && f.kind == CHECK_CONTENT,
+                  "the failure found is the injected one (%s on %s)", check_names[f.kind],
+                  sts[f.st].name);
+        TH_ASSERT(repro != NULL, "the injected failure was shrunk to a reproduction");
+        TH_ASSERT(nstmts <= INJECT_MAX_STMTS,
+                  "the injected failure shrank to at most %d statements (%zu are left)",
+                  INJECT_MAX_STMTS, nstmts);
+        TH_ASSERT(repro_replays(&env, repro, INJECT_ST " differs from its query"),
+                  "replaying repro.sql with psql reproduces the mismatch");
+        th_log("the injected fault was found at cycle %d, shrunk to %zu statement%s, and "
+               "repro.sql reproduces it",
+               f.cycle, nstmts, plural(nstmts));
+        free(repro);
+    } else {
+        TH_ASSERT(!inject, "SLUICE_PROPERTY_INJECT=1: the injected fault shows within %d cycles",
+                  cycles);
+        th_log("%lld differential and %lld full refreshes checked", modes_diff, modes_full);
+        TH_ASSERT(modes_diff > cycles,
+                  "most refreshes of the differential tables were differential");
+    }
     fclose(stmt_log);
+    hist_free();
     PQfinish(conn);
     return 0;
 }
