@@ -20,6 +20,12 @@
 -- engine disarms (releases the lock) when a ring wakes it and arms again,
 -- followed by one more pass over every stream table, once it is idle.
 --
+-- Fixed on the way: version 4 wrote images as to_jsonb(n) over the
+-- transition table aliased n (o for old rows), which PostgreSQL reads as
+-- the column when the source has a column named n (or o), so such tables
+-- got that column's value as their image. The images are now to_jsonb(n.*)
+-- (the whole row, whatever the columns are called).
+--
 -- A statement that changed no row (an UPDATE or DELETE matching nothing)
 -- does not ring.
 --
@@ -72,10 +78,10 @@ BEGIN
             $body$$ddl$,
             format('capture_%s_%s', src, ev),
             CASE ev
-                WHEN 'ins' THEN format('INSERT INTO sluice_changes.%I (op, img) SELECT ''I'', to_jsonb(n) FROM __sluice_new n;', buf)
-                WHEN 'upd' THEN format('INSERT INTO sluice_changes.%1$I (op, img) SELECT ''D'', to_jsonb(o) FROM __sluice_old o;
-                INSERT INTO sluice_changes.%1$I (op, img) SELECT ''I'', to_jsonb(n) FROM __sluice_new n;', buf)
-                WHEN 'del' THEN format('INSERT INTO sluice_changes.%I (op, img) SELECT ''D'', to_jsonb(o) FROM __sluice_old o;', buf)
+                WHEN 'ins' THEN format('INSERT INTO sluice_changes.%I (op, img) SELECT ''I'', to_jsonb(n.*) FROM __sluice_new n;', buf)
+                WHEN 'upd' THEN format('INSERT INTO sluice_changes.%1$I (op, img) SELECT ''D'', to_jsonb(o.*) FROM __sluice_old o;
+                INSERT INTO sluice_changes.%1$I (op, img) SELECT ''I'', to_jsonb(n.*) FROM __sluice_new n;', buf)
+                WHEN 'del' THEN format('INSERT INTO sluice_changes.%I (op, img) SELECT ''D'', to_jsonb(o.*) FROM __sluice_old o;', buf)
                 ELSE format('INSERT INTO sluice_changes.%I (op, img) VALUES (''T'', NULL);', buf)
             END,
             ring);

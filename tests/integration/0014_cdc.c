@@ -523,6 +523,27 @@ check_detach(PGconn *conn)
 }
 
 /* ------------------------------------------------------------------------ */
+/* 9. column names that are also the transition tables' aliases             */
+/* ------------------------------------------------------------------------ */
+
+static void
+check_alias_columns(PGconn *conn)
+{
+    TH_LOG("images of a table with columns named n and o are whole rows");
+    th_sql(conn, "CREATE TABLE app.counts (id int PRIMARY KEY, n int, o text); "
+                 "SELECT sluice.cdc_attach('app.counts')");
+    long long oid = oid_of(conn, "app.counts");
+    th_sql(conn, "INSERT INTO app.counts VALUES (1, 10, 'x')");
+    th_sql(conn, "UPDATE app.counts SET n = 11 WHERE id = 1");
+    th_sql(conn, "DELETE FROM app.counts WHERE id = 1");
+    expect_text(changes_since(conn, oid, 0),
+                "I {\"n\": 10, \"o\": \"x\", \"id\": 1} | D {\"n\": 10, \"o\": \"x\", \"id\": 1} | "
+                "I {\"n\": 11, \"o\": \"x\", \"id\": 1} | D {\"n\": 11, \"o\": \"x\", \"id\": 1}",
+                "insert, update and delete images are the rows, not the column n or o");
+    th_sql(conn, "SELECT sluice.cdc_detach('app.counts')");
+}
+
+/* ------------------------------------------------------------------------ */
 
 int
 main(void)
@@ -539,6 +560,7 @@ main(void)
     check_ddl_and_writer(&env, conn);
     check_partitioned(conn);
     check_detach(conn);
+    check_alias_columns(conn);
 
     PQfinish(conn);
     th_env_stop(&env);
