@@ -23,10 +23,22 @@
  * DISTINCT, and a change seen twice changes nothing. Its cost is the
  * affected groups' rows, which an index on the key columns keeps small.
  *
- * Differential today: one source table (projection, WHERE, GROUP BY with any
- * aggregates, HAVING, DISTINCT), when the row identity is known (group keys
- * or the table's primary key in the select list). Joins, UNION ALL and
- * subqueries in FROM are refreshed in full, and the reason says so.
+ * What is differential:
+ *   - one table (projection, WHERE, GROUP BY with any aggregates, HAVING,
+ *     DISTINCT) when the row identity is known: affected keys from the
+ *     change images themselves, as above;
+ *   - inner joins of tables (and of subqueries that only filter and project
+ *     one table), with any of that on top: affected keys are those of the
+ *     result rows produced by combinations of rows that involve a changed
+ *     row, over the tables now and over the tables as they were before the
+ *     window (rebuilt from the change images: gen_affected_inner);
+ *   - chains of LEFT JOIN equi-joins whose first table's key is in the row
+ *     identity: the refresh unit is a row of the first table with every
+ *     result row built from it (unit_columns, gen_affected_rooted), because
+ *     a NULL-extended row comes from the absence of a partner.
+ * UNION ALL, subqueries elsewhere, WITH, window functions, LIMIT and the
+ * rest are refreshed in full, and the reason says so. docs/stream-tables.md
+ * ("What is refreshed differentially") has the argument in prose.
  *
  * Text handling: the generated SQL is spliced from the user's own query
  * text, cut at top-level clause boundaries found with libpg_query's scanner
