@@ -23,22 +23,6 @@
 #include <sys/select.h>
 #include <sys/wait.h>
 
-typedef struct sql_arg {
-    PGconn *conn;
-    const char *sql;
-} sql_arg_t;
-
-/* True when the query returns true. */
-static bool
-sql_true(void *p)
-{
-    sql_arg_t *a = p;
-    char *v = th_sql_text(a->conn, "%s", a->sql);
-    bool ok = v != NULL && strcmp(v, "t") == 0;
-    free(v);
-    return ok;
-}
-
 /* Waits up to timeout_ms for a notification on conn; its payload (caller frees) or NULL. */
 static char *
 wait_notify(PGconn *conn, int timeout_ms)
@@ -112,11 +96,9 @@ main(void)
     /* 2. Changes flow on their own. */
     th_sql(conn, "INSERT INTO orders VALUES (3, 1, 5); UPDATE customers SET name = 'anne' WHERE "
                  "id = 1");
-    sql_arg_t totals = {conn, "SELECT total = 15 FROM totals WHERE customer_id = 1"};
-    TH_ASSERT(th_wait_until(sql_true, &totals, 10000, 20),
+    TH_ASSERT(th_wait_sql(conn, "SELECT total = 15 FROM totals WHERE customer_id = 1", 10000, 20),
               "the engine refreshes the aggregate after an insert");
-    sql_arg_t named = {conn, "SELECT count(*) = 2 FROM named WHERE name = 'anne'"};
-    TH_ASSERT(th_wait_until(sql_true, &named, 10000, 20),
+    TH_ASSERT(th_wait_sql(conn, "SELECT count(*) = 2 FROM named WHERE name = 'anne'", 10000, 20),
               "the engine refreshes the join after an update of the other table");
     TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice.stream_table_catalog WHERE name = "
                                "'named' AND last_refresh_mode = 'differential'") == 1,
@@ -137,9 +119,10 @@ main(void)
     /* 3. DDL on a source: an error state for that stream table only. */
     th_sql(conn, "ALTER TABLE legacy DROP COLUMN x");
     th_sql(conn, "INSERT INTO legacy VALUES (2, 2)");
-    sql_arg_t broken = {conn, "SELECT status = 'error' FROM sluice.stream_table_catalog WHERE "
-                              "name = 'legacy_x'"};
-    TH_ASSERT(th_wait_until(sql_true, &broken, 15000, 50),
+    TH_ASSERT(th_wait_sql(conn,
+                          "SELECT status = 'error' FROM sluice.stream_table_catalog WHERE "
+                          "name = 'legacy_x'",
+                          15000, 50),
               "the stream table whose column was dropped goes into status error");
     char *why = th_sql_text(conn, "SELECT last_error FROM sluice.stream_table_catalog WHERE "
                                   "name = 'legacy_x'");
@@ -147,8 +130,8 @@ main(void)
               why ? why : "NULL");
     free(why);
     th_sql(conn, "DELETE FROM orders WHERE id = 3");
-    sql_arg_t back = {conn, "SELECT total = 10 FROM totals WHERE customer_id = 1"};
-    TH_ASSERT(th_wait_until(sql_true, &back, 10000, 20), "the other stream tables keep refreshing");
+    TH_ASSERT(th_wait_sql(conn, "SELECT total = 10 FROM totals WHERE customer_id = 1", 10000, 20),
+              "the other stream tables keep refreshing");
     TH_ASSERT(th_file_contains(log, "event=engine.refresh_failed stream_table=legacy_x"),
               "the failure is logged with the stream table's name");
 

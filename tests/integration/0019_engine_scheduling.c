@@ -55,22 +55,6 @@
     "SELECT count(*) = 1 FROM pg_stat_activity WHERE query LIKE 'SELECT sluice._refresh(%' " \
     "AND state = 'active' AND wait_event = 'PgSleep'"
 
-typedef struct sql_arg {
-    PGconn *conn;
-    const char *sql;
-} sql_arg_t;
-
-/* True when the query returns true. */
-static bool
-sql_true(void *p)
-{
-    sql_arg_t *a = p;
-    char *v = th_sql_text(a->conn, "%s", a->sql);
-    bool ok = v != NULL && strcmp(v, "t") == 0;
-    free(v);
-    return ok;
-}
-
 typedef struct log_arg {
     const char *path;
     const char *needle;
@@ -95,9 +79,8 @@ log_has(void *p)
 static int64_t
 wait_ms(PGconn *conn, const char *sql, int timeout_ms)
 {
-    sql_arg_t a = {conn, sql};
     int64_t t0 = th_now_ms();
-    if (!th_wait_until(sql_true, &a, timeout_ms, 5))
+    if (!th_wait_sql(conn, sql, timeout_ms, 5))
         return -1;
     return th_now_ms() - t0;
 }
@@ -207,8 +190,8 @@ main(void)
               "the fast stream table is refreshed within %d ms while the slow one runs "
               "(took %lld ms; the slow refresh takes %d s)",
               2 * WAKE_DEADLINE_MS, (long long)beside, SLOW_S);
-    sql_arg_t slow = {conn, SLOW_RUNNING};
-    TH_ASSERT(sql_true(&slow), "the slow refresh was still running when the fast one finished");
+    TH_ASSERT(th_sql_true(conn, SLOW_RUNNING),
+              "the slow refresh was still running when the fast one finished");
     /* A stream table is never refreshed twice at once. */
     th_sql(conn, "UPDATE slow_src SET id = id");
     th_sleep_ms(300); /* give a wrong engine time to start a second refresh */

@@ -545,6 +545,34 @@ th_wait_until(bool (*cond)(void *), void *arg, int timeout_ms, int poll_ms)
     }
 }
 
+bool
+th_sql_true(PGconn *conn, const char *sql)
+{
+    char *v = th_sql_text(conn, "%s", sql);
+    bool ok = v != NULL && strcmp(v, "t") == 0;
+    free(v);
+    return ok;
+}
+
+typedef struct th_sql_arg {
+    PGconn *conn;
+    const char *sql;
+} th_sql_arg_t;
+
+static bool
+th_sql_cond(void *p)
+{
+    th_sql_arg_t *a = p;
+    return th_sql_true(a->conn, a->sql);
+}
+
+bool
+th_wait_sql(PGconn *conn, const char *sql, int timeout_ms, int poll_ms)
+{
+    th_sql_arg_t a = {conn, sql};
+    return th_wait_until(th_sql_cond, &a, timeout_ms, poll_ms);
+}
+
 const char *
 th_tmpdir(void)
 {

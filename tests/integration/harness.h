@@ -298,6 +298,12 @@ void th_write_file_at(const char *file, int line, const char *path, const char *
  * timeout_ms passes (then returns false). cond runs at least once. */
 bool th_wait_until(bool (*cond)(void *), void *arg, int timeout_ms, int poll_ms);
 
+/* True when sql's first value is true (an SQL error fails the test). */
+bool th_sql_true(PGconn *conn, const char *sql);
+
+/* th_wait_until for a query: polls sql every poll_ms until it returns true. */
+bool th_wait_sql(PGconn *conn, const char *sql, int timeout_ms, int poll_ms);
+
 /* Monotonic milliseconds. */
 int64_t th_now_ms(void);
 
