@@ -85,6 +85,33 @@ wait_ms(PGconn *conn, const char *sql, int timeout_ms)
     return th_now_ms() - t0;
 }
 
+/* True when the query stays true at every sample (every 5 ms) for ms: a
+ * state that must hold over a window, not just at one instant. */
+static bool
+holds_for(PGconn *conn, const char *sql, int ms)
+{
+    int64_t end = th_now_ms() + ms;
+    do {
+        if (!th_sql_true(conn, sql))
+            return false;
+        th_sleep_ms(5); /* sampling pace inside the window */
+    } while (th_now_ms() < end);
+    return true;
+}
+
+/* Waits until the engine is idle and stays so for 30 ms (settled, not
+ * between two refreshes). */
+static bool
+settled(PGconn *conn)
+{
+    int64_t end = th_now_ms() + 20000;
+    while (th_now_ms() < end)
+        if (wait_ms(conn, ENGINE_IDLE, (int)(end - th_now_ms())) >= 0 &&
+            holds_for(conn, ENGINE_IDLE, 30))
+            return true;
+    return false;
+}
+
 int
 main(void)
 {
@@ -141,12 +168,7 @@ main(void)
     /* 1. Wake. */
     int64_t worst = 0;
     for (int i = 0; i < WAKES; i++) {
-        /* Twice, 30 ms apart: settled, not between two refreshes. */
-        TH_ASSERT(wait_ms(conn, ENGINE_IDLE, 20000) >= 0,
-                  "the engine goes idle and arms the doorbell (round %d)", i + 1);
-        th_sleep_ms(30);
-        TH_ASSERT(wait_ms(conn, ENGINE_IDLE, 20000) >= 0, "the engine stays idle (round %d)",
-                  i + 1);
+        TH_ASSERT(settled(conn), "the engine goes idle and arms the doorbell (round %d)", i + 1);
         th_sql(conn, "INSERT INTO fast_src VALUES (%d, %d)", 100 + i, i);
         char sql[256];
         snprintf(sql, sizeof sql, "SELECT count(*) = 1 FROM fast_st WHERE id = %d", 100 + i);
@@ -162,9 +184,7 @@ main(void)
     TH_LOG("wake latency, worst of %d: %lld ms", WAKES, (long long)worst);
 
     /* 3. Dependency order: the reader of fast_st follows in the same pass. */
-    TH_ASSERT(wait_ms(conn, ENGINE_IDLE, 20000) >= 0, "the engine is idle again");
-    th_sleep_ms(30);
-    TH_ASSERT(wait_ms(conn, ENGINE_IDLE, 20000) >= 0, "the engine stays idle");
+    TH_ASSERT(settled(conn), "the engine is idle again");
     th_sql(conn, "UPDATE fast_src SET v = v + 1000 WHERE id = 1");
     int64_t chain = wait_ms(conn,
                             "SELECT total = (SELECT sum(v) FROM fast_src) AND n = "
@@ -194,9 +214,16 @@ main(void)
               "the slow refresh was still running when the fast one finished");
     /* A stream table is never refreshed twice at once. */
     th_sql(conn, "UPDATE slow_src SET id = id");
-    th_sleep_ms(300); /* give a wrong engine time to start a second refresh */
-    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE "
-                               "'SELECT sluice._refresh(%%' AND state = 'active'") == 1,
+    /* For 300 ms (time for a wrong engine to start a second refresh), at
+     * every sample: one refresh sleeps in the slow query, and none waits for
+     * a lock (a second refresh of the slow stream table would wait for the
+     * first one's catalog row lock). Fast refreshes may come and go. */
+    TH_ASSERT(holds_for(conn,
+                        "SELECT count(*) FILTER (WHERE wait_event = 'PgSleep') = 1 AND "
+                        "count(*) FILTER (WHERE wait_event_type = 'Lock') = 0 "
+                        "FROM pg_stat_activity WHERE query LIKE 'SELECT sluice._refresh(%' "
+                        "AND state = 'active'",
+                        300),
               "only the slow refresh runs: its stream table is not started twice");
 
     /* 5. Kill the worker running the slow refresh. */
