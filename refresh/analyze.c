@@ -569,6 +569,23 @@ equi_quals(const cJSON *quals)
            node(cJSON_GetObjectItemCaseSensitive(n, "rexpr"), "ColumnRef") != NULL;
 }
 
+/* The output name of select-list entry tgt when it is column col of table
+ * tab, written tab.col (or col alone, when bare is allowed); else NULL. */
+static const char *
+target_column(const cJSON *tgt, const char *tab, const char *col, bool bare)
+{
+    const cJSON *rt = node(tgt, "ResTarget");
+    const cJSON *fields = cJSON_GetObjectItemCaseSensitive(
+        node(cJSON_GetObjectItemCaseSensitive(rt, "val"), "ColumnRef"), "fields");
+    int nf = cJSON_GetArraySize(fields);
+    const char *c = str(node(cJSON_GetArrayItem(fields, nf - 1), "String"), "sval");
+    const char *t = nf == 2 ? str(node(cJSON_GetArrayItem(fields, 0), "String"), "sval") : NULL;
+    if (c == NULL || strcmp(c, col) != 0 || !(nf == 2 || (nf == 1 && bare)) ||
+        (nf == 2 && (t == NULL || strcmp(t, tab) != 0)))
+        return NULL;
+    return str(rt, "name") != NULL ? str(rt, "name") : c;
+}
+
 /* Appends the table of RangeVar rv to f (its key columns still unset). */
 static const char *
 add_table(const cJSON *rv, const sl_analyze_in_t *in, from_t *f)
@@ -637,20 +654,9 @@ add_subquery(const cJSON *rs, const sl_analyze_in_t *in, from_t *f)
     r->alias = str(alias, "aliasname");
     for (size_t k = 0; k < r->src->npk; k++) {
         const cJSON *tgt;
-        cJSON_ArrayForEach (tgt, cJSON_GetObjectItemCaseSensitive(sel, "targetList")) {
-            const cJSON *rt = node(tgt, "ResTarget");
-            const cJSON *fields = cJSON_GetObjectItemCaseSensitive(
-                node(cJSON_GetObjectItemCaseSensitive(rt, "val"), "ColumnRef"), "fields");
-            int nf = cJSON_GetArraySize(fields);
-            const char *col = str(node(cJSON_GetArrayItem(fields, nf - 1), "String"), "sval");
-            const char *tab =
-                nf == 2 ? str(node(cJSON_GetArrayItem(fields, 0), "String"), "sval") : NULL;
-            if ((nf != 1 && nf != 2) || col == NULL || strcmp(col, r->src->pk[k]) != 0 ||
-                (nf == 2 && (tab == NULL || strcmp(tab, r->text_name) != 0)))
-                continue;
-            r->pk[k] = str(rt, "name") != NULL ? str(rt, "name") : col;
-            break;
-        }
+        cJSON_ArrayForEach (tgt, cJSON_GetObjectItemCaseSensitive(sel, "targetList"))
+            if ((r->pk[k] = target_column(tgt, r->text_name, r->src->pk[k], true)) != NULL)
+                break;
         if (r->pk[k] == NULL)
             return why_shape;
     }
@@ -1169,17 +1175,9 @@ map_units(const cJSON *sel, const sl_analyze_in_t *in, const rel_t *root, keyexp
         units[k] = (keyexpr_t){.from = -1, .alias = root->alias, .src = root->pk[k]};
         const cJSON *tgt;
         cJSON_ArrayForEach (tgt, targets) {
-            const cJSON *rt = node(tgt, "ResTarget");
-            const cJSON *fields = cJSON_GetObjectItemCaseSensitive(
-                node(cJSON_GetObjectItemCaseSensitive(rt, "val"), "ColumnRef"), "fields");
-            if (cJSON_GetArraySize(fields) != 2)
+            const char *name = target_column(tgt, root->alias, root->pk[k], false);
+            if (name == NULL)
                 continue;
-            const char *tab = str(node(cJSON_GetArrayItem(fields, 0), "String"), "sval");
-            const char *col = str(node(cJSON_GetArrayItem(fields, 1), "String"), "sval");
-            if (tab == NULL || col == NULL || strcmp(tab, root->alias) != 0 ||
-                strcmp(col, root->pk[k]) != 0)
-                continue;
-            const char *name = str(rt, "name") != NULL ? str(rt, "name") : col;
             for (size_t i = 0; i < in->nkeys && units[k].col == NULL; i++)
                 if (strcmp(in->keys[i], name) == 0)
                     units[k].col = in->keys[i];
