@@ -34,7 +34,8 @@ psql_has_notifications() {
   terminal2 ';'
   [[ $(notifications) -ge $1 ]]
 }
-listener_ready() { grep -q '^caught up: ' "$SLUICE_ENV_DIR/listener.err"; }
+# The whole line, not its start: the check right after reads it exactly.
+listener_ready() { grep -q '^caught up: .*; listening on shop_orders$' "$SLUICE_ENV_DIR/listener.err"; }
 listener_lines() { [[ $(grep -c . "$SLUICE_ENV_DIR/listener.out") -ge $1 ]]; }
 # Outbox ids in listener.out, one per line (the relay writes "outbox_id":N,
 # jsonb::text writes "outbox_id": N).
