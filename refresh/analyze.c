@@ -35,9 +35,13 @@
  *   - chains of LEFT JOIN equi-joins whose first table's key is in the row
  *     identity: the refresh unit is a row of the first table with every
  *     result row built from it (unit_columns, gen_affected_rooted), because
- *     a NULL-extended row comes from the absence of a partner.
- * UNION ALL, subqueries elsewhere, WITH, window functions, LIMIT and the
- * rest are refreshed in full, and the reason says so. docs/stream-tables.md
+ *     a NULL-extended row comes from the absence of a partner;
+ *   - a UNION ALL of any of those but LEFT JOINs, when the catalog could cut
+ *     it into branches that each have a row identity (in->branches): each
+ *     branch is analysed alone, and the driver runs the branches in turn
+ *     (analyze_union; a row id starts with its branch number).
+ * UNION without ALL, subqueries elsewhere, WITH, window functions, LIMIT and
+ * the rest are refreshed in full, and the reason says so. docs/stream-tables.md
  * ("What is refreshed differentially") has the argument in prose.
  *
  * Text handling: the generated SQL is spliced from the user's own query
@@ -479,9 +483,13 @@ static const char *
 full_reason(const cJSON *sel, const sl_analyze_in_t *in)
 {
     const char *op = str(sel, "op");
+    if (op != NULL && strcmp(op, "SETOP_UNION") == 0 &&
+        cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(sel, "all")))
+        return "a UNION ALL is refreshed differentially when every branch has a row identity of "
+               "its own (its tables' primary keys, or its GROUP BY keys, in its select list) and "
+               "nothing (ORDER BY, LIMIT, WITH) applies to the whole union; this one has not";
     if (op != NULL && strcmp(op, "SETOP_NONE") != 0)
-        return "UNION, INTERSECT and EXCEPT are refreshed in full (differential UNION ALL is "
-               "planned)";
+        return "UNION (without ALL), INTERSECT and EXCEPT are refreshed in full";
     if (cJSON_GetObjectItemCaseSensitive(sel, "withClause") != NULL)
         return "WITH (common table expressions) is refreshed in full";
     if (cJSON_GetObjectItemCaseSensitive(sel, "limitCount") != NULL ||
@@ -1152,9 +1160,17 @@ gen_affected_rooted(out_t *o, const char *q, const toks_t *t, const clauses_t *c
             }
             outf(o, " FROM ");
             out_from(o, q, t, c, f, old != 0, &f->v[i]);
+            outf(o, " WHERE ");
             if (!old) {
-                outf(o, " WHERE ");
                 out_touched(o, &f->v[i]);
+            } else {
+                /* Combinations with a row the table had: the outer join
+                 * keeps every other row, NULL-extended, which no change
+                 * of this table reached. */
+                outid(o, f->v[i].alias);
+                outf(o, ".");
+                outid(o, f->v[i].pk[0]);
+                outf(o, " IS NOT NULL");
             }
         }
     outf(o, ") AS \"__sluice_u\" (");
@@ -1232,6 +1248,114 @@ check_join(const char *q, const toks_t *t, const from_t *f, char *why, size_t n)
     return NULL;
 }
 
+/* ------------------------------------------------------------------------ */
+/* UNION ALL                                                                 */
+/* ------------------------------------------------------------------------ */
+
+/* The SelectStmt of a set operation's side (libpg_query writes it with or
+ * without the node wrapper). */
+static const cJSON *
+setop_side(const cJSON *sel, const char *side)
+{
+    const cJSON *s = cJSON_GetObjectItemCaseSensitive(sel, side);
+    return node(s, "SelectStmt") != NULL ? node(s, "SelectStmt") : s;
+}
+
+/* The number of branches of a chain of UNION ALL as PostgreSQL parses
+ * `a UNION ALL b UNION ALL c`: left-deep, a set operation on the right
+ * (written in parentheses) being one branch. */
+static size_t
+union_all_branches(const cJSON *sel)
+{
+    const char *op = str(sel, "op");
+    if (op == NULL || strcmp(op, "SETOP_UNION") != 0 ||
+        !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(sel, "all")))
+        return 1;
+    return union_all_branches(setop_side(sel, "larg")) + 1;
+}
+
+/*
+ * A UNION ALL whose branches (in->branches, cut by the catalog) each have a
+ * row identity: every branch is analysed as a query of its own, and the
+ * union is differential when every branch is, with one affected/recompute
+ * pair per branch (a->branches; the driver gives each branch's rows ids of
+ * their own). Otherwise *reason (in why) says which branch is not.
+ */
+static int
+analyze_union(const sl_analyze_in_t *in, const cJSON *sel, sl_analysis_t *a, char *why, size_t n,
+              const char **reason, sl_err_t *err)
+{
+    size_t nb = union_all_branches(sel);
+    if (cJSON_GetObjectItemCaseSensitive(sel, "sortClause") != NULL ||
+        cJSON_GetObjectItemCaseSensitive(sel, "limitCount") != NULL ||
+        cJSON_GetObjectItemCaseSensitive(sel, "limitOffset") != NULL ||
+        cJSON_GetObjectItemCaseSensitive(sel, "withClause") != NULL ||
+        cJSON_GetObjectItemCaseSensitive(sel, "lockingClause") != NULL) {
+        *reason = "ORDER BY, LIMIT, OFFSET, WITH or FOR UPDATE applies to the whole UNION ALL; "
+                  "it is refreshed in full";
+        return SL_OK;
+    }
+    if (nb != in->nbranches) {
+        snprintf(why, n,
+                 "the UNION ALL has %zu branches but the catalog split it into %zu; it is "
+                 "refreshed in full",
+                 nb, in->nbranches);
+        *reason = why;
+        return SL_OK;
+    }
+    cJSON *arr = cJSON_CreateArray();
+    if (arr == NULL)
+        return sl_err_nomem(err, "the branch analyses");
+    int rc = SL_OK;
+    for (size_t i = 0; i < nb && rc == SL_OK && *reason == NULL; i++) {
+        const sl_analyze_branch_t *b = &in->branches[i];
+        sl_analyze_in_t bin = {.query = b->query,
+                               .keys = b->keys,
+                               .nkeys = b->nkeys,
+                               .has_keys = true,
+                               .sources = in->sources,
+                               .nsources = in->nsources};
+        sl_analysis_t ba;
+        sl_err_t e;
+        sl_err_clear(&e);
+        int brc = sl_analyze(&bin, &ba, &e);
+        if (brc == SL_EUSAGE) {
+            snprintf(why, n, "UNION ALL branch %zu: %s", i + 1, e.msg);
+            *reason = why;
+            continue;
+        }
+        if (brc != SL_OK) {
+            *err = e;
+            rc = brc;
+            continue;
+        }
+        cJSON *obj = NULL;
+        if (strcmp(ba.mode, "differential") != 0) {
+            snprintf(why, n, "UNION ALL branch %zu: %s", i + 1, ba.reason);
+            *reason = why;
+        } else if (ba.unit_columns != NULL) {
+            snprintf(why, n,
+                     "UNION ALL branch %zu has a LEFT JOIN, which is refreshed differentially as "
+                     "a whole query but not inside a UNION ALL",
+                     i + 1);
+            *reason = why;
+        } else if ((obj = cJSON_CreateObject()) == NULL || !cJSON_AddItemToArray(arr, obj) ||
+                   cJSON_AddStringToObject(obj, "affected", ba.affected_sql) == NULL ||
+                   cJSON_AddStringToObject(obj, "recompute", ba.recompute_sql) == NULL) {
+            rc = sl_err_nomem(err, "the branch analyses");
+        }
+        sl_analysis_free(&ba);
+    }
+    if (rc == SL_OK && *reason == NULL) {
+        a->branches = cJSON_PrintUnformatted(arr);
+        a->mode = strdup("differential");
+        if (a->branches == NULL || a->mode == NULL)
+            rc = sl_err_nomem(err, "the branch analyses");
+    }
+    cJSON_Delete(arr);
+    return rc;
+}
+
 void
 sl_analysis_free(sl_analysis_t *a)
 {
@@ -1243,6 +1367,7 @@ sl_analysis_free(sl_analysis_t *a)
     free(a->affected_sql);
     free(a->recompute_sql);
     free(a->unit_columns);
+    free(a->branches);
     memset(a, 0, sizeof *a);
 }
 
@@ -1285,6 +1410,18 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
     if (in->requested_full) {
         reason = "refresh_mode is 'full'";
         goto full;
+    }
+    if (in->nbranches > 0 && str(sel, "op") != NULL && strcmp(str(sel, "op"), "SETOP_UNION") == 0 &&
+        cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(sel, "all"))) {
+        char uwhy[SL_ERR_MSG_MAX + 64];
+        rc = analyze_union(in, sel, a, uwhy, sizeof uwhy, &reason, err);
+        if (rc != SL_OK || reason == NULL)
+            goto done;
+        a->mode = strdup("full");
+        a->reason = strdup(reason);
+        if (a->mode == NULL || a->reason == NULL)
+            rc = sl_err_nomem(err, "the analysis");
+        goto done;
     }
     if ((reason = full_reason(sel, in)) != NULL)
         goto full;
@@ -1353,7 +1490,12 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
         else
             gen_affected_inner(&o, in->query, &t, &c, in, keys, &f);
         if (in->nkeys == 0) {
+            /* One row (an aggregate without GROUP BY): recomputed when the
+             * window's changes reach it, and only then (unchanged, it is
+             * not among the old rows, which come from __sluice_aff). */
+            outf(&r, "SELECT \"__sluice_g\".* FROM (");
             outq(&r, in->query, 0, c.end);
+            outf(&r, ") AS \"__sluice_g\" WHERE EXISTS (SELECT FROM pg_temp.\"__sluice_aff\")");
         } else {
             outf(&r, "(");
             gen_restricted(&r, in->query, &t, &c, filter_nonnull, in, keys);

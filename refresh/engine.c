@@ -134,11 +134,12 @@ engine_on_signal(int sig)
     "          FROM sluice.stream_table_sources s "                                                \
     "          JOIN pg_class k ON k.oid = s.relid "                                                \
     "          JOIN pg_namespace n ON n.oid = k.relnamespace "                                     \
-    "         WHERE s.stream_table_id = c.id) "                                                    \
+    "         WHERE s.stream_table_id = c.id), "                                                   \
+    "       c.branches "                                                                           \
     "  FROM sluice.stream_table_catalog c "                                                        \
     " WHERE c.analyzed_query IS DISTINCT FROM c.query ORDER BY c.id"
 
-#define SQL_SET_ANALYSIS "SELECT sluice._set_analysis($1, $2, $3, $4, $5, $6, $7, $8)"
+#define SQL_SET_ANALYSIS "SELECT sluice._set_analysis($1, $2, $3, $4, $5, $6, $7, $8, $9)"
 
 /* Dependency depth: the longest chain of stream tables below one. */
 #define SQL_DEPTH                                                                         \
@@ -318,6 +319,44 @@ free_sources(sl_analyze_src_t *v, size_t n)
     free(v);
 }
 
+/* The UNION ALL branches (catalog column branches, JSON; empty text: none)
+ * as the analyzer wants them; strings point into *json. */
+static int
+parse_branches(const char *text, cJSON **json, sl_analyze_branch_t **out, size_t *n, sl_err_t *err)
+{
+    *json = NULL;
+    *out = NULL;
+    *n = 0;
+    if (text[0] == '\0')
+        return SL_OK;
+    if ((*json = cJSON_Parse(text)) == NULL || !cJSON_IsArray(*json))
+        return sl_err_set(err, SL_ERR, "unexpected UNION ALL branches in the catalog");
+    size_t cnt = (size_t)cJSON_GetArraySize(*json);
+    if ((*out = calloc(cnt > 0 ? cnt : 1, sizeof **out)) == NULL)
+        return sl_err_nomem(err, "the branch list");
+    const cJSON *e;
+    cJSON_ArrayForEach (e, *json) {
+        sl_analyze_branch_t *b = &(*out)[(*n)++];
+        b->query = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(e, "query"));
+        if (b->query == NULL)
+            return sl_err_set(err, SL_ERR, "unexpected UNION ALL branches in the catalog");
+        const char **keys = NULL;
+        int rc = json_strs(cJSON_GetObjectItemCaseSensitive(e, "keys"), &keys, &b->nkeys, err);
+        b->keys = keys;
+        if (rc != SL_OK)
+            return rc;
+    }
+    return SL_OK;
+}
+
+static void
+free_branches(sl_analyze_branch_t *v, size_t n)
+{
+    for (size_t i = 0; v != NULL && i < n; i++)
+        free((void *)v[i].keys);
+    free(v);
+}
+
 /* Analyses one stale stream table (row r of res) and stores the result. */
 static int
 engine_analyse_one(PGconn *conn, PGresult *res, int r, sl_err_t *err)
@@ -325,12 +364,15 @@ engine_analyse_one(PGconn *conn, PGresult *res, int r, sl_err_t *err)
     const char *id = PQgetvalue(res, r, 0);
     const char *name = PQgetvalue(res, r, 1);
     char **keys = NULL;
-    size_t nkeys = 0, nsrcs = 0;
-    cJSON *json = NULL;
+    size_t nkeys = 0, nsrcs = 0, nbranches = 0;
+    cJSON *json = NULL, *bjson = NULL;
     sl_analyze_src_t *srcs = NULL;
+    sl_analyze_branch_t *branches = NULL;
     int rc = parse_text_array(PQgetvalue(res, r, 4), &keys, &nkeys, err);
     if (rc == SL_OK)
         rc = parse_sources(PQgetvalue(res, r, 6), &json, &srcs, &nsrcs, err);
+    if (rc == SL_OK)
+        rc = parse_branches(PQgetvalue(res, r, 7), &bjson, &branches, &nbranches, err);
     sl_analysis_t a = {0};
     if (rc == SL_OK) {
         sl_analyze_in_t in = {
@@ -341,15 +383,18 @@ engine_analyse_one(PGconn *conn, PGresult *res, int r, sl_err_t *err)
             .sources = srcs,
             .nsources = nsrcs,
             .requested_full = PQgetvalue(res, r, 5)[0] == 't',
+            .branches = branches,
+            .nbranches = nbranches,
         };
         rc = sl_analyze(&in, &a, err);
         if (rc != SL_OK)
             sl_err_prefix(err, "stream table %s: ", name);
     }
     if (rc == SL_OK) {
-        const char *params[8] = {id,     PQgetvalue(res, r, 2), a.mode,          a.reason,
-                                 a.tree, a.affected_sql,        a.recompute_sql, a.unit_columns};
-        PGresult *s = PQexecParams(conn, SQL_SET_ANALYSIS, 8, NULL, params, NULL, NULL, 0);
+        const char *params[9] = {id,        PQgetvalue(res, r, 2), a.mode,          a.reason,
+                                 a.tree,    a.affected_sql,        a.recompute_sql, a.unit_columns,
+                                 a.branches};
+        PGresult *s = PQexecParams(conn, SQL_SET_ANALYSIS, 9, NULL, params, NULL, NULL, 0);
         if (PQresultStatus(s) != PGRES_TUPLES_OK) {
             rc = sl_pg_result_err(s, conn, err);
             sl_err_prefix(err, "stream table %s: storing its analysis: ", name);
@@ -362,7 +407,9 @@ engine_analyse_one(PGconn *conn, PGresult *res, int r, sl_err_t *err)
     }
     sl_analysis_free(&a);
     free_sources(srcs, nsrcs);
+    free_branches(branches, nbranches);
     cJSON_Delete(json);
+    cJSON_Delete(bjson);
     free_strs(keys, nkeys);
     return rc;
 }
@@ -384,15 +431,16 @@ engine_analyse(PGconn *conn, sl_err_t *err)
         if (one == SL_EUSAGE) {
             /* The analyzer cannot read it: stored as a FULL analysis with the
              * reason, so it is not retried every tick and others go on. */
-            const char *params[8] = {PQgetvalue(res, r, 0),
+            const char *params[9] = {PQgetvalue(res, r, 0),
                                      PQgetvalue(res, r, 2),
                                      "full",
                                      e.msg,
                                      NULL,
                                      NULL,
                                      NULL,
+                                     NULL,
                                      NULL};
-            PQclear(PQexecParams(conn, SQL_SET_ANALYSIS, 8, NULL, params, NULL, NULL, 0));
+            PQclear(PQexecParams(conn, SQL_SET_ANALYSIS, 9, NULL, params, NULL, NULL, 0));
             char q[SL_ERR_MSG_MAX + 16];
             sl_log_warn("engine.analyse_failed", "err=%s", sl_log_quote(q, sizeof q, e.msg));
         } else if (one != SL_OK) {

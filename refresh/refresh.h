@@ -26,6 +26,14 @@ typedef struct sl_analyze_src {
     size_t ncols;
 } sl_analyze_src_t;
 
+/* A branch of a top-level UNION ALL whose branches all have a row identity
+ * (catalog column branches, split by sluice._st_union_all_branches). */
+typedef struct sl_analyze_branch {
+    const char *query;       /* the branch's text */
+    const char *const *keys; /* its row-identity output columns (may be empty: one row) */
+    size_t nkeys;
+} sl_analyze_branch_t;
+
 /* What the analyzer is told about a stream table (from the catalog). */
 typedef struct sl_analyze_in {
     const char *query;       /* the defining query */
@@ -34,7 +42,9 @@ typedef struct sl_analyze_in {
     bool has_keys;                   /* false: content identity (no keys known) */
     const sl_analyze_src_t *sources; /* the relations the query reads */
     size_t nsources;
-    bool requested_full; /* refresh_mode 'full' */
+    bool requested_full;                 /* refresh_mode 'full' */
+    const sl_analyze_branch_t *branches; /* UNION ALL branches (nbranches == 0: not one) */
+    size_t nbranches;
 } sl_analyze_in_t;
 
 /* The analysis, as sluice._set_analysis stores it. Strings owned. */
@@ -46,6 +56,8 @@ typedef struct sl_analysis {
     char *recompute_sql; /* differential only: new rows of those units */
     char *unit_columns;  /* text[] literal of the stream table's columns naming a unit
                           * (the columns of affected_sql); NULL: the row identity */
+    char *branches;      /* differential UNION ALL: JSON array of {"affected", "recompute"},
+                          * one per branch, in place of affected_sql and recompute_sql */
 } sl_analysis_t;
 
 /*

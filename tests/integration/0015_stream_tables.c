@@ -363,9 +363,27 @@ check_key_columns(PGconn *conn)
     expect_keys(conn, "SELECT amount FROM orders", "content");
     expect_keys(conn, "SELECT id, unnest(ARRAY[1, 2]) AS x FROM orders", "content");
     expect_keys(conn, "SELECT sum(amount) AS s FROM orders GROUP BY customer_id", "content");
-    expect_keys(conn, "SELECT id FROM orders UNION ALL SELECT id FROM orders", "content");
+    /* UNION ALL: per branch (the ids carry the branch number, see below). */
+    expect_keys(conn, "SELECT id FROM orders UNION ALL SELECT id FROM orders", "{id}");
+    expect_keys(conn, "SELECT id FROM orders UNION ALL SELECT amount FROM orders", "content");
+    expect_keys(conn, "SELECT id FROM orders UNION ALL SELECT id FROM orders ORDER BY 1",
+                "content");
+    expect_keys(conn, "SELECT id FROM orders UNION SELECT id FROM orders", "{id}");
     expect_keys(conn, "SELECT 1 AS one", "content");
     expect_keys(conn, "SELECT v FROM nopk", "content");
+    /* The same row from two UNION ALL branches: two ids, and a row's id is
+     * its branch's key hashed after the branch number. */
+    th_sql(conn, "SELECT sluice.create_stream_table('twice', 'SELECT id, amount FROM orders "
+                 "UNION ALL SELECT id, amount FROM orders')");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(DISTINCT __sluice_row_id) - 2 * (SELECT count(*) "
+                               "FROM orders) FROM twice") == 0,
+              "every order is two rows of the UNION ALL, with two ids");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM twice t JOIN orders o ON o.id = t.id WHERE "
+                               "t.__sluice_row_id IN (md5(jsonb_build_array(1, o.id)::text)::uuid, "
+                               "md5(jsonb_build_array(2, o.id)::text)::uuid)") ==
+                  2 * th_sql_int(conn, "SELECT count(*) FROM orders"),
+              "the ids are md5 of [branch, key]");
+    th_sql(conn, "SELECT sluice.drop_stream_table('twice')");
     /* Content identity numbers duplicates: two identical rows, two ids. */
     th_sql(conn, "SELECT sluice.create_stream_table('dups', 'SELECT v FROM nopk')");
     TH_ASSERT(th_sql_int(conn, "SELECT count(DISTINCT __sluice_row_id) FROM dups") == 3,

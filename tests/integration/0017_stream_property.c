@@ -6,11 +6,13 @@
  * Three source tables (a, b joined to a through b.a_k = a.k, c joined to b)
  * with small value domains, so duplicates, NULLs and collisions are common.
  * Stream tables over them: aggregates (count/sum/min/max/avg, HAVING),
- * DISTINCT, a filtered projection, a global aggregate, two- and three-table
- * joins (inner and left; a LEFT JOIN filtered on its NULL-extended side, a
- * chain of two LEFT JOINs, an aggregate over a LEFT JOIN grouped by the
- * first table's key), a subquery in FROM joined to a table, DISTINCT over a
- * join, and a stream table reading another one. After `sluice engine
+ * DISTINCT, a filtered projection, global aggregates (one filtered), two-
+ * and three-table joins (inner and left; a LEFT JOIN filtered on its
+ * NULL-extended side, a chain of two LEFT JOINs, an aggregate over a LEFT
+ * JOIN grouped by the first table's key), a subquery in FROM joined to a
+ * table, DISTINCT over a join, a stream table reading another one, and
+ * UNION ALLs (of projections whose keys collide across branches, of
+ * aggregates with a one-row branch, of a join and a table). After `sluice engine
  * --once` has analysed them (every one is DIFFERENTIAL), every cycle:
  *
  *   1. runs a random batch of INSERT/UPDATE/DELETE (sometimes TRUNCATE) on
@@ -118,6 +120,20 @@ static const st_def_t sts[] = {
      NULL},
     {"p_of_st", "agg_id, k, n", "SELECT __sluice_row_id AS agg_id, k, n FROM p_agg WHERE n > 1",
      "p_agg"},
+    {"p_global_where", "n, total", "SELECT count(*) AS n, sum(v) AS total FROM a WHERE v > 5",
+     NULL},
+    {"p_union", "id, x, v, src",
+     "SELECT id, k AS x, v, 'a' AS src FROM a WHERE v IS NOT NULL UNION ALL SELECT id, a_k, w, "
+     "'b' FROM b",
+     NULL},
+    {"p_union_agg", "k, n, sv",
+     "SELECT k, count(*) AS n, sum(v) AS sv FROM a GROUP BY k UNION ALL SELECT a_k, count(*), "
+     "sum(w) FROM b GROUP BY a_k UNION ALL SELECT NULL, count(*), sum(z) FROM c WHERE z > 0",
+     NULL},
+    {"p_union_join", "aid, bid, w",
+     "SELECT a.id AS aid, b.id AS bid, b.w FROM a JOIN b ON b.a_k = a.k UNION ALL SELECT c.id, "
+     "c.b_id, c.z FROM c",
+     NULL},
 };
 #define NSTS (sizeof sts / sizeof sts[0])
 

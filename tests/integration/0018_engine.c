@@ -13,6 +13,13 @@
  *      keep refreshing.
  *   4. SIGTERM stops the engine with exit 0; bad usage exits 2; --once
  *      against an unreachable database exits 1 with the error.
+ *
+ * Alongside: a UNION ALL of orders and customers (their ids overlap, so a
+ * row's identity must include its branch) is analysed and refreshed as
+ * differential and always equals its query; a UNION without ALL is
+ * analysed as full with the reason; a one-row aggregate with a WHERE clause
+ * stays correct and active through a change its WHERE filters out (once a
+ * duplicate-key error).
  */
 #include "harness.h"
 
@@ -70,6 +77,13 @@ main(void)
                  "schedule => '100 ms')");
     th_sql(conn, "SELECT sluice.create_stream_table('top', 'SELECT id, amount FROM orders ORDER BY "
                  "amount DESC LIMIT 2', schedule => '100 ms')");
+    th_sql(conn, "SELECT sluice.create_stream_table('feed', 'SELECT id, customer_id AS who, "
+                 "amount, ''order'' AS kind FROM orders UNION ALL SELECT id, id, NULL::int, "
+                 "''customer'' FROM customers', schedule => '100 ms')");
+    th_sql(conn, "SELECT sluice.create_stream_table('who', 'SELECT customer_id FROM orders UNION "
+                 "SELECT id FROM customers', schedule => '100 ms')");
+    th_sql(conn, "SELECT sluice.create_stream_table('big', 'SELECT count(*) AS n, sum(amount) AS "
+                 "s FROM orders WHERE amount > 100', schedule => '100 ms')");
     th_sql(conn, "SELECT sluice.subscribe('totals', 'totals_changed', 0)");
     th_sql(lis, "LISTEN totals_changed");
 
@@ -92,6 +106,18 @@ main(void)
     TH_ASSERT(mode != NULL && strncmp(mode, "full|LIMIT", 10) == 0,
               "the catalog records the mode and reason (%s)", mode ? mode : "NULL");
     free(mode);
+    TH_ASSERT(th_wait_file_contains(log, "stream_table=feed mode=differential", 20000),
+              "the UNION ALL is analysed as differential");
+    TH_ASSERT(th_wait_file_contains(log, "stream_table=who mode=full reason=\"UNION (without ALL)",
+                                    20000),
+              "a UNION without ALL is analysed as full, with the reason");
+    TH_ASSERT(th_wait_file_contains(log, "stream_table=big mode=differential", 20000),
+              "the filtered one-row aggregate is analysed as differential");
+    char *ident = th_sql_text(conn, "SELECT value FROM sluice.explain_stream_table('feed') WHERE "
+                                    "property = 'row identity'");
+    TH_ASSERT(ident != NULL && strstr(ident, "branch 1 (id), branch 2 (id)") != NULL,
+              "explain gives the UNION ALL's row identity per branch (%s)", ident ? ident : "NULL");
+    free(ident);
 
     /* 2. Changes flow on their own. */
     th_sql(conn, "INSERT INTO orders VALUES (3, 1, 5); UPDATE customers SET name = 'anne' WHERE "
@@ -115,6 +141,36 @@ main(void)
     TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice.stream_table_catalog WHERE name = "
                                "'totals' AND last_refresh_mode = 'differential'") == 1,
               "the aggregate was refreshed differentially");
+    const char *feed_equal =
+        "WITH q AS (SELECT id, customer_id AS who, amount, 'order' AS kind FROM orders UNION ALL "
+        "SELECT id, id, NULL::int, 'customer' FROM customers), s AS (SELECT id, who, amount, kind "
+        "FROM feed) SELECT NOT EXISTS (SELECT * FROM s EXCEPT ALL SELECT * FROM q) AND NOT EXISTS "
+        "(SELECT * FROM q EXCEPT ALL SELECT * FROM s)";
+    TH_ASSERT(th_wait_sql(conn, feed_equal, 10000, 20),
+              "the UNION ALL stream table equals its query after the changes");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM feed WHERE id = 1") == 2,
+              "order 1 and customer 1 are two rows of the UNION ALL");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice.refresh_history h JOIN "
+                               "sluice.stream_table_catalog c ON c.id = h.stream_table_id WHERE "
+                               "c.name = 'feed' AND h.mode = 'differential'") >= 1,
+              "the UNION ALL was refreshed differentially");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice.outbox WHERE topic = 'feed' AND op = "
+                               "'update' AND payload->'after'->>'who' = '1' AND "
+                               "payload->'after'->>'kind' = 'customer'") == 0,
+              "the customer's rename does not touch the UNION ALL (no column of it changed)");
+    TH_ASSERT(th_wait_sql(conn,
+                          "SELECT n = 0 AND s IS NULL AND c.status = 'active' AND c.last_error IS "
+                          "NULL AND c.last_refresh_mode = 'differential' FROM big, "
+                          "sluice.stream_table_catalog c WHERE c.name = 'big' AND "
+                          "c.last_refresh_at > now() - interval '5 s'",
+                          10000, 20),
+              "the one-row aggregate stays correct and active through a change its WHERE "
+              "filters out");
+    th_sql(conn, "INSERT INTO orders VALUES (4, 2, 500)");
+    TH_ASSERT(th_wait_sql(conn, "SELECT n = 1 AND s = 500 FROM big", 10000, 20),
+              "and follows a change that passes its WHERE");
+    TH_ASSERT(th_wait_sql(conn, feed_equal, 10000, 20),
+              "the UNION ALL follows an insert into one branch");
 
     /* 3. DDL on a source: an error state for that stream table only. */
     th_sql(conn, "ALTER TABLE legacy DROP COLUMN x");

@@ -23,6 +23,10 @@
  *   5. A worker whose connection is terminated in the middle of a refresh
  *      reconnects; the others go on, and the refresh is retried.
  *   6. SIGTERM stops the engine with exit 0; bad --workers exits 2.
+ *
+ * And after 1: a stream table created while the engine is idle is analysed
+ * within ANALYSE_DEADLINE_MS (create_stream_table rings the engine), not at
+ * the safety poll.
  */
 #include "harness.h"
 
@@ -36,6 +40,8 @@
  * plus a refresh on a busy machine; a change that waited for a poll could
  * not make it. */
 #define WAKE_DEADLINE_MS 500
+/* An analysis plus its refresh, on a busy machine; far below the poll. */
+#define ANALYSE_DEADLINE_MS 5000
 #define WAKES 5
 /* Long enough to observe the slow refresh while it runs. */
 #define SLOW_S 6
@@ -182,6 +188,16 @@ main(void)
             worst = ms;
     }
     TH_LOG("wake latency, worst of %d: %lld ms", WAKES, (long long)worst);
+
+    /* 1b. A new stream table rings the engine for its analysis. */
+    TH_ASSERT(settled(conn), "the engine is idle before the creation");
+    th_sql(conn, "SELECT sluice.create_stream_table('late_st', 'SELECT id, v FROM fast_src WHERE "
+                 "v > 0', schedule => '1 ms')");
+    TH_ASSERT(
+        th_wait_file_contains(log, "stream_table=late_st mode=differential", ANALYSE_DEADLINE_MS),
+        "a stream table created while the engine is idle is analysed within %d ms, not at "
+        "the 60 s safety poll",
+        ANALYSE_DEADLINE_MS);
 
     /* 3. Dependency order: the reader of fast_st follows in the same pass. */
     TH_ASSERT(settled(conn), "the engine is idle again");

@@ -1,0 +1,409 @@
+/*
+ * tests/unit/analyze_test.c - the stream-table query analyzer
+ * (refresh/analyze.c, sl_analyze): which queries are refreshed
+ * differentially, why the others fall back to FULL, and the shape of the
+ * SQL generated for the refresh driver. No server: libpg_query only.
+ *
+ * Each row is a query as the engine reads it from the catalog (the text of
+ * pg_get_viewdef, schema-qualified; its row-identity keys; for a UNION ALL,
+ * the branches sluice._st_union_all_branches cut), analysed against the
+ * sources below. The row names the expected mode and one output to search
+ * for a substring ("^..." : the output must start with it):
+ *
+ *   REASON     a->reason (mode full)
+ *   AFFECTED   a->affected_sql, RECOMPUTE a->recompute_sql, UNITS
+ *              a->unit_columns (mode differential)
+ *   BRANCHES   a->branches (differential UNION ALL): a JSON array with one
+ *              {"affected", "recompute"} of non-empty strings per given
+ *              branch, and no affected_sql/recompute_sql; the substring is
+ *              searched in the last branch's "affected"
+ *   ERROR      sl_analyze returns SL_EUSAGE, leaves the analysis zeroed,
+ *              and err.msg holds the substring
+ *
+ * Every row also checks the invariants of its mode (a full analysis has a
+ * reason and no SQL; a differential one no reason and its SQL), and all of
+ * it ends in one assertion per row: the list of problems found is empty.
+ */
+#include "refresh/refresh.h"
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+#include <cmocka.h>
+
+#define ROWS(a) (sizeof(a) / sizeof((a)[0]))
+#define OR_NULL(s) ((s) != NULL ? (s) : "(null)")
+
+/* ------------------------------------------------------------------------ */
+/* The catalog: sources every row may read                                   */
+/* ------------------------------------------------------------------------ */
+
+static const char *const orders_pk[] = {"id"};
+static const char *const orders_cols[] = {"id", "customer_id", "amount", "status"};
+static const char *const customers_pk[] = {"id"};
+static const char *const customers_cols[] = {"id", "name", "region"};
+static const char *const refunds_pk[] = {"id"};
+static const char *const refunds_cols[] = {"id", "order_id", "amount"};
+static const char *const audit_cols[] = {"at", "what", "order_id"}; /* no primary key */
+
+static const sl_analyze_src_t sources[] = {
+    {16401, "public", "orders", orders_pk, ROWS(orders_pk), orders_cols, ROWS(orders_cols)},
+    {16402, "public", "customers", customers_pk, ROWS(customers_pk), customers_cols,
+     ROWS(customers_cols)},
+    {16403, "public", "refunds", refunds_pk, ROWS(refunds_pk), refunds_cols, ROWS(refunds_cols)},
+    {16404, "public", "audit", NULL, 0, audit_cols, ROWS(audit_cols)},
+};
+
+/* ------------------------------------------------------------------------ */
+/* Rows                                                                      */
+/* ------------------------------------------------------------------------ */
+
+typedef enum field { REASON, AFFECTED, RECOMPUTE, UNITS, BRANCHES, ERROR } field_t;
+
+typedef struct analyze_row {
+    const char *name;
+    const char *query;       /* pg_get_viewdef's text */
+    const char *const *keys; /* row-identity output columns */
+    size_t nkeys;
+    bool no_identity;    /* has_keys false */
+    bool requested_full; /* refresh_mode 'full' */
+    const sl_analyze_branch_t *branches;
+    size_t nbranches;
+    const char *mode; /* "differential", "full"; NULL for ERROR */
+    field_t field;    /* the output searched */
+    const char *want; /* substring of it; "^..." a prefix */
+} analyze_row_t;
+
+#define DIFF "differential"
+#define FULL "full"
+/* The row-identity columns of a row (a compound literal and its length). */
+#define KEYS(...)                               \
+    .keys = (const char *const[]){__VA_ARGS__}, \
+    .nkeys = sizeof((const char *const[]){__VA_ARGS__}) / sizeof(const char *)
+#define BRANCHES_OF(b) .branches = (b), .nbranches = ROWS(b)
+
+/* UNION ALL queries and the branches the catalog cuts from them (btrimmed
+ * text between the depth-0 UNION ALLs, parentheses kept). */
+#define ORDERS_BRANCH                                                                       \
+    "SELECT orders.id,\n    orders.amount\n   FROM public.orders\n  WHERE orders.status = " \
+    "'paid'::text"
+#define REFUNDS_BRANCH \
+    "SELECT refunds.id,\n    (- refunds.amount) AS amount\n   FROM public.refunds"
+#define LEFT_BRANCH                                                                            \
+    "SELECT orders.id,\n    customers.name AS amount\n   FROM (public.orders\n     LEFT JOIN " \
+    "public.customers ON ((customers.id = orders.customer_id)))"
+#define LIMIT_BRANCH                                                                               \
+    "( SELECT refunds.id,\n    refunds.amount\n   FROM public.refunds\n  ORDER BY refunds.amount " \
+    "DESC\n LIMIT 5)"
+
+static const sl_analyze_branch_t two_keyed[] = {
+    {ORDERS_BRANCH, (const char *const[]){"id"}, 1},
+    {REFUNDS_BRANCH, (const char *const[]){"id"}, 1},
+};
+static const sl_analyze_branch_t left_first[] = {
+    {LEFT_BRANCH, (const char *const[]){"id"}, 1},
+    {REFUNDS_BRANCH, (const char *const[]){"id"}, 1},
+};
+static const sl_analyze_branch_t limit_second[] = {
+    {ORDERS_BRANCH, (const char *const[]){"id"}, 1},
+    {LIMIT_BRANCH, (const char *const[]){"id"}, 1},
+};
+
+static const analyze_row_t rows[] = {
+    /* One table. */
+    {"projection_pk_differential",
+     " SELECT orders.id,\n    orders.customer_id,\n    orders.amount\n   FROM public.orders\n  "
+     "WHERE (orders.status = 'paid'::text)",
+     KEYS("id"), .mode = DIFF, .field = AFFECTED,
+     .want = "^SELECT DISTINCT (orders.id) AS \"id\" FROM pg_temp.\"__sluice_chg_16401\" AS "
+             "\"orders\" WHERE  (orders.status = 'paid'::text)"},
+    {"group_by_differential",
+     " SELECT orders.customer_id,\n    sum(orders.amount) AS total\n   FROM public.orders\n  "
+     "GROUP BY orders.customer_id",
+     KEYS("customer_id"), .mode = DIFF, .field = RECOMPUTE,
+     .want = "FROM public.orders\n   WHERE (orders.customer_id) = ANY (ARRAY(SELECT "
+             "\"customer_id\" FROM pg_temp.\"__sluice_aff\" WHERE \"customer_id\" IS NOT NULL)) "
+             "GROUP BY orders.customer_id"},
+    {"group_by_null_keys_through_hash",
+     " SELECT orders.customer_id,\n    sum(orders.amount) AS total\n   FROM public.orders\n  "
+     "GROUP BY orders.customer_id",
+     KEYS("customer_id"), .mode = DIFF, .field = RECOMPUTE,
+     .want = "md5(jsonb_build_array((orders.customer_id))::text) = ANY (ARRAY(SELECT "
+             "md5(jsonb_build_array(\"customer_id\")::text) FROM pg_temp.\"__sluice_aff\"))"},
+    /* Regression: a global aggregate's recompute must return its one row
+     * only when a change reached it (passed WHERE); without the EXISTS, a
+     * change filtered out by WHERE made the refresh insert the row twice. */
+    {"global_aggregate_where_recompute_gated",
+     " SELECT count(*) AS n,\n    sum(orders.amount) AS total\n   FROM public.orders\n  WHERE "
+     "(orders.status = 'paid'::text)",
+     .keys = NULL, .nkeys = 0, .mode = DIFF, .field = RECOMPUTE,
+     .want = "WHERE EXISTS (SELECT FROM pg_temp.\"__sluice_aff\")"},
+    {"global_aggregate_where_affected_filtered",
+     " SELECT count(*) AS n,\n    sum(orders.amount) AS total\n   FROM public.orders\n  WHERE "
+     "(orders.status = 'paid'::text)",
+     .keys = NULL, .nkeys = 0, .mode = DIFF, .field = AFFECTED,
+     .want = "AS \"orders\" WHERE  (orders.status = 'paid'::text) LIMIT 1"},
+    {"projection_without_where_gains_one",
+     " SELECT orders.id,\n    orders.amount\n   FROM public.orders", KEYS("id"), .mode = DIFF,
+     .field = RECOMPUTE,
+     .want = "FROM public.orders WHERE (orders.id) = ANY (ARRAY(SELECT \"id\" FROM "
+             "pg_temp.\"__sluice_aff\" WHERE \"id\" IS NOT NULL))"},
+
+    /* Fallbacks to FULL. */
+    {"no_identity_full", " SELECT orders.amount\n   FROM public.orders", .no_identity = true,
+     .mode = FULL, .field = REASON, .want = "no identity"},
+    {"limit_full",
+     " SELECT orders.id,\n    orders.amount\n   FROM public.orders\n  ORDER BY orders.amount "
+     "DESC\n LIMIT 10",
+     KEYS("id"), .mode = FULL, .field = REASON, .want = "^LIMIT/OFFSET"},
+    {"window_function_full",
+     " SELECT orders.id,\n    rank() OVER (ORDER BY orders.amount) AS r\n   FROM public.orders",
+     KEYS("id"), .mode = FULL, .field = REASON, .want = "window functions"},
+    {"with_full",
+     " WITH big AS (\n         SELECT orders.id,\n            orders.amount\n           FROM "
+     "public.orders\n          WHERE (orders.amount > (100)::numeric)\n        )\n SELECT "
+     "big.id,\n    big.amount\n   FROM big",
+     KEYS("id"), .mode = FULL, .field = REASON, .want = "^WITH"},
+    {"union_distinct_full",
+     " SELECT orders.id\n   FROM public.orders\nUNION\n SELECT refunds.id\n   FROM "
+     "public.refunds",
+     KEYS("id"), .mode = FULL, .field = REASON, .want = "^UNION (without ALL)"},
+    {"requested_full",
+     " SELECT orders.customer_id,\n    sum(orders.amount) AS total\n   FROM public.orders\n  "
+     "GROUP BY orders.customer_id",
+     KEYS("customer_id"), .requested_full = true, .mode = FULL, .field = REASON,
+     .want = "refresh_mode is 'full'"},
+    {"subquery_in_where_full",
+     " SELECT orders.id\n   FROM public.orders\n  WHERE (orders.customer_id IN ( SELECT "
+     "customers.id\n           FROM public.customers))",
+     KEYS("id"), .mode = FULL, .field = REASON, .want = "subqueries in expressions"},
+    {"distinct_on_full",
+     " SELECT DISTINCT ON (orders.customer_id) orders.customer_id,\n    orders.amount\n   FROM "
+     "public.orders",
+     KEYS("customer_id"), .mode = FULL, .field = REASON, .want = "DISTINCT ON"},
+    {"uncaptured_source_full", " SELECT invoices.id\n   FROM public.invoices", KEYS("id"),
+     .mode = FULL, .field = REASON, .want = "not among the stream table's captured sources"},
+    {"key_not_in_select_list_full", " SELECT orders.amount\n   FROM public.orders", KEYS("id"),
+     .mode = FULL, .field = REASON, .want = "not a plain entry of the select list"},
+
+    /* Joins. */
+    {"inner_join_differential",
+     " SELECT orders.id,\n    customers.id AS customer_id,\n    customers.name\n   FROM "
+     "(public.orders\n     JOIN public.customers ON ((customers.id = orders.customer_id)))",
+     KEYS("id", "customer_id"), .mode = DIFF, .field = AFFECTED,
+     .want = "NOT IN (SELECT \"id\" FROM pg_temp.\"__sluice_chg_16402\")"},
+    {"inner_join_touched_rows_by_key",
+     " SELECT orders.id,\n    customers.id AS customer_id,\n    customers.name\n   FROM "
+     "(public.orders\n     JOIN public.customers ON ((customers.id = orders.customer_id)))",
+     KEYS("id", "customer_id"), .mode = DIFF, .field = AFFECTED,
+     .want = "WHERE \"customers\".\"id\" = ANY (ARRAY(SELECT \"id\" FROM "
+             "pg_temp.\"__sluice_chg_16402\"))"},
+    {"left_join_root_key_differential",
+     " SELECT orders.id,\n    customers.name\n   FROM (public.orders\n     LEFT JOIN "
+     "public.customers ON ((customers.id = orders.customer_id)))",
+     KEYS("id"), .mode = DIFF, .field = UNITS, .want = "^{\"id\"}"},
+    {"left_join_recompute_by_root_key",
+     " SELECT orders.id,\n    customers.name\n   FROM (public.orders\n     LEFT JOIN "
+     "public.customers ON ((customers.id = orders.customer_id)))",
+     KEYS("id"), .mode = DIFF, .field = RECOMPUTE,
+     .want = "WHERE \"orders\".\"id\" = ANY (ARRAY(SELECT \"id\" FROM pg_temp.\"__sluice_aff\" "
+             "WHERE \"id\" IS NOT NULL))"},
+    {"left_join_old_side_only_rows_that_joined",
+     " SELECT orders.id,\n    customers.name\n   FROM (public.orders\n     LEFT JOIN "
+     "public.customers ON ((customers.id = orders.customer_id)))",
+     KEYS("id"), .mode = DIFF, .field = AFFECTED,
+     .want = "WHERE \"__sluice_op\" = 'D') AS \"customers\" ON ((customers.id = "
+             "orders.customer_id))) WHERE \"customers\".\"id\" IS NOT NULL"},
+    {"left_join_without_root_key_full",
+     " SELECT customers.id AS customer_id,\n    orders.amount\n   FROM (public.orders\n     LEFT "
+     "JOIN public.customers ON ((customers.id = orders.customer_id)))",
+     KEYS("customer_id"), .mode = FULL, .field = REASON,
+     .want = "primary key of the first table (orders)"},
+    {"right_join_full",
+     " SELECT customers.id\n   FROM (public.orders\n     RIGHT JOIN public.customers ON "
+     "((customers.id = orders.customer_id)))",
+     KEYS("id"), .mode = FULL, .field = REASON, .want = "^RIGHT and FULL joins"},
+    {"join_table_without_pk_full",
+     " SELECT orders.id,\n    audit.what\n   FROM (public.orders\n     JOIN public.audit ON "
+     "((audit.order_id = orders.id)))",
+     KEYS("id"), .mode = FULL, .field = REASON, .want = "public.audit has no primary key"},
+
+    /* UNION ALL. */
+    {"union_all_without_branches_full", " " ORDERS_BRANCH "\nUNION ALL\n " REFUNDS_BRANCH,
+     KEYS("id"), .mode = FULL, .field = REASON, .want = "UNION ALL"},
+    {"union_all_branches_differential", " " ORDERS_BRANCH "\nUNION ALL\n " REFUNDS_BRANCH,
+     KEYS("id"), BRANCHES_OF(two_keyed), .mode = DIFF, .field = BRANCHES,
+     .want = "pg_temp.\"__sluice_chg_16403\" AS \"refunds\""},
+    {"union_all_branch_count_mismatch_full",
+     " " ORDERS_BRANCH "\nUNION ALL\n " REFUNDS_BRANCH "\nUNION ALL\n " ORDERS_BRANCH, KEYS("id"),
+     BRANCHES_OF(two_keyed), .mode = FULL, .field = REASON,
+     .want = "has 3 branches but the catalog split it into 2"},
+    {"union_all_left_join_branch_full", " " LEFT_BRANCH "\nUNION ALL\n " REFUNDS_BRANCH, KEYS("id"),
+     BRANCHES_OF(left_first), .mode = FULL, .field = REASON,
+     .want = "^UNION ALL branch 1 has a LEFT JOIN"},
+    {"union_all_limit_branch_full", " " ORDERS_BRANCH "\nUNION ALL\n" LIMIT_BRANCH, KEYS("id"),
+     BRANCHES_OF(limit_second), .mode = FULL, .field = REASON,
+     .want = "^UNION ALL branch 2: LIMIT/OFFSET"},
+
+    {"union_all_limit_on_whole_union_full",
+     " " ORDERS_BRANCH "\nUNION ALL\n " REFUNDS_BRANCH "\n LIMIT 5", KEYS("id"),
+     BRANCHES_OF(two_keyed), .mode = FULL, .field = REASON,
+     .want = "^ORDER BY, LIMIT, OFFSET, WITH or FOR UPDATE applies to the whole UNION ALL"},
+
+    /* Not one SELECT. */
+    {"two_statements_error", "SELECT 1; SELECT 2", .field = ERROR,
+     .want = "a stream table's query is one SELECT statement"},
+    {"insert_error", "INSERT INTO public.orders (id) VALUES (1)", .field = ERROR,
+     .want = "one SELECT statement"},
+    {"syntax_error", "SELEC orders.id FROM public.orders", .field = ERROR,
+     .want = "^the query does not parse"},
+};
+
+/* ------------------------------------------------------------------------ */
+/* Checks                                                                    */
+/* ------------------------------------------------------------------------ */
+
+/* Appends a problem to p (bounded). */
+static void problem(char *p, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static void
+problem(char *p, size_t n, const char *fmt, ...)
+{
+    size_t len = strlen(p);
+    if (len + 1 >= n)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(p + len, n - len, fmt, ap);
+    va_end(ap);
+}
+
+static bool
+matches(const char *got, const char *want)
+{
+    if (got == NULL)
+        return false;
+    if (want[0] == '^')
+        return strncmp(got, want + 1, strlen(want + 1)) == 0;
+    return strstr(got, want) != NULL;
+}
+
+/* Checks a->branches; returns the last branch's "affected" (owned by *json,
+ * which the caller deletes), or NULL after noting the problem. */
+static const char *
+check_branches(const analyze_row_t *r, const sl_analysis_t *a, cJSON **json, char *p, size_t n)
+{
+    if (a->affected_sql != NULL || a->recompute_sql != NULL)
+        problem(p, n, "affected_sql/recompute_sql set beside branches; ");
+    *json = a->branches != NULL ? cJSON_Parse(a->branches) : NULL;
+    if (!cJSON_IsArray(*json) || (size_t)cJSON_GetArraySize(*json) != r->nbranches) {
+        problem(p, n, "branches is not a JSON array of %zu: %s; ", r->nbranches,
+                OR_NULL(a->branches));
+        return NULL;
+    }
+    const char *last = NULL;
+    const cJSON *b;
+    cJSON_ArrayForEach (b, *json) {
+        const cJSON *aff = cJSON_GetObjectItemCaseSensitive(b, "affected");
+        const cJSON *rec = cJSON_GetObjectItemCaseSensitive(b, "recompute");
+        if (!cJSON_IsString(aff) || !cJSON_IsString(rec) || aff->valuestring[0] == '\0' ||
+            rec->valuestring[0] == '\0') {
+            problem(p, n, "a branch lacks \"affected\"/\"recompute\" strings; ");
+            return NULL;
+        }
+        last = aff->valuestring;
+    }
+    return last;
+}
+
+/* Fills p with what differs from the row's expectations ("" when nothing). */
+static void
+check(const analyze_row_t *r, int rc, const sl_analysis_t *a, const sl_err_t *err, char *p,
+      size_t n)
+{
+    static const char *const field_names[] = {"reason",       "affected_sql", "recompute_sql",
+                                              "unit_columns", "branches",     "error"};
+    cJSON *json = NULL;
+    const char *got = NULL;
+    if (r->field == ERROR) {
+        if (rc != SL_EUSAGE)
+            problem(p, n, "rc %d, want SL_EUSAGE; ", rc);
+        if (a->mode != NULL || a->tree != NULL)
+            problem(p, n, "the analysis is not zeroed after an error; ");
+        got = err->msg;
+    } else if (rc != SL_OK) {
+        problem(p, n, "rc %d (%s), want SL_OK; ", rc, err->msg);
+        return;
+    } else {
+        if (a->mode == NULL || strcmp(a->mode, r->mode) != 0)
+            problem(p, n, "mode %s, want %s; ", OR_NULL(a->mode), r->mode);
+        if (a->tree == NULL || a->tree[0] == '\0')
+            problem(p, n, "no operator tree; ");
+        bool full = strcmp(r->mode, FULL) == 0;
+        if (full && (a->reason == NULL || a->affected_sql != NULL || a->recompute_sql != NULL ||
+                     a->branches != NULL || a->unit_columns != NULL))
+            problem(p, n, "a full analysis needs a reason and no SQL; ");
+        if (!full && a->reason != NULL)
+            problem(p, n, "a differential analysis has a reason; ");
+        if (!full && r->field != BRANCHES &&
+            (a->affected_sql == NULL || a->recompute_sql == NULL || a->branches != NULL))
+            problem(p, n, "a differential analysis needs affected_sql and recompute_sql; ");
+        switch (r->field) {
+        case REASON: got = a->reason; break;
+        case AFFECTED: got = a->affected_sql; break;
+        case RECOMPUTE: got = a->recompute_sql; break;
+        case UNITS: got = a->unit_columns; break;
+        case BRANCHES: got = check_branches(r, a, &json, p, n); break;
+        case ERROR: break;
+        }
+    }
+    if (!matches(got, r->want))
+        problem(p, n, "%s does not %s \"%s\"; ", field_names[r->field],
+                r->want[0] == '^' ? "start with" : "contain", r->want + (r->want[0] == '^'));
+    if (p[0] != '\0')
+        problem(p, n,
+                "\n  mode: %s\n  reason: %s\n  affected_sql: %s\n  recompute_sql: %s\n  "
+                "unit_columns: %s\n  branches: %s\n  err: %s",
+                OR_NULL(a->mode), OR_NULL(a->reason), OR_NULL(a->affected_sql),
+                OR_NULL(a->recompute_sql), OR_NULL(a->unit_columns), OR_NULL(a->branches),
+                err->msg);
+    cJSON_Delete(json);
+}
+
+static void
+test_analyze(void **state)
+{
+    const analyze_row_t *r = *state;
+    sl_analyze_in_t in = {.query = r->query,
+                          .keys = r->keys,
+                          .nkeys = r->nkeys,
+                          .has_keys = !r->no_identity,
+                          .sources = sources,
+                          .nsources = ROWS(sources),
+                          .requested_full = r->requested_full,
+                          .branches = r->branches,
+                          .nbranches = r->nbranches};
+    sl_analysis_t a;
+    sl_err_t err;
+    sl_err_clear(&err);
+    int rc = sl_analyze(&in, &a, &err);
+    char p[16384] = "";
+    check(r, rc, &a, &err, p, sizeof p);
+    sl_analysis_free(&a);
+    assert_string_equal(p, "");
+}
+
+int
+main(void)
+{
+    struct CMUnitTest tests[ROWS(rows)];
+    for (size_t i = 0; i < ROWS(rows); i++)
+        tests[i] = (struct CMUnitTest){rows[i].name, test_analyze, NULL, NULL, (void *)&rows[i]};
+    return _cmocka_run_group_tests("analyze", tests, ROWS(rows), NULL, NULL);
+}
