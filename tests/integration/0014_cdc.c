@@ -31,6 +31,12 @@
  *   8. Detach: triggers (also on partitions), functions, buffer and catalog
  *      row are gone and writes still work; detaching a dropped source by its
  *      oid removes the leftovers; a second detach is a no-op.
+ *   9. Column names n and o (the transition tables' aliases).
+ *  10. Chunks (cdc/sql/0010_cdc_chunks.sql): a 2,500-row INSERT is three
+ *      chunks of at most 1,000 images read back as 2,500 buffer rows
+ *      with distinct increasing seqs; large images close a chunk early (by
+ *      size); images of columns of many types equal to_jsonb(row); cdc_prune
+ *      counts images, not chunks; the buffer view cannot be written.
  */
 #include "harness.h"
 
@@ -166,10 +172,22 @@ check_attach(PGconn *conn)
                             oid),
                 "seq bigint, txid xid8, op \"char\", img jsonb", "the buffer's columns");
     TH_ASSERT(th_sql_int(conn,
-                         "SELECT count(*) FROM pg_index WHERE indrelid = "
-                         "'sluice_changes.c_%lld'::regclass AND indkey::text = '2'",
+                         "SELECT count(*) FROM pg_class WHERE oid = "
+                         "'sluice_changes.c_%lld'::regclass AND relkind = 'v'",
                          oid) == 1,
-              "the buffer has an index on txid");
+              "the buffer is a view (over its chunk table)");
+    expect_text(th_sql_text(conn,
+                            "SELECT string_agg(attname || ' ' || format_type(atttypid, atttypmod), "
+                            "', ' ORDER BY attnum) FROM pg_attribute WHERE attrelid = "
+                            "'sluice_changes.c_%lld_chunks'::regclass AND attnum > 0",
+                            oid),
+                "seq bigint, txid xid8, op \"char\", n integer, imgs json[]",
+                "the chunk table's columns");
+    TH_ASSERT(th_sql_int(conn,
+                         "SELECT count(*) FROM pg_index WHERE indrelid = "
+                         "'sluice_changes.c_%lld_chunks'::regclass AND indkey::text = '2'",
+                         oid) == 1,
+              "the chunk table has an index on txid");
 
     th_sql(conn, "INSERT INTO app.orders VALUES (100, 'keep', 1, NULL)");
     expect_text(th_sql_text(conn, "SELECT sluice.cdc_attach('app.orders')::text"), want,
@@ -243,7 +261,9 @@ check_buffer_rows(PGconn *conn)
                             "(max(seq) - min(seq))::text FROM sluice_changes.c_%lld WHERE seq > "
                             "%lld",
                             oid, mark),
-                "DDDIII 5", "UPDATE of 3 rows: D D D then I I I, consecutive seqs");
+                "DDDIII 1026",
+                "UPDATE of 3 rows: D D D then I I I (a chunk of each: seqs s*1024 + 0..2, then "
+                "(s+1)*1024 + 0..2)");
     expect_text(
         th_sql_text(conn,
                     "SELECT string_agg(op::text || (img->>'id') || '=' || coalesce(img->>'amount', "
@@ -294,7 +314,7 @@ check_window_and_prune(th_env_t *env, PGconn *conn)
 {
     TH_LOG("window: (prev, cur] by snapshot visibility, with transactions in progress");
     long long oid = oid_of(conn, "app.orders");
-    th_sql(conn, "DELETE FROM sluice_changes.c_%lld", oid);
+    th_sql(conn, "DELETE FROM sluice_changes.c_%lld_chunks", oid);
     PGconn *w2 = th_pg_connect(env->pg_url);
     PGconn *w3 = th_pg_connect(env->pg_url);
 
@@ -485,9 +505,9 @@ leftovers(PGconn *conn, long long oid)
                       "SELECT (SELECT count(*) FROM pg_proc WHERE pronamespace = "
                       "'sluice_changes'::regnamespace AND proname LIKE 'capture\\_%lld\\_%%') + "
                       "(SELECT count(*) FROM pg_class WHERE relnamespace = "
-                      "'sluice_changes'::regnamespace AND relname = 'c_%lld') + "
+                      "'sluice_changes'::regnamespace AND relname IN ('c_%lld', 'c_%lld_chunks')) + "
                       "(SELECT count(*) FROM sluice.cdc_sources WHERE relid = %lld)",
-                      oid, oid, oid);
+                      oid, oid, oid, oid);
 }
 
 static void
@@ -495,7 +515,8 @@ check_detach(PGconn *conn)
 {
     TH_LOG("detach: triggers, functions, buffer and catalog row go; writes still work");
     long long oid = oid_of(conn, "app.events");
-    TH_ASSERT(leftovers(conn, oid) == 6, "before detach: 4 functions, the buffer, the row");
+    TH_ASSERT(leftovers(conn, oid) == 7,
+              "before detach: 4 functions, the buffer view, its chunk table, the row");
     th_sql(conn, "SELECT sluice.cdc_detach('app.events')");
     TH_ASSERT(leftovers(conn, oid) == 0, "detach dropped functions, buffer and catalog row");
     TH_ASSERT(capture_triggers(conn, "app.events") + capture_triggers(conn, "app.events_a") +
@@ -513,7 +534,7 @@ check_detach(PGconn *conn)
     long long tmp = oid_of(conn, "app.tmp");
     th_sql(conn, "SELECT sluice.cdc_attach('app.tmp'); INSERT INTO app.tmp VALUES (1)");
     th_sql(conn, "DROP TABLE app.tmp");
-    TH_ASSERT(leftovers(conn, tmp) == 6, "dropping the source keeps the buffer, functions, row");
+    TH_ASSERT(leftovers(conn, tmp) == 7, "dropping the source keeps the buffer, functions, row");
     TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice_changes.c_%lld", tmp) == 1,
               "and the captured change");
     th_sql(conn, "SELECT sluice.cdc_detach(%lld)", tmp);
@@ -544,6 +565,93 @@ check_alias_columns(PGconn *conn)
 }
 
 /* ------------------------------------------------------------------------ */
+/* 10. chunks                                                                */
+/* ------------------------------------------------------------------------ */
+
+static void
+check_chunks(PGconn *conn)
+{
+    TH_LOG("chunks: 1,000 images a chunk, fewer when images are large; images equal to_jsonb");
+    th_sql(conn, "CREATE TABLE app.bulk (id int PRIMARY KEY, t text); "
+                 "SELECT sluice.cdc_attach('app.bulk')");
+    long long oid = oid_of(conn, "app.bulk");
+    th_sql(conn, "INSERT INTO app.bulk SELECT g, 'row ' || g FROM generate_series(1, 2500) g");
+    /* Each image weighs 16 kB plus its size, against 16,384,000: small
+     * images close a chunk at 999 or 1,000. */
+    expect_text(th_sql_text(conn,
+                            "SELECT count(*) || ' ' || bool_and(op = 'I' AND n BETWEEN 990 AND "
+                            "1000 OR seq = (SELECT max(seq) FROM sluice_changes.c_%lld_chunks)) "
+                            "|| ' ' || sum(n) FROM sluice_changes.c_%lld_chunks",
+                            oid, oid),
+                "3 true 2500", "a 2,500-row INSERT is three chunks of at most 1,000 images");
+    TH_ASSERT(th_sql_int(conn,
+                         "SELECT count(*) FROM (SELECT seq, img->>'id' AS id, lag(seq) OVER (ORDER "
+                         "BY seq) AS prev FROM sluice_changes.c_%lld) v WHERE (prev IS NULL OR "
+                         "prev < seq) AND id::int BETWEEN 1 AND 2500",
+                         oid) == 2500 &&
+                  th_sql_int(conn, "SELECT count(DISTINCT seq) FROM sluice_changes.c_%lld",
+                             oid) == 2500 &&
+                  th_sql_int(conn,
+                             "SELECT count(DISTINCT img->>'id') FROM sluice_changes.c_%lld",
+                             oid) == 2500,
+              "the view gives 2,500 rows, distinct seqs, every id once");
+    th_sql(conn, "TRUNCATE sluice_changes.c_%lld_chunks", oid);
+    th_sql(conn, "UPDATE app.bulk SET t = repeat(md5(id::text), 3125) WHERE id <= 300");
+    TH_ASSERT(th_sql_int(conn,
+                         "SELECT count(*) FROM sluice_changes.c_%lld_chunks WHERE op = 'I'",
+                         oid) >= 3 &&
+                  th_sql_int(conn, "SELECT max(n) FROM sluice_changes.c_%lld_chunks WHERE op = 'I'", oid) < 300 &&
+                  th_sql_int(conn,
+                             "SELECT sum(n) FROM sluice_changes.c_%lld_chunks WHERE op = 'I'",
+                             oid) == 300,
+              "300 images of 100 kB close their chunks by size (16 MB), none is lost");
+    expect_text(th_sql_text(conn,
+                            "SELECT string_agg(op::text, '' ORDER BY seq) FROM (SELECT DISTINCT "
+                            "ON (op) op, seq FROM sluice_changes.c_%lld ORDER BY op, seq) f",
+                            oid),
+                "DI", "the UPDATE's 'D' images come before its 'I' images");
+    TH_ASSERT(th_sql_int(conn, "SELECT sluice.cdc_prune('app.bulk', pg_current_snapshot())") ==
+                  600,
+              "cdc_prune returns the number of images (300 'D' + 300 'I')");
+
+    th_sql(conn, "CREATE TYPE app.pair AS (a int, b text); "
+                 "CREATE TABLE app.types (id int PRIMARY KEY, ts timestamptz, d date, "
+                 "num numeric, f float8, r real, b bool, by bytea, j json, jb jsonb, "
+                 "arr int[], tarr text[], p app.pair, iv interval, u uuid, \"Mixed Case\" text, "
+                 "big bigint, sm smallint); SELECT sluice.cdc_attach('app.types')");
+    long long toid = oid_of(conn, "app.types");
+    th_sql(conn, "INSERT INTO app.types VALUES "
+                 "(1, '2024-02-29 12:34:56.789+01', '2024-01-01', 12345678901234567890.123, "
+                 "1e300, 1.5, true, '\\x00ff', '{\"k\": [1, 2], \"k\": 3}', '{\"z\": null}', "
+                 "'{1,NULL,3}', '{\"a b\",\"c\\\"d\"}', ROW(1, 'x'), '1 day 2 hours', "
+                 "'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 'quote \" and \\ back', "
+                 "9223372036854775807, -32768), "
+                 "(2, 'infinity', '-infinity', 'NaN', 'Infinity', '-0', false, '', 'null', "
+                 "'[]', '{}', '{}', NULL, '-1 mon', NULL, E'tab\\tnew\\nline \\u00e9', "
+                 "NULL, NULL), "
+                 "(3, NULL, NULL, NULL, 'NaN', NULL, NULL, NULL, NULL, NULL, NULL, NULL, "
+                 "ROW(NULL, NULL), NULL, NULL, NULL, NULL, NULL)");
+    TH_ASSERT(th_sql_int(conn,
+                         "SELECT count(*) FROM sluice_changes.c_%lld b JOIN app.types t ON t.id "
+                         "= (b.img->>'id')::int WHERE b.img = to_jsonb(t.*)",
+                         toid) == 3,
+              "images of many column types equal to_jsonb(row)");
+    char *rows = th_sql_text(conn, "SELECT string_agg(format('%%s|%%s|%%s', id, ts, p), ' ' "
+                                   "ORDER BY id) FROM app.types");
+    expect_text(th_sql_text(conn,
+                            "SELECT string_agg(format('%%s|%%s|%%s', r.id, r.ts, r.p), ' ' "
+                            "ORDER BY seq) FROM sluice_changes.c_%lld b, "
+                            "jsonb_populate_record(NULL::app.types, b.img) r",
+                            toid),
+                rows, "images read back as rows of the table");
+    free(rows);
+    char sql[128];
+    snprintf(sql, sizeof sql, "INSERT INTO sluice_changes.c_%lld (op) VALUES ('I')", toid);
+    expect_error(conn, "55000", "cannot insert into view", NULL, sql);
+    th_sql(conn, "SELECT sluice.cdc_detach('app.types'); SELECT sluice.cdc_detach('app.bulk')");
+}
+
+/* ------------------------------------------------------------------------ */
 
 int
 main(void)
@@ -561,6 +669,7 @@ main(void)
     check_partitioned(conn);
     check_detach(conn);
     check_alias_columns(conn);
+    check_chunks(conn);
 
     PQfinish(conn);
     th_env_stop(&env);
