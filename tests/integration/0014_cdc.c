@@ -501,13 +501,14 @@ check_partitioned(PGconn *conn)
 static long long
 leftovers(PGconn *conn, long long oid)
 {
-    return th_sql_int(conn,
-                      "SELECT (SELECT count(*) FROM pg_proc WHERE pronamespace = "
-                      "'sluice_changes'::regnamespace AND proname LIKE 'capture\\_%lld\\_%%') + "
-                      "(SELECT count(*) FROM pg_class WHERE relnamespace = "
-                      "'sluice_changes'::regnamespace AND relname IN ('c_%lld', 'c_%lld_chunks')) + "
-                      "(SELECT count(*) FROM sluice.cdc_sources WHERE relid = %lld)",
-                      oid, oid, oid, oid);
+    return th_sql_int(
+        conn,
+        "SELECT (SELECT count(*) FROM pg_proc WHERE pronamespace = "
+        "'sluice_changes'::regnamespace AND proname LIKE 'capture\\_%lld\\_%%') + "
+        "(SELECT count(*) FROM pg_class WHERE relnamespace = "
+        "'sluice_changes'::regnamespace AND relname IN ('c_%lld', 'c_%lld_chunks')) + "
+        "(SELECT count(*) FROM sluice.cdc_sources WHERE relid = %lld)",
+        oid, oid, oid, oid);
 }
 
 static void
@@ -589,20 +590,18 @@ check_chunks(PGconn *conn)
                          "BY seq) AS prev FROM sluice_changes.c_%lld) v WHERE (prev IS NULL OR "
                          "prev < seq) AND id::int BETWEEN 1 AND 2500",
                          oid) == 2500 &&
-                  th_sql_int(conn, "SELECT count(DISTINCT seq) FROM sluice_changes.c_%lld",
-                             oid) == 2500 &&
-                  th_sql_int(conn,
-                             "SELECT count(DISTINCT img->>'id') FROM sluice_changes.c_%lld",
+                  th_sql_int(conn, "SELECT count(DISTINCT seq) FROM sluice_changes.c_%lld", oid) ==
+                      2500 &&
+                  th_sql_int(conn, "SELECT count(DISTINCT img->>'id') FROM sluice_changes.c_%lld",
                              oid) == 2500,
               "the view gives 2,500 rows, distinct seqs, every id once");
     th_sql(conn, "TRUNCATE sluice_changes.c_%lld_chunks", oid);
     th_sql(conn, "UPDATE app.bulk SET t = repeat(md5(id::text), 3125) WHERE id <= 300");
-    TH_ASSERT(th_sql_int(conn,
-                         "SELECT count(*) FROM sluice_changes.c_%lld_chunks WHERE op = 'I'",
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice_changes.c_%lld_chunks WHERE op = 'I'",
                          oid) >= 3 &&
-                  th_sql_int(conn, "SELECT max(n) FROM sluice_changes.c_%lld_chunks WHERE op = 'I'", oid) < 300 &&
-                  th_sql_int(conn,
-                             "SELECT sum(n) FROM sluice_changes.c_%lld_chunks WHERE op = 'I'",
+                  th_sql_int(conn, "SELECT max(n) FROM sluice_changes.c_%lld_chunks WHERE op = 'I'",
+                             oid) < 300 &&
+                  th_sql_int(conn, "SELECT sum(n) FROM sluice_changes.c_%lld_chunks WHERE op = 'I'",
                              oid) == 300,
               "300 images of 100 kB close their chunks by size (16 MB), none is lost");
     expect_text(th_sql_text(conn,
@@ -610,8 +609,7 @@ check_chunks(PGconn *conn)
                             "ON (op) op, seq FROM sluice_changes.c_%lld ORDER BY op, seq) f",
                             oid),
                 "DI", "the UPDATE's 'D' images come before its 'I' images");
-    TH_ASSERT(th_sql_int(conn, "SELECT sluice.cdc_prune('app.bulk', pg_current_snapshot())") ==
-                  600,
+    TH_ASSERT(th_sql_int(conn, "SELECT sluice.cdc_prune('app.bulk', pg_current_snapshot())") == 600,
               "cdc_prune returns the number of images (300 'D' + 300 'I')");
 
     th_sql(conn, "CREATE TYPE app.pair AS (a int, b text); "
