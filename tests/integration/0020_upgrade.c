@@ -1,0 +1,507 @@
+/*
+ * tests/integration/0020_upgrade.c - `sluice init` upgrades a catalog of
+ * version 8 that holds live stream tables and unconsumed changes.
+ *
+ * Migration 9 (refresh/sql/0009_union_all.sql) adds catalog columns and
+ * clears stored analyses; migration 10 (cdc/sql/0010_cdc_chunks.sql)
+ * converts every change buffer table sluice_changes.c_<oid> into a chunk
+ * table c_<oid>_chunks behind a view of the old name. Both run on live data;
+ * this test is their upgrade path.
+ *
+ *   1. Version 8, as `sluice init` of that release made it: the migration
+ *      files of this tree with a version <= 8, in version order, each in its
+ *      own transaction and recorded in sluice.schema_version, on one
+ *      session under the migration lock, exactly as core/migrate.c does.
+ *   2. Live state on it: two source tables (one with columns named n and
+ *      o, the transition-table aliases of version 4), stream tables over
+ *      them (a GROUP BY aggregate, an inner join, a filter over the table
+ *      with column n), all refreshed once; the aggregate carries an
+ *      analysis stored the version-8 way (sluice._set_analysis with 8
+ *      arguments), so its version-8 refresh is differential. Then changes
+ *      in several statements and transactions (inserts, updates, a row
+ *      updated twice, deletes, an insert deleted in its own transaction)
+ *      that no refresh consumes: the old-format buffers hold them.
+ *   3. `sluice init` upgrades: it reports the newest version, and
+ *      schema_version has one row per migration file, named after it.
+ *   4. Conversion: each buffer is a view (relkind 'v') over its chunk table,
+ *      sluice.cdc_sources.buffer names the view, and the buffer rows are
+ *      those of before: the same count, ops, txids and images in seq order,
+ *      each seq s now s * 1024. Migration 9 cleared the stored analysis.
+ *      The capture triggers write chunks: a statement of 3 rows is one
+ *      chunk of n = 3, read back through the view (rolled back after).
+ *   5. `sluice engine --once` analyses every stream table again (they are
+ *      not due: their schedule is an hour, so it refreshes none); then each
+ *      is refreshed by hand: DIFFERENTIAL, with a delta of exactly the size
+ *      of the difference between the stream table and its query (nothing
+ *      lost, nothing applied twice), and equal to its query afterwards (a
+ *      multiset comparison, EXCEPT ALL both ways). The buffers are then
+ *      pruned to nothing. A second round of changes, captured in chunks
+ *      after the upgrade, is refreshed and checked the same way.
+ */
+#include "harness.h"
+
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define RUN_MS 60000
+/* The last version of the release being upgraded from. */
+#define OLD_VERSION 8
+/* More than the tree will have for a long time; asserted. */
+#define MAX_MIGRATIONS 64
+/* core/migrate.c's SL_MIGRATE_LOCK_KEY: "sluice" in ASCII. */
+#define MIGRATE_LOCK_KEY 0x736c75696365LL
+
+/* One migration file of the source tree. */
+typedef struct migration {
+    int version;
+    char name[256];               /* file name, e.g. "0004_cdc.sql", as sluice init records it */
+    char path[TH_PATH_MAX + 512]; /* absolute path: folder and name */
+} migration_t;
+
+static int
+migration_cmp(const void *a, const void *b)
+{
+    const migration_t *x = a, *y = b;
+    return (x->version > y->version) - (x->version < y->version);
+}
+
+/* Every NNNN_*.sql of the four folders sluice init embeds, in version order;
+ * returns their count. Asserts that versions are unique. */
+static size_t
+migrations_list(migration_t *out)
+{
+    static const char *const dirs[] = {"outbox/sql", "inbox/sql", "cdc/sql", "refresh/sql"};
+    size_t n = 0;
+    for (size_t d = 0; d < sizeof dirs / sizeof dirs[0]; d++) {
+        char dir[TH_PATH_MAX];
+        snprintf(dir, sizeof dir, "%s/%s", SL_SOURCE_DIR, dirs[d]);
+        DIR *dp = opendir(dir);
+        TH_ASSERT(dp != NULL, "the migration folder %s can be read", dir);
+        struct dirent *de;
+        while ((de = readdir(dp)) != NULL) {
+            size_t len = strlen(de->d_name);
+            char *end = NULL;
+            long v = strtol(de->d_name, &end, 10);
+            if (len < 5 || strcmp(de->d_name + len - 4, ".sql") != 0 || end == de->d_name ||
+                *end != '_' || v <= 0)
+                continue;
+            TH_ASSERT(n < MAX_MIGRATIONS, "at most %d migrations", MAX_MIGRATIONS);
+            out[n].version = (int)v;
+            snprintf(out[n].name, sizeof out[n].name, "%s", de->d_name);
+            snprintf(out[n].path, sizeof out[n].path, "%s/%s", dir, de->d_name);
+            n++;
+        }
+        closedir(dp);
+    }
+    qsort(out, n, sizeof *out, migration_cmp);
+    for (size_t i = 1; i < n; i++)
+        TH_ASSERT(out[i].version != out[i - 1].version, "migration versions are unique (%s, %s)",
+                  out[i - 1].name, out[i].name);
+    return n;
+}
+
+/* Runs sql (any text: no printf formatting) and asserts it succeeded. */
+static void
+exec_ok_at(int line, PGconn *conn, const char *sql, const char *what)
+{
+    PGresult *res = PQexec(conn, sql);
+    ExecStatusType st = PQresultStatus(res);
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK)
+        th_fail_at(__FILE__, line, NULL, "%s: %s", what, PQerrorMessage(conn));
+    PQclear(res);
+}
+#define exec_ok(conn, sql, what) exec_ok_at(__LINE__, (conn), (sql), (what))
+
+/*
+ * Brings the database to `upto` the way core/migrate.c does (read it before
+ * changing this): the migration lock, schema sluice and sluice.schema_version
+ * created by the same statement, then each file in version order in its own
+ * transaction followed by its schema_version row, all on one session (so
+ * session settings of one file reach the next, as in sluice init).
+ */
+static void
+migrate_to(const char *url, const migration_t *m, size_t n, int upto)
+{
+    PGconn *conn = th_pg_connect(url);
+    char lock[128];
+    snprintf(lock, sizeof lock, "SELECT pg_advisory_lock(%lld)", MIGRATE_LOCK_KEY);
+    exec_ok(conn, lock, "the migration lock");
+    exec_ok(conn,
+            "SET client_min_messages = warning;"
+            "CREATE SCHEMA IF NOT EXISTS sluice;"
+            "CREATE TABLE IF NOT EXISTS sluice.schema_version ("
+            "  version int PRIMARY KEY,"
+            "  name text NOT NULL,"
+            "  applied_at timestamptz NOT NULL DEFAULT now())",
+            "schema sluice and sluice.schema_version");
+    for (size_t i = 0; i < n && m[i].version <= upto; i++) {
+        char *text = th_read_file(m[i].path, NULL);
+        TH_ASSERT(text != NULL, "migration %s can be read", m[i].path);
+        exec_ok(conn, "BEGIN", "BEGIN");
+        exec_ok(conn, text, m[i].name);
+        free(text);
+        char vbuf[16];
+        snprintf(vbuf, sizeof vbuf, "%d", m[i].version);
+        const char *params[2] = {vbuf, m[i].name};
+        PGresult *res = PQexecParams(
+            conn, "INSERT INTO sluice.schema_version(version, name) VALUES ($1::int, $2)", 2, NULL,
+            params, NULL, NULL, 0);
+        TH_ASSERT(PQresultStatus(res) == PGRES_COMMAND_OK, "migration %s is recorded: %s",
+                  m[i].name, PQerrorMessage(conn));
+        PQclear(res);
+        exec_ok(conn, "COMMIT", "COMMIT");
+    }
+    snprintf(lock, sizeof lock, "SELECT pg_advisory_unlock(%lld)", MIGRATE_LOCK_KEY);
+    exec_ok(conn, lock, "the migration unlock");
+    PQfinish(conn);
+}
+
+/* The stream tables: name, query, and the query's output columns (the
+ * stream table's columns after __sluice_row_id). */
+typedef struct st_def {
+    const char *name;
+    const char *query;
+    const char *cols;
+} st_def_t;
+
+static const st_def_t sts[] = {
+    {"st_agg", "SELECT grp, count(*) AS cnt, sum(n) AS total FROM items GROUP BY grp",
+     "grp, cnt, total"},
+    {"st_join", "SELECT i.id, i.n, g.grp, g.label, g.o FROM items i JOIN groups g ON g.grp = i.grp",
+     "id, n, grp, label, o"},
+    {"st_n", "SELECT id, n, o FROM items WHERE mod(n, 3) <> 0", "id, n, o"},
+};
+#define NSTS (sizeof sts / sizeof sts[0])
+
+/* Rows of the stream table not in its query plus rows of the query not in
+ * the stream table, as multisets: 0 when they are equal. */
+static long long
+st_diff(PGconn *conn, const st_def_t *st)
+{
+    return th_sql_int(conn,
+                      "SELECT (SELECT count(*) FROM (SELECT %s FROM %s EXCEPT ALL %s) a)"
+                      "     + (SELECT count(*) FROM (%s EXCEPT ALL SELECT %s FROM %s) b)",
+                      st->cols, st->name, st->query, st->query, st->cols, st->name);
+}
+
+static void
+assert_equal_at(int line, PGconn *conn, const st_def_t *st, const char *when)
+{
+    long long d = st_diff(conn, st);
+    if (d != 0)
+        th_fail_at(__FILE__, line, NULL, "%s equals its query %s (%lld rows differ)", st->name,
+                   when, d);
+    long long rows = th_sql_int(conn, "SELECT count(*) FROM %s", st->name);
+    long long cat = th_sql_int(
+        conn, "SELECT rows FROM sluice.stream_table_catalog WHERE name = '%s'", st->name);
+    if (rows != cat)
+        th_fail_at(__FILE__, line, NULL, "%s: the catalog's row count %lld is the table's %lld %s",
+                   st->name, cat, rows, when);
+}
+#define assert_equal(conn, st, when) assert_equal_at(__LINE__, (conn), (st), (when))
+
+/*
+ * Refreshes every stream table by hand and checks each refresh: it changed
+ * something, ran in `want_mode`, its delta (inserted + deleted + 2 *
+ * updated, from sluice.refresh_history) is exactly the multiset difference
+ * measured before it, and the stream table equals its query after it.
+ */
+static void
+refresh_all_at(int line, PGconn *conn, const char *want_mode, const char *when)
+{
+    for (size_t i = 0; i < NSTS; i++) {
+        const st_def_t *st = &sts[i];
+        long long before = st_diff(conn, st);
+        if (before == 0)
+            th_fail_at(__FILE__, line, NULL,
+                       "%s: the changes %s reach it (else this refresh proves nothing)", st->name,
+                       when);
+        char *rid = th_sql_text(conn, "SELECT sluice.refresh_stream_table('%s')", st->name);
+        if (rid == NULL)
+            th_fail_at(__FILE__, line, NULL, "%s: the refresh %s finds changes", st->name, when);
+        char *mode = th_sql_text(conn,
+                                 "SELECT h.mode || '/' || c.last_refresh_mode || '/' || "
+                                 "coalesce(c.effective_mode, 'NULL') FROM sluice.refresh_history "
+                                 "h JOIN sluice.stream_table_catalog c ON c.id = "
+                                 "h.stream_table_id WHERE h.refresh_id = %s",
+                                 rid);
+        char want[64];
+        snprintf(want, sizeof want, "%s/%s/", want_mode, want_mode);
+        if (mode == NULL || strncmp(mode, want, strlen(want)) != 0)
+            th_fail_at(__FILE__, line, NULL,
+                       "%s: the refresh %s is %s (history/last_refresh_mode/effective_mode: %s)",
+                       st->name, when, want_mode, mode ? mode : "NULL");
+        free(mode);
+        long long delta = th_sql_int(conn,
+                                     "SELECT inserted + deleted + 2 * updated FROM "
+                                     "sluice.refresh_history WHERE refresh_id = %s",
+                                     rid);
+        if (delta != before)
+            th_fail_at(__FILE__, line, NULL,
+                       "%s: the refresh %s applies exactly the difference (delta %lld, "
+                       "difference before %lld)",
+                       st->name, when, delta, before);
+        free(rid);
+        assert_equal_at(line, conn, st, when);
+    }
+}
+#define refresh_all(conn, mode, when) refresh_all_at(__LINE__, (conn), (mode), (when))
+
+/* What a buffer holds, row by row in seq order: "op txid img". */
+static char *
+buffer_rows(PGconn *conn, const char *table)
+{
+    return th_sql_text(conn,
+                       "SELECT coalesce(string_agg(op::text || ' ' || txid::text || ' ' || "
+                       "coalesce(img::text, 'NULL'), E'\\n' ORDER BY seq), '') FROM "
+                       "sluice_changes.c_%s",
+                       table);
+}
+
+int
+main(void)
+{
+    migration_t mig[MAX_MIGRATIONS];
+    size_t nmig = migrations_list(mig);
+    size_t nold = 0;
+    while (nold < nmig && mig[nold].version <= OLD_VERSION)
+        nold++;
+    TH_ASSERT(nold > 0 && mig[nold - 1].version == OLD_VERSION && nold < nmig,
+              "the tree has migrations up to %d and newer ones (%zu of %zu are old)", OLD_VERSION,
+              nold, nmig);
+    int newest = mig[nmig - 1].version;
+
+    th_env_t env;
+    TH_ASSERT(th_env_start(&env) == 0, "the environment starts");
+
+    /* 1. Version 8. */
+    migrate_to(env.pg_url, mig, nmig, OLD_VERSION);
+    PGconn *conn = th_pg_connect(env.pg_url);
+    th_sql(conn, "SET client_min_messages = warning");
+    TH_ASSERT(th_sql_int(conn, "SELECT max(version) FROM sluice.schema_version") == OLD_VERSION,
+              "the catalog is at version %d", OLD_VERSION);
+    TH_ASSERT(th_sql_int(conn,
+                         "SELECT count(*) FROM pg_attribute WHERE attrelid = "
+                         "'sluice.stream_table_catalog'::regclass AND attname = 'branches'") == 0,
+              "the version-8 catalog has no column branches yet");
+    TH_LOG("catalog at version %d", OLD_VERSION);
+
+    /* 2. Live state at version 8. */
+    th_sql(conn, "CREATE TABLE groups (grp int PRIMARY KEY, label text NOT NULL, o int);"
+                 "CREATE TABLE items (id int PRIMARY KEY, grp int NOT NULL, n int, o text);"
+                 "INSERT INTO groups SELECT g, 'group ' || g, g * 10 FROM generate_series(1, 20) g;"
+                 "INSERT INTO items SELECT i, mod(i, 20) + 1, i, 'o' || i "
+                 "  FROM generate_series(1, 300) i");
+    for (size_t i = 0; i < NSTS; i++)
+        th_sql(conn, "SELECT sluice.create_stream_table('%s', '%s', schedule => '1 hour')",
+               sts[i].name, sts[i].query);
+    long long items_oid = th_sql_int(conn, "SELECT 'items'::regclass::oid");
+    long long groups_oid = th_sql_int(conn, "SELECT 'groups'::regclass::oid");
+    char items_buf[64], groups_buf[64];
+    snprintf(items_buf, sizeof items_buf, "%lld", items_oid);
+    snprintf(groups_buf, sizeof groups_buf, "%lld", groups_oid);
+    TH_ASSERT(th_sql_int(conn,
+                         "SELECT count(*) FROM sluice.cdc_sources s JOIN pg_class k ON k.oid = "
+                         "s.buffer WHERE k.relkind = 'r' AND k.relname IN ('c_%s', 'c_%s')",
+                         items_buf, groups_buf) == 2,
+              "both sources are captured into buffer tables (version 8)");
+
+    /* The aggregate's analysis as the version-8 engine stored it: the
+     * affected groups from the change table, their rows recomputed. */
+    TH_ASSERT(th_sql_int(conn,
+                         "SELECT sluice._set_analysis(c.id, c.query, 'differential', NULL, "
+                         "'aggregate (stored by the test)', "
+                         "'SELECT DISTINCT grp FROM pg_temp.__sluice_chg_%s', "
+                         "'SELECT grp, count(*) AS cnt, sum(n) AS total FROM public.items "
+                         "WHERE grp IN (SELECT grp FROM pg_temp.__sluice_aff) GROUP BY grp', "
+                         "NULL)::int FROM sluice.stream_table_catalog c WHERE c.name = 'st_agg'",
+                         items_buf) == 1,
+              "the version-8 analysis of st_agg is stored");
+
+    /* Changes consumed by a version-8 refresh. */
+    th_sql(conn, "INSERT INTO items SELECT i, mod(i, 20) + 1, i, 'o' || i "
+                 "  FROM generate_series(301, 305) i;"
+                 "UPDATE items SET n = n + 100 WHERE id BETWEEN 1 AND 4;"
+                 "UPDATE groups SET o = o + 1 WHERE grp = 1");
+    for (size_t i = 0; i < NSTS; i++) {
+        char *rid = th_sql_text(conn, "SELECT sluice.refresh_stream_table('%s')", sts[i].name);
+        TH_ASSERT(rid != NULL, "%s: the version-8 refresh finds changes", sts[i].name);
+        free(rid);
+        assert_equal(conn, &sts[i], "after the version-8 refresh");
+    }
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice.stream_table_catalog WHERE "
+                               "last_refresh_mode = 'differential'") == 1 &&
+                  th_sql_int(conn, "SELECT count(*) FROM sluice.stream_table_catalog WHERE name "
+                                   "= 'st_agg' AND last_refresh_mode = 'differential'") == 1,
+              "at version 8 st_agg (analysed) refreshes differentially, the others in full");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice_changes.c_%s", items_buf) == 0 &&
+                  th_sql_int(conn, "SELECT count(*) FROM sluice_changes.c_%s", groups_buf) == 0,
+              "the version-8 refreshes pruned both buffers");
+
+    /* Changes no refresh consumes before the upgrade. */
+    th_sql(conn, "INSERT INTO items SELECT i, mod(i, 20) + 1, i, 'o' || i "
+                 "  FROM generate_series(306, 312) i");
+    th_sql(conn, "BEGIN;"
+                 "UPDATE items SET n = n + 1 WHERE id BETWEEN 10 AND 14;"
+                 "DELETE FROM items WHERE id IN (20, 21);"
+                 "UPDATE items SET n = n + 1, o = 'twice' WHERE id = 10;"
+                 "COMMIT");
+    th_sql(conn, "UPDATE groups SET label = 'relabelled', o = NULL WHERE grp = 3");
+    th_sql(conn, "BEGIN;"
+                 "UPDATE items SET grp = 5 WHERE id = 30;"
+                 "INSERT INTO items VALUES (313, 7, 3, NULL);"
+                 "DELETE FROM items WHERE id = 313;"
+                 "COMMIT");
+    th_sql(conn, "DELETE FROM items WHERE id = 40");
+    /* 7 + 10 + 2 + 2 (one transaction) + 2 + 1 + 1 (another) + 1 images. */
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice_changes.c_%s", items_buf) == 26,
+              "the items buffer holds the 26 unconsumed images");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice_changes.c_%s", groups_buf) == 2,
+              "the groups buffer holds the 2 unconsumed images");
+    char *items_before = buffer_rows(conn, items_buf);
+    char *groups_before = buffer_rows(conn, groups_buf);
+    char *items_seq = th_sql_text(
+        conn, "SELECT string_agg((seq * 1024)::text, ',' ORDER BY seq) FROM sluice_changes.c_%s",
+        items_buf);
+    char *groups_seq = th_sql_text(
+        conn, "SELECT string_agg((seq * 1024)::text, ',' ORDER BY seq) FROM sluice_changes.c_%s",
+        groups_buf);
+    TH_ASSERT(strstr(items_before, "D ") != NULL && strstr(items_before, "I ") != NULL,
+              "the items buffer holds inserts and deletes:\n%s", items_before);
+    TH_LOG("version-8 state ready: 26 + 2 unconsumed images");
+
+    /* 3. The upgrade. */
+    const char *const init[] = {SLUICE_BIN, "init", "--db", env.pg_url, NULL};
+    char *out = NULL;
+    int rc = th_run(init, &out, RUN_MS);
+    char want[128];
+    snprintf(want, sizeof want, "schema sluice is at version %d (%zu migrations applied)", newest,
+             nmig - nold);
+    TH_ASSERT(rc == 0 && out != NULL && strstr(out, want) != NULL,
+              "sluice init upgrades, saying \"%s\" (exit %d, output: %s)", want, rc,
+              out ? out : "");
+    free(out);
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice.schema_version") == (long long)nmig,
+              "schema_version has one row per migration (%zu)", nmig);
+    for (size_t i = 0; i < nmig; i++)
+        TH_ASSERT(th_sql_int(conn,
+                             "SELECT count(*) FROM sluice.schema_version WHERE version = %d AND "
+                             "name = '%s'",
+                             mig[i].version, mig[i].name) == 1,
+                  "schema_version records %s", mig[i].name);
+    TH_LOG("upgraded to version %d", newest);
+
+    /* 4. The conversion. */
+    const char *bufs[2] = {items_buf, groups_buf};
+    char *befores[2] = {items_before, groups_before};
+    char *seqs[2] = {items_seq, groups_seq};
+    for (int b = 0; b < 2; b++) {
+        char *kinds =
+            th_sql_text(conn,
+                        "SELECT coalesce(string_agg(relname || '=' || relkind::text, ',' ORDER "
+                        "BY relname), '') FROM pg_class WHERE relnamespace = "
+                        "'sluice_changes'::regnamespace AND relname IN ('c_%s', "
+                        "'c_%s_chunks')",
+                        bufs[b], bufs[b]);
+        char wk[128];
+        snprintf(wk, sizeof wk, "c_%s=v,c_%s_chunks=r", bufs[b], bufs[b]);
+        TH_ASSERT(strcmp(kinds, wk) == 0, "the buffer is a view over a chunk table (%s, want %s)",
+                  kinds, wk);
+        free(kinds);
+        TH_ASSERT(th_sql_int(conn,
+                             "SELECT count(*) FROM sluice.cdc_sources WHERE relid = %s AND buffer "
+                             "= 'sluice_changes.c_%s'::regclass",
+                             bufs[b], bufs[b]) == 1,
+                  "sluice.cdc_sources.buffer names the view c_%s", bufs[b]);
+        TH_ASSERT(th_sql_int(conn,
+                             "SELECT count(*) FROM pg_depend d JOIN pg_rewrite r ON r.oid = "
+                             "d.objid WHERE r.ev_class = 'sluice_changes.c_%s'::regclass AND "
+                             "d.refobjid = 'sluice_changes.c_%s_chunks'::regclass",
+                             bufs[b], bufs[b]) > 0,
+                  "the view c_%s reads c_%s_chunks", bufs[b], bufs[b]);
+        char *after = buffer_rows(conn, bufs[b]);
+        TH_ASSERT(strcmp(after, befores[b]) == 0,
+                  "buffer c_%s holds the same rows (op, txid, img in seq order):\n--- before\n%s\n"
+                  "--- after\n%s",
+                  bufs[b], befores[b], after);
+        free(after);
+        char *seq = th_sql_text(
+            conn, "SELECT string_agg(seq::text, ',' ORDER BY seq) FROM sluice_changes.c_%s",
+            bufs[b]);
+        TH_ASSERT(seq != NULL && strcmp(seq, seqs[b]) == 0,
+                  "each buffer seq s became s * 1024 (%s, want %s)", seq ? seq : "NULL", seqs[b]);
+        free(seq);
+        TH_ASSERT(th_sql_int(conn,
+                             "SELECT count(*) FROM sluice_changes.c_%s_chunks WHERE n <> 1 OR "
+                             "cardinality(imgs) <> 1",
+                             bufs[b]) == 0,
+                  "every converted row is a chunk of one image");
+    }
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice.stream_table_catalog WHERE "
+                               "analyzed_query IS NOT NULL OR branches IS NOT NULL") == 0,
+              "migration 9 cleared the stored analysis (and no stream table has branches)");
+
+    /* The capture now writes chunks: one statement of 3 rows, one chunk. */
+    th_sql(conn, "BEGIN;"
+                 "INSERT INTO items SELECT i, 1, i, NULL FROM generate_series(400, 402) i");
+    TH_ASSERT(th_sql_int(conn,
+                         "SELECT count(*) FROM sluice_changes.c_%s_chunks WHERE txid = "
+                         "pg_current_xact_id() AND op = 'I' AND n = 3",
+                         items_buf) == 1,
+              "the insert of 3 rows wrote one chunk of 3 images");
+    TH_ASSERT(th_sql_int(conn,
+                         "SELECT count(*) FROM sluice_changes.c_%s WHERE txid = "
+                         "pg_current_xact_id() AND op = 'I' AND img = jsonb_build_object('id', "
+                         "(img->>'id')::int, 'grp', 1, 'n', (img->>'id')::int, 'o', NULL) AND "
+                         "(img->>'id')::int BETWEEN 400 AND 402 AND seq > (SELECT max(seq) FROM "
+                         "sluice_changes.c_%s WHERE txid < pg_current_xact_id())",
+                         items_buf, items_buf) == 3,
+              "the view reads its 3 images, after the converted rows");
+    th_sql(conn, "ROLLBACK");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice_changes.c_%s", items_buf) == 26,
+              "the rolled-back insert left the buffer as it was");
+
+    /* 5. Analyse again, then refresh. */
+    const char *const eng[] = {SLUICE_BIN, "engine", "--db", env.pg_url, "--once", NULL};
+    rc = th_run(eng, NULL, RUN_MS);
+    TH_ASSERT(rc == 0, "sluice engine --once succeeds (exit %d)", rc);
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice.stream_table_catalog WHERE "
+                               "analyzed_query = query AND effective_mode = 'differential' AND "
+                               "status = 'active'") == (long long)NSTS,
+              "the engine analysed every stream table as differential");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice_changes.c_%s", items_buf) == 26 &&
+                  th_sql_int(conn, "SELECT count(*) FROM sluice_changes.c_%s", groups_buf) == 2,
+              "the engine refreshed nothing (no stream table is due): the changes are still "
+              "unconsumed");
+    refresh_all(conn, "differential", "of the pre-upgrade changes");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice_changes.c_%s", items_buf) == 0 &&
+                  th_sql_int(conn, "SELECT count(*) FROM sluice_changes.c_%s_chunks", items_buf) ==
+                      0 &&
+                  th_sql_int(conn, "SELECT count(*) FROM sluice_changes.c_%s", groups_buf) == 0,
+              "the refreshes pruned the converted chunks");
+    TH_LOG("pre-upgrade changes refreshed");
+
+    /* Changes captured in chunks after the upgrade. */
+    th_sql(conn, "INSERT INTO items SELECT i, mod(i, 20) + 1, i * 7, NULL "
+                 "  FROM generate_series(500, 520) i");
+    th_sql(conn, "BEGIN;"
+                 "UPDATE items SET n = n + 2 WHERE id BETWEEN 100 AND 110;"
+                 "DELETE FROM items WHERE grp = 9 AND id < 100;"
+                 "UPDATE groups SET label = 'again' WHERE grp IN (4, 9);"
+                 "COMMIT");
+    th_sql(conn, "UPDATE items SET grp = 2 WHERE id = 505");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice_changes.c_%s_chunks WHERE n > 1",
+                         items_buf) >= 2,
+              "the new changes are in chunks of several images");
+    refresh_all(conn, "differential", "of changes captured after the upgrade");
+    TH_LOG("post-upgrade changes refreshed");
+
+    free(items_before);
+    free(groups_before);
+    free(items_seq);
+    free(groups_seq);
+    PQfinish(conn);
+    return 0;
+}
