@@ -1389,6 +1389,7 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
     toks_t t = {0};
     keyexpr_t *keys = NULL, *units = NULL;
     char why[256];
+    char uwhy[SL_ERR_MSG_MAX + 64]; /* a UNION ALL branch's reason, with its number */
     out_t tree = {.rc = SL_OK, .err = err};
     int rc = SL_OK;
     const char *reason = NULL;
@@ -1413,15 +1414,10 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
     }
     if (in->nbranches > 0 && str(sel, "op") != NULL && strcmp(str(sel, "op"), "SETOP_UNION") == 0 &&
         cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(sel, "all"))) {
-        char uwhy[SL_ERR_MSG_MAX + 64];
         rc = analyze_union(in, sel, a, uwhy, sizeof uwhy, &reason, err);
         if (rc != SL_OK || reason == NULL)
             goto done;
-        a->mode = strdup("full");
-        a->reason = strdup(reason);
-        if (a->mode == NULL || a->reason == NULL)
-            rc = sl_err_nomem(err, "the analysis");
-        goto done;
+        goto full;
     }
     if ((reason = full_reason(sel, in)) != NULL)
         goto full;
