@@ -245,7 +245,8 @@ REVOKE ALL ON FUNCTION sluice._st_rows_sql(oid, text, text[], jsonb) FROM PUBLIC
 
 -- The catalog trigger: branches follow query and key_columns (computed
 -- where create_stream_table and alter_stream_table store them), a new
--- analysis is due, and the engine is rung to do it now.
+-- analysis is due, and the engine is rung to do it now; also rung when
+-- alter_stream_table clears the analysis of an unchanged query.
 CREATE FUNCTION sluice._st_catalog_query_changed()
 RETURNS trigger
 LANGUAGE plpgsql
@@ -256,6 +257,9 @@ BEGIN
        OR NEW.key_columns IS DISTINCT FROM OLD.key_columns OR NEW.relid IS DISTINCT FROM OLD.relid THEN
         NEW.branches := CASE WHEN NEW.key_columns IS NOT NULL THEN sluice._st_branches(NEW.query, NEW.relid) END;
         NEW.branch_analysis := NULL;
+        PERFORM pg_notify('sluice_changes', '');
+    ELSIF NEW.analyzed_query IS DISTINCT FROM NEW.query AND OLD.analyzed_query IS NOT DISTINCT FROM OLD.query THEN
+        -- The analysis was cleared (alter_stream_table with the same query).
         PERFORM pg_notify('sluice_changes', '');
     END IF;
     RETURN NEW;

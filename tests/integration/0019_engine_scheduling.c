@@ -26,7 +26,8 @@
  *
  * And after 1: a stream table created while the engine is idle is analysed
  * within ANALYSE_DEADLINE_MS (create_stream_table rings the engine), not at
- * the safety poll.
+ * the safety poll, and so is one re-validated by alter_stream_table with the
+ * same query (which clears its analysis).
  */
 #include "harness.h"
 
@@ -198,6 +199,16 @@ main(void)
         "a stream table created while the engine is idle is analysed within %d ms, not at "
         "the 60 s safety poll",
         ANALYSE_DEADLINE_MS);
+    TH_ASSERT(settled(conn), "the engine is idle before the alteration");
+    th_sql(conn, "SELECT sluice.alter_stream_table('late_st', query => 'SELECT id, v FROM fast_src "
+                 "WHERE v > 0')");
+    TH_ASSERT(th_wait_sql(conn,
+                          "SELECT analyzed_query = query AND effective_mode = 'differential' FROM "
+                          "sluice.stream_table_catalog WHERE name = 'late_st'",
+                          ANALYSE_DEADLINE_MS, 20),
+              "re-validating it with the same query clears its analysis, and the engine redoes it "
+              "within %d ms",
+              ANALYSE_DEADLINE_MS);
 
     /* 3. Dependency order: the reader of fast_st follows in the same pass. */
     TH_ASSERT(settled(conn), "the engine is idle again");
