@@ -22,9 +22,11 @@
 --     driver runs branch after branch into one set of old and new rows.
 --
 -- Also here:
---   * a new or changed query rings the engine (pg_notify on sluice_changes,
---     the capture doorbell of migration 8) from the same trigger, so the
---     engine analyses it at once rather than at its next safety poll;
+--   * a new or changed query, or an alter_stream_table that clears the
+--     analysis of an unchanged one, rings the engine (pg_notify on
+--     sluice_changes, the capture doorbell of migration 8) from the same
+--     trigger, so the engine analyses it at once rather than at its next
+--     safety poll;
 --   * the delta's row images are built column by column
 --     (sluice._st_image_sql: jsonb_build_object('column', alias.column,
 --     ...), the same jsonb value as to_jsonb of the row). Up to migration 8
