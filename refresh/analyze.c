@@ -350,6 +350,15 @@ figure_colname(const cJSON *val)
 
 static void tree_select(out_t *o, const cJSON *sel, int depth);
 
+/* The SelectStmt of a set operation's side (libpg_query writes it with or
+ * without the node wrapper). */
+static const cJSON *
+setop_side(const cJSON *sel, const char *side)
+{
+    const cJSON *s = cJSON_GetObjectItemCaseSensitive(sel, side);
+    return node(s, "SelectStmt") != NULL ? node(s, "SelectStmt") : s;
+}
+
 static void
 indent(out_t *o, int depth)
 {
@@ -407,16 +416,8 @@ tree_select(out_t *o, const cJSON *sel, int depth)
                                                                 : "Except";
         indent(o, depth);
         outf(o, "%s%s\n", name, all ? " All" : "");
-        tree_select(o,
-                    node(cJSON_GetObjectItemCaseSensitive(sel, "larg"), "SelectStmt") != NULL
-                        ? node(cJSON_GetObjectItemCaseSensitive(sel, "larg"), "SelectStmt")
-                        : cJSON_GetObjectItemCaseSensitive(sel, "larg"),
-                    depth + 1);
-        tree_select(o,
-                    node(cJSON_GetObjectItemCaseSensitive(sel, "rarg"), "SelectStmt") != NULL
-                        ? node(cJSON_GetObjectItemCaseSensitive(sel, "rarg"), "SelectStmt")
-                        : cJSON_GetObjectItemCaseSensitive(sel, "rarg"),
-                    depth + 1);
+        tree_select(o, setop_side(sel, "larg"), depth + 1);
+        tree_select(o, setop_side(sel, "rarg"), depth + 1);
         return;
     }
     int d = depth;
@@ -1251,15 +1252,6 @@ check_join(const char *q, const toks_t *t, const from_t *f, char *why, size_t n)
 /* ------------------------------------------------------------------------ */
 /* UNION ALL                                                                 */
 /* ------------------------------------------------------------------------ */
-
-/* The SelectStmt of a set operation's side (libpg_query writes it with or
- * without the node wrapper). */
-static const cJSON *
-setop_side(const cJSON *sel, const char *side)
-{
-    const cJSON *s = cJSON_GetObjectItemCaseSensitive(sel, side);
-    return node(s, "SelectStmt") != NULL ? node(s, "SelectStmt") : s;
-}
 
 /* The number of branches of a chain of UNION ALL as PostgreSQL parses
  * `a UNION ALL b UNION ALL c`: left-deep, a set operation on the right
