@@ -40,6 +40,13 @@
  *      state; a dropped source is reported and recorded.
  *   9. The no-change refresh takes about a millisecond (measured, logged,
  *      asserted under a generous bound).
+ *  10. The delta's comparison (refresh/sql/0011_faster_delta.sql), analysed
+ *      by the real `sluice engine --once` as DIFFERENTIAL: columns without
+ *      an equality operator (json, point), source columns named like the
+ *      chunk table's (seq, op, txid, imgs, n); a json value re-spaced is no
+ *      change (same JSON), a point moved is an update with both images, a
+ *      delete and an insert in one window; a forced FULL refresh with
+ *      nothing changed writes nothing.
  */
 #include "harness.h"
 
@@ -897,6 +904,95 @@ check_no_change_cost(PGconn *conn)
            (double)(th_now_ms() - t0) / 100.0);
 }
 
+/* ------------------------------------------------------------------------ */
+/* 10. the delta's comparison                                                */
+/* ------------------------------------------------------------------------ */
+
+/* The one message of shapes_st's refresh `rid`: "op|before|after". */
+static char *
+shapes_message(PGconn *conn, long long rid)
+{
+    return th_sql_text(conn,
+                       "SELECT string_agg(op || '|' || coalesce(payload->>'before', '-') || '|' || "
+                       "coalesce(payload->>'after', '-'), ';' ORDER BY id) "
+                       "FROM sluice.outbox WHERE refresh_id = %lld",
+                       rid);
+}
+
+static void
+check_delta_comparison(const char *url, PGconn *conn)
+{
+    TH_LOG("the delta: values without '=', columns named like the chunk table's");
+    th_sql(
+        conn,
+        "CREATE TABLE shapes (id int PRIMARY KEY, doc json, pt point, seq int, op text,"
+        "  txid text, imgs text, n int);"
+        "INSERT INTO shapes VALUES (1, '{\"a\": 1}', '(1,1)', 1, 'x', 't', 'i', 1),"
+        "  (2, '[1, 2]', '(2,2)', 2, 'y', 't', 'i', 2), (3, NULL, NULL, 3, NULL, NULL, NULL, 3)");
+    th_sql(conn, "SELECT sluice.create_stream_table('shapes_st', "
+                 "'SELECT id, doc, pt, seq, op, txid, imgs, n FROM shapes')");
+    const char *const once[] = {SLUICE_BIN, "engine", "--db", url, "--once", "-l", "warn", NULL};
+    TH_ASSERT(th_run(once, NULL, RUN_MS) == 0, "sluice engine --once analyses shapes_st");
+    expect_text(th_sql_text(conn, "SELECT effective_mode FROM sluice.stream_table_catalog "
+                                  "WHERE name = 'shapes_st' AND analyzed_query = query"),
+                "differential", "shapes_st is analysed as differential");
+    expect_no_refresh(conn, "shapes_st");
+
+    /* Other bytes, the same JSON: no change, and nothing published. */
+    th_sql(conn, "UPDATE shapes SET doc = '{\"a\":1}' WHERE id = 1");
+    expect_no_refresh(conn, "shapes_st");
+    expect_text(th_sql_text(conn, "SELECT last_refresh_mode FROM sluice.stream_table_catalog "
+                                  "WHERE name = 'shapes_st'"),
+                "differential", "the re-spaced json was refreshed differentially");
+
+    /* A point moved (point has no '=' operator) and columns named like the
+     * chunk table's changed. */
+    th_sql(conn,
+           "UPDATE shapes SET pt = '(5,5)', seq = 20, op = 'z', txid = 'u', imgs = 'j', n = 7 "
+           "WHERE id = 2");
+    long long rid = refresh(conn, "shapes_st");
+    expect_text(
+        shapes_message(conn, rid),
+        "update|{\"n\": 2, \"id\": 2, \"op\": \"y\", \"pt\": \"(2,2)\", \"doc\": [1, 2], "
+        "\"seq\": 2, \"imgs\": \"i\", \"txid\": \"t\"}|{\"n\": 7, \"id\": 2, \"op\": \"z\", "
+        "\"pt\": \"(5,5)\", \"doc\": [1, 2], \"seq\": 20, \"imgs\": \"j\", \"txid\": \"u\"}",
+        "a moved point is an update with both images");
+
+    /* A delete and an insert in one window. */
+    th_sql(conn, "DELETE FROM shapes WHERE id = 3;"
+                 "INSERT INTO shapes VALUES (4, '{}', '(4,4)', 4, 'w', NULL, NULL, NULL)");
+    rid = refresh(conn, "shapes_st");
+    expect_text(
+        shapes_message(conn, rid),
+        "delete|{\"n\": 3, \"id\": 3, \"op\": null, \"pt\": null, \"doc\": null, \"seq\": 3, "
+        "\"imgs\": null, \"txid\": null}|-;insert|-|{\"n\": null, \"id\": 4, \"op\": \"w\", "
+        "\"pt\": \"(4,4)\", \"doc\": {}, \"seq\": 4, \"imgs\": null, \"txid\": null}",
+        "a delete and an insert");
+    expect_text(
+        th_sql_text(conn,
+                    "SELECT last_refresh_mode || '|' || rows FROM sluice.stream_table_catalog "
+                    "WHERE name = 'shapes_st'"),
+        "differential|3", "differential, three rows");
+    TH_ASSERT(
+        th_sql_int(conn,
+                   "SELECT count(*) FROM (SELECT to_jsonb(s) - '__sluice_row_id' FROM shapes_st s "
+                   "EXCEPT SELECT to_jsonb(q) FROM (SELECT id, doc, pt, seq, op, txid, imgs, n "
+                   "FROM shapes) q) d") == 0 &&
+            th_sql_int(conn, "SELECT count(*) FROM shapes_st") == 3,
+        "shapes_st equals its query (as JSON)");
+
+    /* FULL with nothing changed: every row is byte-identical. */
+    char *none =
+        th_sql_text(conn, "SELECT sluice._refresh(id, true) FROM sluice.stream_table_catalog "
+                          "WHERE name = 'shapes_st'");
+    TH_ASSERT(none == NULL, "a forced FULL refresh with nothing changed publishes nothing (got %s)",
+              none ? none : "NULL");
+    free(none);
+    expect_text(th_sql_text(conn, "SELECT last_refresh_mode FROM sluice.stream_table_catalog "
+                                  "WHERE name = 'shapes_st'"),
+                "full", "that refresh was FULL");
+}
+
 int
 main(void)
 {
@@ -929,6 +1025,7 @@ main(void)
     check_subscriptions(&env, conn);
     check_differential(conn);
     check_no_change_cost(conn);
+    check_delta_comparison(env.pg_url, conn);
 
     PQfinish(conn);
     th_env_stop(&env);
