@@ -54,8 +54,12 @@
  * not notify; the confirming pass after arming refreshes again what started
  * while disarmed, since writes after its snapshot rang nobody. A write
  * whose trigger ran just before the engine armed and that commits after the
- * confirming pass read its snapshot rings nobody either: the safety poll
- * picks it up (docs/stream-tables.md).
+ * confirming pass read its snapshot rings nobody either, so arming also
+ * lists the transactions then in progress (their transaction-id locks in
+ * pg_locks: a writer has its id before its trigger tries the doorbell lock)
+ * and, once none of them is left (polled, 5 ms doubling to 250 ms), every
+ * stream table is pending once more: a second confirming pass. A ring in
+ * between disarms and drops the list (the next arm lists afresh).
  *
  * Failures. A failed refresh is recorded with sluice._record_failure() on
  * the worker that ran it (which counts it, or puts the stream table in
@@ -198,6 +202,18 @@ engine_on_signal(int sig)
 #define SQL_FLUSH "SELECT sluice._flush_notifications()"
 #define SQL_ARM "SELECT pg_advisory_lock_shared(" SL_ENGINE_DOORBELL_LOCK ")"
 #define SQL_DISARM "SELECT pg_advisory_unlock_shared(" SL_ENGINE_DOORBELL_LOCK ")"
+/* Transactions in progress (other than ours), as a text array of xids, or
+ * NULL; then how many of them are still in progress. */
+#define SQL_WRITERS                                                                  \
+    "SELECT array_agg(l.transactionid)::text FROM pg_catalog.pg_locks l "            \
+    "WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock' AND l.granted " \
+    "AND l.pid <> pg_catalog.pg_backend_pid()"
+#define SQL_WRITERS_LEFT                                                             \
+    "SELECT count(*) FROM pg_catalog.pg_locks l WHERE l.locktype = 'transactionid' " \
+    "AND l.mode = 'ExclusiveLock' AND l.granted AND l.transactionid = ANY ($1::xid[])"
+/* The poll of those transactions: first gap, and the longest. */
+#define SL_ENGINE_WRITERS_POLL_MS 5
+#define SL_ENGINE_WRITERS_POLL_MAX_MS 250
 
 /* Parses a PostgreSQL text array of simple elements ({a,"b c"}) into v (owned strings). */
 static int
@@ -591,6 +607,9 @@ struct engine {
     engine_st_t *sts;   /* owned array, SQL_STATE order (depth, id) */
     size_t nsts;
     bool armed;                /* main holds the doorbell lock */
+    char *writers;             /* owned: xids in progress when armed ({..}), or NULL */
+    uint64_t writers_poll_ms;  /* next look at them */
+    uint64_t writers_gap_ms;   /* and the one after waits twice as long, up to the max */
     bool rung;                 /* a ring arrived since the last step */
     bool kicked;               /* kick timer started */
     uint64_t next_poll_ms;     /* next safety poll */
@@ -605,6 +624,7 @@ struct engine {
 static void engine_step(engine_t *eng);
 static void engine_kick(engine_t *eng);
 static void engine_main_lost(engine_t *eng, const char *why);
+static void writers_drop(engine_t *eng);
 
 static void
 st_free_all(engine_st_t *v, size_t n)
@@ -1019,6 +1039,7 @@ engine_main_connect(engine_t *eng, sl_err_t *err)
     eng->main = conn;
     eng->poll = p;
     eng->armed = false;
+    writers_drop(eng);
     /* Whatever happened while we were away. */
     mark_all_pending(eng);
     eng->next_poll_ms = sl_now_ms() + (uint64_t)eng->o->safety_poll_ms;
@@ -1036,6 +1057,7 @@ engine_main_close(engine_t *eng)
     PQfinish(eng->main);
     eng->main = NULL;
     eng->armed = false;
+    writers_drop(eng);
 }
 
 static void
@@ -1104,6 +1126,57 @@ static int
 main_exec(engine_t *eng, const char *sql, sl_err_t *err)
 {
     return sl_pg_exec(eng->main, sql, err);
+}
+
+/* --- writers in progress when the doorbell was armed --------------------- */
+
+static void
+writers_drop(engine_t *eng)
+{
+    free(eng->writers);
+    eng->writers = NULL;
+}
+
+/* Right after arming: lists the transactions in progress (see the file
+ * header), to be polled from the next step on. */
+static int
+writers_list(engine_t *eng, sl_err_t *err)
+{
+    writers_drop(eng);
+    PGresult *res = PQexec(eng->main, SQL_WRITERS);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+        int rc = sl_pg_result_err(res, eng->main, err);
+        PQclear(res);
+        return rc;
+    }
+    if (!PQgetisnull(res, 0, 0)) {
+        eng->writers = strdup(PQgetvalue(res, 0, 0));
+        if (eng->writers == NULL) {
+            PQclear(res);
+            return sl_err_set(err, SL_ERR, "out of memory listing transactions in progress");
+        }
+        eng->writers_gap_ms = SL_ENGINE_WRITERS_POLL_MS;
+        eng->writers_poll_ms = sl_now_ms() + eng->writers_gap_ms;
+    }
+    PQclear(res);
+    return SL_OK;
+}
+
+/* How many of the listed transactions are still in progress; -1 (err set)
+ * on failure. */
+static int
+writers_left(engine_t *eng, sl_err_t *err)
+{
+    const char *params[1] = {eng->writers};
+    PGresult *res = PQexecParams(eng->main, SQL_WRITERS_LEFT, 1, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+        sl_pg_result_err(res, eng->main, err);
+        PQclear(res);
+        return -1;
+    }
+    int left = atoi(PQgetvalue(res, 0, 0));
+    PQclear(res);
+    return left;
 }
 
 /* --- the step ------------------------------------------------------------ */
@@ -1183,6 +1256,7 @@ engine_step(engine_t *eng)
             if (main_exec(eng, SQL_DISARM, &e) != SL_OK && main_failed(eng, "disarm", &e))
                 return;
             eng->armed = false;
+            writers_drop(eng);
             sl_log_debug("engine.disarmed", "reason=ring");
         }
     }
@@ -1231,6 +1305,27 @@ engine_step(engine_t *eng)
         }
         if (main_drain_rings(eng))
             eng->rung = true;
+        if (writers_list(eng, &e) != SL_OK && main_failed(eng, "list transactions in progress", &e))
+            return;
+    }
+    if (eng->writers != NULL && now >= eng->writers_poll_ms) {
+        int left = writers_left(eng, &e);
+        if (left < 0) {
+            if (main_failed(eng, "look at transactions in progress", &e))
+                return;
+        } else if (left == 0) {
+            /* Writers that may have tried the lock before it was taken
+             * are gone: the second confirming pass. */
+            writers_drop(eng);
+            mark_all_pending(eng);
+            sl_log_debug("engine.confirmed", "reason=writers_done");
+            engine_kick(eng);
+        } else {
+            eng->writers_poll_ms = now + eng->writers_gap_ms;
+            eng->writers_gap_ms = eng->writers_gap_ms * 2 > SL_ENGINE_WRITERS_POLL_MAX_MS
+                                      ? SL_ENGINE_WRITERS_POLL_MAX_MS
+                                      : eng->writers_gap_ms * 2;
+        }
     }
     if (eng->flush_ms < eng->flushed_ms + SL_ENGINE_FLUSH_GAP_MS)
         eng->flush_ms = eng->flushed_ms + SL_ENGINE_FLUSH_GAP_MS;
@@ -1261,6 +1356,8 @@ engine_step(engine_t *eng)
     uint64_t at = eng->next_poll_ms;
     if (eng->flush_ms < at)
         at = eng->flush_ms;
+    if (eng->writers != NULL && eng->writers_poll_ms < at)
+        at = eng->writers_poll_ms;
     if (eng->analyse_after_ms > now && eng->analyse_after_ms < at)
         at = eng->analyse_after_ms;
     for (size_t i = 0; i < eng->nsts; i++) {
