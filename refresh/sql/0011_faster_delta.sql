@@ -17,13 +17,14 @@
 --     unchanged, and only the others get JSON images, each built once and
 --     compared as before (so a value whose bytes changed but whose JSON did
 --     not, a re-spaced json value say, is still no change): 289 -> 69 ms
---     and 1,704 -> 295 ms (the full refresh still compares 100,000 pairs
---     and builds images for the 9,500 that changed);
+--     and 1,704 -> 295 ms (the latter with the machine busy; the full
+--     refresh still compares 100,000 pairs and builds images for the 9,500
+--     that changed);
 --   * applies an update as an UPDATE of the stored row rather than a DELETE
 --     and an INSERT (one new row version instead of a dead row plus a new
 --     row and its index entries), and finds stored rows by the tuple ids
 --     read with the old rows (a TID scan) rather than by a second primary
---     key lookup: the join's apply step 215 -> 150-165 ms;
+--     key lookup: the join's apply step 215 -> 149-163 ms;
 --   * reads a window's changes from the chunk tables of migration 10, a
 --     chunk's images in one json_populate_recordset call, rather than an
 --     image at a time through the view (json -> jsonb, then
@@ -35,7 +36,8 @@
 -- Together, in one session of measurements on a shared machine: the
 -- aggregate's differential refresh 945 -> 479 ms, its full refresh 3.9 ->
 -- 1.7 s; the join's differential refresh 948 -> 717 ms, its full refresh
--- 14.4 -> 6.5 s (docs/benchmarks.md has the benchmark's own run).
+-- 6.5 s after (not timed by hand before; ./scripts/bench gave 14.4 s before
+-- and 5.8 s after, docs/benchmarks.md).
 
 -- sluice._st_same_sql(relid, a, b) -> SQL condition: rows `a` and `b`,
 -- which carry the stream table's columns (relid), are identical byte for
@@ -187,7 +189,11 @@ BEGIN
         PERFORM set_config('work_mem', '64MB', true);
     END IF;
     storage := st.relid::regclass::text;
-    SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO cols
+    -- The stored columns, and the SET list of an update in step 6.
+    SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum),
+           string_agg(format('%I = __sluice_n.%I', a.attname, a.attname), ', ' ORDER BY a.attnum)
+               FILTER (WHERE a.attname <> '__sluice_row_id')
+      INTO cols, sets
       FROM pg_attribute a WHERE a.attrelid = st.relid AND a.attnum > 0 AND NOT a.attisdropped;
     PERFORM sluice._st_drop_temps();
     IF mode = 'full' THEN
@@ -305,9 +311,6 @@ BEGIN
     EXECUTE format('DELETE FROM %s __sluice_s WHERE __sluice_s.ctid = ANY (ARRAY(SELECT __sluice_d.tid FROM pg_temp.__sluice_delta __sluice_d WHERE __sluice_d.op = ''delete''))',
                    storage);
     GET DIAGNOSTICS del = ROW_COUNT;
-    SELECT string_agg(format('%I = __sluice_n.%I', a.attname, a.attname), ', ' ORDER BY a.attnum) INTO sets
-      FROM pg_attribute a
-     WHERE a.attrelid = st.relid AND a.attnum > 0 AND NOT a.attisdropped AND a.attname <> '__sluice_row_id';
     IF sets IS NOT NULL THEN
         EXECUTE format('UPDATE %s __sluice_s SET %s FROM pg_temp.__sluice_new __sluice_n WHERE __sluice_s.ctid = ANY (ARRAY(SELECT __sluice_d.tid FROM pg_temp.__sluice_delta __sluice_d WHERE __sluice_d.op = ''update'')) AND __sluice_n.__sluice_row_id = __sluice_s.__sluice_row_id',
                        storage, sets);
