@@ -997,39 +997,45 @@ out_names(out_t *o, const char *const *v, size_t n)
     }
 }
 
-/* Appends, for every key of table s that the window touched and whose first
- * change (in capture order) removed a row, that row's image: the old state
- * of the touched keys. A key first added in the window did not exist. */
+/* Appends the old images of table s: for every key that the window touched
+ * and whose first change (in capture order) removed a row, that row; a key
+ * first added in the window did not exist. The driver (sluice._refresh)
+ * writes them to pg_temp.__sluice_before_<oid> before it runs this SQL. */
 static void
 out_old_images(out_t *o, const sl_analyze_src_t *s)
 {
     outf(o, "SELECT ");
     out_names(o, s->cols, s->ncols);
-    outf(o, " FROM (SELECT DISTINCT ON (");
-    out_names(o, s->pk, s->npk);
-    outf(o, ") * FROM pg_temp.\"__sluice_chg_%u\" ORDER BY ", s->relid);
-    out_names(o, s->pk, s->npk);
-    outf(o, ", \"__sluice_seq\") AS \"__sluice_f\" WHERE \"__sluice_op\" = 'D'");
+    outf(o, " FROM pg_temp.\"__sluice_before_%u\"", s->relid);
 }
 
 /* Appends table s as it was before the window, as a parenthesised subquery:
- * its rows whose key the window did not touch, and the old images. */
+ * its rows whose key the window did not touch, and the old images. Written
+ * so that PostgreSQL can reach the table through its indexes from the other
+ * side of a join: a UNION ALL of two plain scans, which it flattens, with
+ * the filter outside (a UNION ALL whose sides have a WHERE, or whose old
+ * images were a DISTINCT ON subquery, is planned as a whole, and every term
+ * that joined it read the whole table). */
 static void
 out_old_state(out_t *o, const sl_analyze_src_t *s)
 {
     outf(o, "(SELECT ");
     out_names(o, s->cols, s->ncols);
-    outf(o, " FROM ");
+    outf(o, " FROM (SELECT ");
+    out_names(o, s->cols, s->ncols);
+    outf(o, ", false AS \"__sluice_b\" FROM ");
     outid(o, s->schema);
     outf(o, ".");
     outid(o, s->name);
-    outf(o, " WHERE (");
+    outf(o, " UNION ALL SELECT ");
+    out_names(o, s->cols, s->ncols);
+    outf(o,
+         ", true FROM pg_temp.\"__sluice_before_%u\") AS \"__sluice_u\" WHERE \"__sluice_b\" OR (",
+         s->relid);
     out_names(o, s->pk, s->npk);
     outf(o, ") NOT IN (SELECT ");
     out_names(o, s->pk, s->npk);
-    outf(o, " FROM pg_temp.\"__sluice_chg_%u\") UNION ALL ", s->relid);
-    out_old_images(o, s);
-    outf(o, ")");
+    outf(o, " FROM pg_temp.\"__sluice_chg_%u\"))", s->relid);
 }
 
 /* Appends the FROM clause's text (after FROM). With old, every table is

@@ -198,6 +198,17 @@ static const analyze_row_t rows[] = {
      "(public.orders\n     JOIN public.customers ON ((customers.id = orders.customer_id)))",
      KEYS("id", "customer_id"), .mode = DIFF, .field = AFFECTED,
      .want = "NOT IN (SELECT \"id\" FROM pg_temp.\"__sluice_chg_16402\")"},
+    {"inner_join_old_state_flattens",
+     /* A UNION ALL of two plain scans with the filter outside: PostgreSQL
+      * flattens it and reaches customers by index from the old images. */
+     " SELECT orders.id,\n    customers.id AS customer_id,\n    customers.name\n   FROM "
+     "(public.orders\n     JOIN public.customers ON ((customers.id = orders.customer_id)))",
+     KEYS("id", "customer_id"), .mode = DIFF, .field = AFFECTED,
+     .want = "(SELECT \"id\", \"name\", \"region\" FROM (SELECT \"id\", \"name\", \"region\", "
+             "false AS \"__sluice_b\" FROM \"public\".\"customers\" UNION ALL SELECT \"id\", "
+             "\"name\", \"region\", true FROM pg_temp.\"__sluice_before_16402\") AS \"__sluice_u\" "
+             "WHERE \"__sluice_b\" OR (\"id\") NOT IN (SELECT \"id\" FROM "
+             "pg_temp.\"__sluice_chg_16402\")) AS \"customers\""},
     {"inner_join_touched_rows_by_key",
      " SELECT orders.id,\n    customers.id AS customer_id,\n    customers.name\n   FROM "
      "(public.orders\n     JOIN public.customers ON ((customers.id = orders.customer_id)))",
@@ -218,7 +229,7 @@ static const analyze_row_t rows[] = {
      " SELECT orders.id,\n    customers.name\n   FROM (public.orders\n     LEFT JOIN "
      "public.customers ON ((customers.id = orders.customer_id)))",
      KEYS("id"), .mode = DIFF, .field = AFFECTED,
-     .want = "WHERE \"__sluice_op\" = 'D') AS \"customers\" ON ((customers.id = "
+     .want = "FROM pg_temp.\"__sluice_before_16402\") AS \"customers\" ON ((customers.id = "
              "orders.customer_id))) WHERE \"customers\".\"id\" IS NOT NULL"},
     {"left_join_without_root_key_full",
      " SELECT customers.id AS customer_id,\n    orders.amount\n   FROM (public.orders\n     LEFT "
