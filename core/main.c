@@ -116,6 +116,38 @@ migration_cmp(const void *a, const void *b)
     return (va > vb) - (va < vb);
 }
 
+/* The migrations of every folder; returns how many folders. */
+typedef struct {
+    const sl_sql_file_t *files;
+    size_t count;
+} folder_t;
+
+static size_t
+migration_folders(folder_t out[4])
+{
+    out[0] = (folder_t){sl_outbox_migrations, sl_outbox_migrations_count};
+    out[1] = (folder_t){sl_inbox_migrations, sl_inbox_migrations_count};
+    out[2] = (folder_t){sl_cdc_migrations, sl_cdc_migrations_count};
+    out[3] = (folder_t){sl_refresh_migrations, sl_refresh_migrations_count};
+    return 4;
+}
+
+/* The catalog version `sluice init` of this binary brings a database to. */
+static int
+newest_migration(void)
+{
+    folder_t folders[4];
+    size_t nf = migration_folders(folders);
+    long newest = 0;
+    for (size_t i = 0; i < nf; i++)
+        for (size_t j = 0; j < folders[i].count; j++) {
+            long v = strtol(folders[i].files[j].name, NULL, 10);
+            if (v > newest)
+                newest = v;
+        }
+    return (int)newest;
+}
+
 static int
 cmd_init(int argc, char **argv, sl_err_t *err)
 {
@@ -142,17 +174,10 @@ cmd_init(int argc, char **argv, sl_err_t *err)
     if (rc != SL_OK)
         return rc;
     /* Migrations of every folder, merged by version. */
-    const struct {
-        const sl_sql_file_t *files;
-        size_t count;
-    } folders[] = {
-        {sl_outbox_migrations, sl_outbox_migrations_count},
-        {sl_inbox_migrations, sl_inbox_migrations_count},
-        {sl_cdc_migrations, sl_cdc_migrations_count},
-        {sl_refresh_migrations, sl_refresh_migrations_count},
-    };
+    folder_t folders[4];
+    size_t nf = migration_folders(folders);
     size_t n = 0;
-    for (size_t i = 0; i < sizeof folders / sizeof folders[0]; i++)
+    for (size_t i = 0; i < nf; i++)
         n += folders[i].count;
     sl_sql_file_t *all = calloc(n > 0 ? n : 1, sizeof *all);
     if (all == NULL) {
@@ -160,7 +185,7 @@ cmd_init(int argc, char **argv, sl_err_t *err)
         return sl_err_nomem(err, "the migration list");
     }
     size_t at = 0;
-    for (size_t i = 0; i < sizeof folders / sizeof folders[0]; i++) {
+    for (size_t i = 0; i < nf; i++) {
         memcpy(all + at, folders[i].files, folders[i].count * sizeof *all);
         at += folders[i].count;
     }
@@ -193,6 +218,7 @@ cmd_engine(int argc, char **argv, sl_err_t *err)
         {NULL, 0, NULL, 0},
     };
     sl_engine_opts_t o = {.db = getenv("SLUICE_DB"),
+                          .catalog_version = newest_migration(),
                           .notify_coalesce_ms = 250,
                           .workers = SL_ENGINE_WORKERS_DEFAULT,
                           .safety_poll_ms = SL_ENGINE_SAFETY_POLL_MS_DEFAULT};

@@ -1004,12 +1004,45 @@ main_poll_cb(uv_poll_t *h, int status, int events)
     engine_kick(eng);
 }
 
+/* Fails unless the database's sluice catalog is at the version this binary
+ * was built with: the generated SQL and the driver change together (an
+ * engine of version 12 on a catalog of version 11 would analyse joins into
+ * statements whose temporary tables that catalog's driver never writes). */
+static int
+catalog_check(PGconn *conn, int want, sl_err_t *err)
+{
+    if (want <= 0)
+        return SL_OK;
+    PGresult *res = PQexec(conn, "SELECT max(version) FROM sluice.schema_version");
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+        bool missing =
+            state != NULL && (strcmp(state, "42P01") == 0 || strcmp(state, "3F000") == 0);
+        int rc = missing ? sl_err_set(err, SL_ERR,
+                                      "this database has no sluice catalog (sluice.schema_version "
+                                      "is missing): run `sluice init --db ...` first")
+                         : sl_pg_result_err(res, conn, err);
+        PQclear(res);
+        return rc;
+    }
+    int have = PQgetisnull(res, 0, 0) ? 0 : atoi(PQgetvalue(res, 0, 0));
+    PQclear(res);
+    if (have < want)
+        return sl_err_set(err, SL_ERR,
+                          "the sluice catalog of this database is at version %d, this engine "
+                          "needs version %d: run `sluice init --db ...` (it upgrades in place)",
+                          have, want);
+    return SL_OK;
+}
+
 /* Connects the main connection (blocking): settings, LISTEN, watch. */
 static int
 engine_main_connect(engine_t *eng, sl_err_t *err)
 {
     PGconn *conn = NULL;
     int rc = sl_pg_connect(eng->o->db, "sluice-engine", &conn, err);
+    if (rc == SL_OK)
+        rc = catalog_check(conn, eng->o->catalog_version, err);
     if (rc == SL_OK)
         rc = sl_pg_exec(conn, eng->settings, err);
     if (rc == SL_OK)
@@ -1539,6 +1572,8 @@ engine_once(const sl_engine_opts_t *o, sl_err_t *err)
              o->notify_coalesce_ms);
     PGconn *conn = NULL;
     int rc = sl_pg_connect(o->db, "sluice-engine", &conn, err);
+    if (rc == SL_OK)
+        rc = catalog_check(conn, o->catalog_version, err);
     if (rc == SL_OK)
         rc = sl_pg_exec(conn, settings, err);
     if (rc == SL_OK) {

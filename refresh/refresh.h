@@ -88,6 +88,8 @@ typedef struct sl_engine_opts {
     bool once;              /* analyse and refresh what is due once, then return */
     int workers;            /* refresh connections, 1 .. SL_ENGINE_WORKERS_MAX */
     int safety_poll_ms;     /* >= 1: every stream table is re-checked this often */
+    int catalog_version;    /* the sluice.schema_version this binary's migrations reach; a
+                             * database behind it is refused (0: not checked) */
 } sl_engine_opts_t;
 
 /*

@@ -206,6 +206,38 @@ main(void)
                                "--once",   NULL};
     TH_ASSERT(th_run(bad, NULL, 20000) == 1, "--once against an unreachable database exits 1");
 
+    /* A database without the catalog, or with one older than this binary's
+     * migrations, is refused with what to do. */
+    th_sql(conn, "CREATE DATABASE nocatalog");
+    char nocat[600];
+    snprintf(nocat, sizeof nocat, "postgresql://postgres@127.0.0.1:%d/nocatalog", env.pg_port);
+    const char *const fresh[] = {
+        "sh", "-c", "exec \"$0\" \"$@\" 2>&1", SLUICE_BIN, "engine", "--db", nocat, "--once", NULL};
+    char *out = NULL;
+    int rc = th_run(fresh, &out, 20000);
+    TH_ASSERT(rc == 1 && out != NULL && strstr(out, "has no sluice catalog") != NULL &&
+                  strstr(out, "sluice init") != NULL,
+              "--once against a database without the catalog exits 1 naming sluice init (exit %d, "
+              "output: %s)",
+              rc, out ? out : "");
+    free(out);
+    th_sql(conn, "CREATE TABLE newest AS SELECT * FROM sluice.schema_version ORDER BY version DESC "
+                 "LIMIT 1;"
+                 "DELETE FROM sluice.schema_version WHERE version = (SELECT version FROM newest)");
+    const char *const old[] = {"sh",       "-c",     "exec \"$0\" \"$@\" 2>&1",
+                               SLUICE_BIN, "engine", "--db",
+                               env.pg_url, "--once", NULL};
+    out = NULL;
+    rc = th_run(old, &out, 20000);
+    TH_ASSERT(rc == 1 && out != NULL && strstr(out, "needs version") != NULL,
+              "--once against an older catalog exits 1 saying which version it needs (exit %d, "
+              "output: %s)",
+              rc, out ? out : "");
+    free(out);
+    th_sql(conn, "INSERT INTO sluice.schema_version SELECT * FROM newest; DROP TABLE newest");
+    const char *const again[] = {SLUICE_BIN, "engine", "--db", env.pg_url, "--once", NULL};
+    TH_ASSERT(th_run(again, NULL, 20000) == 0, "and runs once the catalog is current again");
+
     PQfinish(lis);
     PQfinish(conn);
     return 0;
