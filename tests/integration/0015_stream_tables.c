@@ -909,6 +909,22 @@ check_no_change_cost(PGconn *conn)
 /* ------------------------------------------------------------------------ */
 
 /* The one message of shapes_st's refresh `rid`: "op|before|after". */
+/* Runs `sluice engine --once`, which analyses the new stream table `name`,
+ * and expects it differential. */
+static void
+analyse_differential(const char *url, PGconn *conn, const char *name)
+{
+    const char *const once[] = {SLUICE_BIN, "engine", "--db", url, "--once", "-l", "warn", NULL};
+    TH_ASSERT(th_run(once, NULL, RUN_MS) == 0, "sluice engine --once analyses %s", name);
+    char *mode = th_sql_text(conn,
+                             "SELECT effective_mode FROM sluice.stream_table_catalog "
+                             "WHERE name = '%s' AND analyzed_query = query",
+                             name);
+    TH_ASSERT(mode != NULL && strcmp(mode, "differential") == 0,
+              "%s is analysed as differential (got %s)", name, mode ? mode : "NULL");
+    free(mode);
+}
+
 static char *
 shapes_message(PGconn *conn, long long rid)
 {
@@ -931,11 +947,7 @@ check_delta_comparison(const char *url, PGconn *conn)
         "  (2, '[1, 2]', '(2,2)', 2, 'y', 't', 'i', 2), (3, NULL, NULL, 3, NULL, NULL, NULL, 3)");
     th_sql(conn, "SELECT sluice.create_stream_table('shapes_st', "
                  "'SELECT id, doc, pt, seq, op, txid, imgs, n FROM shapes')");
-    const char *const once[] = {SLUICE_BIN, "engine", "--db", url, "--once", "-l", "warn", NULL};
-    TH_ASSERT(th_run(once, NULL, RUN_MS) == 0, "sluice engine --once analyses shapes_st");
-    expect_text(th_sql_text(conn, "SELECT effective_mode FROM sluice.stream_table_catalog "
-                                  "WHERE name = 'shapes_st' AND analyzed_query = query"),
-                "differential", "shapes_st is analysed as differential");
+    analyse_differential(url, conn, "shapes_st");
     expect_no_refresh(conn, "shapes_st");
 
     /* Other bytes, the same JSON: no change, and nothing published. */
@@ -1019,11 +1031,7 @@ check_join_reads_by_key(const char *url, PGconn *conn)
                  "CREATE INDEX ON jo (cid); ANALYZE jc; ANALYZE jo");
     th_sql(conn, "SELECT sluice.create_stream_table('jo_named', "
                  "'SELECT o.id, c.id AS cid, c.name FROM jo o JOIN jc c ON c.id = o.cid')");
-    const char *const once[] = {SLUICE_BIN, "engine", "--db", url, "--once", "-l", "warn", NULL};
-    TH_ASSERT(th_run(once, NULL, RUN_MS) == 0, "sluice engine --once analyses jo_named");
-    expect_text(th_sql_text(conn, "SELECT effective_mode FROM sluice.stream_table_catalog "
-                                  "WHERE name = 'jo_named' AND analyzed_query = query"),
-                "differential", "jo_named is analysed as differential");
+    analyse_differential(url, conn, "jo_named");
 
     /* An order moves to another customer: its old row joined customer 38. */
     th_sql(conn, "UPDATE jo SET cid = 7 WHERE id = 1");
