@@ -217,6 +217,10 @@ SQL
                     FROM sluice.outbox_messages_since('$WATERMARK', ARRAY['orders'])")" == "w 1 2 4 5 6" ]] \
   || fail "the catch-up does not return w 1 2 4 5 6"
 
+# Empty the old listener's stderr first: the background job's own "2>"
+# truncates it only once it runs, and until then the wait below would read
+# the first listener's "caught up" line.
+: >"$SLUICE_ENV_DIR/listener.err"
 "$BUILD"/tutorials/sluice-listen-example "$SLUICE_PG_URL" shop_orders orders --since "$WATERMARK" \
     >>"$SLUICE_ENV_DIR/listener.out" 2>"$SLUICE_ENV_DIR/listener.err" &
 LISTENER_PID=$!
