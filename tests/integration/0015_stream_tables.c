@@ -908,7 +908,6 @@ check_no_change_cost(PGconn *conn)
 /* 10. the delta's comparison                                                */
 /* ------------------------------------------------------------------------ */
 
-/* The one message of shapes_st's refresh `rid`: "op|before|after". */
 /* Runs `sluice engine --once`, which analyses the new stream table `name`,
  * and expects it differential. */
 static void
@@ -925,6 +924,7 @@ analyse_differential(const char *url, PGconn *conn, const char *name)
     free(mode);
 }
 
+/* The one message of shapes_st's refresh `rid`: "op|before|after". */
 static char *
 shapes_message(PGconn *conn, long long rid)
 {
@@ -1004,6 +1004,10 @@ check_delta_comparison(const char *url, PGconn *conn)
                                   "WHERE name = 'shapes_st'"),
                 "full", "that refresh was FULL");
 }
+
+/* ------------------------------------------------------------------------ */
+/* 11. a join's differential refresh reads by key                           */
+/* ------------------------------------------------------------------------ */
 
 /* The rows of `table` this session read by sequential scans and has not
  * reported yet (PostgreSQL 15 reports at most once a second, so earlier
