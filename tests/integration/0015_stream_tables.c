@@ -47,6 +47,12 @@
  *      change (same JSON), a point moved is an update with both images, a
  *      delete and an insert in one window; a forced FULL refresh with
  *      nothing changed writes nothing.
+ *  11. A join's differential refresh reaches the other table by key.
+ *  12. A session keeps the refresh's work tables: reused while their
+ *      columns hold, emptied so that an earlier large window's statistics
+ *      do not mislead the planner, shrunk after a large refresh, made again
+ *      for a source with a new column, dropped once their stream table or
+ *      source is gone.
  */
 #include "harness.h"
 
@@ -1072,6 +1078,118 @@ check_join_reads_by_key(const char *url, PGconn *conn)
               "jo_named equals its query");
 }
 
+/* ------------------------------------------------------------------------ */
+/* 12. the session keeps its work tables                                     */
+/* ------------------------------------------------------------------------ */
+
+/* This session's temporary tables, "name=oid" in name order. */
+static char *
+temp_tables(PGconn *conn)
+{
+    return th_sql_text(conn, "SELECT string_agg(relname || '=' || oid, ',' ORDER BY relname) "
+                             "FROM pg_class WHERE relnamespace = pg_my_temp_schema() "
+                             "AND relkind = 'r'");
+}
+
+static void
+check_kept_work_tables(const char *url, PGconn *conn)
+{
+    TH_LOG("a session keeps the refresh's work tables (refresh/sql/0013_scratch_tables.sql)");
+    /* Section 11 refreshed jo_named twice in this session: the changes and
+     * old images of both sources, its old and new rows, the delta. */
+    TH_ASSERT(th_sql_int(conn,
+                         "SELECT count(*) FROM (VALUES ('__sluice_delta'), ('__sluice_old_' || %s),"
+                         "('__sluice_new_' || %s), ('__sluice_chg_' || 'jo'::regclass::oid),"
+                         "('__sluice_chg_' || 'jc'::regclass::oid),"
+                         "('__sluice_before_' || 'jo'::regclass::oid),"
+                         "('__sluice_before_' || 'jc'::regclass::oid)) v(n) "
+                         "WHERE to_regclass('pg_temp.' || n) IS NOT NULL",
+                         "(SELECT id FROM sluice.stream_table_catalog WHERE name = 'jo_named')",
+                         "(SELECT id FROM sluice.stream_table_catalog WHERE name = 'jo_named')") ==
+                  7,
+              "the session keeps the 7 work tables of jo_named");
+
+    /* The next refreshes create and drop no table. */
+    char *before = temp_tables(conn);
+    th_sql(conn, "UPDATE jo SET cid = 8 WHERE id = 2");
+    refresh(conn, "jo_named");
+    th_sql(conn, "UPDATE jc SET name = 'again' WHERE id = 8");
+    refresh(conn, "jo_named");
+    expect_text(temp_tables(conn), before, "two more refreshes reuse the same tables");
+    free(before);
+    const char *q = "SELECT o.id, c.id AS cid, c.name FROM jo o JOIN jc c ON c.id = o.cid";
+    TH_ASSERT(diff_from_query(conn, "jo_named", "id, cid, name", q) == 0,
+              "jo_named equals its query");
+
+    /* 500 orders change (1,000 images: analysed, and under 8 pages, so the
+     * table is kept as it is); the next refresh of one change must not be
+     * planned with those 1,000 rows: it empties the table with TRUNCATE,
+     * which forgets them, and reaches the customers by key. */
+    th_sql(conn, "UPDATE jo SET cid = 1 + (cid + 1) %% 50000 WHERE id <= 500");
+    refresh(conn, "jo_named");
+    long long analysed = th_sql_int(conn, "SELECT reltuples::bigint FROM pg_class WHERE oid = "
+                                          "to_regclass('pg_temp.__sluice_chg_' || "
+                                          "'jo'::regclass::oid)");
+    TH_ASSERT(analysed == 1000, "the changes of 500 orders were analysed (reltuples %lld)",
+              analysed);
+    th_sql(conn, "UPDATE jo SET cid = 9 WHERE id = 3");
+    long long customers = refresh_seq_read(conn, "jo_named", "jc");
+    TH_ASSERT(customers == 0, "one changed order after 500 read %lld customers sequentially",
+              customers);
+    TH_ASSERT(th_sql_int(conn, "SELECT reltuples::bigint FROM pg_class WHERE oid = "
+                               "to_regclass('pg_temp.__sluice_chg_' || 'jo'::regclass::oid)") == -1,
+              "the earlier row count is forgotten");
+
+    /* A large refresh gives its space back at its end (10,000 images, still
+     * differential: under 30 % of the orders). */
+    th_sql(conn, "UPDATE jo SET cid = 1 + (cid + 1) %% 50000 WHERE id <= 5000");
+    refresh(conn, "jo_named");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM pg_class WHERE relnamespace = "
+                               "pg_my_temp_schema() AND relkind = 'r' "
+                               "AND pg_relation_size(oid) > 8 * 8192") == 0,
+              "no kept table is larger than 8 pages after a refresh of 5,000 changed orders");
+    expect_text(th_sql_text(conn, "SELECT last_refresh_mode FROM sluice.stream_table_catalog "
+                                  "WHERE name = 'jo_named'"),
+                "differential", "that refresh was differential");
+    TH_ASSERT(diff_from_query(conn, "jo_named", "id, cid, name", q) == 0,
+              "jo_named equals its query");
+
+    /* A new column of a source: its kept tables are made again. */
+    th_sql(conn, "ALTER TABLE jc ADD COLUMN tier int DEFAULT 1");
+    th_sql(conn, "UPDATE jc SET name = 'tiered', tier = 2 WHERE id = 9");
+    refresh(conn, "jo_named");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM pg_attribute WHERE attrelid = "
+                               "to_regclass('pg_temp.__sluice_chg_' || 'jc'::regclass::oid) "
+                               "AND attname = 'tier'") == 1,
+              "the changes of jc have its new column");
+    expect_text(th_sql_text(conn, "SELECT last_refresh_mode FROM sluice.stream_table_catalog "
+                                  "WHERE name = 'jo_named'"),
+                "differential", "that refresh was differential");
+    TH_ASSERT(diff_from_query(conn, "jo_named", "id, cid, name", q) == 0,
+              "jo_named equals its query");
+
+    /* Gone stream tables and sources: their tables leave this session the
+     * next time it makes a table. */
+    long long gone_id =
+        th_sql_int(conn, "SELECT id FROM sluice.stream_table_catalog WHERE name = 'jo_named'");
+    long long jo_oid = th_sql_int(conn, "SELECT 'jo'::regclass::oid");
+    th_sql(conn, "SELECT sluice.drop_stream_table('jo_named')");
+    th_sql(conn, "SELECT sluice.create_stream_table('jc_tiers', "
+                 "'SELECT tier, count(*) AS n FROM jc GROUP BY tier')");
+    analyse_differential(url, conn, "jc_tiers");
+    th_sql(conn, "UPDATE jc SET tier = 3 WHERE id = 10");
+    refresh(conn, "jc_tiers");
+    expect_text(th_sql_text(conn, "SELECT string_agg(tier || ':' || n, ',' ORDER BY tier) "
+                                  "FROM jc_tiers"),
+                "1:49998,2:1,3:1", "jc_tiers counts the tiers");
+    TH_ASSERT(th_sql_int(conn,
+                         "SELECT count(*) FROM pg_class WHERE relnamespace = pg_my_temp_schema() "
+                         "AND relname IN ('__sluice_old_%lld', '__sluice_new_%lld', "
+                         "'__sluice_chg_%lld', '__sluice_before_%lld')",
+                         gone_id, gone_id, jo_oid, jo_oid) == 0,
+              "the tables of jo_named and of jo (no longer captured) are dropped");
+}
+
 int
 main(void)
 {
@@ -1106,6 +1224,7 @@ main(void)
     check_no_change_cost(conn);
     check_delta_comparison(env.pg_url, conn);
     check_join_reads_by_key(env.pg_url, conn);
+    check_kept_work_tables(env.pg_url, conn);
 
     PQfinish(conn);
     th_env_stop(&env);
