@@ -226,6 +226,7 @@ DECLARE
     joined   boolean;
     joins    boolean := false;
     sshape   text;
+    stshape  text;
     old_n    text := '__sluice_old_' || id;
     new_n    text := '__sluice_new_' || id;
     new_rel  text;
@@ -393,8 +394,9 @@ BEGIN
         PERFORM set_config('jit', 'off', true), set_config('max_parallel_workers_per_gather', '0', true);
         -- The stored rows of the affected units (with their tuple ids) and
         -- their recomputed rows, typed like the stream table.
-        PERFORM sluice._st_scratch(old_n, '__sluice_tid tid, ' || sluice._st_shape(st.relid), false),
-                sluice._st_scratch(new_n, sluice._st_shape(st.relid), false);
+        stshape := sluice._st_shape(st.relid);
+        PERFORM sluice._st_scratch(old_n, '__sluice_tid tid, ' || stshape, false),
+                sluice._st_scratch(new_n, stshape, false);
         kept := kept || old_n || new_n;
         old_rel := format('pg_temp.%I', old_n);
         new_rel := format('pg_temp.%I', new_n);
