@@ -12,8 +12,10 @@
  *     subscription notifications (sluice._flush_notifications);
  *   - a pool of --workers refresh connections (core's sl_pgconn:
  *     non-blocking libpq on the loop, reconnect with backoff), each running
- *     one sluice._refresh(id) at a time, so one slow stream table occupies
- *     one worker and never delays the others.
+ *     one sluice._refresh_if_changed(id) at a time (a look at the change
+ *     buffers that writes no WAL when nothing changed, else the driver
+ *     sluice._refresh), so one slow stream table occupies one worker and
+ *     never delays the others.
  *
  * When a stream table is refreshed. Each stream table has, in the engine's
  * memory, a `pending` flag: it may have changes not yet refreshed. It is
@@ -23,10 +25,11 @@
  * for every stream table when the main connection (re)connects. A pending
  * stream table is started as soon as
  *
- *   - its schedule allows (last_refresh_at + schedule, from the catalog) and
+ *   - its schedule has passed since its last refresh, or since its last
+ *     check that found nothing to refresh (SQL_LAST_LOOK), and
  *     its failure backoff has passed (100 ms * 2^(failures-1), at most 30 s,
  *     after its last failure);
- *   - it is not in flight (the driver also locks its catalog row);
+ *   - it is not in flight (a refresh also locks its catalog row);
  *   - no stream table it reads is in flight, or pending and due itself: a
  *     reader runs after what it reads, so one pass sees a consistent chain;
  *   - a worker is free (lower dependency depth first, then id).
@@ -155,19 +158,26 @@ engine_on_signal(int sig)
     "      JOIN sluice.stream_table_sources s ON s.relid = p.relid AND s.is_stream_table" \
     "     WHERE d.depth < 64) "
 
+/* The last time a stream table was refreshed, or found to have nothing to
+ * refresh (refresh/sql/0014_idle_checks.sql; k: its row of
+ * sluice.stream_table_checks), NULL if never: its schedule counts from
+ * there. */
+#define SQL_LAST_LOOK "greatest(c.last_refresh_at, k.checked_at)"
+
 /* The failure backoff: 100 ms * 2^(n-1), at most 30 s, after the last failure. */
 #define SQL_BACKOFF_UNTIL                                                                 \
     "CASE WHEN c.consecutive_failures > 0 THEN c.last_error_at + least(interval '30 s', " \
     "     interval '100 ms' * power(2, least(c.consecutive_failures, 20) - 1)) END"
 
 /* --once: due stream tables, readers after what they read. */
-#define SQL_DUE                                                                                  \
-    SQL_DEPTH                                                                                    \
-    "SELECT c.id, c.name FROM sluice.stream_table_catalog c "                                    \
-    "  JOIN (SELECT id, max(depth) AS depth FROM dep GROUP BY id) d ON d.id = c.id "             \
-    " WHERE c.status = 'active' "                                                                \
-    "   AND (c.last_refresh_at IS NULL OR c.last_refresh_at + c.schedule <= clock_timestamp()) " \
-    "   AND coalesce(" SQL_BACKOFF_UNTIL " <= clock_timestamp(), true) "                         \
+#define SQL_DUE                                                                      \
+    SQL_DEPTH                                                                        \
+    "SELECT c.id, c.name FROM sluice.stream_table_catalog c "                        \
+    "  LEFT JOIN sluice.stream_table_checks k ON k.stream_table_id = c.id "          \
+    "  JOIN (SELECT id, max(depth) AS depth FROM dep GROUP BY id) d ON d.id = c.id " \
+    " WHERE c.status = 'active' "                                                    \
+    "   AND coalesce(" SQL_LAST_LOOK " + c.schedule <= clock_timestamp(), true) "    \
+    "   AND coalesce(" SQL_BACKOFF_UNTIL " <= clock_timestamp(), true) "             \
     " ORDER BY d.depth, c.id"
 
 /*
@@ -182,7 +192,7 @@ engine_on_signal(int sig)
     "SELECT c.id, c.name, d.depth, c.status = 'active', "                                      \
     "       c.analyzed_query IS DISTINCT FROM c.query, "                                       \
     "       coalesce(greatest(0, ceil(1000 * extract(epoch FROM "                              \
-    "           greatest(c.last_refresh_at + c.schedule, " SQL_BACKOFF_UNTIL ") "              \
+    "           greatest(" SQL_LAST_LOOK " + c.schedule, " SQL_BACKOFF_UNTIL ") "              \
     "           - clock_timestamp()))), 0)::bigint, "                                          \
     "       ARRAY(SELECT p.id FROM sluice.stream_table_sources s "                             \
     "               JOIN sluice.stream_table_catalog p ON p.relid = s.relid "                  \
@@ -194,10 +204,11 @@ engine_on_signal(int sig)
     "               - clock_timestamp()))) END)::bigint "                                      \
     "          FROM sluice.subscriptions s WHERE s.pending IS NOT NULL) "                      \
     "  FROM sluice.stream_table_catalog c "                                                    \
+    "  LEFT JOIN sluice.stream_table_checks k ON k.stream_table_id = c.id "                    \
     "  JOIN (SELECT id, max(depth) AS depth FROM dep GROUP BY id) d ON d.id = c.id "           \
     " ORDER BY d.depth, c.id"
 
-#define SQL_REFRESH "SELECT sluice._refresh($1)"
+#define SQL_REFRESH "SELECT sluice._refresh_if_changed($1)"
 #define SQL_FAILURE "SELECT sluice._record_failure($1, $2, $3)"
 #define SQL_FLUSH "SELECT sluice._flush_notifications()"
 #define SQL_ARM "SELECT pg_advisory_lock_shared(" SL_ENGINE_DOORBELL_LOCK ")"
@@ -571,7 +582,7 @@ typedef enum engine_wk_state {
     WK_DOWN,    /* sl_pgconn connecting or in backoff */
     WK_SETUP,   /* session settings in flight */
     WK_IDLE,    /* ready for a refresh */
-    WK_REFRESH, /* sluice._refresh(st_id) in flight */
+    WK_REFRESH, /* sluice._refresh_if_changed(st_id) in flight */
     WK_RECORD,  /* sluice._record_failure(st_id) in flight */
 } engine_wk_state_t;
 
@@ -792,7 +803,7 @@ idle_worker(engine_t *eng)
     return NULL;
 }
 
-/* Sends sluice._refresh(st) on wk. */
+/* Sends sluice._refresh_if_changed(st) on wk. */
 static void
 wk_start(engine_wk_t *wk, engine_st_t *st)
 {

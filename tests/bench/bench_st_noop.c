@@ -6,8 +6,10 @@
  *
  * One connection, autocommit: N calls of
  *   SELECT sluice.refresh_stream_table($1)
- * each its own transaction (so each includes its commit: the driver updates
- * the catalog row, frontier and last_refresh_at, even when nothing changed),
+ * each its own transaction, so each includes its commit (since catalog
+ * version 14 a refresh that finds nothing writes only to an unlogged table,
+ * and that commit does not wait for a WAL flush; before, it updated the
+ * catalog row and did),
  * timed one by one on CLOCK_MONOTONIC from just before the query is sent to
  * just after its result is read: the client's round trip included. The
  * statement is prepared once; --warmup calls (default 20) run first and are

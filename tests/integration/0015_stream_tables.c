@@ -39,7 +39,10 @@
  *      analysis is refused; 'differential' analysed as 'full' is an error
  *      state; a dropped source is reported and recorded.
  *   9. The no-change refresh takes about a millisecond (measured, logged,
- *      asserted under a generous bound).
+ *      asserted under a generous bound). It writes no WAL, neither updates
+ *      nor locks the catalog row, keeps the frontier, and shows its time
+ *      as the view's last_refresh_at; a change committed after it is in the
+ *      next refresh.
  *  10. The delta's comparison (refresh/sql/0011_faster_delta.sql), analysed
  *      by the real `sluice engine --once` as DIFFERENTIAL: columns without
  *      an equality operator (json, point), source columns named like the
@@ -895,6 +898,90 @@ check_differential(PGconn *conn)
 /* 9. the no-change refresh                                                  */
 /* ------------------------------------------------------------------------ */
 
+/* The fewest WAL records that `sql` wrote in `times` runs, from EXPLAIN
+ * (ANALYZE, WAL): what the statement and the functions it calls wrote, not
+ * its commit record. The fewest, because reading a page may prune it, which
+ * PostgreSQL logs whoever reads. */
+static long long
+min_wal_records(PGconn *conn, const char *sql, int times)
+{
+    th_sql(conn, "CREATE OR REPLACE FUNCTION pg_temp.wal_records(q text) RETURNS bigint "
+                 "LANGUAGE plpgsql AS $$DECLARE plan json; BEGIN "
+                 "EXECUTE 'EXPLAIN (ANALYZE, WAL, FORMAT JSON) ' || q INTO plan; "
+                 "RETURN (plan->0->'Plan'->>'WAL Records')::bigint; END$$");
+    long long fewest = -1;
+    for (int i = 0; i < times; i++) {
+        long long n = th_sql_int(conn, "SELECT pg_temp.wal_records($q$%s$q$)", sql);
+        if (fewest < 0 || n < fewest)
+            fewest = n;
+    }
+    return fewest;
+}
+
+/* The catalog row of order_totals as stored: its tuple id, inserting and
+ * locking/deleting transactions. Unchanged means not updated, not locked. */
+#define TOTALS_ROW_VERSION                                              \
+    "SELECT ctid::text || ' ' || xmin::text || ' ' || xmax::text FROM " \
+    "sluice.stream_table_catalog WHERE name = 'order_totals'"
+
+/* A refresh that finds nothing to do (refresh/sql/0014_idle_checks.sql)
+ * neither writes nor locks a logged row, so its commit does not wait for
+ * a WAL flush; a change committed after it is still in the next window. */
+static void
+check_no_change_writes_nothing(const char *url, PGconn *conn)
+{
+    TH_LOG("no-change refresh: no logged write, no row lock");
+    long long driver =
+        min_wal_records(conn,
+                        "SELECT sluice._refresh(id) FROM sluice.stream_table_catalog WHERE name = "
+                        "'order_totals'",
+                        2);
+    TH_ASSERT(driver > 0,
+              "the driver's own no-change path updates the catalog row (%lld WAL records): the "
+              "measure sees writes",
+              driver);
+    char *frontier = th_sql_text(conn, "SELECT frontier::text FROM sluice.stream_table_catalog "
+                                       "WHERE name = 'order_totals'");
+    char *version = th_sql_text(conn, TOTALS_ROW_VERSION);
+    long long idle = min_wal_records(conn, "SELECT sluice.refresh_stream_table('order_totals')", 3);
+    TH_ASSERT(idle == 0, "a refresh with nothing to do writes no WAL (%lld records)", idle);
+    expect_text(th_sql_text(conn, TOTALS_ROW_VERSION), version,
+                "nor updates or locks the catalog row (ctid, xmin, xmax unchanged)");
+    expect_text(th_sql_text(conn, "SELECT frontier::text FROM sluice.stream_table_catalog WHERE "
+                                  "name = 'order_totals'"),
+                frontier, "and leaves the frontier where it was");
+    TH_ASSERT(th_sql_true(conn, "SELECT s.last_refresh_at = k.checked_at AND k.checked_at > "
+                                "c.last_refresh_at AND s.staleness < interval '1 minute' FROM "
+                                "sluice.stream_tables s JOIN sluice.stream_table_catalog c USING "
+                                "(name) JOIN sluice.stream_table_checks k ON k.stream_table_id = "
+                                "c.id WHERE s.name = 'order_totals'"),
+              "the check's time is the view's last_refresh_at (later than the catalog's)");
+    free(frontier);
+    free(version);
+
+    /* A change not yet committed at a check is in a later window. */
+    PGconn *writer = th_pg_connect(url);
+    th_sql(writer, "BEGIN; INSERT INTO orders VALUES (900, 2, 4)");
+    expect_no_refresh(conn, "order_totals");
+    th_sql(writer, "COMMIT");
+    PQfinish(writer);
+    long long out = max_outbox_id(conn);
+    TH_ASSERT(th_sql_true(conn, "SELECT sluice.refresh_stream_table('order_totals') IS NOT NULL"),
+              "the change committed after the check is refreshed");
+    TH_ASSERT(th_sql_int(conn,
+                         "SELECT count(*) FROM sluice.outbox WHERE topic = 'order_totals' AND id "
+                         "> %lld AND payload->'after'->>'customer_id' = '2'",
+                         out) == 1 &&
+                  th_sql_int(conn, "SELECT count(*) FROM sluice.outbox WHERE id > %lld", out) == 1,
+              "its delta is published once: one message, for customer 2");
+    TH_ASSERT(diff_from_query(conn, "order_totals", "customer_id, total", TOTALS_Q) == 0 &&
+                  diff_from_replay(conn, "order_totals") == 0,
+              "the table equals its query, and the replayed deltas rebuild it");
+    th_sql(conn, "DELETE FROM orders WHERE id = 900");
+    TH_ASSERT(th_sql_true(conn, "SELECT sluice.refresh_stream_table('order_totals') IS NOT NULL"),
+              "and so is its delete");
+}
+
 static void
 check_no_change_cost(PGconn *conn)
 {
@@ -1222,6 +1309,7 @@ main(void)
     check_subscriptions(&env, conn);
     check_differential(conn);
     check_no_change_cost(conn);
+    check_no_change_writes_nothing(env.pg_url, conn);
     check_delta_comparison(env.pg_url, conn);
     check_join_reads_by_key(env.pg_url, conn);
     check_kept_work_tables(env.pg_url, conn);

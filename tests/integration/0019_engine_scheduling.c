@@ -15,6 +15,10 @@
  *   1. Wake: once the engine is idle (it holds the doorbell lock), an insert
  *      into a source reaches a stream table with a 1 ms schedule within
  *      WAKE_DEADLINE_MS, several times in a row; the latencies are logged.
+ *   1c. A stream table whose sources did not change is checked by the
+ *      engine (sluice._refresh_if_changed finds nothing, records the time)
+ *      at most once per schedule: rings from other tables' writes do not
+ *      make it due again before its schedule has passed since that check.
  *   2. One slow stream table (its full refresh sleeps SLOW_S seconds in
  *      pg_sleep) does not delay a fast one: while the slow refresh is
  *      running (pg_stat_activity shows it sleeping), a change to the fast
@@ -61,10 +65,17 @@
  * storage, which fast_sum reads, and so would ring and disarm the engine). */
 #define ENGINE_IDLE                                                                   \
     DOORBELL_HELD " AND NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE query LIKE " \
-                  "'SELECT sluice._refresh(%' AND state = 'active')"
-#define SLOW_RUNNING                                                                         \
-    "SELECT count(*) = 1 FROM pg_stat_activity WHERE query LIKE 'SELECT sluice._refresh(%' " \
+                  "'SELECT sluice._refresh%' AND state = 'active')"
+#define SLOW_RUNNING                                                                        \
+    "SELECT count(*) = 1 FROM pg_stat_activity WHERE query LIKE 'SELECT sluice._refresh%' " \
     "AND state = 'active' AND wait_event = 'PgSleep'"
+
+/* 1c: idle_st's schedule, and the time of its last check that found
+ * nothing to refresh (refresh/sql/0014_idle_checks.sql). */
+#define IDLE_SCHEDULE_MS 3000
+#define IDLE_CHECKED_AT                                                                       \
+    "SELECT k.checked_at FROM sluice.stream_table_checks k JOIN sluice.stream_table_catalog " \
+    "c ON c.id = k.stream_table_id WHERE c.name = 'idle_st'"
 
 typedef struct log_arg {
     const char *path;
@@ -108,6 +119,17 @@ holds_for(PGconn *conn, const char *sql, int ms)
         th_sleep_ms(5); /* sampling pace inside the window */
     } while (th_now_ms() < end);
     return true;
+}
+
+/* Rings the doorbell with an insert into fast_src (id) and waits until the
+ * engine has refreshed it into fast_st: the pass that ring started is done. */
+static void
+ring_fast(PGconn *conn, int id)
+{
+    th_sql(conn, "INSERT INTO fast_src VALUES (%d, 1)", id);
+    char sql[128];
+    snprintf(sql, sizeof sql, "SELECT count(*) = 1 FROM fast_st WHERE id = %d", id);
+    TH_ASSERT(wait_ms(conn, sql, 20000) >= 0, "insert %d reaches fast_st", id);
 }
 
 /* Waits until the engine is idle and stays so for 30 ms (settled, not
@@ -232,6 +254,43 @@ main(void)
               "within %d ms",
               ANALYSE_DEADLINE_MS);
 
+    /* 1c. A check that found nothing to refresh counts for the schedule:
+     * rings caused by other tables do not make an idle stream table due
+     * again before its schedule has passed since its last check. */
+    th_sql(conn, "CREATE TABLE idle_src (id int PRIMARY KEY); INSERT INTO idle_src VALUES (1)");
+    th_sql(conn,
+           "SELECT sluice.create_stream_table('idle_st', 'SELECT id FROM idle_src', "
+           "schedule => '%d ms')",
+           IDLE_SCHEDULE_MS);
+    int64_t deadline = th_now_ms() + 4 * IDLE_SCHEDULE_MS + ANALYSE_DEADLINE_MS;
+    int ring = 1000;
+    while (th_now_ms() < deadline && !th_sql_true(conn, "SELECT (" IDLE_CHECKED_AT ") = (SELECT "
+                                                        "last_refresh_at FROM sluice.stream_tables "
+                                                        "WHERE name = 'idle_st')"))
+        ring_fast(conn, ring++);
+    char *first = th_sql_text(conn, "SELECT (" IDLE_CHECKED_AT ")::text");
+    TH_ASSERT(first != NULL,
+              "the engine checks idle_st once its schedule has passed, finds nothing, records "
+              "the check, and the view shows it as its last refresh");
+    char same[512];
+    snprintf(same, sizeof same,
+             "SELECT c = '%s'::timestamptz OR c >= '%s'::timestamptz + interval '%d ms' FROM "
+             "(" IDLE_CHECKED_AT ") AS k(c)",
+             first, first, IDLE_SCHEDULE_MS);
+    for (int i = 0; i < 10; i++) {
+        ring_fast(conn, ring++);
+        TH_ASSERT(th_sql_true(conn, same),
+                  "ring %d: the idle stream table is not checked again before its schedule "
+                  "(%d ms) has passed since its last check (%s)",
+                  i + 1, IDLE_SCHEDULE_MS, first);
+    }
+    free(first);
+    th_sql(conn, "SELECT sluice.drop_stream_table('idle_st')");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice.stream_table_checks k WHERE NOT "
+                               "EXISTS (SELECT 1 FROM sluice.stream_table_catalog c WHERE c.id = "
+                               "k.stream_table_id)") == 0,
+              "dropping the stream table removes its check");
+
     /* 3. Dependency order: the reader of fast_st follows in the same pass. */
     TH_ASSERT(settled(conn), "the engine is idle again");
     th_sql(conn, "UPDATE fast_src SET v = v + 1000 WHERE id = 1");
@@ -270,14 +329,14 @@ main(void)
     TH_ASSERT(holds_for(conn,
                         "SELECT count(*) FILTER (WHERE wait_event = 'PgSleep') = 1 AND "
                         "count(*) FILTER (WHERE wait_event_type = 'Lock') = 0 "
-                        "FROM pg_stat_activity WHERE query LIKE 'SELECT sluice._refresh(%' "
+                        "FROM pg_stat_activity WHERE query LIKE 'SELECT sluice._refresh%' "
                         "AND state = 'active'",
                         300),
               "only the slow refresh runs: its stream table is not started twice");
 
     /* 5. Kill the worker running the slow refresh. */
     th_sql(conn, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE "
-                 "'SELECT sluice._refresh(%%' AND state = 'active' AND wait_event = 'PgSleep'");
+                 "'SELECT sluice._refresh%%' AND state = 'active' AND wait_event = 'PgSleep'");
     TH_ASSERT(th_wait_file_contains(log, "event=engine.worker_down", 5000),
               "the engine notices the lost worker");
     th_sql(conn, "UPDATE slow_ctl SET delay_s = 0");
