@@ -6,7 +6,7 @@
 -- (frontier, last_refresh_at). Both are WAL-logged writes, so the commit
 -- waited for a WAL flush: an idle stream table on a 1-second schedule cost
 -- one fsync a second, and the commit's flush was most of the time a client
--- saw (p50 0.8 ms, p99 1.7-3.3 ms here, nearly all of it after the function
+-- saw (p50 0.65-0.96 ms, p99 1.1-3.3 ms here, most of it after the function
 -- had returned).
 --
 -- From this version the engine and sluice.refresh_stream_table() call
@@ -44,7 +44,9 @@
 --
 -- Measured (docs/benchmarks.md, "Refresh with no changes (migration 14)"):
 -- 2,000 autocommit refresh_stream_table() calls with nothing changed, one
--- client: p50 0.80-0.96 -> 0.34-0.35 ms, p99 1.7-3.3 -> 0.52-0.63 ms.
+-- client, old and new path alternately: p50 0.65-0.75 -> 0.29-0.40 ms, p99
+-- 1.1-1.7 -> 0.46-0.96 ms; in the full benchmark run at b422a17, p50 0.33
+-- ms and p99 0.81 ms.
 
 -- sluice.stream_table_checks: when a stream table was last found to have
 -- nothing to refresh. UNLOGGED on purpose (file header). No foreign key:
