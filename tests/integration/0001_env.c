@@ -7,7 +7,8 @@
  *
  *   1. an environment starts, its settings are exported to children;
  *   2. PostgreSQL: a fresh database, SQL results, error messages, a crash
- *      (immediate stop) and restart that keeps committed data;
+ *      (immediate stop) and restart that keeps committed data, a start that
+ *      waits until something holding its port lets go;
  *   3. Kafka: three records with keys and headers (values holding tabs and
  *      newlines) round-trip through kcat into th_record_t, on a created topic
  *      and on an auto-created one;
@@ -16,10 +17,16 @@
  */
 #include "harness.h"
 
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #define WAIT_MS 30000
 
@@ -33,6 +40,66 @@ rows_reached(void *p)
 {
     rows_arg_t *a = p;
     return th_sql_int(a->conn, "SELECT count(*) FROM items") >= a->want;
+}
+
+/* True once the postmaster's log says its port was taken. */
+static bool
+bind_refused(void *p)
+{
+    const th_env_t *env = p;
+    char path[TH_PATH_MAX + 16];
+    snprintf(path, sizeof(path), "%s/pg.log", env->dir);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return false;
+    char line[1024];
+    bool seen = false;
+    while (!seen && fgets(line, sizeof(line), f) != NULL)
+        seen = strstr(line, "Address already in use") != NULL;
+    fclose(f);
+    return seen;
+}
+
+/*
+ * A start on the environment's own port outlasts something holding that port
+ * for a while (in CI: an outgoing connection that had it as its local end).
+ * A child process keeps a socket bound to the port until the postmaster's log
+ * shows a refused bind, then lets go; pg-start must succeed regardless.
+ */
+static void
+check_port_held(th_env_t *env)
+{
+    TH_LOG("start postgres while something holds its port");
+    th_env_pg_stop(env, NULL);
+    TH_ASSERT(!bind_refused(env), "the log shows no refused bind before the test");
+
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    TH_ASSERT(fd >= 0, "socket: %s", strerror(errno));
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)env->pg_port)};
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    TH_ASSERT(bind(fd, (struct sockaddr *)&addr, sizeof(addr)) == 0, "bind 127.0.0.1:%d: %s",
+              env->pg_port, strerror(errno));
+
+    pid_t holder = fork();
+    TH_ASSERT(holder >= 0, "fork: %s", strerror(errno));
+    if (holder == 0) {
+        /* Lets go of the port once the postmaster has been refused it, or
+         * after the deadline; the parent's start fails in that case. */
+        bool refused = th_wait_until(bind_refused, env, WAIT_MS, 20);
+        close(fd);
+        _exit(refused ? 0 : 1);
+    }
+    close(fd);
+
+    th_env_pg_start(env);
+    int status = 0;
+    TH_ASSERT(waitpid(holder, &status, 0) == holder, "waitpid: %s", strerror(errno));
+    TH_ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+              "the first start was refused the held port (exit status %d)", status);
+    PGconn *conn = th_pg_connect(env->pg_url);
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM pg_database WHERE datname = 't0001'") == 1,
+              "postgres runs on its own port once the port is free again");
+    PQfinish(conn);
 }
 
 static void
@@ -92,6 +159,8 @@ check_postgres(th_env_t *env)
               "the database survives a clean stop and start on the same port");
     PQfinish(conn);
     free(url);
+
+    check_port_held(env);
 }
 
 /* Produces the three test records; returns kcat's exit code of the first failure. */
