@@ -413,6 +413,167 @@ check_key_columns(PGconn *conn)
 }
 
 /* ------------------------------------------------------------------------ */
+/* 3b. what PostgreSQL's analysis of the query decides at creation           */
+/* ------------------------------------------------------------------------ */
+
+/* Collects the NOTICEs of a connection (PQsetNoticeReceiver). */
+typedef struct notices {
+    char text[4096];
+} notices_t;
+
+static void
+collect_notice(void *arg, const PGresult *res)
+{
+    notices_t *n = arg;
+    const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+    size_t used = strlen(n->text);
+    if (msg != NULL && used < sizeof n->text - 1)
+        snprintf(n->text + used, sizeof n->text - used, "%s\n", msg);
+}
+
+/* Creates stream table qf with `query` (refresh_mode auto), checks that its
+ * stored query_fallback starts with `want` (NULL: is NULL), drops it. */
+static void
+expect_fallback_at(int line, PGconn *conn, const char *query, const char *want)
+{
+    char *q = PQescapeLiteral(conn, query, strlen(query));
+    TH_ASSERT(q != NULL, "escape the query");
+    th_sql(conn, "SELECT sluice.create_stream_table('qf', %s)", q);
+    PQfreemem(q);
+    char *got = th_sql_text(conn, "SELECT query_fallback FROM sluice.stream_table_catalog WHERE "
+                                  "name = 'qf'");
+    bool ok = want == NULL ? got == NULL : got != NULL && strncmp(got, want, strlen(want)) == 0;
+    if (!ok)
+        th_fail_at(__FILE__, line, NULL, "`%s`: query_fallback should %s \"%s\", got \"%s\"", query,
+                   want ? "start with" : "be", want ? want : "NULL", got ? got : "NULL");
+    free(got);
+    th_sql(conn, "SELECT sluice.drop_stream_table('qf')");
+}
+#define expect_fallback(conn, query, want) expect_fallback_at(__LINE__, (conn), (query), (want))
+
+static void
+check_query_fallback(PGconn *conn)
+{
+    TH_LOG("creation: what is refreshed in full, decided from PostgreSQL's analysis");
+    static const char window_reason[] = "window functions are refreshed in full";
+    expect_fallback(conn, "SELECT id, rank() OVER (ORDER BY amount) AS r FROM orders",
+                    window_reason);
+    expect_fallback(conn, "SELECT id FROM orders UNION SELECT id FROM customers",
+                    "UNION (without ALL), INTERSECT and EXCEPT are refreshed in full");
+    expect_fallback(conn, "SELECT id FROM orders EXCEPT SELECT id FROM customers",
+                    "UNION (without ALL), INTERSECT and EXCEPT are refreshed in full");
+    expect_fallback(conn, "WITH o AS (SELECT * FROM orders) SELECT id, amount FROM o",
+                    "WITH (common table expressions) is refreshed in full");
+    expect_fallback(conn, "SELECT id, amount FROM orders ORDER BY id LIMIT 3",
+                    "LIMIT/OFFSET makes the result depend on rows outside any change");
+    expect_fallback(conn, "SELECT id, amount FROM orders OFFSET 1",
+                    "LIMIT/OFFSET makes the result depend on rows outside any change");
+    expect_fallback(conn, "SELECT id, amount FROM orders FOR UPDATE",
+                    "FOR UPDATE/SHARE has no meaning in a stream table");
+    expect_fallback(conn,
+                    "SELECT id, amount FROM orders WHERE customer_id IN (SELECT id FROM "
+                    "customers)",
+                    "subqueries in expressions (IN/EXISTS/scalar subqueries) are refreshed in "
+                    "full");
+    expect_fallback(conn,
+                    "SELECT customer_id, count(*) AS n FROM orders GROUP BY ROLLUP (customer_id)",
+                    "GROUPING SETS, ROLLUP and CUBE are refreshed in full");
+    expect_fallback(conn,
+                    "SELECT DISTINCT ON (customer_id) customer_id, id FROM orders ORDER BY "
+                    "customer_id, id",
+                    "DISTINCT ON is refreshed in full");
+    expect_fallback(conn, "SELECT DISTINCT id, generate_series(1, 2) AS g FROM orders",
+                    "set-returning functions are refreshed in full");
+    expect_fallback(conn, "SELECT o.id, g FROM orders o, generate_series(1, 2) g",
+                    "set-returning functions are refreshed in full");
+    expect_fallback(conn, "SELECT id, amount * random() AS r FROM orders",
+                    "volatile functions (random())");
+    expect_fallback(conn,
+                    "SELECT s.id FROM (SELECT id FROM orders WHERE amount > clock_timestamp()::"
+                    "date - current_date) s",
+                    "volatile functions (clock_timestamp())");
+    /* Not decided here: the engine's to analyse. */
+    expect_fallback(conn, "SELECT customer_id, count(*) AS n FROM orders GROUP BY customer_id",
+                    NULL);
+    expect_fallback(conn,
+                    "SELECT o.id AS order_id, c.id AS cust FROM orders o JOIN customers c ON c.id "
+                    "= o.customer_id",
+                    NULL);
+    expect_fallback(conn, "SELECT id, amount FROM orders UNION ALL SELECT id, NULL FROM customers",
+                    NULL);
+    expect_fallback(conn, "SELECT id, now() AS seen FROM orders", NULL); /* STABLE */
+    expect_fallback(conn, "SELECT s.id FROM (SELECT id FROM orders LIMIT 2) s", NULL);
+    expect_fallback(conn,
+                    "SELECT id AS \" :hasWindowFuncs true :rtekind 3 \", "
+                    "' :limitCount {' AS \" :opno 1 \" FROM orders",
+                    NULL);
+
+    /* auto: FULL at once, with the reason in the NOTICE and in explain. */
+    notices_t seen = {.text = ""};
+    PQnoticeReceiver old = PQsetNoticeReceiver(conn, collect_notice, &seen);
+    th_sql(conn, "SET client_min_messages = notice");
+    th_sql(conn, "SELECT sluice.create_stream_table('ranked', 'SELECT id, amount, rank() OVER "
+                 "(ORDER BY amount) AS r FROM orders')");
+    th_sql(conn, "SET client_min_messages = warning");
+    PQsetNoticeReceiver(conn, old, NULL);
+    TH_ASSERT(strstr(seen.text,
+                     "stream table ranked created: 6 rows; refresh mode auto, "
+                     "refreshed in full: window functions are refreshed in full") != NULL,
+              "the NOTICE gives the reason, got: %s", seen.text);
+    expect_text(th_sql_text(conn, "SELECT string_agg(coalesce(value, 'NULL'), ' | ' ORDER BY "
+                                  "property) FROM sluice.explain_stream_table('ranked') WHERE "
+                                  "property IN ('effective mode', 'fallback reason')"),
+                "full | window functions are refreshed in full",
+                "explain_stream_table shows FULL and why, before any engine ran");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice.stream_table_catalog WHERE name = "
+                               "'ranked' AND analyzed_query = query") == 1,
+              "the engine has nothing to analyse");
+
+    /* differential: refused at once, nothing created. */
+    expect_error(conn, "0A000",
+                 "refresh_mode differential is not possible for ranked_d: window functions are "
+                 "refreshed in full",
+                 "SELECT sluice.create_stream_table('ranked_d', 'SELECT id, amount, rank() OVER "
+                 "(ORDER BY amount) AS r FROM orders', 'differential')");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice.stream_table_catalog WHERE name = "
+                               "'ranked_d'") == 0 &&
+                  th_sql_int(conn, "SELECT count(*) FROM pg_class WHERE relname = 'ranked_d'") == 0,
+              "the refused creation left no catalog row and no table");
+    expect_error(conn, "0A000",
+                 "refresh_mode differential is not possible for ranked: window functions are "
+                 "refreshed in full",
+                 "SELECT sluice.alter_stream_table('ranked', refresh_mode => 'differential')");
+    th_sql(conn, "SELECT sluice.alter_stream_table('ranked', refresh_mode => 'full')");
+    th_sql(conn, "SELECT sluice.alter_stream_table('ranked', refresh_mode => 'auto')");
+    expect_text(th_sql_text(conn, "SELECT requested_mode || ' ' || effective_mode || ' ' || "
+                                  "fallback_reason FROM sluice.stream_table_catalog WHERE name = "
+                                  "'ranked' AND analyzed_query = query"),
+                "auto full window functions are refreshed in full",
+                "back to auto, the query's reason decides again");
+    th_sql(conn, "SELECT sluice.drop_stream_table('ranked')");
+
+    /* A function of one's own, VOLATILE by default: FULL, until declared
+     * IMMUTABLE and the query re-validated; then the engine decides. */
+    th_sql(conn, "CREATE FUNCTION same_amount(numeric) RETURNS numeric LANGUAGE sql AS "
+                 "'SELECT $1'");
+    expect_error(conn, "0A000", "volatile functions (public.same_amount(numeric))",
+                 "SELECT sluice.create_stream_table('mine', 'SELECT id, same_amount(amount) AS a "
+                 "FROM orders', 'differential')");
+    th_sql(conn, "SELECT sluice.create_stream_table('mine', 'SELECT id, same_amount(amount) AS a "
+                 "FROM orders')");
+    th_sql(conn, "ALTER FUNCTION same_amount(numeric) IMMUTABLE");
+    th_sql(conn,
+           "SELECT sluice.alter_stream_table('mine', query => 'SELECT id, same_amount(amount) "
+           "AS a FROM orders', refresh_mode => 'differential')");
+    expect_text(th_sql_text(conn, "SELECT coalesce(query_fallback, 'none') || ' ' || "
+                                  "coalesce(effective_mode, 'none') || ' ' || (analyzed_query IS "
+                                  "NULL) FROM sluice.stream_table_catalog WHERE name = 'mine'"),
+                "none none true", "re-validated: no reason left, the engine analyses it");
+    th_sql(conn, "SELECT sluice.drop_stream_table('mine')");
+    th_sql(conn, "DROP FUNCTION same_amount(numeric)");
+}
+
+/* ------------------------------------------------------------------------ */
 /* 4. FULL refresh deltas                                                    */
 /* ------------------------------------------------------------------------ */
 
@@ -1303,6 +1464,7 @@ main(void)
     check_create_errors(conn);
     check_population(conn);
     check_key_columns(conn);
+    check_query_fallback(conn);
     check_full_refresh(conn);
     check_dependants(conn);
     check_alter(&env, conn);

@@ -2,9 +2,11 @@
  * tests/integration/0018_engine.c - `sluice engine` keeps stream tables
  * current on their own.
  *
- *   1. Three stream tables: an aggregate (analysed as differential), a join
- *      (analysed as full, with the reason) and one over a table whose column
- *      is dropped later. The engine analyses them and logs each decision.
+ *   1. Stream tables: an aggregate and a join (analysed as differential), a
+ *      LIMIT query (FULL from creation, with the reason), a LIMIT inside a
+ *      subquery in FROM (analysed as full, with the reason) and one over a
+ *      table whose column is dropped later. The engine analyses them and
+ *      logs each decision.
  *   2. Changes to the sources reach the stream tables within their schedule,
  *      a LISTEN client subscribed with coalesce_ms 0 hears of each refresh,
  *      and the deltas are in the outbox.
@@ -17,7 +19,7 @@
  * Alongside: a UNION ALL of orders and customers (their ids overlap, so a
  * row's identity must include its branch) is analysed and refreshed as
  * differential and always equals its query; a UNION without ALL is
- * analysed as full with the reason; a one-row aggregate with a WHERE clause
+ * FULL from creation, with the reason; a one-row aggregate with a WHERE clause
  * stays correct and active through a change its WHERE filters out (once a
  * duplicate-key error).
  */
@@ -84,8 +86,22 @@ main(void)
                  "SELECT id FROM customers', schedule => '100 ms')");
     th_sql(conn, "SELECT sluice.create_stream_table('big', 'SELECT count(*) AS n, sum(amount) AS "
                  "s FROM orders WHERE amount > 100', schedule => '100 ms')");
+    th_sql(conn, "SELECT sluice.create_stream_table('top_sub', 'SELECT s.id, s.amount FROM "
+                 "(SELECT id, amount FROM orders ORDER BY id LIMIT 5) s', schedule => '100 ms')");
     th_sql(conn, "SELECT sluice.subscribe('totals', 'totals_changed', 0)");
     th_sql(lis, "LISTEN totals_changed");
+
+    /* Decided at creation (migration 15), before any engine runs: the
+     * outer query's LIMIT and UNION. */
+    char *mode = th_sql_text(conn, "SELECT string_agg(name || '|' || effective_mode || '|' || "
+                                   "fallback_reason, ', ' ORDER BY name) FROM "
+                                   "sluice.stream_table_catalog WHERE name IN ('top', 'who') AND "
+                                   "analyzed_query = query");
+    TH_ASSERT(mode != NULL && strncmp(mode, "top|full|LIMIT", 14) == 0 &&
+                  strstr(mode, ", who|full|UNION (without ALL)") != NULL,
+              "the LIMIT and UNION queries are FULL from creation, with the reason (%s)",
+              mode ? mode : "NULL");
+    free(mode);
 
     /* 1. Analysis. */
     char log[TH_PATH_MAX];
@@ -99,18 +115,17 @@ main(void)
               "the engine analyses the aggregate as differential");
     TH_ASSERT(th_wait_file_contains(log, "stream_table=named mode=differential", 20000),
               "the engine analyses the join as differential");
-    TH_ASSERT(th_wait_file_contains(log, "stream_table=top mode=full reason=\"LIMIT", 20000),
-              "the LIMIT query is analysed as full, with the reason");
-    char *mode = th_sql_text(conn, "SELECT effective_mode || '|' || fallback_reason FROM "
-                                   "sluice.stream_table_catalog WHERE name = 'top'");
-    TH_ASSERT(mode != NULL && strncmp(mode, "full|LIMIT", 10) == 0,
+    TH_ASSERT(th_wait_file_contains(
+                  log, "stream_table=top_sub mode=full reason=\"a subquery in FROM", 20000),
+              "a LIMIT inside a subquery in FROM is analysed by the engine as full, with the "
+              "reason");
+    mode = th_sql_text(conn, "SELECT effective_mode || '|' || fallback_reason FROM "
+                             "sluice.stream_table_catalog WHERE name = 'top_sub'");
+    TH_ASSERT(mode != NULL && strncmp(mode, "full|a subquery in FROM", 23) == 0,
               "the catalog records the mode and reason (%s)", mode ? mode : "NULL");
     free(mode);
     TH_ASSERT(th_wait_file_contains(log, "stream_table=feed mode=differential", 20000),
               "the UNION ALL is analysed as differential");
-    TH_ASSERT(th_wait_file_contains(log, "stream_table=who mode=full reason=\"UNION (without ALL)",
-                                    20000),
-              "a UNION without ALL is analysed as full, with the reason");
     TH_ASSERT(th_wait_file_contains(log, "stream_table=big mode=differential", 20000),
               "the filtered one-row aggregate is analysed as differential");
     char *ident = th_sql_text(conn, "SELECT value FROM sluice.explain_stream_table('feed') WHERE "

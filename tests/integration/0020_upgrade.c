@@ -29,6 +29,11 @@
  *      each seq s now s * 1024. Migration 9 cleared the stored analysis.
  *      The capture triggers write chunks: a statement of 3 rows is one
  *      chunk of n = 3, read back through the view (rolled back after).
+ *      Migration 15 (refresh/sql/0015_query_fallback.sql) checks the
+ *      stored queries: two stream tables over a VOLATILE function of the
+ *      test's own, created at version 8 in modes auto and differential, are
+ *      FULL with the reason (decided: analyzed_query = query), the second
+ *      in status error; the first is refreshed in FULL and equals its query.
  *   5. `sluice engine --once` analyses every stream table again (they are
  *      not due: their schedule is an hour, so it refreshes none); then each
  *      is refreshed by hand: DIFFERENTIAL, with a delta of exactly the size
@@ -174,6 +179,12 @@ static const st_def_t sts[] = {
     {"st_n", "SELECT id, n, o FROM items WHERE mod(n, 3) <> 0", "id, n, o"},
 };
 #define NSTS (sizeof sts / sizeof sts[0])
+
+/* Over a function that is VOLATILE (CREATE FUNCTION's default), created at
+ * version 8 in modes auto and differential: migration 15 makes the first
+ * FULL and puts the second in error. */
+static const st_def_t vol = {"st_vol", "SELECT id, grp, public.same_n(n) AS n FROM items",
+                             "id, grp, n"};
 
 /* Rows of the stream table not in its query plus rows of the query not in
  * the stream table, as multisets: 0 when they are equal. */
@@ -339,6 +350,14 @@ main(void)
     TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice_changes.c_%s", items_buf) == 0 &&
                   th_sql_int(conn, "SELECT count(*) FROM sluice_changes.c_%s", groups_buf) == 0,
               "the version-8 refreshes pruned both buffers");
+    /* Created after that refresh, so that they hold back no pruning. */
+    th_sql(conn, "CREATE FUNCTION public.same_n(int) RETURNS int LANGUAGE sql AS 'SELECT $1'");
+    th_sql(conn, "SELECT sluice.create_stream_table('%s', '%s', schedule => '1 hour')", vol.name,
+           vol.query);
+    th_sql(conn,
+           "SELECT sluice.create_stream_table('%s_diff', '%s', 'differential', schedule => '1 "
+           "hour')",
+           vol.name, vol.query);
 
     /* Changes no refresh consumes before the upgrade. */
     th_sql(conn, "INSERT INTO items SELECT i, mod(i, 20) + 1, i, 'o' || i "
@@ -440,8 +459,34 @@ main(void)
                   "every converted row is a chunk of one image");
     }
     TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice.stream_table_catalog WHERE "
-                               "analyzed_query IS NOT NULL OR branches IS NOT NULL") == 0,
+                               "(analyzed_query IS NOT NULL AND name NOT LIKE 'st_vol%%') OR "
+                               "branches IS NOT NULL") == 0,
               "migration 9 cleared the stored analysis (and no stream table has branches)");
+
+    /* Migration 15: the volatile function decides FULL without the engine. */
+    char *why = th_sql_text(conn,
+                            "SELECT query_fallback || ' | ' || effective_mode || ' | ' || "
+                            "fallback_reason || ' | ' || (analyzed_query = query) || ' | ' "
+                            "|| status FROM sluice.stream_table_catalog WHERE name = '%s'",
+                            vol.name);
+    TH_ASSERT(why != NULL && strncmp(why, "volatile functions (public.same_n(integer))", 43) == 0 &&
+                  strstr(why, " | full | volatile functions (public.same_n(integer))") != NULL &&
+                  strstr(why, " | true | active") != NULL,
+              "%s: migration 15 stored the reason and made it FULL, decided (%s)", vol.name,
+              why ? why : "NULL");
+    free(why);
+    char *err = th_sql_text(conn,
+                            "SELECT status || ': ' || last_error FROM sluice.stream_table_catalog "
+                            "WHERE name = '%s_diff' AND effective_mode = 'full'",
+                            vol.name);
+    const char *want_err =
+        "error: differential refresh is not possible: volatile functions (public.same_n(integer))";
+    TH_ASSERT(err != NULL && strncmp(err, want_err, strlen(want_err)) == 0,
+              "%s_diff (refresh_mode differential) is in error with the reason (%s)", vol.name,
+              err ? err : "NULL");
+    free(err);
+    /* Its frontier would hold back the pruning of the items buffer. */
+    th_sql(conn, "SELECT sluice.drop_stream_table('%s_diff')", vol.name);
 
     /* The capture now writes chunks: one statement of 3 rows, one chunk. */
     th_sql(conn, "BEGIN;"
@@ -476,6 +521,21 @@ main(void)
               "the engine refreshed nothing (no stream table is due): the changes are still "
               "unconsumed");
     refresh_all(conn, "differential", "of the pre-upgrade changes");
+    TH_ASSERT(th_sql_int(conn,
+                         "SELECT count(*) FROM sluice.stream_table_catalog WHERE name = "
+                         "'%s' AND effective_mode = 'full' AND analyzed_query = query",
+                         vol.name) == 1,
+              "%s: the engine left the decision of migration 15 alone", vol.name);
+    TH_ASSERT(st_diff(conn, &vol) > 0, "%s: the changes reach it", vol.name);
+    char *vrid = th_sql_text(conn, "SELECT sluice.refresh_stream_table('%s')", vol.name);
+    TH_ASSERT(vrid != NULL &&
+                  th_sql_int(conn,
+                             "SELECT count(*) FROM sluice.refresh_history WHERE refresh_id = %s "
+                             "AND mode = 'full'",
+                             vrid) == 1,
+              "%s: refreshed in full", vol.name);
+    free(vrid);
+    assert_equal(conn, &vol, "after its FULL refresh");
     TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice_changes.c_%s", items_buf) == 0 &&
                   th_sql_int(conn, "SELECT count(*) FROM sluice_changes.c_%s_chunks", items_buf) ==
                       0 &&
