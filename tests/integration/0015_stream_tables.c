@@ -492,6 +492,82 @@ check_query_fallback(PGconn *conn)
                     "SELECT s.id FROM (SELECT id FROM orders WHERE amount > clock_timestamp()::"
                     "date - current_date) s",
                     "volatile functions (clock_timestamp())");
+    /* Nested queries (migration 16): each query of the tree is read on its
+     * own, a UNION ALL branch's reasons name the branch. */
+    static const char shape_reason[] = "a subquery in FROM is refreshed differentially only when "
+                                       "it filters and projects one table";
+    static const char left_reason[] = "a LEFT JOIN is refreshed differentially only in a chain "
+                                      "of equi-joins";
+    expect_fallback(conn,
+                    "SELECT o.id AS oid, c.id FROM orders o RIGHT JOIN customers c ON c.id = "
+                    "o.customer_id",
+                    "RIGHT and FULL joins are refreshed in full");
+    expect_fallback(conn,
+                    "SELECT o.id AS oid, c.id FROM orders o FULL JOIN customers c ON c.id = "
+                    "o.customer_id",
+                    "RIGHT and FULL joins are refreshed in full");
+    expect_fallback(conn, "SELECT s.id FROM (SELECT id FROM orders LIMIT 2) s", shape_reason);
+    expect_fallback(conn,
+                    "SELECT c.id, s.n FROM customers c JOIN (SELECT customer_id, count(*) AS n "
+                    "FROM orders GROUP BY customer_id) s ON s.customer_id = c.id",
+                    shape_reason);
+    expect_fallback(conn, "SELECT s.id FROM (SELECT DISTINCT id FROM orders) s", shape_reason);
+    expect_fallback(conn, "SELECT s.a FROM (SELECT id FROM orders) s(a)", shape_reason);
+    expect_fallback(conn,
+                    "SELECT c.id, s.id AS oid FROM customers c, LATERAL (SELECT id FROM orders o "
+                    "WHERE o.customer_id = c.id) s",
+                    shape_reason);
+    expect_fallback(conn, "SELECT s.id FROM (SELECT id FROM (SELECT id FROM orders) i) s",
+                    shape_reason);
+    expect_fallback(conn,
+                    "SELECT o.id, v.x FROM orders o JOIN (VALUES (1, 2)) v(id, x) ON v.id = "
+                    "o.customer_id",
+                    shape_reason);
+    expect_fallback(conn,
+                    "SELECT s.id FROM (SELECT id FROM orders WHERE customer_id IN (SELECT id "
+                    "FROM customers)) s",
+                    "subqueries in expressions (IN/EXISTS/scalar subqueries) are refreshed in "
+                    "full");
+    expect_fallback(conn,
+                    "SELECT id, amount FROM orders UNION ALL SELECT id, rank() OVER (ORDER BY "
+                    "id) FROM customers",
+                    "UNION ALL branch 2: window functions are refreshed in full");
+    expect_fallback(conn,
+                    "SELECT id FROM customers UNION ALL SELECT s.id FROM (SELECT id FROM orders "
+                    "GROUP BY id) s",
+                    "UNION ALL branch 2: a subquery in FROM is refreshed differentially");
+    expect_fallback(conn,
+                    "SELECT id, amount FROM orders UNION ALL (SELECT id, NULL::numeric FROM "
+                    "customers UNION SELECT id, NULL FROM customers)",
+                    "UNION (without ALL), INTERSECT and EXCEPT are refreshed in full");
+    expect_fallback(conn, "SELECT o.id, c.id AS cid FROM orders o LEFT JOIN customers c USING (id)",
+                    left_reason);
+    expect_fallback(conn,
+                    "SELECT o.id, c.id AS cid, d.id AS did FROM orders o LEFT JOIN (customers c "
+                    "JOIN customers d ON d.id = c.id) ON c.id = o.customer_id",
+                    left_reason);
+    expect_fallback(conn,
+                    "SELECT o.id, c.id AS cid, d.id AS did FROM customers d, orders o LEFT JOIN "
+                    "customers c ON c.id = o.customer_id",
+                    left_reason);
+    expect_fallback(conn,
+                    "SELECT o.id, c.id AS cid FROM orders o LEFT JOIN customers c ON c.id = "
+                    "o.customer_id AND c.name <> 'x'",
+                    left_reason);
+    expect_fallback(conn,
+                    "SELECT o.id, c.id AS cid FROM orders o LEFT JOIN customers c ON c.id = "
+                    "o.customer_id OR c.id = o.id",
+                    left_reason);
+    expect_fallback(conn,
+                    "SELECT o.id, c.id AS cid FROM orders o LEFT JOIN customers c ON c.id >= "
+                    "o.customer_id",
+                    left_reason);
+    expect_error(conn, "0A000",
+                 "refresh_mode differential is not possible for rj: RIGHT and FULL joins are "
+                 "refreshed in full",
+                 "SELECT sluice.create_stream_table('rj', 'SELECT o.id AS oid, c.id FROM orders o "
+                 "RIGHT JOIN customers c ON c.id = o.customer_id', 'differential')");
+
     /* Not decided here: the engine's to analyse. */
     expect_fallback(conn, "SELECT customer_id, count(*) AS n FROM orders GROUP BY customer_id",
                     NULL);
@@ -502,7 +578,28 @@ check_query_fallback(PGconn *conn)
     expect_fallback(conn, "SELECT id, amount FROM orders UNION ALL SELECT id, NULL FROM customers",
                     NULL);
     expect_fallback(conn, "SELECT id, now() AS seen FROM orders", NULL); /* STABLE */
-    expect_fallback(conn, "SELECT s.id FROM (SELECT id FROM orders LIMIT 2) s", NULL);
+    expect_fallback(conn,
+                    "SELECT s.id, s.amount, c.id AS cid FROM (SELECT id, customer_id, amount "
+                    "FROM orders WHERE amount > 0 ORDER BY id) s JOIN customers c ON c.id = "
+                    "s.customer_id",
+                    NULL);
+    expect_fallback(conn,
+                    "SELECT o.id, c.id AS cid, d.id AS did FROM orders o LEFT JOIN customers c "
+                    "ON c.id = o.customer_id LEFT JOIN (SELECT id FROM customers) d ON d.id = "
+                    "c.id",
+                    NULL);
+    expect_fallback(conn,
+                    "SELECT o.id, c.id AS cid FROM orders o LEFT JOIN customers c ON c.id = "
+                    "o.customer_id AND c.id = o.id WHERE c.name <> 'x' OR c.name IS NULL",
+                    NULL);
+    expect_fallback(conn,
+                    "SELECT o.id, c.id AS cid FROM orders o JOIN customers c USING (id) WHERE "
+                    "c.name <> '{ :jointype 3 }'",
+                    NULL);
+    expect_fallback(conn,
+                    "SELECT id, amount FROM orders UNION ALL SELECT s.id, NULL FROM (SELECT id "
+                    "FROM customers) s",
+                    NULL);
     expect_fallback(conn,
                     "SELECT id AS \" :hasWindowFuncs true :rtekind 3 \", "
                     "' :limitCount {' AS \" :opno 1 \" FROM orders",

@@ -3,9 +3,10 @@
  * current on their own.
  *
  *   1. Stream tables: an aggregate and a join (analysed as differential), a
- *      LIMIT query (FULL from creation, with the reason), a LIMIT inside a
- *      subquery in FROM (analysed as full, with the reason) and one over a
- *      table whose column is dropped later. The engine analyses them and
+ *      LIMIT query and a LIMIT inside a subquery in FROM (both FULL from
+ *      creation, with the reason), groups of a LEFT JOIN that lack its
+ *      first table's key (analysed by the engine as full, with the reason)
+ *      and one over a table whose column is dropped later. The engine analyses them and
  *      logs each decision.
  *   2. Changes to the sources reach the stream tables within their schedule,
  *      a LISTEN client subscribed with coalesce_ms 0 hears of each refresh,
@@ -88,18 +89,23 @@ main(void)
                  "s FROM orders WHERE amount > 100', schedule => '100 ms')");
     th_sql(conn, "SELECT sluice.create_stream_table('top_sub', 'SELECT s.id, s.amount FROM "
                  "(SELECT id, amount FROM orders ORDER BY id LIMIT 5) s', schedule => '100 ms')");
+    th_sql(conn, "SELECT sluice.create_stream_table('left_grp', 'SELECT o.customer_id, count(*) "
+                 "AS n FROM orders o LEFT JOIN customers c ON c.id = o.customer_id GROUP BY "
+                 "o.customer_id', schedule => '100 ms')");
     th_sql(conn, "SELECT sluice.subscribe('totals', 'totals_changed', 0)");
     th_sql(lis, "LISTEN totals_changed");
 
-    /* Decided at creation (migration 15), before any engine runs: the
-     * outer query's LIMIT and UNION. */
+    /* Decided at creation, before any engine runs: the outer query's LIMIT
+     * and UNION (migration 15), a LIMIT in a subquery in FROM (16). */
     char *mode = th_sql_text(conn, "SELECT string_agg(name || '|' || effective_mode || '|' || "
                                    "fallback_reason, ', ' ORDER BY name) FROM "
-                                   "sluice.stream_table_catalog WHERE name IN ('top', 'who') AND "
-                                   "analyzed_query = query");
+                                   "sluice.stream_table_catalog WHERE name IN ('top', 'top_sub', "
+                                   "'who') AND analyzed_query = query");
     TH_ASSERT(mode != NULL && strncmp(mode, "top|full|LIMIT", 14) == 0 &&
+                  strstr(mode, ", top_sub|full|a subquery in FROM") != NULL &&
                   strstr(mode, ", who|full|UNION (without ALL)") != NULL,
-              "the LIMIT and UNION queries are FULL from creation, with the reason (%s)",
+              "the LIMIT, subquery and UNION queries are FULL from creation, with the reason "
+              "(%s)",
               mode ? mode : "NULL");
     free(mode);
 
@@ -115,13 +121,16 @@ main(void)
               "the engine analyses the aggregate as differential");
     TH_ASSERT(th_wait_file_contains(log, "stream_table=named mode=differential", 20000),
               "the engine analyses the join as differential");
-    TH_ASSERT(th_wait_file_contains(
-                  log, "stream_table=top_sub mode=full reason=\"a subquery in FROM", 20000),
-              "a LIMIT inside a subquery in FROM is analysed by the engine as full, with the "
-              "reason");
+    TH_ASSERT(th_wait_file_contains(log,
+                                    "stream_table=left_grp mode=full reason=\"with a LEFT JOIN, "
+                                    "every row (or group) must include the primary key of the "
+                                    "first table",
+                                    20000),
+              "groups of a LEFT JOIN without the first table's key are analysed by the engine "
+              "as full, with the reason");
     mode = th_sql_text(conn, "SELECT effective_mode || '|' || fallback_reason FROM "
-                             "sluice.stream_table_catalog WHERE name = 'top_sub'");
-    TH_ASSERT(mode != NULL && strncmp(mode, "full|a subquery in FROM", 23) == 0,
+                             "sluice.stream_table_catalog WHERE name = 'left_grp'");
+    TH_ASSERT(mode != NULL && strncmp(mode, "full|with a LEFT JOIN, every row", 32) == 0,
               "the catalog records the mode and reason (%s)", mode ? mode : "NULL");
     free(mode);
     TH_ASSERT(th_wait_file_contains(log, "stream_table=feed mode=differential", 20000),

@@ -34,6 +34,9 @@
  *      test's own, created at version 8 in modes auto and differential, are
  *      FULL with the reason (decided: analyzed_query = query), the second
  *      in status error; the first is refreshed in FULL and equals its query.
+ *      Migration 16 (refresh/sql/0016_nested_fallback.sql) checks them
+ *      again with the check that reads nested queries: a RIGHT JOIN made
+ *      at version 8 is FULL with the reason, decided.
  *   5. `sluice engine --once` analyses every stream table again (they are
  *      not due: their schedule is an hour, so it refreshes none); then each
  *      is refreshed by hand: DIFFERENTIAL, with a delta of exactly the size
@@ -358,6 +361,8 @@ main(void)
            "SELECT sluice.create_stream_table('%s_diff', '%s', 'differential', schedule => '1 "
            "hour')",
            vol.name, vol.query);
+    th_sql(conn, "SELECT sluice.create_stream_table('st_rj', 'SELECT i.id, g.grp FROM items i "
+                 "RIGHT JOIN groups g ON g.grp = i.grp', schedule => '1 hour')");
 
     /* Changes no refresh consumes before the upgrade. */
     th_sql(conn, "INSERT INTO items SELECT i, mod(i, 20) + 1, i, 'o' || i "
@@ -459,8 +464,8 @@ main(void)
                   "every converted row is a chunk of one image");
     }
     TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice.stream_table_catalog WHERE "
-                               "(analyzed_query IS NOT NULL AND name NOT LIKE 'st_vol%%') OR "
-                               "branches IS NOT NULL") == 0,
+                               "(analyzed_query IS NOT NULL AND name NOT LIKE 'st_vol%%' AND "
+                               "name <> 'st_rj') OR branches IS NOT NULL") == 0,
               "migration 9 cleared the stored analysis (and no stream table has branches)");
 
     /* Migration 15: the volatile function decides FULL without the engine. */
@@ -487,6 +492,18 @@ main(void)
     free(err);
     /* Its frontier would hold back the pruning of the items buffer. */
     th_sql(conn, "SELECT sluice.drop_stream_table('%s_diff')", vol.name);
+
+    /* Migration 16: a RIGHT JOIN (nested in the jointree, which 15 did not
+     * read) is FULL and decided without the engine. */
+    why = th_sql_text(conn, "SELECT query_fallback || ' | ' || effective_mode || ' | ' || "
+                            "(analyzed_query = query) FROM sluice.stream_table_catalog WHERE "
+                            "name = 'st_rj'");
+    TH_ASSERT(why != NULL && strncmp(why, "RIGHT and FULL joins are refreshed in full", 42) == 0 &&
+                  strstr(why, " | full | true") != NULL,
+              "st_rj: migration 16 stored the reason and made it FULL, decided (%s)",
+              why ? why : "NULL");
+    free(why);
+    th_sql(conn, "SELECT sluice.drop_stream_table('st_rj')");
 
     /* The capture now writes chunks: one statement of 3 rows, one chunk. */
     th_sql(conn, "BEGIN;"
