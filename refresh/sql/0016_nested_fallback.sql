@@ -23,20 +23,28 @@
 --                           DISTINCT ON), a branch's reason prefixed with
 --                           "UNION ALL branch <n>: "
 --   anywhere                set-returning functions; volatile functions
---   the outer query and     RIGHT and FULL joins
---   each UNION ALL branch
+--   the outer query and     RIGHT and FULL joins; a LEFT JOIN that is not
+--   each UNION ALL branch   a chain of equi-joins (more than one item in
+--                           FROM, a join on a right side, USING, NATURAL,
+--                           an ON with a constant, OR, NOT, a test, a
+--                           function called by name or an operator other
+--                           than =)
 --   each subquery in FROM   subqueries in expressions inside it; otherwise
 --                           it must read one table and only filter and
 --                           project it: no set operation, aggregate,
 --                           window function, DISTINCT, GROUP BY, HAVING,
 --                           LIMIT/OFFSET or WITH, one relation in its FROM
---                           (not VALUES, not another subquery), written
---                           without LATERAL and without column aliases
+--                           (not VALUES, not another subquery), every
+--                           primary-key column of that table in its
+--                           select list, written without LATERAL and
+--                           without column aliases
 --
 -- These are the engine's own rules (refresh/analyze.c), worded as it words
--- them. What stays the engine's to decide: whether a subquery in FROM
--- selects its table's primary key, LEFT JOIN chains and their ON clauses,
--- and column references it cannot rebind.
+-- them. What stays the engine's to decide: subqueries in FROM over a table
+-- without a primary key, whether a LEFT JOIN's rows include its first
+-- table's key, ON clauses that are not equalities of columns in ways these
+-- patterns do not see (a bare boolean column, a cast PostgreSQL adds), and
+-- column references it cannot rebind.
 --
 -- Cutting the tree: the node text escapes every brace that is not
 -- structure (names print `\{`), so after neutralising backslash pairs the
@@ -88,7 +96,7 @@ BEGIN
                    FROM regexp_split_to_table(regexp_replace(tree, '\\.', '__', 'g'), '(?=[{}])')
                         WITH ORDINALITY AS s(p, i)
                   ORDER BY s.i LOOP
-        IF piece ~ '^\{QUERY ' THEN
+        IF left(piece, 7) = '{QUERY ' THEN
             n := n + 1;
             up[n] := cur;
             IF cur > 0 THEN
@@ -100,7 +108,7 @@ BEGIN
             cur := n;
         ELSIF cur = 0 THEN
             CONTINUE; -- the list's parentheses around the outer query
-        ELSIF piece ~ '^\{' THEN
+        ELSIF left(piece, 1) = '{' THEN
             opens := opens || 0;
             own[cur] := own[cur] || piece;
         ELSIF coalesce(opens[cardinality(opens)], 0) > 0 THEN
@@ -225,6 +233,21 @@ BEGIN
                OR own[q] !~ ' :eref \{ALIAS [^}]*\} :rtekind 0 '
                OR own[up[q]] !~ (':alias \{ALIAS :aliasname [^ ]+ :colnames <>\} :eref \{ALIAS [^}]*\} '
                                  ':rtekind 1 :subquery \{Q' || q || '\} :security_barrier [a-z]+ :lateral false ') THEN
+                RETURN prefix || why_shape;
+            END IF;
+            -- Its select list has every primary-key column of that table as
+            -- a plain column (a Var of its one relation, not a junk entry
+            -- that only ORDER BY needs). A table without a primary key is
+            -- the engine's to judge.
+            IF EXISTS (SELECT
+                         FROM pg_index i, unnest(i.indkey::int2[]) AS k(att)
+                        WHERE i.indrelid = substring(own[q] FROM ' :rtekind 0 :relid ([0-9]+) ')::oid
+                          AND i.indisprimary
+                          AND k.att NOT IN (SELECT m[1]::int2
+                                              FROM regexp_matches(own[q],
+                                                     '\{TARGETENTRY :expr \{VAR :varno 1 :varattno ([0-9]+) [^{}]*\} '
+                                                     ':resno [0-9]+ :resname [^ ]+ :ressortgroupref [0-9]+ '
+                                                     ':resorigtbl [0-9]+ :resorigcol [0-9]+ :resjunk false\}', 'g') m)) THEN
                 RETURN prefix || why_shape;
             END IF;
         END IF;

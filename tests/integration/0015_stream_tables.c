@@ -512,6 +512,10 @@ check_query_fallback(PGconn *conn)
                     "FROM orders GROUP BY customer_id) s ON s.customer_id = c.id",
                     shape_reason);
     expect_fallback(conn, "SELECT s.id FROM (SELECT DISTINCT id FROM orders) s", shape_reason);
+    expect_fallback(conn,
+                    "SELECT s.customer_id, count(*) AS n FROM (SELECT customer_id, amount FROM "
+                    "orders WHERE amount > 0 ORDER BY id) s GROUP BY s.customer_id",
+                    shape_reason);
     expect_fallback(conn, "SELECT s.a FROM (SELECT id FROM orders) s(a)", shape_reason);
     expect_fallback(conn,
                     "SELECT c.id, s.id AS oid FROM customers c, LATERAL (SELECT id FROM orders o "
@@ -587,6 +591,10 @@ check_query_fallback(PGconn *conn)
                     "SELECT o.id, c.id AS cid, d.id AS did FROM orders o LEFT JOIN customers c "
                     "ON c.id = o.customer_id LEFT JOIN (SELECT id FROM customers) d ON d.id = "
                     "c.id",
+                    NULL);
+    expect_fallback(conn,
+                    "SELECT s.customer_id, count(*) AS n FROM (SELECT amount, id AS oid, "
+                    "customer_id FROM orders WHERE amount > 0) s GROUP BY s.customer_id",
                     NULL);
     expect_fallback(conn,
                     "SELECT o.id, c.id AS cid FROM orders o LEFT JOIN customers c ON c.id = "
