@@ -198,10 +198,10 @@ BEGIN
             -- on a right side, ON rather than USING or NATURAL, and every
             -- join's ON only equalities of columns: an ON (the text between
             -- a join's :quals and its :alias; no expression node has an
-            -- alias) holding a constant, an OR or NOT (BoolExpr prints its kind as a word), a test, a CASE, a
-            -- function called by name or an operator other than = is not.
-            -- A bare boolean column (ON a.id = b.id AND b.active) is the
-            -- engine's to see.
+            -- alias) holding a constant, an OR or NOT (a BoolExpr prints
+            -- its kind as a word), a test, a CASE, a function called by
+            -- name or an operator other than = is not. A bare boolean
+            -- column (ON a.id = b.id AND b.active) is the engine's to see.
             IF own[q] ~ '\{JOINEXPR :jointype 1 '
                AND (own[q] ~ ' :rarg \{JOINEXPR | :isNatural true | :usingClause [^<]'
                     OR regexp_count(own[q], '\{RANGETBLREF ') <> regexp_count(own[q], '\{JOINEXPR ') + 1
@@ -226,13 +226,14 @@ BEGIN
             END IF;
             -- One relation (rtekind 0) and nothing that groups, removes or
             -- limits rows; in the parent, an alias without column names
-            -- and no LATERAL.
+            -- and no LATERAL (later versions print more fields, without
+            -- braces, between :subquery and :lateral).
             IF own[q] ~ (' :(hasAggs|hasWindowFuncs|hasDistinctOn) true '
                          '| :(cteList|groupClause|groupingSets|havingQual|distinctClause|limitOffset|limitCount|setOperations) [^<]')
                OR regexp_count(own[q], '\{RANGETBLENTRY ') <> 1
                OR own[q] !~ ' :eref \{ALIAS [^}]*\} :rtekind 0 '
                OR own[up[q]] !~ (':alias \{ALIAS :aliasname [^ ]+ :colnames <>\} :eref \{ALIAS [^}]*\} '
-                                 ':rtekind 1 :subquery \{Q' || q || '\} :security_barrier [a-z]+ :lateral false ') THEN
+                                 ':rtekind 1 :subquery \{Q' || q || '\}[^{}]* :lateral false ') THEN
                 RETURN prefix || why_shape;
             END IF;
             -- Its select list has every primary-key column of that table as
