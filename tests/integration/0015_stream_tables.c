@@ -56,6 +56,13 @@
  *      do not mislead the planner, shrunk after a large refresh, made again
  *      for a source with a new column, dropped once their stream table or
  *      source is gone.
+ *  13. The creation check (refresh/sql/0015_query_fallback.sql and
+ *      0016_nested_fallback.sql): queries it makes FULL (each reason, in
+ *      nested queries and UNION ALL branches too) and queries it leaves to
+ *      the engine; the NOTICE, explain_stream_table and the refusal of
+ *      'differential'. Then `sluice engine --once` judges every case whose
+ *      facts a raw parse tree has, with the check's decision forgotten:
+ *      FULL where the check gave a reason, DIFFERENTIAL where it did not.
  */
 #include "harness.h"
 
@@ -431,28 +438,82 @@ collect_notice(void *arg, const PGresult *res)
         snprintf(n->text + used, sizeof n->text - used, "%s\n", msg);
 }
 
-/* Creates stream table qf with `query` (refresh_mode auto), checks that its
- * stored query_fallback starts with `want` (NULL: is NULL), drops it. */
+/* The cases of check_query_fallback that the engine judges too. */
+#define MAX_FALLBACK_CASES 64
+static struct {
+    const char *query;
+    bool full; /* the creation check gave a reason */
+} fallback_cases[MAX_FALLBACK_CASES];
+static size_t nfallback_cases;
+
+/* Creates a stream table with `query` (refresh_mode auto) and checks that
+ * its stored query_fallback starts with `want` (NULL: is NULL). With
+ * `engine`, keeps it as qf_<n> for check_engine_agrees; else (a fact only
+ * the creation check can see: volatility, a set-returning function in the
+ * select list) drops it. */
 static void
-expect_fallback_at(int line, PGconn *conn, const char *query, const char *want)
+expect_fallback_at(int line, PGconn *conn, const char *query, const char *want, bool engine)
 {
+    TH_ASSERT(nfallback_cases < MAX_FALLBACK_CASES, "room for another case");
+    char name[32];
+    snprintf(name, sizeof name, engine ? "qf_%zu" : "qf", nfallback_cases);
     char *q = PQescapeLiteral(conn, query, strlen(query));
     TH_ASSERT(q != NULL, "escape the query");
-    th_sql(conn, "SELECT sluice.create_stream_table('qf', %s)", q);
+    th_sql(conn, "SELECT sluice.create_stream_table('%s', %s)", name, q);
     PQfreemem(q);
-    char *got = th_sql_text(conn, "SELECT query_fallback FROM sluice.stream_table_catalog WHERE "
-                                  "name = 'qf'");
+    char *got = th_sql_text(conn,
+                            "SELECT query_fallback FROM sluice.stream_table_catalog WHERE "
+                            "name = '%s'",
+                            name);
     bool ok = want == NULL ? got == NULL : got != NULL && strncmp(got, want, strlen(want)) == 0;
     if (!ok)
         th_fail_at(__FILE__, line, NULL, "`%s`: query_fallback should %s \"%s\", got \"%s\"", query,
                    want ? "start with" : "be", want ? want : "NULL", got ? got : "NULL");
     free(got);
-    th_sql(conn, "SELECT sluice.drop_stream_table('qf')");
+    if (engine) {
+        fallback_cases[nfallback_cases].query = query;
+        fallback_cases[nfallback_cases].full = want != NULL;
+        nfallback_cases++;
+    } else {
+        th_sql(conn, "SELECT sluice.drop_stream_table('qf')");
+    }
 }
-#define expect_fallback(conn, query, want) expect_fallback_at(__LINE__, (conn), (query), (want))
+#define expect_fallback(conn, query, want) \
+    expect_fallback_at(__LINE__, (conn), (query), (want), true)
+#define expect_fallback_creation_only(conn, query, want) \
+    expect_fallback_at(__LINE__, (conn), (query), (want), false)
+
+/* The creation check must never call FULL what the engine's analyzer
+ * refreshes differentially, and its cases left to the engine must be
+ * differential ones: every kept case's decision is forgotten (as if made
+ * before version 15) and `sluice engine --once` analyses the queries
+ * again; a case with a reason must come out full, one without
+ * differential. */
+static void
+check_engine_agrees(const char *url, PGconn *conn)
+{
+    TH_LOG("creation: the engine's analyzer agrees on %zu queries", nfallback_cases);
+    th_sql(conn, "UPDATE sluice.stream_table_catalog SET query_fallback = NULL, analyzed_query = "
+                 "NULL, effective_mode = NULL, fallback_reason = NULL WHERE name LIKE 'qf\\_%%'");
+    const char *const once[] = {SLUICE_BIN, "engine", "--db", url, "--once", "-l", "warn", NULL};
+    TH_ASSERT(th_run(once, NULL, RUN_MS) == 0, "sluice engine --once analyses the cases");
+    for (size_t i = 0; i < nfallback_cases; i++) {
+        char *got = th_sql_text(conn,
+                                "SELECT effective_mode || ': ' || coalesce(fallback_reason, '') "
+                                "FROM sluice.stream_table_catalog WHERE name = 'qf_%zu' AND "
+                                "analyzed_query = query",
+                                i);
+        const char *want = fallback_cases[i].full ? "full" : "differential";
+        TH_ASSERT(got != NULL && strncmp(got, want, strlen(want)) == 0 && got[strlen(want)] == ':',
+                  "`%s`: the creation check says %s, the engine's analyzer says %s",
+                  fallback_cases[i].query, want, got ? got : "nothing");
+        free(got);
+        th_sql(conn, "SELECT sluice.drop_stream_table('qf_%zu')", i);
+    }
+}
 
 static void
-check_query_fallback(PGconn *conn)
+check_query_fallback(const char *url, PGconn *conn)
 {
     TH_LOG("creation: what is refreshed in full, decided from PostgreSQL's analysis");
     static const char window_reason[] = "window functions are refreshed in full";
@@ -482,16 +543,18 @@ check_query_fallback(PGconn *conn)
                     "SELECT DISTINCT ON (customer_id) customer_id, id FROM orders ORDER BY "
                     "customer_id, id",
                     "DISTINCT ON is refreshed in full");
-    expect_fallback(conn, "SELECT DISTINCT id, generate_series(1, 2) AS g FROM orders",
-                    "set-returning functions are refreshed in full");
+    /* Facts the engine's raw parse tree does not have. */
+    expect_fallback_creation_only(conn,
+                                  "SELECT DISTINCT id, generate_series(1, 2) AS g FROM orders",
+                                  "set-returning functions are refreshed in full");
     expect_fallback(conn, "SELECT o.id, g FROM orders o, generate_series(1, 2) g",
                     "set-returning functions are refreshed in full");
-    expect_fallback(conn, "SELECT id, amount * random() AS r FROM orders",
-                    "volatile functions (random())");
-    expect_fallback(conn,
-                    "SELECT s.id FROM (SELECT id FROM orders WHERE amount > clock_timestamp()::"
-                    "date - current_date) s",
-                    "volatile functions (clock_timestamp())");
+    expect_fallback_creation_only(conn, "SELECT id, amount * random() AS r FROM orders",
+                                  "volatile functions (random())");
+    expect_fallback_creation_only(conn,
+                                  "SELECT s.id FROM (SELECT id FROM orders WHERE amount > "
+                                  "clock_timestamp()::date - current_date) s",
+                                  "volatile functions (clock_timestamp())");
     /* Nested queries (migration 16): each query of the tree is read on its
      * own, a UNION ALL branch's reasons name the branch. */
     static const char shape_reason[] = "a subquery in FROM is refreshed differentially only when "
@@ -612,6 +675,7 @@ check_query_fallback(PGconn *conn)
                     "SELECT id AS \" :hasWindowFuncs true :rtekind 3 \", "
                     "' :limitCount {' AS \" :opno 1 \" FROM orders",
                     NULL);
+    check_engine_agrees(url, conn);
 
     /* auto: FULL at once, with the reason in the NOTICE and in explain. */
     notices_t seen = {.text = ""};
@@ -1569,7 +1633,7 @@ main(void)
     check_create_errors(conn);
     check_population(conn);
     check_key_columns(conn);
-    check_query_fallback(conn);
+    check_query_fallback(env.pg_url, conn);
     check_full_refresh(conn);
     check_dependants(conn);
     check_alter(&env, conn);
