@@ -73,12 +73,20 @@ check_port_held(th_env_t *env)
     th_env_pg_stop(env, NULL);
     TH_ASSERT(!bind_refused(env), "the log shows no refused bind before the test");
 
+    /* The connections the stopped postmaster closed leave the port in
+     * TIME_WAIT, which refuses a plain bind: SO_REUSEADDR, as PostgreSQL
+     * itself uses. A listening socket then refuses the postmaster's bind,
+     * SO_REUSEADDR or not. */
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     TH_ASSERT(fd >= 0, "socket: %s", strerror(errno));
+    int one = 1;
+    TH_ASSERT(setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) == 0,
+              "setsockopt SO_REUSEADDR: %s", strerror(errno));
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)env->pg_port)};
     addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     TH_ASSERT(bind(fd, (struct sockaddr *)&addr, sizeof(addr)) == 0, "bind 127.0.0.1:%d: %s",
               env->pg_port, strerror(errno));
+    TH_ASSERT(listen(fd, 1) == 0, "listen on 127.0.0.1:%d: %s", env->pg_port, strerror(errno));
 
     pid_t holder = fork();
     TH_ASSERT(holder >= 0, "fork: %s", strerror(errno));
