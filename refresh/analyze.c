@@ -511,8 +511,10 @@ full_reason(const cJSON *sel, const sl_analyze_in_t *in)
     if (distinct != NULL && cJSON_GetArrayItem(distinct, 0) != NULL &&
         cJSON_GetArrayItem(distinct, 0)->child != NULL)
         return "DISTINCT ON is refreshed in full";
-    if (has_node(cJSON_GetObjectItemCaseSensitive(sel, "targetList"), "SRF") ||
-        has_node(sel, "RangeFunction"))
+    /* A raw parse tree cannot tell a set-returning function in the select
+     * list from any other call: create_stream_table's check finds those in
+     * PostgreSQL's analysed tree (refresh/sql/0015_query_fallback.sql). */
+    if (has_node(sel, "RangeFunction"))
         return "set-returning functions are refreshed in full";
     if (cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(sel, "fromClause")) == 0)
         return "a query without FROM has no source to capture";

@@ -191,6 +191,15 @@ static const analyze_row_t rows[] = {
      .mode = FULL, .field = REASON, .want = "not among the stream table's captured sources"},
     {"key_not_in_select_list_full", " SELECT orders.amount\n   FROM public.orders", KEYS("id"),
      .mode = FULL, .field = REASON, .want = "not a plain entry of the select list"},
+    {"function_in_from_full",
+     " SELECT orders.id,\n    g.g\n   FROM public.orders,\n    LATERAL generate_series(1, 2) "
+     "g(g)",
+     KEYS("id", "g"), .mode = FULL, .field = REASON, .want = "^set-returning functions"},
+    /* A call in the select list is a call: whether it returns a set is
+     * decided at creation, from PostgreSQL's analysis. */
+    {"select_list_call_differential",
+     " SELECT orders.id,\n    abs(orders.amount) AS a\n   FROM public.orders", KEYS("id"),
+     .mode = DIFF, .field = RECOMPUTE, .want = "abs(orders.amount)"},
 
     /* Joins. */
     {"inner_join_differential",
