@@ -6,8 +6,8 @@
  *      LIMIT query and a LIMIT inside a subquery in FROM (both FULL from
  *      creation, with the reason), groups of a LEFT JOIN that lack its
  *      first table's key (analysed by the engine as full, with the reason)
- *      and one over a table whose column is dropped later. The engine analyses them and
- *      logs each decision.
+ *      and one over a table whose column is dropped later. The engine
+ *      analyses them and logs each decision.
  *   2. Changes to the sources reach the stream tables within their schedule,
  *      a LISTEN client subscribed with coalesce_ms 0 hears of each refresh,
  *      and the deltas are in the outbox.
