@@ -28,7 +28,8 @@
 --                           FROM, a join on a right side, USING, NATURAL,
 --                           an ON with a constant, OR, NOT, a test, a
 --                           function called by name or an operator other
---                           than =)
+--                           than =), or whose rows lack its first table's
+--                           primary key; any LEFT JOIN in a branch
 --   each subquery in FROM   subqueries in expressions inside it; otherwise
 --                           it must read one table and only filter and
 --                           project it: no set operation, aggregate,
@@ -41,10 +42,10 @@
 --
 -- These are the engine's own rules (refresh/analyze.c), worded as it words
 -- them. What stays the engine's to decide: subqueries in FROM over a table
--- without a primary key, whether a LEFT JOIN's rows include its first
--- table's key, ON clauses that are not equalities of columns in ways these
--- patterns do not see (a bare boolean column, a cast PostgreSQL adds), and
--- column references it cannot rebind.
+-- without a primary key, a LEFT JOIN chain that starts with a subquery, ON
+-- clauses that are not equalities of columns in ways these patterns do not
+-- see (a bare boolean column, a cast PostgreSQL adds), and column
+-- references it cannot rebind.
 --
 -- Cutting the tree: the node text escapes every brace that is not
 -- structure (names print `\{`), so after neutralising backslash pairs the
@@ -87,6 +88,8 @@ DECLARE
     prefix text;
     chk    record;
     vol    text;
+    first  int;    -- a LEFT JOIN chain's first table: its range table index
+    rel    oid;    -- and its oid
 BEGIN
     IF tree IS NULL OR tree !~ '^\(\{QUERY ' THEN
         RETURN NULL;
@@ -219,6 +222,31 @@ BEGIN
                 RETURN prefix || 'a LEFT JOIN is refreshed differentially only in a chain of equi-joins '
                               || 'whose right sides are tables (a LEFT JOIN b ON b.x = a.y LEFT JOIN c ON '
                               || 'c.z = b.w ...)';
+            END IF;
+            -- A chain's rows (or groups) carry the primary key of its first
+            -- table, the leftmost leaf (the first RangeTblRef printed in the
+            -- join tree), as plain columns of the select list. A first item
+            -- that is not a table is the engine's to judge.
+            IF own[q] ~ '\{JOINEXPR :jointype 1 ' THEN
+                first := substring(substr(own[q], position(' :jointree ' IN own[q]))
+                                   FROM '\{RANGETBLREF :rtindex ([0-9]+)\}')::int;
+                rel := substring((regexp_split_to_array(own[q], '\{RANGETBLENTRY '))[first + 1]
+                                 FROM '^[^{]*(?:\{ALIAS [^}]*\}[^{]*)* :rtekind 0 :relid ([0-9]+) ')::oid;
+                IF EXISTS (SELECT
+                             FROM pg_index i, unnest(i.indkey::int2[]) AS k(att)
+                            WHERE i.indrelid = rel AND i.indisprimary
+                              AND own[q] !~ format('\{TARGETENTRY :expr \{VAR :varno %s :varattno %s [^{}]*\} '
+                                                   ':resno [0-9]+ :resname [^ ]+ :ressortgroupref [0-9]+ '
+                                                   ':resorigtbl [0-9]+ :resorigcol [0-9]+ :resjunk false\}',
+                                                   first, k.att)) THEN
+                    RETURN prefix || format('with a LEFT JOIN, every row (or group) must include the primary key '
+                                            'of the first table (%s) for differential refresh', rel::regclass);
+                END IF;
+                -- Even a chain is differential only as the whole query.
+                IF kind = 'branch' THEN
+                    RETURN rtrim(prefix, ': ') || ' has a LEFT JOIN, which is refreshed differentially as a '
+                                               || 'whole query but not inside a UNION ALL';
+                END IF;
             END IF;
         ELSE
             IF own[q] ~ ' :hasSubLinks true ' THEN

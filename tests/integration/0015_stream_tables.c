@@ -629,6 +629,16 @@ check_query_fallback(const char *url, PGconn *conn)
                     "SELECT o.id, c.id AS cid FROM orders o LEFT JOIN customers c ON c.id >= "
                     "o.customer_id",
                     left_reason);
+    expect_fallback(conn,
+                    "SELECT o.customer_id, count(*) AS n FROM orders o LEFT JOIN customers c ON "
+                    "c.id = o.customer_id GROUP BY o.customer_id",
+                    "with a LEFT JOIN, every row (or group) must include the primary key of the "
+                    "first table (public.orders)");
+    expect_fallback(conn,
+                    "SELECT id, NULL::int AS cid FROM orders UNION ALL SELECT c.id, o.id FROM "
+                    "customers c LEFT JOIN orders o ON o.customer_id = c.id",
+                    "UNION ALL branch 2 has a LEFT JOIN, which is refreshed differentially as a "
+                    "whole query but not inside a UNION ALL");
     expect_error(conn, "0A000",
                  "refresh_mode differential is not possible for rj: RIGHT and FULL joins are "
                  "refreshed in full",
@@ -654,6 +664,10 @@ check_query_fallback(const char *url, PGconn *conn)
                     "SELECT o.id, c.id AS cid, d.id AS did FROM orders o LEFT JOIN customers c "
                     "ON c.id = o.customer_id LEFT JOIN (SELECT id FROM customers) d ON d.id = "
                     "c.id",
+                    NULL);
+    expect_fallback(conn,
+                    "SELECT c.id AS cid, x.id FROM orders x LEFT JOIN customers c ON c.id = "
+                    "x.customer_id",
                     NULL);
     expect_fallback(conn,
                     "SELECT s.customer_id, count(*) AS n FROM (SELECT amount, id AS oid, "
