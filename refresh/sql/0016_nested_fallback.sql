@@ -55,9 +55,36 @@
 -- :ctequery for WITH). A tree it cannot cut yields NULL (the engine
 -- decides), as before.
 --
+-- Both primary-key rules (a subquery in FROM, a LEFT JOIN chain's first
+-- table) read the select list through sluice._st_tree_has_key.
+--
 -- Stream tables created before this version whose query had no reason are
 -- checked again, through the new sluice._st_recheck_query_fallbacks(),
 -- which later migrations can call after changing the check.
+
+-- sluice._st_tree_has_key(query, rtindex, rel) -> boolean
+--
+-- query: one query's own text as _st_query_fallback cuts it. True when every
+-- primary-key column of table rel is a plain column of range-table entry
+-- rtindex in the query's select list (a Var, not a junk entry that only
+-- ORDER BY needs); true when rel is NULL or has no primary key.
+CREATE OR REPLACE FUNCTION sluice._st_tree_has_key(query text, rtindex int, rel oid)
+RETURNS boolean
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT NOT EXISTS (
+        SELECT
+          FROM pg_index i, unnest(i.indkey::int2[]) AS k(att)
+         WHERE i.indrelid = rel AND i.indisprimary
+           AND query !~ format('\{TARGETENTRY :expr \{VAR :varno %s :varattno %s [^{}]*\} '
+                               ':resno [0-9]+ :resname [^ ]+ :ressortgroupref [0-9]+ '
+                               ':resorigtbl [0-9]+ :resorigcol [0-9]+ :resjunk false\}',
+                               rtindex, k.att))
+$fn$;
+
+REVOKE ALL ON FUNCTION sluice._st_tree_has_key(text, int, oid) FROM PUBLIC;
 
 -- sluice._st_query_fallback(view) -> reason or NULL
 --
@@ -232,13 +259,7 @@ BEGIN
                                    FROM '\{RANGETBLREF :rtindex ([0-9]+)\}')::int;
                 rel := substring((regexp_split_to_array(own[q], '\{RANGETBLENTRY '))[first + 1]
                                  FROM '^[^{]*(?:\{ALIAS [^}]*\}[^{]*)* :rtekind 0 :relid ([0-9]+) ')::oid;
-                IF EXISTS (SELECT
-                             FROM pg_index i, unnest(i.indkey::int2[]) AS k(att)
-                            WHERE i.indrelid = rel AND i.indisprimary
-                              AND own[q] !~ format('\{TARGETENTRY :expr \{VAR :varno %s :varattno %s [^{}]*\} '
-                                                   ':resno [0-9]+ :resname [^ ]+ :ressortgroupref [0-9]+ '
-                                                   ':resorigtbl [0-9]+ :resorigcol [0-9]+ :resjunk false\}',
-                                                   first, k.att)) THEN
+                IF NOT sluice._st_tree_has_key(own[q], first, rel) THEN
                     RETURN prefix || format('with a LEFT JOIN, every row (or group) must include the primary key '
                                             'of the first table (%s) for differential refresh', rel::regclass);
                 END IF;
@@ -264,19 +285,10 @@ BEGIN
                                  ':rtekind 1 :subquery \{Q' || q || '\}[^{}]* :lateral false ') THEN
                 RETURN prefix || why_shape;
             END IF;
-            -- Its select list has every primary-key column of that table as
-            -- a plain column (a Var of its one relation, not a junk entry
-            -- that only ORDER BY needs). A table without a primary key is
-            -- the engine's to judge.
-            IF EXISTS (SELECT
-                         FROM pg_index i, unnest(i.indkey::int2[]) AS k(att)
-                        WHERE i.indrelid = substring(own[q] FROM ' :rtekind 0 :relid ([0-9]+) ')::oid
-                          AND i.indisprimary
-                          AND k.att NOT IN (SELECT m[1]::int2
-                                              FROM regexp_matches(own[q],
-                                                     '\{TARGETENTRY :expr \{VAR :varno 1 :varattno ([0-9]+) [^{}]*\} '
-                                                     ':resno [0-9]+ :resname [^ ]+ :ressortgroupref [0-9]+ '
-                                                     ':resorigtbl [0-9]+ :resorigcol [0-9]+ :resjunk false\}', 'g') m)) THEN
+            -- Its select list has every primary-key column of that table
+            -- (its one relation, range-table entry 1). A table without a
+            -- primary key is the engine's to judge.
+            IF NOT sluice._st_tree_has_key(own[q], 1, substring(own[q] FROM ' :rtekind 0 :relid ([0-9]+) ')::oid) THEN
                 RETURN prefix || why_shape;
             END IF;
         END IF;
