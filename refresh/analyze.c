@@ -39,7 +39,11 @@
  *   - a UNION ALL of any of those but LEFT JOINs, when the catalog could cut
  *     it into branches that each have a row identity (in->branches): each
  *     branch is analysed alone, and the driver runs the branches in turn
- *     (analyze_union; a row id starts with its branch number).
+ *     (analyze_union; a row id starts with its branch number);
+ *   - a query that only filters and projects the one subquery in its FROM,
+ *     when that subquery is any of the above but a LEFT JOIN or a UNION ALL
+ *     (a GROUP BY, a DISTINCT, a join): the subquery is analysed alone and
+ *     its SQL wrapped (analyze_derived).
  * UNION without ALL, subqueries elsewhere, WITH, window functions, LIMIT and
  * the rest are refreshed in full, and the reason says so. docs/stream-tables.md
  * ("What is refreshed differentially") has the argument in prose.
@@ -639,7 +643,8 @@ add_subquery(const cJSON *rs, const sl_analyze_in_t *in, from_t *f)
 {
     static const char *const why_shape =
         "a subquery in FROM is refreshed differentially only when it filters and projects one "
-        "table and selects that table's primary key";
+        "table and selects that table's primary key, or when it is the whole FROM of a query "
+        "that only filters and projects its rows (no LATERAL, no column aliases)";
     const cJSON *sel = node(cJSON_GetObjectItemCaseSensitive(rs, "subquery"), "SelectStmt");
     const cJSON *alias = node(rs, "alias");
     const cJSON *from = cJSON_GetObjectItemCaseSensitive(sel, "fromClause");
@@ -916,6 +921,13 @@ gen_restricted(out_t *o, const char *q, const toks_t *t, const clauses_t *c,
     outq(o, q, rest, body_end);
 }
 
+/* Appends the relation that holds the affected keys (see in->aff_rel). */
+static void
+out_aff(out_t *o, const sl_analyze_in_t *in)
+{
+    outf(o, "%s", in->aff_rel != NULL ? in->aff_rel : "pg_temp.\"__sluice_aff\"");
+}
+
 static void
 filter_nonnull(out_t *o, const char *q, const sl_analyze_in_t *in, const keyexpr_t *keys)
 {
@@ -923,7 +935,9 @@ filter_nonnull(out_t *o, const char *q, const sl_analyze_in_t *in, const keyexpr
         out_key(o, q, &keys[0]);
         outf(o, " = ANY (ARRAY(SELECT ");
         outid(o, keys[0].col);
-        outf(o, " FROM pg_temp.\"__sluice_aff\" WHERE ");
+        outf(o, " FROM ");
+        out_aff(o, in);
+        outf(o, " WHERE ");
         outid(o, keys[0].col);
         outf(o, " IS NOT NULL))");
         return;
@@ -938,7 +952,9 @@ filter_nonnull(out_t *o, const char *q, const sl_analyze_in_t *in, const keyexpr
         outf(o, "%s", k ? ", " : "");
         outid(o, keys[k].col);
     }
-    outf(o, " FROM pg_temp.\"__sluice_aff\")");
+    outf(o, " FROM ");
+    out_aff(o, in);
+    outf(o, ")");
 }
 
 /* Appends md5(jsonb_build_array(<keys>)::text), from the query's expressions
@@ -966,7 +982,9 @@ filter_null(out_t *o, const char *q, const sl_analyze_in_t *in, const keyexpr_t 
      * could bind to one of its columns. The first conjunct is an InitPlan:
      * when no affected key has a NULL part, PostgreSQL skips this half
      * without scanning anything. */
-    outf(o, "(SELECT count(*) > 0 FROM pg_temp.\"__sluice_aff\" WHERE ");
+    outf(o, "(SELECT count(*) > 0 FROM ");
+    out_aff(o, in);
+    outf(o, " WHERE ");
     for (size_t k = 0; k < in->nkeys; k++) {
         outf(o, "%s", k ? " OR " : "");
         outid(o, keys[k].col);
@@ -982,7 +1000,9 @@ filter_null(out_t *o, const char *q, const sl_analyze_in_t *in, const keyexpr_t 
     out_key_hash(o, q, in, keys, true);
     outf(o, " = ANY (ARRAY(SELECT ");
     out_key_hash(o, q, in, keys, false);
-    outf(o, " FROM pg_temp.\"__sluice_aff\"))");
+    outf(o, " FROM ");
+    out_aff(o, in);
+    outf(o, "))");
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1356,6 +1376,191 @@ analyze_union(const sl_analyze_in_t *in, const cJSON *sel, sl_analysis_t *a, cha
     return rc;
 }
 
+/* ------------------------------------------------------------------------ */
+/* A subquery in FROM that the query only filters and projects              */
+/* ------------------------------------------------------------------------ */
+
+/* The subquery when the query's FROM is one subquery and the query neither
+ * groups nor removes duplicates (so, with a row identity, it only filters
+ * and projects the subquery's rows: PostgreSQL rejects an aggregate beside a
+ * plain column without GROUP BY); else NULL. */
+static const cJSON *
+derived_from(const cJSON *sel, const sl_analyze_in_t *in)
+{
+    const cJSON *from = cJSON_GetObjectItemCaseSensitive(sel, "fromClause");
+    if (in->nkeys == 0 || cJSON_GetArraySize(from) != 1 ||
+        cJSON_GetObjectItemCaseSensitive(sel, "groupClause") != NULL ||
+        cJSON_GetObjectItemCaseSensitive(sel, "havingClause") != NULL ||
+        cJSON_GetObjectItemCaseSensitive(sel, "distinctClause") != NULL)
+        return NULL;
+    return node(cJSON_GetArrayItem(from, 0), "RangeSubselect");
+}
+
+/* The subquery's column that select-list entry tgt of the query outputs
+ * unchanged as `name`, or NULL (star: the entry is `*` or `alias.*`). */
+static const char *
+derived_column(const cJSON *tgt, const char *alias, const char *name, bool *star)
+{
+    const cJSON *rt = node(tgt, "ResTarget");
+    const cJSON *val = cJSON_GetObjectItemCaseSensitive(rt, "val");
+    const cJSON *fields = cJSON_GetObjectItemCaseSensitive(node(val, "ColumnRef"), "fields");
+    int nf = cJSON_GetArraySize(fields);
+    const char *t = nf == 2 ? str(node(cJSON_GetArrayItem(fields, 0), "String"), "sval") : NULL;
+    if (nf < 1 || nf > 2 || (nf == 2 && (t == NULL || strcmp(t, alias) != 0)))
+        return NULL;
+    const cJSON *last = cJSON_GetArrayItem(fields, nf - 1);
+    if (node(last, "A_Star") != NULL) {
+        *star = true;
+        return NULL;
+    }
+    const char *col = str(node(last, "String"), "sval");
+    const char *out = str(rt, "name") != NULL ? str(rt, "name") : col;
+    return col != NULL && out != NULL && strcmp(out, name) == 0 ? col : NULL;
+}
+
+/*
+ * A query whose FROM is one subquery s that is more than a table seen
+ * through a projection (see derived_from), for example
+ *
+ *     SELECT s.k, s.total * 2 AS t2
+ *       FROM (SELECT k, sum(x) AS total FROM t GROUP BY k) AS s
+ *      WHERE s.total > 10
+ *
+ * Its row identity is made of columns of s, so s is analysed as a query of
+ * its own with those columns as its key, and the analysis is wrapped:
+ * affected_sql is s's, its columns renamed to the query's key columns;
+ * recompute_sql is the query with s's text replaced by s's recompute_sql,
+ * so the query's WHERE and select list apply to the recomputed rows (a row
+ * that the WHERE now rejects is missing from the new rows, so deleted).
+ * Returns SL_OK with *reason set (in why) when it is not differential.
+ */
+static int
+analyze_derived(const sl_analyze_in_t *in, const cJSON *sel, const cJSON *rs, const toks_t *t,
+                const clauses_t *c, sl_analysis_t *a, char *why, size_t n, const char **reason,
+                sl_err_t *err)
+{
+    static const char *const why_cols =
+        "the subquery in FROM: a row-identity column must be one of its columns, selected "
+        "unchanged";
+    const char *q = in->query;
+    const char *alias = str(node(rs, "alias"), "aliasname");
+    if (alias == NULL || cJSON_GetObjectItemCaseSensitive(node(rs, "alias"), "colnames") != NULL ||
+        cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(rs, "lateral"))) {
+        *reason = "the subquery in FROM: LATERAL and column aliases (AS s(a, b)) are refreshed in "
+                  "full";
+        return SL_OK;
+    }
+    /* The subquery's text: from the parenthesis right after FROM to its match. */
+    int open = c->tok[CL_FROM] + 1, close = -1, depth = 0;
+    for (int i = open; i < (int)t->n && close < 0; i++) {
+        if (tok_is(q, &t->v[i], "("))
+            depth++;
+        else if (tok_is(q, &t->v[i], ")") && --depth == 0)
+            close = i;
+    }
+    if (open >= (int)t->n || !tok_is(q, &t->v[open], "(") || close < 0) {
+        *reason = "the subquery in FROM could not be located in the query text";
+        return SL_OK;
+    }
+    /* Its columns that the query's key columns are. */
+    const char *cols[MAX_KEY_COLS];
+    bool renamed = false;
+    if (in->nkeys > MAX_KEY_COLS) {
+        *reason = "the row identity has too many columns";
+        return SL_OK;
+    }
+    for (size_t k = 0; k < in->nkeys; k++) {
+        const cJSON *tgt;
+        bool star = false;
+        cols[k] = NULL;
+        cJSON_ArrayForEach (tgt, cJSON_GetObjectItemCaseSensitive(sel, "targetList"))
+            if ((cols[k] = derived_column(tgt, alias, in->keys[k], &star)) != NULL)
+                break;
+        if (cols[k] == NULL && star)
+            cols[k] = in->keys[k];
+        for (size_t j = 0; j < k && cols[k] != NULL; j++)
+            if (strcmp(cols[j], cols[k]) == 0)
+                cols[k] = NULL;
+        if (cols[k] == NULL) {
+            *reason = why_cols;
+            return SL_OK;
+        }
+        renamed = renamed || strcmp(cols[k], in->keys[k]) != 0;
+    }
+    int rc = SL_OK;
+    out_t aff = {.rc = SL_OK, .err = err};
+    if (renamed) {
+        outf(&aff, "(SELECT ");
+        for (size_t k = 0; k < in->nkeys; k++) {
+            outf(&aff, "%s", k ? ", " : "");
+            outid(&aff, in->keys[k]);
+            outf(&aff, " AS ");
+            outid(&aff, cols[k]);
+        }
+        outf(&aff, " FROM ");
+        out_aff(&aff, in); /* a subquery in a subquery: over the renaming above */
+        outf(&aff, ") AS \"__sluice_aff\"");
+    }
+    char *aff_rel = renamed ? out_take(&aff) : NULL;
+    char *inner = strndup(q + t->v[open].end, (size_t)(t->v[close].start - t->v[open].end));
+    if (inner == NULL || (renamed && aff_rel == NULL)) {
+        free(inner);
+        free(aff_rel);
+        return sl_err_nomem(err, "the subquery's analysis");
+    }
+    sl_analyze_in_t sin = {.query = inner,
+                           .keys = cols,
+                           .nkeys = in->nkeys,
+                           .has_keys = true,
+                           .sources = in->sources,
+                           .nsources = in->nsources,
+                           .aff_rel = renamed ? aff_rel : in->aff_rel};
+    sl_analysis_t sa;
+    sl_err_t e;
+    sl_err_clear(&e);
+    int src = sl_analyze(&sin, &sa, &e);
+    if (src == SL_EUSAGE) {
+        snprintf(why, n, "the subquery in FROM: %s", e.msg);
+        *reason = why;
+    } else if (src != SL_OK) {
+        *err = e;
+        rc = src;
+    } else if (strcmp(sa.mode, "differential") != 0) {
+        snprintf(why, n, "the subquery in FROM: %s", sa.reason);
+        *reason = why;
+    } else if (sa.unit_columns != NULL) {
+        *reason = "the subquery in FROM has a LEFT JOIN, which is refreshed differentially as a "
+                  "whole query but not inside a subquery";
+    } else {
+        out_t o = {.rc = SL_OK, .err = err};
+        out_t r = {.rc = SL_OK, .err = err};
+        outf(&o, "SELECT ");
+        for (size_t k = 0; k < in->nkeys; k++) {
+            outf(&o, "%s\"__sluice_d\".", k ? ", " : "");
+            outid(&o, cols[k]);
+            outf(&o, " AS ");
+            outid(&o, in->keys[k]);
+        }
+        outf(&o, " FROM (%s) AS \"__sluice_d\"", sa.affected_sql);
+        int body_end = c->end;
+        for (int w = CL_ORDER; w < CL_COUNT; w++)
+            if (c->tok[w] >= 0 && t->v[c->tok[w]].start < body_end)
+                body_end = t->v[c->tok[w]].start;
+        outq(&r, q, 0, t->v[open].end);
+        outf(&r, "%s", sa.recompute_sql);
+        outq(&r, q, t->v[close].start, body_end);
+        a->affected_sql = out_take(&o);
+        a->recompute_sql = out_take(&r);
+        a->mode = strdup("differential");
+        if (a->affected_sql == NULL || a->recompute_sql == NULL || a->mode == NULL)
+            rc = sl_err_nomem(err, "the generated SQL");
+    }
+    sl_analysis_free(&sa);
+    free(inner);
+    free(aff_rel);
+    return rc;
+}
+
 void
 sl_analysis_free(sl_analysis_t *a)
 {
@@ -1438,8 +1643,18 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
     from_t f = {.n = 0, .left_deep = cJSON_GetArraySize(fromc) == 1, .equi = true};
     const cJSON *item;
     cJSON_ArrayForEach (item, fromc)
-        if ((reason = walk_from(item, in, &f, false)) != NULL)
+        if ((reason = walk_from(item, in, &f, false)) != NULL) {
+            /* Not a table through a projection: a subquery that the query
+             * only filters and projects is analysed as a query of its own. */
+            const cJSON *rs = derived_from(sel, in);
+            if (rs == NULL)
+                goto full;
+            reason = NULL;
+            rc = analyze_derived(in, sel, rs, &t, &c, a, uwhy, sizeof uwhy, &reason, err);
+            if (rc != SL_OK || reason == NULL)
+                goto done;
             goto full;
+        }
     for (size_t k = 0; k < in->nkeys; k++)
         keys[k].alias = f.v[0].alias;
     if ((reason = map_keys(in->query, &t, &c, sel, in, keys)) != NULL)
@@ -1491,7 +1706,9 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
              * not among the old rows, which come from __sluice_aff). */
             outf(&r, "SELECT \"__sluice_g\".* FROM (");
             outq(&r, in->query, 0, c.end);
-            outf(&r, ") AS \"__sluice_g\" WHERE EXISTS (SELECT FROM pg_temp.\"__sluice_aff\")");
+            outf(&r, ") AS \"__sluice_g\" WHERE EXISTS (SELECT FROM ");
+            out_aff(&r, in);
+            outf(&r, ")");
         } else {
             outf(&r, "(");
             gen_restricted(&r, in->query, &t, &c, filter_nonnull, in, keys);

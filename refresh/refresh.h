@@ -45,6 +45,10 @@ typedef struct sl_analyze_in {
     bool requested_full;                 /* refresh_mode 'full' */
     const sl_analyze_branch_t *branches; /* UNION ALL branches (nbranches == 0: not one) */
     size_t nbranches;
+    /* The relation recompute_sql reads the affected keys from, under the
+     * names in keys (NULL: pg_temp."__sluice_aff"). Set only when a query is
+     * analysed inside another whose key columns have other names. */
+    const char *aff_rel;
 } sl_analyze_in_t;
 
 /* The analysis, as sluice._set_analysis stores it. Strings owned. */

@@ -56,10 +56,12 @@
  *      do not mislead the planner, shrunk after a large refresh, made again
  *      for a source with a new column, dropped once their stream table or
  *      source is gone.
- *  13. The creation check (refresh/sql/0015_query_fallback.sql and
- *      0016_nested_fallback.sql): queries it makes FULL (each reason, in
- *      nested queries and UNION ALL branches too) and queries it leaves to
- *      the engine; the NOTICE, explain_stream_table and the refusal of
+ *  13. The creation check (refresh/sql/0015_query_fallback.sql,
+ *      0016_nested_fallback.sql and 0017_derived_subqueries.sql): queries
+ *      it makes FULL (each reason, in nested queries, UNION ALL branches
+ *      and subqueries that are a query's whole FROM too) and queries it
+ *      leaves to the engine (filters of aggregating or joining subqueries
+ *      among them); the NOTICE, explain_stream_table and the refusal of
  *      'differential'. Then `sluice engine --once` judges every case whose
  *      facts a raw parse tree has, with the check's decision forgotten:
  *      FULL where the check gave a reason, DIFFERENTIAL where it did not.
@@ -569,12 +571,12 @@ check_query_fallback(const char *url, PGconn *conn)
                     "SELECT o.id AS oid, c.id FROM orders o FULL JOIN customers c ON c.id = "
                     "o.customer_id",
                     "RIGHT and FULL joins are refreshed in full");
-    expect_fallback(conn, "SELECT s.id FROM (SELECT id FROM orders LIMIT 2) s", shape_reason);
+    expect_fallback(conn, "SELECT s.id FROM (SELECT id FROM orders LIMIT 2) s",
+                    "the subquery in FROM: LIMIT/OFFSET makes the result depend on rows");
     expect_fallback(conn,
                     "SELECT c.id, s.n FROM customers c JOIN (SELECT customer_id, count(*) AS n "
                     "FROM orders GROUP BY customer_id) s ON s.customer_id = c.id",
                     shape_reason);
-    expect_fallback(conn, "SELECT s.id FROM (SELECT DISTINCT id FROM orders) s", shape_reason);
     expect_fallback(conn,
                     "SELECT s.customer_id, count(*) AS n FROM (SELECT customer_id, amount FROM "
                     "orders WHERE amount > 0 ORDER BY id) s GROUP BY s.customer_id",
@@ -584,8 +586,6 @@ check_query_fallback(const char *url, PGconn *conn)
                     "SELECT c.id, s.id AS oid FROM customers c, LATERAL (SELECT id FROM orders o "
                     "WHERE o.customer_id = c.id) s",
                     shape_reason);
-    expect_fallback(conn, "SELECT s.id FROM (SELECT id FROM (SELECT id FROM orders) i) s",
-                    shape_reason);
     expect_fallback(conn,
                     "SELECT o.id, v.x FROM orders o JOIN (VALUES (1, 2)) v(id, x) ON v.id = "
                     "o.customer_id",
@@ -593,16 +593,39 @@ check_query_fallback(const char *url, PGconn *conn)
     expect_fallback(conn,
                     "SELECT s.id FROM (SELECT id FROM orders WHERE customer_id IN (SELECT id "
                     "FROM customers)) s",
-                    "subqueries in expressions (IN/EXISTS/scalar subqueries) are refreshed in "
-                    "full");
+                    "the subquery in FROM: subqueries in expressions (IN/EXISTS/scalar "
+                    "subqueries) are refreshed in full");
     expect_fallback(conn,
                     "SELECT id, amount FROM orders UNION ALL SELECT id, rank() OVER (ORDER BY "
                     "id) FROM customers",
                     "UNION ALL branch 2: window functions are refreshed in full");
     expect_fallback(conn,
                     "SELECT id FROM customers UNION ALL SELECT s.id FROM (SELECT id FROM orders "
-                    "GROUP BY id) s",
-                    "UNION ALL branch 2: a subquery in FROM is refreshed differentially");
+                    "LIMIT 5) s",
+                    "UNION ALL branch 2: the subquery in FROM: LIMIT/OFFSET");
+    /* A subquery in FROM that the query only filters and projects is
+     * analysed as a query of its own (migration 17). */
+    expect_fallback(conn,
+                    "SELECT s.id, s.cid FROM (SELECT o.id, c.id AS cid FROM orders o LEFT JOIN "
+                    "customers c ON c.id = o.customer_id) s",
+                    "the subquery in FROM has a LEFT JOIN, which is refreshed differentially as a "
+                    "whole query but not inside a subquery");
+    expect_fallback(conn,
+                    "SELECT s.cid, s.n FROM (SELECT c.id AS cid, count(o.id) AS n FROM orders o "
+                    "RIGHT JOIN customers c ON c.id = o.customer_id GROUP BY c.id) s WHERE s.n > 0",
+                    "the subquery in FROM: RIGHT and FULL joins are refreshed in full");
+    expect_fallback(conn,
+                    "SELECT s.customer_id, s.r FROM (SELECT customer_id, rank() OVER (ORDER BY "
+                    "customer_id) AS r FROM orders GROUP BY customer_id) s",
+                    "the subquery in FROM: window functions are refreshed in full");
+    expect_fallback(conn,
+                    "SELECT s.n, count(*) AS k FROM (SELECT customer_id, count(*) AS n FROM orders "
+                    "GROUP BY customer_id) s GROUP BY s.n",
+                    shape_reason);
+    expect_fallback(conn,
+                    "SELECT s.k, s.n FROM (SELECT customer_id, count(*) AS n FROM orders GROUP BY "
+                    "customer_id) s(k, n)",
+                    shape_reason);
     expect_fallback(conn,
                     "SELECT id, amount FROM orders UNION ALL (SELECT id, NULL::numeric FROM "
                     "customers UNION SELECT id, NULL FROM customers)",
@@ -685,11 +708,52 @@ check_query_fallback(const char *url, PGconn *conn)
                     "SELECT id, amount FROM orders UNION ALL SELECT s.id, NULL FROM (SELECT id "
                     "FROM customers) s",
                     NULL);
+    expect_fallback(conn, "SELECT s.id FROM (SELECT DISTINCT id FROM orders) s", NULL);
+    expect_fallback(conn, "SELECT s.id FROM (SELECT id FROM (SELECT id FROM orders) i) s", NULL);
+    expect_fallback(conn,
+                    "SELECT id FROM customers UNION ALL SELECT s.id FROM (SELECT id FROM orders "
+                    "GROUP BY id) s",
+                    NULL);
+    expect_fallback(conn,
+                    "SELECT customer_id, total FROM (SELECT customer_id, sum(amount) AS total "
+                    "FROM orders GROUP BY customer_id) s WHERE total > 10",
+                    NULL);
+    expect_fallback(conn,
+                    "SELECT s.customer_id AS cid, s.n FROM (SELECT customer_id, count(*) AS n "
+                    "FROM orders GROUP BY customer_id HAVING count(*) > 1) s",
+                    NULL);
+    expect_fallback(conn,
+                    "SELECT s.n * 2 AS n2, s.customer_id FROM (SELECT customer_id, count(*) AS n "
+                    "FROM orders WHERE amount > 0 GROUP BY customer_id) s WHERE s.n > 1",
+                    NULL);
+    expect_fallback(conn,
+                    "SELECT t.cid, t.n FROM (SELECT s.cid, s.n FROM (SELECT c.id AS cid, count(*) "
+                    "AS n FROM orders o JOIN customers c ON c.id = o.customer_id GROUP BY c.id) s "
+                    "WHERE s.n > 0) t",
+                    NULL);
     expect_fallback(conn,
                     "SELECT id AS \" :hasWindowFuncs true :rtekind 3 \", "
                     "' :limitCount {' AS \" :opno 1 \" FROM orders",
                     NULL);
     check_engine_agrees(url, conn);
+    /* The row identity seen through a subquery's scan (migration 17): a
+     * DISTINCT inside identifies rows only when all its columns are
+     * selected, and a group key only when selected as it is. */
+    th_sql(conn, "SET enable_hashagg = off"); /* DISTINCT as a Unique node, not a HashAggregate */
+    th_sql(conn, "SELECT sluice.create_stream_table('dsub', 'SELECT s.customer_id FROM (SELECT "
+                 "DISTINCT customer_id, amount FROM orders) s')");
+    th_sql(conn, "RESET enable_hashagg");
+    th_sql(conn, "SELECT sluice.create_stream_table('gsub', 'SELECT s.customer_id + 1 AS c, s.n "
+                 "FROM (SELECT customer_id, count(*) AS n FROM orders GROUP BY customer_id) s')");
+    th_sql(conn, "SELECT sluice.create_stream_table('ksub', 'SELECT s.n, s.customer_id AS c FROM "
+                 "(SELECT customer_id, count(*) AS n FROM orders GROUP BY customer_id) s')");
+    char *ids = th_sql_text(conn, "SELECT string_agg(name || '=' || coalesce(key_columns::text, "
+                                  "'none'), ' ' ORDER BY name) FROM sluice.stream_table_catalog "
+                                  "WHERE name IN ('dsub', 'gsub', 'ksub')");
+    TH_ASSERT(ids != NULL && strcmp(ids, "dsub=none gsub=none ksub={c}") == 0,
+              "row identities through a subquery: %s", ids ? ids : "NULL");
+    free(ids);
+    th_sql(conn, "SELECT sluice.drop_stream_table(n) FROM unnest(ARRAY['dsub', 'gsub', 'ksub']) n");
 
     /* auto: FULL at once, with the reason in the NOTICE and in explain. */
     notices_t seen = {.text = ""};

@@ -10,9 +10,12 @@
  * and three-table joins (inner and left; a LEFT JOIN filtered on its
  * NULL-extended side, a chain of two LEFT JOINs, an aggregate over a LEFT
  * JOIN grouped by the first table's key), a subquery in FROM joined to a
- * table, DISTINCT over a join, a stream table reading another one, and
+ * table, DISTINCT over a join, a stream table reading another one,
  * UNION ALLs (of projections whose keys collide across branches, of
- * aggregates with a one-row branch, of a join and a table). After `sluice engine
+ * aggregates with a one-row branch, of a join and a table), and filters of
+ * an aggregating subquery in FROM (over a table, inside a second subquery
+ * and its key renamed at both levels; over a join), whose groups cross the
+ * filters both ways. After `sluice engine
  * --once` has analysed them (every one is DIFFERENTIAL), every cycle:
  *
  *   1. runs a random batch of INSERT/UPDATE/DELETE (sometimes TRUNCATE) on
@@ -133,6 +136,14 @@ static const st_def_t sts[] = {
     {"p_union_join", "aid, bid, w",
      "SELECT a.id AS aid, b.id AS bid, b.w FROM a JOIN b ON b.a_k = a.k UNION ALL SELECT c.id, "
      "c.b_id, c.z FROM c",
+     NULL},
+    {"p_derived", "k3, sv",
+     "SELECT t.k2 AS k3, t.sv FROM (SELECT s.k AS k2, s.sv FROM (SELECT k, sum(v) AS sv, "
+     "count(*) AS n FROM a GROUP BY k) s WHERE s.n >= 2) t WHERE coalesce(t.sv, 0) <> 5",
+     NULL},
+    {"p_derived_join", "w, n",
+     "SELECT t.w, t.n FROM (SELECT b.w, count(*) AS n FROM a JOIN b ON b.a_k = a.k GROUP BY b.w) "
+     "t WHERE t.n > 1",
      NULL},
 };
 #define NSTS (sizeof sts / sizeof sts[0])

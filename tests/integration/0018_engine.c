@@ -102,7 +102,7 @@ main(void)
                                    "sluice.stream_table_catalog WHERE name IN ('top', 'top_sub', "
                                    "'who') AND analyzed_query = query");
     TH_ASSERT(mode != NULL && strncmp(mode, "top|full|LIMIT", 14) == 0 &&
-                  strstr(mode, ", top_sub|full|a subquery in FROM") != NULL &&
+                  strstr(mode, ", top_sub|full|the subquery in FROM: LIMIT") != NULL &&
                   strstr(mode, ", who|full|UNION (without ALL)") != NULL,
               "the LIMIT, subquery and UNION queries are FULL from creation, with the reason "
               "(%s)",

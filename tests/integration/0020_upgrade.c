@@ -36,7 +36,11 @@
  *      in status error; the first is refreshed in FULL and equals its query.
  *      Migration 16 (refresh/sql/0016_nested_fallback.sql) checks them
  *      again with the check that reads nested queries: a RIGHT JOIN made
- *      at version 8 is FULL with the reason, decided.
+ *      at version 8 is FULL with the reason, decided. A filter of an
+ *      aggregating subquery (st_derived), FULL and decided by migration 16,
+ *      is undecided again after migration 17
+ *      (refresh/sql/0017_derived_subqueries.sql), which refreshes it
+ *      differentially: step 5 holds for it like for the others.
  *   5. `sluice engine --once` analyses every stream table again (they are
  *      not due: their schedule is an hour, so it refreshes none); then each
  *      is refreshed by hand: DIFFERENTIAL, with a delta of exactly the size
@@ -180,6 +184,12 @@ static const st_def_t sts[] = {
     {"st_join", "SELECT i.id, i.n, g.grp, g.label, g.o FROM items i JOIN groups g ON g.grp = i.grp",
      "id, n, grp, label, o"},
     {"st_n", "SELECT id, n, o FROM items WHERE mod(n, 3) <> 0", "id, n, o"},
+    /* An aggregating subquery in FROM: migrations 15 and 16 store the
+     * reason that makes it FULL, migration 17 takes it back. */
+    {"st_derived",
+     "SELECT s.grp, s.total FROM (SELECT grp, sum(n) AS total FROM items GROUP BY grp) s WHERE "
+     "s.total > 0",
+     "grp, total"},
 };
 #define NSTS (sizeof sts / sizeof sts[0])
 
@@ -504,6 +514,13 @@ main(void)
               why ? why : "NULL");
     free(why);
     th_sql(conn, "SELECT sluice.drop_stream_table('st_rj')");
+
+    /* Migration 17: st_derived, which 16 decided FULL, is the engine's again. */
+    TH_ASSERT(th_sql_int(conn,
+                         "SELECT count(*) FROM sluice.stream_table_catalog WHERE name = "
+                         "'st_derived' AND query_fallback IS NULL AND analyzed_query IS NULL AND "
+                         "effective_mode IS NULL AND key_columns = '{grp}'") == 1,
+              "st_derived: migration 17 took back migration 16's reason");
 
     /* The capture now writes chunks: one statement of 3 rows, one chunk. */
     th_sql(conn, "BEGIN;"

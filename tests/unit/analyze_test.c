@@ -254,6 +254,61 @@ static const analyze_row_t rows[] = {
      "((audit.order_id = orders.id)))",
      KEYS("id"), .mode = FULL, .field = REASON, .want = "public.audit has no primary key"},
 
+/* A subquery in FROM that the query only filters and projects. */
+#define TOTALS_SUB                                                                            \
+    "( SELECT orders.customer_id,\n            sum(orders.amount) AS total\n           FROM " \
+    "public.orders\n          GROUP BY orders.customer_id) s"
+    {"derived_aggregate_affected_renamed",
+     " SELECT s.customer_id AS cid,\n    s.total\n   FROM " TOTALS_SUB "\n  WHERE (s.total > "
+     "(500)::numeric)",
+     KEYS("cid"), .mode = DIFF, .field = AFFECTED,
+     .want = "^SELECT \"__sluice_d\".\"customer_id\" AS \"cid\" FROM (SELECT DISTINCT "
+             "(orders.customer_id) AS \"customer_id\" FROM pg_temp.\"__sluice_chg_16401\" AS "
+             "\"orders\") AS \"__sluice_d\""},
+    {"derived_aggregate_recompute_keeps_outer_where",
+     " SELECT s.customer_id AS cid,\n    s.total\n   FROM " TOTALS_SUB "\n  WHERE (s.total > "
+     "(500)::numeric)",
+     KEYS("cid"), .mode = DIFF, .field = RECOMPUTE,
+     .want = "md5(jsonb_build_array(\"customer_id\")::text) FROM (SELECT \"cid\" AS "
+             "\"customer_id\" FROM pg_temp.\"__sluice_aff\") AS \"__sluice_aff\")) GROUP BY "
+             "orders.customer_id)) s\n  WHERE (s.total > (500)::numeric)"},
+    {"derived_nested_renames_compose",
+     " SELECT t.c1 AS c2\n   FROM ( SELECT s.customer_id AS c1\n           FROM " TOTALS_SUB ") t",
+     KEYS("c2"), .mode = DIFF, .field = RECOMPUTE,
+     .want = "(SELECT \"c1\" AS \"customer_id\" FROM (SELECT \"c2\" AS \"c1\" FROM "
+             "pg_temp.\"__sluice_aff\") AS \"__sluice_aff\") AS \"__sluice_aff\""},
+    {"derived_same_names_read_aff_directly",
+     " SELECT s.customer_id,\n    s.total\n   FROM " TOTALS_SUB, KEYS("customer_id"), .mode = DIFF,
+     .field = RECOMPUTE,
+     .want = "ANY (ARRAY(SELECT \"customer_id\" FROM pg_temp.\"__sluice_aff\" WHERE"},
+    {"derived_join_inside_differential",
+     " SELECT s.cid,\n    s.n\n   FROM ( SELECT customers.id AS cid,\n            count(*) AS "
+     "n\n           FROM (public.orders\n             JOIN public.customers ON ((customers.id = "
+     "orders.customer_id)))\n          GROUP BY customers.id) s",
+     KEYS("cid"), .mode = DIFF, .field = AFFECTED, .want = "__sluice_before_16401"},
+    {"derived_left_join_full",
+     " SELECT s.id,\n    s.cid\n   FROM ( SELECT orders.id,\n            customers.id AS cid\n "
+     "          FROM (public.orders\n             LEFT JOIN public.customers ON ((customers.id "
+     "= orders.customer_id)))) s",
+     KEYS("id"), .mode = FULL, .field = REASON, .want = "^the subquery in FROM has a LEFT JOIN"},
+    {"derived_limit_full",
+     " SELECT s.id\n   FROM ( SELECT orders.id\n           FROM public.orders\n         LIMIT "
+     "2) s",
+     KEYS("id"), .mode = FULL, .field = REASON, .want = "^the subquery in FROM: LIMIT/OFFSET"},
+    {"derived_key_expression_full",
+     " SELECT (s.customer_id + 1) AS customer_id,\n    s.total\n   FROM " TOTALS_SUB,
+     KEYS("customer_id"), .mode = FULL, .field = REASON,
+     .want = "^the subquery in FROM: a row-identity column must be one of its columns"},
+    {"derived_column_aliases_full",
+     " SELECT s.k,\n    s.t\n   FROM ( SELECT orders.customer_id,\n            "
+     "sum(orders.amount) AS total\n           FROM public.orders\n          GROUP BY "
+     "orders.customer_id) s(k, t)",
+     KEYS("k"), .mode = FULL, .field = REASON, .want = "LATERAL and column aliases"},
+    {"derived_under_group_by_full",
+     " SELECT s.total,\n    count(*) AS n\n   FROM " TOTALS_SUB "\n  GROUP BY s.total",
+     KEYS("total"), .mode = FULL, .field = REASON,
+     .want = "^a subquery in FROM is refreshed differentially only when"},
+
     /* UNION ALL. */
     {"union_all_without_branches_full", " " ORDERS_BRANCH "\nUNION ALL\n " REFUNDS_BRANCH,
      KEYS("id"), .mode = FULL, .field = REASON, .want = "UNION ALL"},
