@@ -28,8 +28,18 @@
 -- sluice._st_query_fallback(view) follows: such a subquery (kind 'derived'
 -- in the function) gets the rules of the outer query, its reasons starting
 -- with "the subquery in FROM: ", instead of the rule that it filter and
--- project one table, and any LEFT JOIN in it is FULL. Every other rule is
--- migration 16's.
+-- project one table, and any LEFT JOIN in it is FULL. Three of the engine's
+-- rules that were its alone are now decided at creation too:
+--
+--   a LEFT JOIN's ON must be equalities of plain columns: a cast (written,
+--     or added by PostgreSQL, as for int = numeric: the stored query that
+--     the engine reads spells it out) or a bare boolean column is not
+--     (sluice._st_equi_quals, which replaces migration 16's list of nodes);
+--   every table of a join, or read through a subquery in FROM that is
+--     joined, needs a primary key and is read without ONLY
+--     (sluice._st_join_table_reason, the engine's check_join).
+--
+-- Every other rule is migration 16's.
 --
 -- The row identity of such a query is found through the subquery too.
 -- PostgreSQL keeps a subquery that aggregates, or whose columns the query
@@ -219,6 +229,69 @@ $fn$;
 
 REVOKE ALL ON FUNCTION sluice._st_select_keys(text, oid) FROM PUBLIC;
 
+-- sluice._st_equi_quals(quals) -> boolean
+--
+-- quals: the node text of a join's ON condition. True when it is an
+-- equality (an operator named =) of two plain columns, or an AND of such
+-- (nested ANDs included): what the engine calls an equi-join. A column
+-- wrapped in a cast, even one PostgreSQL adds (varchar = text, int =
+-- numeric), is not: the engine reads the stored query, which spells such a
+-- cast out. Anything else left over (a constant, a bare boolean column, a
+-- test, OR, NOT, a function call, no ON at all) makes it false.
+CREATE OR REPLACE FUNCTION sluice._st_equi_quals(quals text)
+RETURNS boolean
+LANGUAGE plpgsql
+IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    rest text;
+    prev text;
+BEGIN
+    IF EXISTS (SELECT
+                 FROM regexp_matches(quals, '\{OPEXPR :opno ([0-9]+) ', 'g') m
+                 JOIN pg_operator o ON o.oid = m[1]::oid
+                WHERE o.oprname <> '=') THEN
+        RETURN false;
+    END IF;
+    rest := regexp_replace(quals, '\{OPEXPR :opno [0-9]+ [^{}]*:args \(\{VAR [^{}]*\} \{VAR [^{}]*\}\) :location -?[0-9]+\}',
+                           '', 'g');
+    LOOP
+        prev := rest;
+        rest := regexp_replace(rest, '\{BOOLEXPR :boolop and :args \( *\) :location -?[0-9]+\}', '', 'g');
+        EXIT WHEN rest = prev;
+    END LOOP;
+    RETURN btrim(rest) = '';
+END
+$fn$;
+
+REVOKE ALL ON FUNCTION sluice._st_equi_quals(text) FROM PUBLIC;
+
+-- sluice._st_join_table_reason(query) -> reason or NULL
+--
+-- query: one query's own text as _st_query_fallback cuts it, whose tables
+-- take part in a join. The engine's reason for the first of its tables
+-- (range-table entries of kind relation that FROM lists) that has no
+-- primary key or is read with ONLY, or NULL.
+CREATE OR REPLACE FUNCTION sluice._st_join_table_reason(query text)
+RETURNS text
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT CASE WHEN NOT EXISTS (SELECT FROM pg_index i WHERE i.indrelid = t.rel AND i.indisprimary)
+                THEN format('table %s has no primary key: joins over it are refreshed in full', t.rel::regclass)
+                ELSE format('FROM ONLY %s is refreshed in full', t.rel::regclass) END
+      FROM (SELECT m[1]::oid AS rel, m[2] = 'false' AS only, s.o
+              FROM regexp_matches(query, ' :rtekind 0 :relid ([0-9]+) [^{}]*? :inh (true|false) :inFromCl true ', 'g')
+                   WITH ORDINALITY AS s(m, o)) t
+     WHERE t.only OR NOT EXISTS (SELECT FROM pg_index i WHERE i.indrelid = t.rel AND i.indisprimary)
+     ORDER BY t.o
+     LIMIT 1
+$fn$;
+
+REVOKE ALL ON FUNCTION sluice._st_join_table_reason(text) FROM PUBLIC;
+
 -- sluice._st_query_fallback(view) -> reason or NULL
 --
 -- view: a view of the stream table's query (the temporary view that
@@ -253,6 +326,7 @@ DECLARE
     vol    text;
     first  int;    -- a LEFT JOIN chain's first table: its range table index
     rel    oid;    -- and its oid
+    why    text;
 BEGIN
     IF tree IS NULL OR tree !~ '^\(\{QUERY ' THEN
         RETURN NULL;
@@ -375,29 +449,28 @@ BEGIN
                 RETURN prefix || 'RIGHT and FULL joins are refreshed in full (write a RIGHT JOIN as a LEFT '
                               || 'JOIN with the tables swapped)';
             END IF;
+            -- A join (more than one item in the join tree) finds every
+            -- table's changed rows by its primary key, and reads the whole
+            -- table (FROM ONLY is not followed). :inFromCl leaves out a
+            -- view's OLD and NEW.
+            IF regexp_count(own[q], '\{RANGETBLREF ') > 1 THEN
+                why := sluice._st_join_table_reason(own[q]);
+                IF why IS NOT NULL THEN
+                    RETURN prefix || why;
+                END IF;
+            END IF;
             -- JoinType 1 is JOIN_LEFT. A chain: one item in FROM (a tree of
             -- binary joins has one leaf more than it has joins), no join
             -- on a right side, ON rather than USING or NATURAL, and every
-            -- join's ON only equalities of columns: an ON (the text between
-            -- a join's :quals and its :alias; no expression node has an
-            -- alias) holding a constant, an OR or NOT (a BoolExpr prints
-            -- its kind as a word), a test, a CASE, a function called by
-            -- name or an operator other than = is not. A bare boolean
-            -- column (ON a.id = b.id AND b.active) is the engine's to see.
+            -- join's ON (the text between a join's :quals and its :alias;
+            -- no expression node has an alias) only equalities of columns
+            -- (sluice._st_equi_quals).
             IF own[q] ~ '\{JOINEXPR :jointype 1 '
                AND (own[q] ~ ' :rarg \{JOINEXPR | :isNatural true | :usingClause [^<]'
                     OR regexp_count(own[q], '\{RANGETBLREF ') <> regexp_count(own[q], '\{JOINEXPR ') + 1
                     OR EXISTS (SELECT
                                  FROM regexp_matches(own[q], ' :join_using_alias <> :quals (.*?) :alias ', 'g') j
-                                WHERE j[1] ~ ('\{(CONST|NULLTEST|BOOLEANTEST|SCALARARRAYOPEXPR|DISTINCTEXPR|NULLIFEXPR'
-                                              '|CASEEXPR|COALESCEEXPR|MINMAXEXPR|ROWCOMPAREEXPR) '
-                                              '|\{BOOLEXPR :boolop (or|not) '
-                                              '|\{FUNCEXPR :funcid [0-9]+ :funcresulttype [0-9]+ :funcretset [a-z]+ '
-                                              ':funcvariadic [a-z]+ :funcformat 0 ')
-                                   OR EXISTS (SELECT
-                                                FROM regexp_matches(j[1], '\{OPEXPR :opno ([0-9]+) ', 'g') m
-                                                JOIN pg_operator o ON o.oid = m[1]::oid
-                                               WHERE o.oprname <> '='))) THEN
+                                WHERE NOT sluice._st_equi_quals(j[1]))) THEN
                 RETURN prefix || 'a LEFT JOIN is refreshed differentially only in a chain of equi-joins '
                               || 'whose right sides are tables (a LEFT JOIN b ON b.x = a.y LEFT JOIN c ON '
                               || 'c.z = b.w ...)';
@@ -441,9 +514,13 @@ BEGIN
                                  ':rtekind 1 :subquery \{Q' || q || '\}[^{}]* :lateral false ') THEN
                 RETURN prefix || why_shape;
             END IF;
+            -- Its table takes part in a join (the engine's rules for one).
+            why := sluice._st_join_table_reason(own[q]);
+            IF why IS NOT NULL THEN
+                RETURN prefix || why;
+            END IF;
             -- Its select list has every primary-key column of that table
-            -- (its one relation, range-table entry 1). A table without a
-            -- primary key is the engine's to judge.
+            -- (its one relation, range-table entry 1).
             IF NOT sluice._st_tree_has_key(own[q], 1, substring(own[q] FROM ' :rtekind 0 :relid ([0-9]+) ')::oid) THEN
                 RETURN prefix || why_shape;
             END IF;
