@@ -55,7 +55,11 @@
 -- Stream tables whose stored reason the new check no longer gives (created
 -- before this version with such a query and a row identity) lose it and
 -- are analysed again by the engine; a reason that changed wording is
--- stored in its new words (sluice._st_recheck_stored_fallbacks()).
+-- stored in its new words (sluice._st_recheck_stored_fallbacks()). Those
+-- without a reason are checked again (sluice._st_recheck_query_fallbacks()
+-- of migration 16): one that now has a reason (a cast in a LEFT JOIN's ON,
+-- a join over a table without a primary key) is FULL and decided, as the
+-- engine had already made it.
 
 -- sluice._st_subquery_columns(query, alias) -> text[] or NULL
 --
@@ -582,3 +586,4 @@ $fn$;
 REVOKE ALL ON FUNCTION sluice._st_recheck_stored_fallbacks() FROM PUBLIC;
 
 SELECT sluice._st_recheck_stored_fallbacks();
+SELECT sluice._st_recheck_query_fallbacks();

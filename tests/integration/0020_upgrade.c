@@ -40,7 +40,9 @@
  *      aggregating subquery (st_derived), FULL and decided by migration 16,
  *      is undecided again after migration 17
  *      (refresh/sql/0017_derived_subqueries.sql), which refreshes it
- *      differentially: step 5 holds for it like for the others.
+ *      differentially: step 5 holds for it like for the others; a LEFT
+ *      JOIN whose ON has a cast (st_lc), which 16 left to the engine, is
+ *      FULL with the reason, decided, after 17.
  *   5. `sluice engine --once` analyses every stream table again (they are
  *      not due: their schedule is an hour, so it refreshes none); then each
  *      is refreshed by hand: DIFFERENTIAL, with a delta of exactly the size
@@ -373,6 +375,8 @@ main(void)
            vol.name, vol.query);
     th_sql(conn, "SELECT sluice.create_stream_table('st_rj', 'SELECT i.id, g.grp FROM items i "
                  "RIGHT JOIN groups g ON g.grp = i.grp', schedule => '1 hour')");
+    th_sql(conn, "SELECT sluice.create_stream_table('st_lc', 'SELECT i.id, g.grp FROM items i "
+                 "LEFT JOIN groups g ON g.grp = i.grp::bigint', schedule => '1 hour')");
 
     /* Changes no refresh consumes before the upgrade. */
     th_sql(conn, "INSERT INTO items SELECT i, mod(i, 20) + 1, i, 'o' || i "
@@ -475,7 +479,7 @@ main(void)
     }
     TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice.stream_table_catalog WHERE "
                                "(analyzed_query IS NOT NULL AND name NOT LIKE 'st_vol%%' AND "
-                               "name <> 'st_rj') OR branches IS NOT NULL") == 0,
+                               "name NOT IN ('st_rj', 'st_lc')) OR branches IS NOT NULL") == 0,
               "migration 9 cleared the stored analysis (and no stream table has branches)");
 
     /* Migration 15: the volatile function decides FULL without the engine. */
@@ -514,6 +518,19 @@ main(void)
               why ? why : "NULL");
     free(why);
     th_sql(conn, "SELECT sluice.drop_stream_table('st_rj')");
+
+    /* Migration 17: a cast in a LEFT JOIN's ON, which 16 left to the
+     * engine, is FULL and decided. */
+    why = th_sql_text(conn, "SELECT query_fallback || ' | ' || effective_mode || ' | ' || "
+                            "(analyzed_query = query) FROM sluice.stream_table_catalog WHERE "
+                            "name = 'st_lc'");
+    TH_ASSERT(
+        why != NULL &&
+            strncmp(why, "a LEFT JOIN is refreshed differentially only in a chain", 55) == 0 &&
+            strstr(why, " | full | true") != NULL,
+        "st_lc: migration 17 stored the reason and made it FULL, decided (%s)", why ? why : "NULL");
+    free(why);
+    th_sql(conn, "SELECT sluice.drop_stream_table('st_lc')");
 
     /* Migration 17: st_derived, which 16 decided FULL, is the engine's again. */
     TH_ASSERT(th_sql_int(conn,
