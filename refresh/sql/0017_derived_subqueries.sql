@@ -22,14 +22,14 @@
 -- item in the query's FROM, written without LATERAL and without column
 -- aliases, and the query has no GROUP BY, HAVING or DISTINCT; the
 -- subquery may be anything the engine refreshes differentially as a whole
--- query, except a LEFT JOIN (its refresh unit is not a row of the result),
--- and may itself be such a query around a subquery.
+-- query, except a LEFT JOIN (its refresh unit is not a row of the result)
+-- or a UNION ALL, and may itself be such a query around a subquery.
 --
 -- sluice._st_query_fallback(view) follows: such a subquery (kind 'derived'
 -- in the function) gets the rules of the outer query, its reasons starting
 -- with "the subquery in FROM: ", instead of the rule that it filter and
--- project one table, and any LEFT JOIN in it is FULL. Three of the engine's
--- rules that were its alone are now decided at creation too:
+-- project one table, and any LEFT JOIN in it is FULL. Rules that were the
+-- engine's alone are now decided at creation too:
 --
 --   a LEFT JOIN's ON must be equalities of plain columns: a cast (written,
 --     or added by PostgreSQL, as for int = numeric: the stored query that
