@@ -245,7 +245,7 @@ REVOKE ALL ON FUNCTION sluice._st_select_keys(text, oid) FROM PUBLIC;
 CREATE OR REPLACE FUNCTION sluice._st_equi_quals(quals text)
 RETURNS boolean
 LANGUAGE plpgsql
-IMMUTABLE
+STABLE
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
