@@ -14,8 +14,8 @@
  * UNION ALLs (of projections whose keys collide across branches, of
  * aggregates with a one-row branch, of a join and a table), and filters of
  * an aggregating subquery in FROM (over a table, inside a second subquery
- * and its key renamed at both levels; over a join), whose groups cross the
- * filters both ways. After `sluice engine
+ * and its key renamed at both levels; over a join; in a UNION ALL branch
+ * beside a DISTINCT subquery), whose groups cross the filters both ways. After `sluice engine
  * --once` has analysed them (every one is DIFFERENTIAL), every cycle:
  *
  *   1. runs a random batch of INSERT/UPDATE/DELETE (sometimes TRUNCATE) on
@@ -140,6 +140,10 @@ static const st_def_t sts[] = {
     {"p_derived", "k3, sv",
      "SELECT t.k2 AS k3, t.sv FROM (SELECT s.k AS k2, s.sv FROM (SELECT k, sum(v) AS sv, "
      "count(*) AS n FROM a GROUP BY k) s WHERE s.n >= 2) t WHERE coalesce(t.sv, 0) <> 5",
+     NULL},
+    {"p_union_derived", "k, n",
+     "SELECT s.k, s.n FROM (SELECT k, count(*) AS n FROM a GROUP BY k) s WHERE s.n > 1 UNION ALL "
+     "SELECT t.w, NULL::bigint FROM (SELECT DISTINCT w FROM b) t",
      NULL},
     {"p_derived_join", "w, n",
      "SELECT t.w, t.n FROM (SELECT b.w, count(*) AS n FROM a JOIN b ON b.a_k = a.k GROUP BY b.w) "
