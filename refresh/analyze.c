@@ -1381,14 +1381,12 @@ analyze_union(const sl_analyze_in_t *in, const cJSON *sel, sl_analysis_t *a, cha
 /* ------------------------------------------------------------------------ */
 
 /* The subquery when the query's FROM is one subquery and the query neither
- * groups nor removes duplicates (so, with a row identity, it only filters
- * and projects the subquery's rows: PostgreSQL rejects an aggregate beside a
- * plain column without GROUP BY); else NULL. */
+ * groups nor removes duplicates; else NULL. */
 static const cJSON *
-derived_from(const cJSON *sel, const sl_analyze_in_t *in)
+derived_from(const cJSON *sel)
 {
     const cJSON *from = cJSON_GetObjectItemCaseSensitive(sel, "fromClause");
-    if (in->nkeys == 0 || cJSON_GetArraySize(from) != 1 ||
+    if (cJSON_GetArraySize(from) != 1 ||
         cJSON_GetObjectItemCaseSensitive(sel, "groupClause") != NULL ||
         cJSON_GetObjectItemCaseSensitive(sel, "havingClause") != NULL ||
         cJSON_GetObjectItemCaseSensitive(sel, "distinctClause") != NULL)
@@ -1426,7 +1424,9 @@ derived_column(const cJSON *tgt, const char *alias, const char *name, bool *star
  *       FROM (SELECT k, sum(x) AS total FROM t GROUP BY k) AS s
  *      WHERE s.total > 10
  *
- * Its row identity is made of columns of s, so s is analysed as a query of
+ * With a row identity, such a query only filters and projects s's rows
+ * (PostgreSQL rejects an aggregate beside a plain column without GROUP
+ * BY). The identity is made of columns of s, so s is analysed as a query of
  * its own with those columns as its key, and the analysis is wrapped:
  * affected_sql is s's, its columns renamed to the query's key columns;
  * recompute_sql is the query with s's text replaced by s's recompute_sql,
@@ -1444,6 +1444,14 @@ analyze_derived(const sl_analyze_in_t *in, const cJSON *sel, const cJSON *rs, co
         "unchanged";
     const char *q = in->query;
     const char *alias = str(node(rs, "alias"), "aliasname");
+    if (in->nkeys == 0) {
+        /* One row: the query may aggregate the subquery's rows without
+         * GROUP BY, which the parse tree cannot tell from a projection. */
+        *reason = "the subquery in FROM: a query around it is refreshed differentially only when "
+                  "its rows have a key (GROUP BY keys, DISTINCT columns or primary keys "
+                  "selected); one row (an aggregate without GROUP BY) is refreshed in full";
+        return SL_OK;
+    }
     if (alias == NULL || cJSON_GetObjectItemCaseSensitive(node(rs, "alias"), "colnames") != NULL ||
         cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(rs, "lateral"))) {
         *reason = "the subquery in FROM: LATERAL and column aliases (AS s(a, b)) are refreshed in "
@@ -1646,7 +1654,7 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
         if ((reason = walk_from(item, in, &f, false)) != NULL) {
             /* Not a table through a projection: a subquery that the query
              * only filters and projects is analysed as a query of its own. */
-            const cJSON *rs = derived_from(sel, in);
+            const cJSON *rs = derived_from(sel);
             if (rs == NULL)
                 goto full;
             reason = NULL;

@@ -299,6 +299,12 @@ static const analyze_row_t rows[] = {
      " SELECT (s.customer_id + 1) AS customer_id,\n    s.total\n   FROM " TOTALS_SUB,
      KEYS("customer_id"), .mode = FULL, .field = REASON,
      .want = "^the subquery in FROM: a row-identity column must be one of its columns"},
+    {"derived_one_row_full",
+     " SELECT s.total\n   FROM ( SELECT sum(orders.amount) AS total\n           FROM "
+     "public.orders) s",
+     .keys = NULL, .nkeys = 0, .mode = FULL, .field = REASON,
+     .want = "^the subquery in FROM: a query around it is refreshed differentially only when its "
+             "rows have a key"},
     {"derived_column_aliases_full",
      " SELECT s.k,\n    s.t\n   FROM ( SELECT orders.customer_id,\n            "
      "sum(orders.amount) AS total\n           FROM public.orders\n          GROUP BY "
