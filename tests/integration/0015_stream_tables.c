@@ -652,8 +652,14 @@ check_query_fallback(const char *url, PGconn *conn)
                     "SELECT o.id, c.id AS cid FROM orders o LEFT JOIN customers c ON c.id >= "
                     "o.customer_id",
                     left_reason);
-    /* A cast in ON, written (migration 17) or added by PostgreSQL (int =
-     * numeric): the stored query spells both out, so the engine sees them. */
+    /* FULL from creation since migration 17: a cast in ON, written or added
+     * by PostgreSQL (int = numeric; the stored query spells both out, so the
+     * engine sees them too), and a bare boolean column in ON. */
+    th_sql(conn, "CREATE TABLE flags (id int PRIMARY KEY, active boolean)");
+    expect_fallback(conn,
+                    "SELECT o.id, f.id AS fid FROM orders o LEFT JOIN flags f ON f.id = "
+                    "o.customer_id AND f.active",
+                    left_reason);
     expect_fallback(conn,
                     "SELECT o.id, c.id AS cid FROM orders o LEFT JOIN customers c ON c.id = "
                     "o.customer_id::bigint",
