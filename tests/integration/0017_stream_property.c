@@ -10,7 +10,7 @@
  * and three-table joins (inner and left; a LEFT JOIN filtered on its
  * NULL-extended side, a chain of two LEFT JOINs, an aggregate over a LEFT
  * JOIN grouped by the first table's key), a subquery in FROM joined to a
- * table, DISTINCT over a join, a stream table reading another one,
+ * table and one that starts a LEFT JOIN, DISTINCT over a join, a stream table reading another one,
  * UNION ALLs (of projections whose keys collide across branches, of
  * aggregates with a one-row branch, of a join and a table), and filters of
  * an aggregating subquery in FROM (over a table, inside a second subquery
@@ -140,6 +140,10 @@ static const st_def_t sts[] = {
     {"p_derived", "k3, sv",
      "SELECT t.k2 AS k3, t.sv FROM (SELECT s.k AS k2, s.sv FROM (SELECT k, sum(v) AS sv, "
      "count(*) AS n FROM a GROUP BY k) s WHERE s.n >= 2) t WHERE coalesce(t.sv, 0) <> 5",
+     NULL},
+    {"p_sub_left", "id, bid, v, w",
+     "SELECT s.id, b.id AS bid, s.v, b.w FROM (SELECT id, k, v FROM a WHERE v IS NULL OR v % 5 <> "
+     "0) s LEFT JOIN b ON b.a_k = s.k",
      NULL},
     {"p_union_derived", "k, n",
      "SELECT s.k, s.n FROM (SELECT k, count(*) AS n FROM a GROUP BY k) s WHERE s.n > 1 UNION ALL "
