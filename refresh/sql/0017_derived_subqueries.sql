@@ -283,13 +283,14 @@ LANGUAGE sql
 STABLE
 SET search_path = pg_catalog, pg_temp
 AS $fn$
-    SELECT CASE WHEN NOT EXISTS (SELECT FROM pg_index i WHERE i.indrelid = t.rel AND i.indisprimary)
+    SELECT CASE WHEN NOT t.has_pk
                 THEN format('table %s has no primary key: joins over it are refreshed in full', t.rel::regclass)
                 ELSE format('FROM ONLY %s is refreshed in full', t.rel::regclass) END
-      FROM (SELECT m[1]::oid AS rel, m[2] = 'false' AS only, s.o
+      FROM (SELECT m[1]::oid AS rel, m[2] = 'false' AS only, s.o,
+                   EXISTS (SELECT FROM pg_index i WHERE i.indrelid = m[1]::oid AND i.indisprimary) AS has_pk
               FROM regexp_matches(query, ' :rtekind 0 :relid ([0-9]+) [^{}]*? :inh (true|false) :inFromCl true ', 'g')
                    WITH ORDINALITY AS s(m, o)) t
-     WHERE t.only OR NOT EXISTS (SELECT FROM pg_index i WHERE i.indrelid = t.rel AND i.indisprimary)
+     WHERE t.only OR NOT t.has_pk
      ORDER BY t.o
      LIMIT 1
 $fn$;
