@@ -43,7 +43,10 @@
  *   - a query that only filters and projects the one subquery in its FROM,
  *     when that subquery is any of the above but a LEFT JOIN or a UNION ALL
  *     (a GROUP BY, a DISTINCT, a join): the subquery is analysed alone and
- *     its SQL wrapped (analyze_derived).
+ *     its SQL wrapped (analyze_derived);
+ *   - an inner join of tables with one subquery that groups (GROUP BY or
+ *     DISTINCT) and is joined by its key columns: the refresh unit is a
+ *     group of that subquery (unit_columns, analyze_joined).
  * UNION without ALL, subqueries elsewhere, WITH, window functions, LIMIT and
  * the rest are refreshed in full, and the reason says so. docs/stream-tables.md
  * ("What is refreshed differentially") has the argument in prose.
@@ -549,6 +552,13 @@ typedef struct rel {
     bool only;                    /* FROM ONLY */
     bool subquery;                /* read through a subquery */
     int loc;                      /* byte offset of the table's name in the query */
+    /* A subquery that groups (GROUP BY or DISTINCT) joined with the tables
+     * (src NULL; see analyze_joined): its SelectStmt, its parentheses as
+     * token indexes, and the text put in its place in affected_sql. */
+    bool grouping;
+    const cJSON *gsel;
+    int open, close;
+    const char *superset;
 } rel_t;
 
 typedef struct from {
@@ -557,6 +567,7 @@ typedef struct from {
     bool outer;     /* a LEFT JOIN somewhere */
     bool left_deep; /* one item; every join's right side is a table */
     bool equi;      /* every join has ON with only col = col conjuncts */
+    int grouping;   /* index in v of the one subquery that groups, or -1 */
 } from_t;
 
 /* True when quals is col = col, or an AND of such. */
@@ -638,13 +649,15 @@ add_table(const cJSON *rv, const sl_analyze_in_t *in, from_t *f)
  * subquery is that table seen through a projection, so it takes part like
  * the table itself, its key read through the subquery's output columns.
  */
+static const char *const why_shape =
+    "a subquery in FROM is refreshed differentially when it filters and projects one table and "
+    "selects that table's primary key, when it is the whole FROM of a query that only filters "
+    "and projects its rows, or when it groups (GROUP BY or DISTINCT) and is joined by its key "
+    "columns (no LATERAL, no column aliases)";
+
 static const char *
 add_subquery(const cJSON *rs, const sl_analyze_in_t *in, from_t *f)
 {
-    static const char *const why_shape =
-        "a subquery in FROM is refreshed differentially only when it filters and projects one "
-        "table and selects that table's primary key, or when it is the whole FROM of a query "
-        "that only filters and projects its rows (no LATERAL, no column aliases)";
     const cJSON *sel = node(cJSON_GetObjectItemCaseSensitive(rs, "subquery"), "SelectStmt");
     const cJSON *alias = node(rs, "alias");
     const cJSON *from = cJSON_GetObjectItemCaseSensitive(sel, "fromClause");
@@ -679,6 +692,39 @@ add_subquery(const cJSON *rs, const sl_analyze_in_t *in, from_t *f)
     return NULL;
 }
 
+/* Appends a subquery in FROM that groups (GROUP BY or DISTINCT) as a
+ * relation of its own (see analyze_joined); returns `why` (add_subquery's
+ * reason) for any other subquery, or when it is not the only one. */
+static const char *
+add_grouping(const cJSON *rs, from_t *f, const char *why)
+{
+    const cJSON *sel = node(cJSON_GetObjectItemCaseSensitive(rs, "subquery"), "SelectStmt");
+    const cJSON *alias = node(rs, "alias");
+    const char *op = str(sel, "op");
+    if (sel == NULL || (op != NULL && strcmp(op, "SETOP_NONE") != 0) ||
+        (cJSON_GetObjectItemCaseSensitive(sel, "groupClause") == NULL &&
+         cJSON_GetObjectItemCaseSensitive(sel, "distinctClause") == NULL) ||
+        str(alias, "aliasname") == NULL ||
+        cJSON_GetObjectItemCaseSensitive(alias, "colnames") != NULL ||
+        cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(rs, "lateral")))
+        return why;
+    if (f->grouping >= 0)
+        return "a join with more than one subquery that groups (GROUP BY or DISTINCT) is "
+               "refreshed in full";
+    if (f->n == MAX_RELS)
+        return "the query reads too many tables";
+    rel_t *r = &f->v[f->n];
+    memset(r, 0, sizeof *r);
+    r->grouping = true;
+    r->gsel = sel;
+    r->alias = str(alias, "aliasname");
+    r->text_name = r->alias;
+    r->has_alias = true;
+    r->loc = -1; /* found in the text by analyze_joined */
+    f->grouping = (int)f->n++;
+    return NULL;
+}
+
 /* Collects the relations of one FROM item, left to right; returns why it is
  * not differential, or NULL. `right`: item is the right side of a join. */
 static const char *
@@ -710,8 +756,10 @@ walk_from(const cJSON *item, const sl_analyze_in_t *in, from_t *f, bool right)
             why = walk_from(cJSON_GetObjectItemCaseSensitive(n, "rarg"), in, f, true);
         return why;
     }
-    if ((n = node(item, "RangeSubselect")) != NULL)
-        return add_subquery(n, in, f);
+    if ((n = node(item, "RangeSubselect")) != NULL) {
+        const char *why = add_subquery(n, in, f);
+        return why == NULL ? NULL : add_grouping(n, f, why);
+    }
     return "only tables, joins and subqueries of tables in FROM are refreshed differentially";
 }
 
@@ -1068,12 +1116,22 @@ out_from(out_t *o, const char *q, const toks_t *t, const clauses_t *c, const fro
          const rel_t *touched)
 {
     int at = t->v[c->tok[CL_FROM]].end, to = clause_end(q, t, c, CL_FROM);
-    if (!old) {
+    if (!old && f->grouping < 0) {
         outq(o, q, at, to);
         return;
     }
     for (size_t i = 0; i < f->n; i++) {
         const rel_t *r = &f->v[i];
+        if (r->grouping) {
+            /* Before and after the window alike: the keys it may have
+             * (analyze_joined says why that is enough). */
+            outq(o, q, at, t->v[r->open].start);
+            outf(o, "%s", r->superset);
+            at = t->v[r->close].end;
+            continue;
+        }
+        if (!old)
+            continue;
         size_t k = 0;
         while (k < t->n && t->v[k].start != r->loc)
             k++;
@@ -1131,6 +1189,34 @@ out_touched(out_t *o, const rel_t *r)
  * (over the tables' old states) and after it (over the tables). A row of
  * the result can only change when such a combination appears or goes.
  */
+/* Appends SELECT <keys> FROM ... WHERE ...: the rows of the join that
+ * involve a row of table f->v[i] the window changed, over the tables as
+ * they are (old == 0) or as they were before the window. */
+static void
+out_touched_term(out_t *o, const char *q, const toks_t *t, const clauses_t *c, size_t nkeys,
+                 const keyexpr_t *keys, const from_t *f, size_t i, int old)
+{
+    outf(o, "SELECT ");
+    for (size_t k = 0; k < nkeys; k++) {
+        outf(o, "%s", k ? ", " : "");
+        out_key(o, q, &keys[k]);
+        outf(o, " AS ");
+        outid(o, keys[k].col);
+    }
+    outf(o, " FROM ");
+    out_from(o, q, t, c, f, old != 0, &f->v[i]);
+    outf(o, " WHERE ");
+    if (c->tok[CL_WHERE] >= 0) {
+        outf(o, "(");
+        outq(o, q, t->v[c->tok[CL_WHERE]].end, clause_end(q, t, c, CL_WHERE));
+        outf(o, ")%s", old ? "" : " AND ");
+    } else if (old) {
+        outf(o, "true");
+    }
+    if (!old)
+        out_touched(o, &f->v[i]);
+}
+
 static void
 gen_affected_inner(out_t *o, const char *q, const toks_t *t, const clauses_t *c,
                    const sl_analyze_in_t *in, const keyexpr_t *keys, const from_t *f)
@@ -1139,25 +1225,8 @@ gen_affected_inner(out_t *o, const char *q, const toks_t *t, const clauses_t *c,
         for (int old = 0; old < 2; old++) {
             if (i > 0 || old > 0)
                 outf(o, in->nkeys > 0 ? " UNION " : " UNION ALL ");
-            outf(o, "(SELECT ");
-            for (size_t k = 0; k < in->nkeys; k++) {
-                outf(o, "%s", k ? ", " : "");
-                out_key(o, q, &keys[k]);
-                outf(o, " AS ");
-                outid(o, keys[k].col);
-            }
-            outf(o, " FROM ");
-            out_from(o, q, t, c, f, old != 0, &f->v[i]);
-            outf(o, " WHERE ");
-            if (c->tok[CL_WHERE] >= 0) {
-                outf(o, "(");
-                outq(o, q, t->v[c->tok[CL_WHERE]].end, clause_end(q, t, c, CL_WHERE));
-                outf(o, ")%s", old ? "" : " AND ");
-            } else if (old) {
-                outf(o, "true");
-            }
-            if (!old)
-                out_touched(o, &f->v[i]);
+            outf(o, "(");
+            out_touched_term(o, q, t, c, in->nkeys, keys, f, i, old);
             if (in->nkeys == 0)
                 outf(o, " LIMIT 1");
             outf(o, ")");
@@ -1258,6 +1327,12 @@ check_join(const char *q, const toks_t *t, const from_t *f, char *why, size_t n)
     int last = -1;
     for (size_t i = 0; i < f->n; i++) {
         const rel_t *r = &f->v[i];
+        if (r->grouping) {
+            if (r->loc <= last)
+                return "the tables of the join could not be located in the query text";
+            last = r->loc;
+            continue;
+        }
         if (r->src->npk == 0 || r->src->ncols == 0) {
             snprintf(why, n, "table %s.%s has no primary key: joins over it are refreshed in full",
                      r->src->schema, r->src->name);
@@ -1569,6 +1644,471 @@ analyze_derived(const sl_analyze_in_t *in, const cJSON *sel, const cJSON *rs, co
     return rc;
 }
 
+/* ------------------------------------------------------------------------ */
+/* A subquery that groups, joined with tables                               */
+/* ------------------------------------------------------------------------ */
+
+#define MAX_QUALS 64
+
+/* The parts of ColumnRef n written tab.col (2) or col (1, *tab NULL); 0
+ * for anything else (a star, three parts, not a column). */
+static int
+colref(const cJSON *n, const char **tab, const char **col)
+{
+    const cJSON *fields = cJSON_GetObjectItemCaseSensitive(node(n, "ColumnRef"), "fields");
+    int nf = cJSON_GetArraySize(fields);
+    *tab = nf == 2 ? str(node(cJSON_GetArrayItem(fields, 0), "String"), "sval") : NULL;
+    *col = str(node(cJSON_GetArrayItem(fields, nf - 1), "String"), "sval");
+    if (*col == NULL || (nf == 2 && *tab == NULL) || nf < 1 || nf > 2)
+        return 0;
+    return nf;
+}
+
+/* Collects the ON conditions of the joins in FROM item n into v. */
+static void
+join_quals(const cJSON *n, const cJSON **v, size_t *nv)
+{
+    const cJSON *j = node(n, "JoinExpr");
+    if (j == NULL)
+        return;
+    const cJSON *quals = cJSON_GetObjectItemCaseSensitive(j, "quals");
+    if (quals != NULL && *nv < MAX_QUALS)
+        v[(*nv)++] = quals;
+    join_quals(cJSON_GetObjectItemCaseSensitive(j, "larg"), v, nv);
+    join_quals(cJSON_GetObjectItemCaseSensitive(j, "rarg"), v, nv);
+}
+
+/* Finds, among the AND-ed conjuncts of qual, an equality alias.col = x.y
+ * (either way round, x another relation) and sets *tab, *col to x, y. */
+static bool
+equated(const cJSON *qual, const char *alias, const char *col, const char **tab, const char **pcol,
+        int nth, int *seen)
+{
+    const cJSON *n;
+    if ((n = node(qual, "BoolExpr")) != NULL) {
+        if (str(n, "boolop") == NULL || strcmp(str(n, "boolop"), "AND_EXPR") != 0)
+            return false;
+        const cJSON *arg;
+        cJSON_ArrayForEach (arg, cJSON_GetObjectItemCaseSensitive(n, "args"))
+            if (equated(arg, alias, col, tab, pcol, nth, seen))
+                return true;
+        return false;
+    }
+    if (!equi_quals(qual))
+        return false;
+    n = node(qual, "A_Expr");
+    const cJSON *side[2] = {cJSON_GetObjectItemCaseSensitive(n, "lexpr"),
+                            cJSON_GetObjectItemCaseSensitive(n, "rexpr")};
+    for (int s = 0; s < 2; s++) {
+        const char *t1, *c1, *t2, *c2;
+        if (colref(side[s], &t1, &c1) == 2 && colref(side[1 - s], &t2, &c2) == 2 &&
+            strcmp(t1, alias) == 0 && strcmp(c1, col) == 0 && strcmp(t2, alias) != 0 &&
+            (*seen)++ == nth) {
+            *tab = t2;
+            *pcol = c2;
+            return true;
+        }
+    }
+    return false;
+}
+
+/* A column of the subquery named alias that n refers to and that is not
+ * one of its key columns dk (written alias.col, or col alone when col is one
+ * of its output names dcols), or NULL. */
+static const char *
+nonkey_ref(const cJSON *n, const char *alias, const char *const *dcols, size_t ndcols,
+           const char *const *dk, size_t ndk)
+{
+    if (n == NULL)
+        return NULL;
+    if (node(n, "ColumnRef") != NULL) {
+        const char *tab, *col;
+        int nf = colref(n, &tab, &col);
+        bool mine = nf == 2 && strcmp(tab, alias) == 0;
+        for (size_t i = 0; nf == 1 && i < ndcols && !mine; i++)
+            mine = dcols[i] != NULL && strcmp(dcols[i], col) == 0;
+        for (size_t i = 0; mine && i < ndk; i++)
+            if (strcmp(dk[i], col) == 0)
+                mine = false;
+        if (mine)
+            return col;
+    }
+    for (const cJSON *c = n->child; c != NULL; c = c->next) {
+        const char *r = nonkey_ref(c, alias, dcols, ndcols, dk, ndk);
+        if (r != NULL)
+            return r;
+    }
+    return NULL;
+}
+
+/* True when token k is the identifier id (as the parse tree spells it). */
+static bool
+ident_is(const char *q, const tok_t *k, const char *id)
+{
+    size_t n = strlen(id), len = (size_t)(k->end - k->start);
+    if (len == n + 2 && q[k->start] == '"')
+        return strncmp(q + k->start + 1, id, n) == 0 && q[k->end - 1] == '"';
+    return len == n && strncasecmp(q + k->start, id, n) == 0;
+}
+
+/* Splits the tokens [from, to) of q at depth-0 commas into spans. */
+static size_t
+split_commas(const char *q, const toks_t *t, int from, int to, int (*spans)[2], size_t max)
+{
+    size_t n = 0;
+    int depth = 0, s = from;
+    for (int i = from; i <= to && n < max; i++) {
+        bool at_end = i == to;
+        if (!at_end && tok_is(q, &t->v[i], "("))
+            depth++;
+        else if (!at_end && tok_is(q, &t->v[i], ")"))
+            depth--;
+        if (at_end || (depth == 0 && tok_is(q, &t->v[i], ","))) {
+            spans[n][0] = s;
+            spans[n][1] = i; /* exclusive */
+            n++;
+            s = i + 1;
+        }
+    }
+    return n;
+}
+
+static const char *const why_grouping_outer =
+    "a subquery that groups (GROUP BY or DISTINCT) is joined differentially by inner joins "
+    "only, not next to a LEFT JOIN";
+
+/*
+ * A join of tables with one subquery d that groups (GROUP BY or DISTINCT),
+ * for example
+ *
+ *     SELECT c.id, c.name, t.total
+ *       FROM customers c
+ *       JOIN (SELECT customer_id, sum(amount) AS total FROM orders GROUP BY customer_id) t
+ *         ON t.customer_id = c.id
+ *
+ * The refresh unit is a group of d (unit_columns): every row of the result
+ * carries d's key in a selected column (t.customer_id, or c.id, which ON
+ * makes equal to it). The units a window touches are
+ *   - d's own affected keys (d analysed alone, as in analyze_derived), and
+ *   - for every table, the d keys of the join rows that involve one of its
+ *     changed rows, over the tables after and before the window (the terms
+ *     of gen_affected_inner), with d replaced in both by the keys it can
+ *     have: its FROM and WHERE selecting its GROUP BY expressions (for
+ *     DISTINCT, its select list), which PostgreSQL flattens into the join
+ *     and reaches by index from the changed rows.
+ * Those possible keys are read as they are now, also against the tables as
+ * they were: a group of d that the window removed is among d's own affected
+ * keys already. So the join's ON and WHERE may use only d's key columns
+ * (the others are not in that relation), and each key column must be equal
+ * to another relation's column there, which keeps NULL keys out of the
+ * result's rows. The new rows of the units: the query with d replaced by
+ * d's recompute_sql for their keys.
+ * Returns SL_OK with *reason set (in why) when it is not differential.
+ */
+static int
+analyze_joined(const sl_analyze_in_t *in, const cJSON *sel, from_t *f, const toks_t *t,
+               const clauses_t *c, sl_analysis_t *a, char *why, size_t n, const char **reason,
+               sl_err_t *err)
+{
+    static const char *const why_keys =
+        "the subquery in FROM that groups: every GROUP BY item must be a plain column it "
+        "selects, every DISTINCT column must have a name";
+    const char *q = in->query;
+    rel_t *d = &f->v[f->grouping];
+    const char *alias = d->alias;
+    if (cJSON_GetObjectItemCaseSensitive(sel, "groupClause") != NULL ||
+        cJSON_GetObjectItemCaseSensitive(sel, "havingClause") != NULL ||
+        cJSON_GetObjectItemCaseSensitive(sel, "distinctClause") != NULL || in->nkeys == 0) {
+        *reason = "a query that groups, aggregates or removes duplicates over a join with a "
+                  "subquery that groups is refreshed in full";
+        return SL_OK;
+    }
+    /* Its parentheses: ( SELECT ... ) [AS] alias, once in FROM. */
+    int end = clause_end(q, t, c, CL_FROM), found = 0;
+    for (int i = c->tok[CL_FROM] + 1; i + 1 < (int)t->n && t->v[i].start < end; i++) {
+        if (!tok_is(q, &t->v[i], "(") || !tok_is(q, &t->v[i + 1], "SELECT"))
+            continue;
+        int depth = 0, close = -1;
+        for (int j = i; j < (int)t->n && close < 0; j++) {
+            if (tok_is(q, &t->v[j], "("))
+                depth++;
+            else if (tok_is(q, &t->v[j], ")") && --depth == 0)
+                close = j;
+        }
+        int k = close + 1;
+        if (close > 0 && k < (int)t->n && tok_is(q, &t->v[k], "AS"))
+            k++;
+        if (close > 0 && k < (int)t->n && ident_is(q, &t->v[k], alias)) {
+            found++;
+            d->open = i;
+            d->close = close;
+        }
+    }
+    if (found != 1) {
+        *reason = "the subquery in FROM could not be located in the query text";
+        return SL_OK;
+    }
+    d->loc = t->v[d->open].start;
+    const char *why_join = check_join(q, t, f, why, n);
+    if (why_join != NULL) {
+        *reason = why_join;
+        return SL_OK;
+    }
+
+    /* d's key columns: its GROUP BY columns as it names them, or (DISTINCT)
+     * every column. dcols: all its column names (NULL: an unnamed one). */
+    const cJSON *targets = cJSON_GetObjectItemCaseSensitive(d->gsel, "targetList");
+    const cJSON *group = cJSON_GetObjectItemCaseSensitive(d->gsel, "groupClause");
+    const char *dcols[256], *dk[MAX_KEY_COLS];
+    size_t ndcols = 0, ndk = 0;
+    const cJSON *tgt, *item;
+    cJSON_ArrayForEach (tgt, targets) {
+        if (ndcols == 256) {
+            *reason = "the subquery in FROM selects too many columns";
+            return SL_OK;
+        }
+        const cJSON *rt = node(tgt, "ResTarget");
+        const char *name = str(rt, "name");
+        dcols[ndcols++] =
+            name != NULL ? name : figure_colname(cJSON_GetObjectItemCaseSensitive(rt, "val"));
+    }
+    if (group != NULL) {
+        cJSON_ArrayForEach (item, group) {
+            const char *gt, *gc, *name = NULL;
+            int gn = colref(item, &gt, &gc);
+            size_t i = 0;
+            cJSON_ArrayForEach (tgt, targets) {
+                const char *tt, *tc;
+                int tn = colref(cJSON_GetObjectItemCaseSensitive(node(tgt, "ResTarget"), "val"),
+                                &tt, &tc);
+                if (gn > 0 && tn > 0 && name == NULL && strcmp(tc, gc) == 0 &&
+                    (gn == 1 || tn == 1 || strcmp(tt, gt) == 0))
+                    name = dcols[i];
+                i++;
+            }
+            if (name == NULL || ndk == MAX_KEY_COLS) {
+                *reason = why_keys;
+                return SL_OK;
+            }
+            dk[ndk++] = name;
+        }
+    } else {
+        for (size_t i = 0; i < ndcols; i++) {
+            if (dcols[i] == NULL || ndk == MAX_KEY_COLS) {
+                *reason = why_keys;
+                return SL_OK;
+            }
+            dk[ndk++] = dcols[i];
+        }
+    }
+    for (size_t i = 0; i < ndk; i++)
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(dk[i], dk[j]) == 0) {
+                *reason = why_keys;
+                return SL_OK;
+            }
+
+    /* The conditions of the join: WHERE and every ON. */
+    const cJSON *quals[MAX_QUALS];
+    size_t nq = 0;
+    if (cJSON_GetObjectItemCaseSensitive(sel, "whereClause") != NULL)
+        quals[nq++] = cJSON_GetObjectItemCaseSensitive(sel, "whereClause");
+    cJSON_ArrayForEach (item, cJSON_GetObjectItemCaseSensitive(sel, "fromClause"))
+        join_quals(item, quals, &nq);
+    for (size_t i = 0; i < nq; i++) {
+        const char *col = nonkey_ref(quals[i], alias, dcols, ndcols, dk, ndk);
+        if (col != NULL) {
+            snprintf(why, n,
+                     "the subquery %s in FROM groups: the join's ON and WHERE may use only its "
+                     "key columns, and %s is not one (filter on it in a query around this one)",
+                     alias, col);
+            *reason = why;
+            return SL_OK;
+        }
+    }
+    /* The unit columns: each key column of d as the query selects it, or a
+     * column that a condition makes equal to it. */
+    keyexpr_t units[MAX_KEY_COLS];
+    for (size_t j = 0; j < ndk; j++) {
+        units[j] = (keyexpr_t){.from = -1, .alias = alias, .src = dk[j]};
+        bool equal = false;
+        cJSON_ArrayForEach (tgt, cJSON_GetObjectItemCaseSensitive(sel, "targetList"))
+            if (units[j].col == NULL)
+                units[j].col = target_column(tgt, alias, dk[j], false);
+        for (size_t i = 0; i < nq; i++)
+            for (int nth = 0;; nth++) {
+                const char *pt, *pc;
+                int seen = 0;
+                if (!equated(quals[i], alias, dk[j], &pt, &pc, nth, &seen))
+                    break;
+                equal = true;
+                cJSON_ArrayForEach (tgt, cJSON_GetObjectItemCaseSensitive(sel, "targetList"))
+                    if (units[j].col == NULL)
+                        units[j].col = target_column(tgt, pt, pc, false);
+            }
+        if (!equal || units[j].col == NULL) {
+            snprintf(why, n,
+                     "the subquery %s in FROM groups: its key column %s must be equal (=) to a "
+                     "column of another table in ON or WHERE, and be selected, or that column "
+                     "be selected (written %s.%s or table.column)",
+                     alias, dk[j], alias, dk[j]);
+            *reason = why;
+            return SL_OK;
+        }
+        for (size_t i = 0; i < j; i++)
+            if (strcmp(units[i].col, units[j].col) == 0) {
+                snprintf(why, n,
+                         "the subquery %s in FROM groups: its key columns %s and %s are the "
+                         "same column of the result",
+                         alias, dk[i], dk[j]);
+                *reason = why;
+                return SL_OK;
+            }
+    }
+
+    /* d alone, reading its affected keys from the units. */
+    int rc = SL_OK;
+    out_t ar = {.rc = SL_OK, .err = err};
+    outf(&ar, "(SELECT ");
+    for (size_t j = 0; j < ndk; j++) {
+        outf(&ar, "%s", j ? ", " : "");
+        outid(&ar, units[j].col);
+        outf(&ar, " AS ");
+        outid(&ar, dk[j]);
+    }
+    outf(&ar, " FROM ");
+    out_aff(&ar, in);
+    outf(&ar, ") AS \"__sluice_aff\"");
+    char *aff_rel = out_take(&ar);
+    char *inner =
+        strndup(q + t->v[d->open].end, (size_t)(t->v[d->close].start - t->v[d->open].end));
+    char *superset = NULL;
+    toks_t dt = {0};
+    sl_analysis_t sa = {0};
+    if (inner == NULL || aff_rel == NULL) {
+        rc = sl_err_nomem(err, "the subquery's analysis");
+        goto out;
+    }
+    sl_analyze_in_t sin = {.query = inner,
+                           .keys = dk,
+                           .nkeys = ndk,
+                           .has_keys = true,
+                           .sources = in->sources,
+                           .nsources = in->nsources,
+                           .aff_rel = aff_rel};
+    sl_err_t e;
+    sl_err_clear(&e);
+    int src = sl_analyze(&sin, &sa, &e);
+    if (src == SL_EUSAGE) {
+        snprintf(why, n, "the subquery in FROM: %s", e.msg);
+        *reason = why;
+        goto out;
+    }
+    if (src != SL_OK) {
+        *err = e;
+        rc = src;
+        goto out;
+    }
+    if (strcmp(sa.mode, "differential") != 0) {
+        snprintf(why, n, "the subquery in FROM: %s", sa.reason);
+        *reason = why;
+        goto out;
+    }
+    if (sa.unit_columns != NULL) {
+        *reason = "the subquery in FROM has a LEFT JOIN, which is refreshed differentially as a "
+                  "whole query but not inside a subquery";
+        goto out;
+    }
+
+    /* The keys d can have: its FROM and WHERE, selecting its GROUP BY items
+     * (or, for DISTINCT, its select list). */
+    if ((rc = scan_tokens(inner, &dt, err)) != SL_OK)
+        goto out;
+    clauses_t dc;
+    find_clauses(inner, &dt, &dc);
+    int spans[MAX_KEY_COLS + 1][2];
+    int g = dc.tok[CL_GROUP], last = g + 2;
+    if (dc.tok[CL_SELECT] != 0 || dc.tok[CL_FROM] < 0 ||
+        (group != NULL && (g < 0 || g + 2 >= (int)dt.n || !tok_is(inner, &dt.v[g + 1], "BY"))) ||
+        (group == NULL && (dt.n < 3 || !tok_is(inner, &dt.v[1], "DISTINCT")))) {
+        *reason = "the subquery in FROM could not be located in the query text";
+        goto out;
+    }
+    if (group != NULL) {
+        int gend = clause_end(inner, &dt, &dc, CL_GROUP);
+        while (last < (int)dt.n && dt.v[last].start < gend)
+            last++;
+        if (split_commas(inner, &dt, g + 2, last, spans, MAX_KEY_COLS + 1) != ndk) {
+            *reason = "the subquery in FROM: its GROUP BY could not be matched with the parse tree";
+            goto out;
+        }
+    }
+    out_t ss = {.rc = SL_OK, .err = err};
+    outf(&ss, "(SELECT ");
+    if (group != NULL) {
+        for (size_t j = 0; j < ndk; j++) {
+            outf(&ss, "%s(", j ? ", " : "");
+            outq(&ss, inner, dt.v[spans[j][0]].start, dt.v[spans[j][1] - 1].end);
+            outf(&ss, ") AS ");
+            outid(&ss, dk[j]);
+        }
+        outf(&ss, " ");
+    } else {
+        outq(&ss, inner, dt.v[2].start, dt.v[dc.tok[CL_FROM]].start);
+    }
+    outq(&ss, inner, dt.v[dc.tok[CL_FROM]].start, clause_end(inner, &dt, &dc, CL_WHERE));
+    outf(&ss, ")");
+    if ((superset = out_take(&ss)) == NULL) {
+        rc = sl_err_nomem(err, "the generated SQL");
+        goto out;
+    }
+    d->superset = superset;
+
+    out_t o = {.rc = SL_OK, .err = err};
+    out_t r = {.rc = SL_OK, .err = err};
+    out_t u = {.rc = SL_OK, .err = err};
+    outf(&o, "SELECT DISTINCT * FROM (SELECT ");
+    for (size_t j = 0; j < ndk; j++) {
+        outf(&o, "%s\"__sluice_d\".", j ? ", " : "");
+        outid(&o, dk[j]);
+    }
+    outf(&o, " FROM (%s) AS \"__sluice_d\"", sa.affected_sql);
+    for (size_t i = 0; i < f->n; i++)
+        for (int old = 0; old < 2 && !f->v[i].grouping; old++) {
+            outf(&o, " UNION ALL ");
+            out_touched_term(&o, q, t, c, ndk, units, f, i, old);
+        }
+    outf(&o, ") AS \"__sluice_u\" (");
+    for (size_t j = 0; j < ndk; j++) {
+        outf(&o, "%s", j ? ", " : "");
+        outid(&o, units[j].col);
+    }
+    outf(&o, ")");
+    int body_end = c->end;
+    for (int w = CL_ORDER; w < CL_COUNT; w++)
+        if (c->tok[w] >= 0 && t->v[c->tok[w]].start < body_end)
+            body_end = t->v[c->tok[w]].start;
+    outq(&r, q, 0, t->v[d->open].end);
+    outf(&r, "%s", sa.recompute_sql);
+    outq(&r, q, t->v[d->close].start, body_end);
+    out_units_literal(&u, units, ndk);
+    a->affected_sql = out_take(&o);
+    a->recompute_sql = out_take(&r);
+    a->unit_columns = out_take(&u);
+    a->mode = strdup("differential");
+    if (a->affected_sql == NULL || a->recompute_sql == NULL || a->unit_columns == NULL ||
+        a->mode == NULL)
+        rc = sl_err_nomem(err, "the generated SQL");
+out:
+    sl_analysis_free(&sa);
+    free(dt.v);
+    free(inner);
+    free(aff_rel);
+    free(superset);
+    d->superset = NULL;
+    return rc;
+}
+
 void
 sl_analysis_free(sl_analysis_t *a)
 {
@@ -1648,7 +2188,7 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
         goto done;
     }
     const cJSON *fromc = cJSON_GetObjectItemCaseSensitive(sel, "fromClause");
-    from_t f = {.n = 0, .left_deep = cJSON_GetArraySize(fromc) == 1, .equi = true};
+    from_t f = {.n = 0, .left_deep = cJSON_GetArraySize(fromc) == 1, .equi = true, .grouping = -1};
     const cJSON *item;
     cJSON_ArrayForEach (item, fromc)
         if ((reason = walk_from(item, in, &f, false)) != NULL) {
@@ -1663,11 +2203,23 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
                 goto done;
             goto full;
         }
+    if (f.grouping >= 0 && f.n == 1) {
+        /* The subquery is the whole FROM. */
+        const cJSON *rs = derived_from(sel);
+        if (rs == NULL) {
+            reason = why_shape;
+            goto full;
+        }
+        rc = analyze_derived(in, sel, rs, &t, &c, a, uwhy, sizeof uwhy, &reason, err);
+        if (rc != SL_OK || reason == NULL)
+            goto done;
+        goto full;
+    }
     for (size_t k = 0; k < in->nkeys; k++)
         keys[k].alias = f.v[0].alias;
     if ((reason = map_keys(in->query, &t, &c, sel, in, keys)) != NULL)
         goto full;
-    if ((f.n > 1 || f.v[0].subquery) &&
+    if ((f.n > 1 || f.v[0].subquery) && f.grouping < 0 &&
         (reason = check_join(in->query, &t, &f, why, sizeof why)) != NULL)
         goto full;
     if (f.outer) {
@@ -1675,6 +2227,10 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
             reason = "a LEFT JOIN is refreshed differentially only in a chain of equi-joins "
                      "whose right sides are tables (a LEFT JOIN b ON b.x = a.y LEFT JOIN c ON "
                      "c.z = b.w ...)";
+            goto full;
+        }
+        if (f.grouping >= 0) {
+            reason = why_grouping_outer;
             goto full;
         }
         units = calloc(f.v[0].src->npk, sizeof *units);
@@ -1690,6 +2246,12 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
             reason = why;
             goto full;
         }
+    }
+    if (f.grouping >= 0) {
+        rc = analyze_joined(in, sel, &f, &t, &c, a, uwhy, sizeof uwhy, &reason, err);
+        if (rc != SL_OK || reason == NULL)
+            goto done;
+        goto full;
     }
     out_t o = {.rc = SL_OK, .err = err};
     out_t r = {.rc = SL_OK, .err = err};

@@ -15,7 +15,9 @@
  * aggregates with a one-row branch, of a join and a table), and filters of
  * an aggregating subquery in FROM (over a table, inside a second subquery
  * and its key renamed at both levels; over a join; in a UNION ALL branch
- * beside a DISTINCT subquery), whose groups cross the filters both ways. After `sluice engine
+ * beside a DISTINCT subquery), whose groups cross the filters both ways, and
+ * subqueries that group joined with tables (an aggregate with HAVING, a
+ * DISTINCT, an aggregate in a three-relation join written with WHERE). After `sluice engine
  * --once` has analysed them (every one is DIFFERENTIAL), every cycle:
  *
  *   1. runs a random batch of INSERT/UPDATE/DELETE (sometimes TRUNCATE) on
@@ -152,6 +154,17 @@ static const st_def_t sts[] = {
     {"p_derived_join", "w, n",
      "SELECT t.w, t.n FROM (SELECT b.w, count(*) AS n FROM a JOIN b ON b.a_k = a.k GROUP BY b.w) "
      "t WHERE t.n > 1",
+     NULL},
+    {"p_joined", "bid, k, w, sv",
+     "SELECT b.id AS bid, s.k, b.w, s.sv FROM b JOIN (SELECT k, sum(v) AS sv, count(*) AS n FROM "
+     "a GROUP BY k HAVING count(*) >= 2) s ON s.k = b.a_k",
+     NULL},
+    {"p_joined_distinct", "id, k, v",
+     "SELECT a.id, a.k, a.v FROM a JOIN (SELECT DISTINCT a_k FROM b WHERE w > 2) d ON d.a_k = a.k",
+     NULL},
+    {"p_joined3", "cid, bid, a_k, n, z",
+     "SELECT c.id AS cid, b.id AS bid, b.a_k, s.n, c.z FROM c, b, (SELECT k, count(*) AS n FROM a "
+     "WHERE v IS NOT NULL GROUP BY k) s WHERE b.id = c.b_id AND s.k = b.a_k AND c.z IS NOT NULL",
      NULL},
 };
 #define NSTS (sizeof sts / sizeof sts[0])

@@ -42,7 +42,10 @@
  *      (refresh/sql/0017_derived_subqueries.sql), which refreshes it
  *      differentially: step 5 holds for it like for the others; a LEFT
  *      JOIN whose ON has a cast (st_lc), which 16 left to the engine, is
- *      FULL with the reason, decided, after 17.
+ *      FULL with the reason, decided, after 17. A join with an aggregating
+ *      subquery (st_jg), FULL by 16's reason, has none after migration 18
+ *      (refresh/sql/0018_joined_groups.sql) but keeps its content identity,
+ *      so stays FULL for that reason.
  *   5. `sluice engine --once` analyses every stream table again (they are
  *      not due: their schedule is an hour, so it refreshes none); then each
  *      is refreshed by hand: DIFFERENTIAL, with a delta of exactly the size
@@ -377,6 +380,9 @@ main(void)
                  "RIGHT JOIN groups g ON g.grp = i.grp', schedule => '1 hour')");
     th_sql(conn, "SELECT sluice.create_stream_table('st_lc', 'SELECT i.id, g.grp FROM items i "
                  "LEFT JOIN groups g ON g.grp = i.grp::bigint', schedule => '1 hour')");
+    th_sql(conn, "SELECT sluice.create_stream_table('st_jg', 'SELECT g.grp, g.label, s.total FROM "
+                 "groups g JOIN (SELECT grp, sum(n) AS total FROM items GROUP BY grp) s ON s.grp = "
+                 "g.grp', schedule => '1 hour')");
 
     /* Changes no refresh consumes before the upgrade. */
     th_sql(conn, "INSERT INTO items SELECT i, mod(i, 20) + 1, i, 'o' || i "
@@ -477,9 +483,10 @@ main(void)
                              bufs[b]) == 0,
                   "every converted row is a chunk of one image");
     }
-    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice.stream_table_catalog WHERE "
-                               "(analyzed_query IS NOT NULL AND name NOT LIKE 'st_vol%%' AND "
-                               "name NOT IN ('st_rj', 'st_lc')) OR branches IS NOT NULL") == 0,
+    TH_ASSERT(th_sql_int(conn,
+                         "SELECT count(*) FROM sluice.stream_table_catalog WHERE "
+                         "(analyzed_query IS NOT NULL AND name NOT LIKE 'st_vol%%' AND "
+                         "name NOT IN ('st_rj', 'st_lc', 'st_jg')) OR branches IS NOT NULL") == 0,
               "migration 9 cleared the stored analysis (and no stream table has branches)");
 
     /* Migration 15: the volatile function decides FULL without the engine. */
@@ -531,6 +538,20 @@ main(void)
         "st_lc: migration 17 stored the reason and made it FULL, decided (%s)", why ? why : "NULL");
     free(why);
     th_sql(conn, "SELECT sluice.drop_stream_table('st_lc')");
+
+    /* Migration 18: st_jg, a subquery that groups joined with a table,
+     * loses the reason 16 gave it, but keeps the content identity it was
+     * created with (identities are not derived again), so stays FULL with
+     * that reason. */
+    why = th_sql_text(conn, "SELECT coalesce(query_fallback, 'none') || ' | ' || effective_mode || "
+                            "' | ' || fallback_reason || ' | ' || coalesce(key_columns::text, "
+                            "'none') FROM sluice.stream_table_catalog WHERE name = 'st_jg'");
+    TH_ASSERT(why != NULL &&
+                  strcmp(why, "none | full | rows have no key (content identity) | none") == 0,
+              "st_jg: migration 18 took back the reason, the content identity stays (%s)",
+              why ? why : "NULL");
+    free(why);
+    th_sql(conn, "SELECT sluice.drop_stream_table('st_jg')");
 
     /* Migration 17: st_derived, which 16 decided FULL, is the engine's again. */
     TH_ASSERT(th_sql_int(conn,

@@ -313,7 +313,79 @@ static const analyze_row_t rows[] = {
     {"derived_under_group_by_full",
      " SELECT s.total,\n    count(*) AS n\n   FROM " TOTALS_SUB "\n  GROUP BY s.total",
      KEYS("total"), .mode = FULL, .field = REASON,
-     .want = "^a subquery in FROM is refreshed differentially only when"},
+     .want = "^a subquery in FROM is refreshed differentially when"},
+
+/* A subquery that groups, joined with tables (the query as pg_get_viewdef
+ * prints it). */
+#define JOINED_SUB                                                                  \
+    "(public.customers c\n     JOIN ( SELECT orders.customer_id,\n            "     \
+    "sum(orders.amount) AS total\n           FROM public.orders\n          WHERE "  \
+    "(orders.status <> 'void'::text)\n          GROUP BY orders.customer_id) t ON " \
+    "((t.customer_id = c.id)))"
+    {"joined_units_through_on", " SELECT c.id,\n    c.name,\n    t.total\n   FROM " JOINED_SUB,
+     KEYS("id"), .mode = DIFF, .field = UNITS, .want = "{\"id\"}"},
+    {"joined_affected_from_subquery_and_table",
+     " SELECT c.id,\n    c.name,\n    t.total\n   FROM " JOINED_SUB, KEYS("id"), .mode = DIFF,
+     .field = AFFECTED,
+     .want = "^SELECT DISTINCT * FROM (SELECT \"__sluice_d\".\"customer_id\" FROM (SELECT "
+             "DISTINCT (orders.customer_id) AS \"customer_id\" FROM "
+             "pg_temp.\"__sluice_chg_16401\" AS \"orders\""},
+    {"joined_affected_reads_possible_keys",
+     " SELECT c.id,\n    c.name,\n    t.total\n   FROM " JOINED_SUB, KEYS("id"), .mode = DIFF,
+     .field = AFFECTED,
+     .want = "JOIN (SELECT (orders.customer_id) AS \"customer_id\" FROM public.orders\n          "
+             "WHERE (orders.status <> 'void'::text)\n          ) t ON ((t.customer_id = c.id))) "
+             "WHERE \"c\".\"id\" = ANY (ARRAY(SELECT \"id\" FROM "
+             "pg_temp.\"__sluice_chg_16402\"))"},
+    {"joined_recompute_restricts_subquery",
+     " SELECT c.id,\n    c.name,\n    t.total\n   FROM " JOINED_SUB
+     "\n  WHERE (c.region = 'eu'::text)",
+     KEYS("id"), .mode = DIFF, .field = RECOMPUTE,
+     .want = "(SELECT \"id\" AS \"customer_id\" FROM pg_temp.\"__sluice_aff\") AS "
+             "\"__sluice_aff\""},
+    {"joined_units_selected_key", " SELECT t.customer_id AS cid,\n    c.name\n   FROM " JOINED_SUB,
+     KEYS("cid"), .mode = DIFF, .field = UNITS, .want = "{\"cid\"}"},
+    {"joined_distinct_differential",
+     " SELECT c.id\n   FROM public.customers c,\n    ( SELECT DISTINCT orders.customer_id\n  "
+     "         FROM public.orders) d\n  WHERE (d.customer_id = c.id)",
+     KEYS("id"), .mode = DIFF, .field = AFFECTED,
+     .want = "(SELECT orders.customer_id\n           FROM public.orders) d"},
+    {"joined_filter_on_aggregate_full",
+     " SELECT c.id,\n    t.total\n   FROM " JOINED_SUB "\n  WHERE (t.total > (5)::numeric)",
+     KEYS("id"), .mode = FULL, .field = REASON,
+     .want = "^the subquery t in FROM groups: the join's ON and WHERE may use only its key "
+             "columns, and total is not one"},
+    {"joined_key_not_selected_full", " SELECT c.name,\n    t.total\n   FROM " JOINED_SUB,
+     KEYS("name"), .mode = FULL, .field = REASON,
+     .want = "its key column customer_id must be equal"},
+    {"joined_key_without_equality_full",
+     " SELECT c.id,\n    t.customer_id,\n    t.total\n   FROM (public.customers c\n     JOIN ( "
+     "SELECT orders.customer_id,\n            sum(orders.amount) AS total\n           FROM "
+     "public.orders\n          GROUP BY orders.customer_id) t ON ((t.customer_id > c.id)))",
+     KEYS("id", "customer_id"), .mode = FULL, .field = REASON,
+     .want = "its key column customer_id must be equal"},
+    {"joined_group_by_expression_full",
+     " SELECT c.id,\n    t.n\n   FROM (public.customers c\n     JOIN ( SELECT (orders.customer_id "
+     "+ 1) AS k,\n            count(*) AS n\n           FROM public.orders\n          GROUP BY "
+     "(orders.customer_id + 1)) t ON ((t.k = c.id)))",
+     KEYS("id"), .mode = FULL, .field = REASON,
+     .want = "every GROUP BY item must be a plain column"},
+    {"joined_next_to_left_join_full",
+     " SELECT c.id,\n    t.total\n   FROM ((public.customers c\n     JOIN ( SELECT "
+     "orders.customer_id,\n            sum(orders.amount) AS total\n           FROM "
+     "public.orders\n          GROUP BY orders.customer_id) t ON ((t.customer_id = c.id)))\n     "
+     "LEFT JOIN public.refunds r ON ((r.id = c.id)))",
+     KEYS("id"), .mode = FULL, .field = REASON, .want = "by inner joins only"},
+    {"joined_grouped_around_full",
+     " SELECT c.region,\n    sum(t.total) AS s\n   FROM " JOINED_SUB "\n  GROUP BY c.region",
+     KEYS("region"), .mode = FULL, .field = REASON,
+     .want = "^a query that groups, aggregates or removes duplicates over a join"},
+    {"joined_two_grouping_subqueries_full",
+     " SELECT c.id\n   FROM ((public.customers c\n     JOIN ( SELECT DISTINCT "
+     "orders.customer_id\n           FROM public.orders) a ON ((a.customer_id = c.id)))\n     JOIN "
+     "( SELECT DISTINCT orders.customer_id\n           FROM public.orders) b ON ((b.customer_id = "
+     "c.id)))",
+     KEYS("id"), .mode = FULL, .field = REASON, .want = "^a join with more than one subquery"},
 
     /* UNION ALL. */
     {"union_all_without_branches_full", " " ORDERS_BRANCH "\nUNION ALL\n " REFUNDS_BRANCH,
