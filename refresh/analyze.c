@@ -693,8 +693,9 @@ add_subquery(const cJSON *rs, const sl_analyze_in_t *in, from_t *f)
 }
 
 /* Appends a subquery in FROM that groups (GROUP BY or DISTINCT) as a
- * relation of its own (see analyze_joined); returns `why` (add_subquery's
- * reason) for any other subquery, or when it is not the only one. */
+ * relation of its own (see analyze_joined) and returns NULL; returns `why`
+ * (add_subquery's reason) for any other subquery, and a reason of its own
+ * when FROM has such a subquery already. */
 static const char *
 add_grouping(const cJSON *rs, from_t *f, const char *why)
 {
@@ -1182,13 +1183,6 @@ out_touched(out_t *o, const rel_t *r)
     outf(o, " FROM pg_temp.\"__sluice_chg_%u\")", r->src->relid);
 }
 
-/*
- * affected_sql of an inner join (any select list with a row identity: the
- * tables' keys, GROUP BY keys, DISTINCT): the key values of every row that
- * a combination of rows involving a changed row produces, before the window
- * (over the tables' old states) and after it (over the tables). A row of
- * the result can only change when such a combination appears or goes.
- */
 /* Appends SELECT <keys> FROM ... WHERE ...: the rows of the join that
  * involve a row of table f->v[i] the window changed, over the tables as
  * they are (old == 0) or as they were before the window. */
@@ -1217,6 +1211,13 @@ out_touched_term(out_t *o, const char *q, const toks_t *t, const clauses_t *c, s
         out_touched(o, &f->v[i]);
 }
 
+/*
+ * affected_sql of an inner join (any select list with a row identity: the
+ * tables' keys, GROUP BY keys, DISTINCT): the key values of every row that
+ * a combination of rows involving a changed row produces, before the window
+ * (over the tables' old states) and after it (over the tables). A row of
+ * the result can only change when such a combination appears or goes.
+ */
 static void
 gen_affected_inner(out_t *o, const char *q, const toks_t *t, const clauses_t *c,
                    const sl_analyze_in_t *in, const keyexpr_t *keys, const from_t *f)
@@ -1430,8 +1431,12 @@ analyze_union(const sl_analyze_in_t *in, const cJSON *sel, sl_analysis_t *a, cha
             *reason = why;
         } else if (ba.unit_columns != NULL) {
             snprintf(why, n,
-                     "UNION ALL branch %zu has a LEFT JOIN, which is refreshed differentially as "
-                     "a whole query but not inside a UNION ALL",
+                     ba.grouped_units
+                         ? "UNION ALL branch %zu has a subquery that groups joined with tables, "
+                           "which is refreshed differentially as a whole query but not inside a "
+                           "UNION ALL"
+                         : "UNION ALL branch %zu has a LEFT JOIN, which is refreshed "
+                           "differentially as a whole query but not inside a UNION ALL",
                      i + 1);
             *reason = why;
         } else if ((obj = cJSON_CreateObject()) == NULL || !cJSON_AddItemToArray(arr, obj) ||
@@ -1489,6 +1494,120 @@ derived_column(const cJSON *tgt, const char *alias, const char *name, bool *star
     const char *col = str(node(last, "String"), "sval");
     const char *out = str(rt, "name") != NULL ? str(rt, "name") : col;
     return col != NULL && out != NULL && strcmp(out, name) == 0 ? col : NULL;
+}
+
+/* Reads a text[] literal as out_units_literal writes it ({"a","b"}) into
+ * names, pointing into buf; returns the count, 0 when it is not one. */
+static size_t
+parse_units(const char *lit, char *buf, size_t bufsz, const char **names, size_t max)
+{
+    size_t n = 0, b = 0;
+    const char *p = lit;
+    if (*p++ != '{')
+        return 0;
+    while (*p == '"' && n < max) {
+        names[n++] = buf + b;
+        for (p++; *p != '\0' && *p != '"'; p++) {
+            if (*p == '\\' && p[1] != '\0')
+                p++;
+            if (b + 1 >= bufsz)
+                return 0;
+            buf[b++] = *p;
+        }
+        if (*p != '"' || b + 1 >= bufsz)
+            return 0;
+        buf[b++] = '\0';
+        p++;
+        if (*p == ',')
+            p++;
+    }
+    return *p == '}' ? n : 0;
+}
+
+/* The name under which select-list entry tgt outputs column col of the
+ * subquery called alias unchanged (alias.col or col), or NULL (star: the
+ * entry is `*` or `alias.*`, which outputs it as col). */
+static const char *
+derived_output(const cJSON *tgt, const char *alias, const char *col, bool *star)
+{
+    const cJSON *rt = node(tgt, "ResTarget");
+    const cJSON *fields = cJSON_GetObjectItemCaseSensitive(
+        node(cJSON_GetObjectItemCaseSensitive(rt, "val"), "ColumnRef"), "fields");
+    int nf = cJSON_GetArraySize(fields);
+    const char *t = nf == 2 ? str(node(cJSON_GetArrayItem(fields, 0), "String"), "sval") : NULL;
+    if (nf < 1 || nf > 2 || (nf == 2 && (t == NULL || strcmp(t, alias) != 0)))
+        return NULL;
+    const cJSON *last = cJSON_GetArrayItem(fields, nf - 1);
+    if (node(last, "A_Star") != NULL) {
+        *star = true;
+        return NULL;
+    }
+    const char *c = str(node(last, "String"), "sval");
+    if (c == NULL || strcmp(c, col) != 0)
+        return NULL;
+    return str(rt, "name") != NULL ? str(rt, "name") : c;
+}
+
+/* For analyze_derived, when the subquery (analysed as sa from *sin) is
+ * refreshed by the groups of a subquery joined in it: its unit columns (iu)
+ * as the query outputs them (ou, *nu of them), and the subquery analysed
+ * again (sb) reading its affected units from the query's. Returns SL_OK
+ * with *reason set (in why) when the query does not select them. */
+static int
+derived_units(const sl_analyze_in_t *in, const cJSON *sel, const char *alias, sl_analyze_in_t *sin,
+              const sl_analysis_t *sa, char *ubuf, size_t ubufsz, const char **iu, const char **ou,
+              size_t *nu, sl_analysis_t *sb, char *why, size_t n, const char **reason,
+              sl_err_t *err)
+{
+    *nu = parse_units(sa->unit_columns, ubuf, ubufsz, iu, MAX_KEY_COLS);
+    if (*nu == 0) {
+        *reason = "the subquery in FROM: its refresh units could not be read";
+        return SL_OK;
+    }
+    for (size_t j = 0; j < *nu; j++) {
+        const cJSON *tgt;
+        bool star = false;
+        ou[j] = NULL;
+        cJSON_ArrayForEach (tgt, cJSON_GetObjectItemCaseSensitive(sel, "targetList"))
+            if (ou[j] == NULL)
+                ou[j] = derived_output(tgt, alias, iu[j], &star);
+        if (ou[j] == NULL && star)
+            ou[j] = iu[j];
+        if (ou[j] == NULL) {
+            snprintf(why, n,
+                     "the subquery in FROM is refreshed by the groups of a subquery joined in "
+                     "it: select its column %s unchanged",
+                     iu[j]);
+            *reason = why;
+            return SL_OK;
+        }
+    }
+    out_t ar = {.rc = SL_OK, .err = err};
+    outf(&ar, "(SELECT ");
+    for (size_t j = 0; j < *nu; j++) {
+        outf(&ar, "%s", j ? ", " : "");
+        outid(&ar, ou[j]);
+        outf(&ar, " AS ");
+        outid(&ar, iu[j]);
+    }
+    outf(&ar, " FROM ");
+    out_aff(&ar, in);
+    outf(&ar, ") AS \"__sluice_aff\"");
+    char *uaff = out_take(&ar);
+    if (uaff == NULL)
+        return sl_err_nomem(err, "the subquery's analysis");
+    sin->aff_rel = uaff;
+    sl_err_t e;
+    sl_err_clear(&e);
+    int rc = sl_analyze(sin, sb, &e);
+    if (rc != SL_OK) {
+        *err = e;
+    } else if (strcmp(sb->mode, "differential") != 0 || sb->unit_columns == NULL) {
+        *reason = "the subquery in FROM: its second analysis differs from its first";
+    }
+    free(uaff);
+    sin->aff_rel = NULL;
+    return rc;
 }
 
 /*
@@ -1598,7 +1717,7 @@ analyze_derived(const sl_analyze_in_t *in, const cJSON *sel, const cJSON *rs, co
                            .sources = in->sources,
                            .nsources = in->nsources,
                            .aff_rel = renamed ? aff_rel : in->aff_rel};
-    sl_analysis_t sa;
+    sl_analysis_t sa, sb = {0};
     sl_err_t e;
     sl_err_clear(&e);
     int src = sl_analyze(&sin, &sa, &e);
@@ -1611,34 +1730,61 @@ analyze_derived(const sl_analyze_in_t *in, const cJSON *sel, const cJSON *rs, co
     } else if (strcmp(sa.mode, "differential") != 0) {
         snprintf(why, n, "the subquery in FROM: %s", sa.reason);
         *reason = why;
-    } else if (sa.unit_columns != NULL) {
+    } else if (sa.unit_columns != NULL && !sa.grouped_units) {
         *reason = "the subquery in FROM has a LEFT JOIN, which is refreshed differentially as a "
                   "whole query but not inside a subquery";
     } else {
-        out_t o = {.rc = SL_OK, .err = err};
-        out_t r = {.rc = SL_OK, .err = err};
-        outf(&o, "SELECT ");
-        for (size_t k = 0; k < in->nkeys; k++) {
-            outf(&o, "%s\"__sluice_d\".", k ? ", " : "");
-            outid(&o, cols[k]);
-            outf(&o, " AS ");
-            outid(&o, in->keys[k]);
+        /* The subquery's columns and the query's that name a refresh unit:
+         * its keys, or (a join with a subquery that groups) its units. */
+        const char *const *from_cols = cols, *const *to_cols = in->keys;
+        size_t ncols = in->nkeys;
+        const sl_analysis_t *use = &sa;
+        char ubuf[SL_ERR_MSG_MAX];
+        const char *iu[MAX_KEY_COLS], *ou[MAX_KEY_COLS];
+        if (sa.unit_columns != NULL) {
+            rc = derived_units(in, sel, alias, &sin, &sa, ubuf, sizeof ubuf, iu, ou, &ncols, &sb,
+                               why, n, reason, err);
+            from_cols = iu;
+            to_cols = ou;
+            use = &sb;
         }
-        outf(&o, " FROM (%s) AS \"__sluice_d\"", sa.affected_sql);
-        int body_end = c->end;
-        for (int w = CL_ORDER; w < CL_COUNT; w++)
-            if (c->tok[w] >= 0 && t->v[c->tok[w]].start < body_end)
-                body_end = t->v[c->tok[w]].start;
-        outq(&r, q, 0, t->v[open].end);
-        outf(&r, "%s", sa.recompute_sql);
-        outq(&r, q, t->v[close].start, body_end);
-        a->affected_sql = out_take(&o);
-        a->recompute_sql = out_take(&r);
-        a->mode = strdup("differential");
-        if (a->affected_sql == NULL || a->recompute_sql == NULL || a->mode == NULL)
-            rc = sl_err_nomem(err, "the generated SQL");
+        if (rc == SL_OK && *reason == NULL) {
+            out_t o = {.rc = SL_OK, .err = err};
+            out_t r = {.rc = SL_OK, .err = err};
+            out_t u = {.rc = SL_OK, .err = err};
+            outf(&o, "SELECT ");
+            for (size_t k = 0; k < ncols; k++) {
+                outf(&o, "%s\"__sluice_d\".", k ? ", " : "");
+                outid(&o, from_cols[k]);
+                outf(&o, " AS ");
+                outid(&o, to_cols[k]);
+            }
+            outf(&o, " FROM (%s) AS \"__sluice_d\"", use->affected_sql);
+            int body_end = c->end;
+            for (int w = CL_ORDER; w < CL_COUNT; w++)
+                if (c->tok[w] >= 0 && t->v[c->tok[w]].start < body_end)
+                    body_end = t->v[c->tok[w]].start;
+            outq(&r, q, 0, t->v[open].end);
+            outf(&r, "%s", use->recompute_sql);
+            outq(&r, q, t->v[close].start, body_end);
+            if (use->unit_columns != NULL) {
+                keyexpr_t units[MAX_KEY_COLS];
+                for (size_t k = 0; k < ncols; k++)
+                    units[k] = (keyexpr_t){.col = to_cols[k]};
+                out_units_literal(&u, units, ncols);
+                a->unit_columns = out_take(&u);
+                a->grouped_units = true;
+            }
+            a->affected_sql = out_take(&o);
+            a->recompute_sql = out_take(&r);
+            a->mode = strdup("differential");
+            if (a->affected_sql == NULL || a->recompute_sql == NULL || a->mode == NULL ||
+                (use->unit_columns != NULL && a->unit_columns == NULL))
+                rc = sl_err_nomem(err, "the generated SQL");
+        }
     }
     sl_analysis_free(&sa);
+    sl_analysis_free(&sb);
     free(inner);
     free(aff_rel);
     return rc;
@@ -2015,8 +2161,11 @@ analyze_joined(const sl_analyze_in_t *in, const cJSON *sel, from_t *f, const tok
         goto out;
     }
     if (sa.unit_columns != NULL) {
-        *reason = "the subquery in FROM has a LEFT JOIN, which is refreshed differentially as a "
-                  "whole query but not inside a subquery";
+        *reason = sa.grouped_units
+                      ? "the subquery in FROM is refreshed by the groups of a subquery joined in "
+                        "it, which is done for a whole query or under a filter, not in a join"
+                      : "the subquery in FROM has a LEFT JOIN, which is refreshed differentially "
+                        "as a whole query but not inside a subquery";
         goto out;
     }
 
@@ -2096,6 +2245,7 @@ analyze_joined(const sl_analyze_in_t *in, const cJSON *sel, from_t *f, const tok
     a->recompute_sql = out_take(&r);
     a->unit_columns = out_take(&u);
     a->mode = strdup("differential");
+    a->grouped_units = true;
     if (a->affected_sql == NULL || a->recompute_sql == NULL || a->unit_columns == NULL ||
         a->mode == NULL)
         rc = sl_err_nomem(err, "the generated SQL");

@@ -62,6 +62,8 @@ typedef struct sl_analysis {
                           * (the columns of affected_sql); NULL: the row identity */
     char *branches;      /* differential UNION ALL: JSON array of {"affected", "recompute"},
                           * one per branch, in place of affected_sql and recompute_sql */
+    bool grouped_units;  /* unit_columns name the groups of a subquery joined with tables
+                          * (not the first table's rows of a LEFT JOIN) */
 } sl_analysis_t;
 
 /*

@@ -393,7 +393,7 @@ BEGIN
                      THEN 'derived'
                      -- A subquery that groups, joined (the engine's
                      -- analyze_joined).
-                     WHEN kinds[up[q]] IN ('outer', 'branch', 'derived', 'joined')
+                     WHEN kinds[up[q]] IN ('outer', 'branch', 'derived')
                           AND regexp_count(own[up[q]], '\{RANGETBLREF ') > 1
                           AND own[q] ~ ' :(groupClause|distinctClause) [^<]'
                           AND own[q] !~ ' :setOperations [^<]'
@@ -431,6 +431,13 @@ BEGIN
             IF own[up[q]] ~ (' :hasAggs true | :(groupClause|havingQual|distinctClause) [^<]') THEN
                 RETURN coalesce(pre[up[q]], '') || 'a query that groups, aggregates or removes duplicates over a join '
                        || 'with a subquery that groups is refreshed in full';
+            END IF;
+            -- Refreshed by its groups: a whole query, or one that a query
+            -- around filters, but not a UNION ALL branch (nor a join's
+            -- subquery, which is 'from' above).
+            IF kinds[up[q]] = 'branch' OR pre[up[q]] LIKE 'UNION ALL branch %' THEN
+                RETURN substring(pre[up[q]] FROM '^UNION ALL branch [0-9]+') || ' has a subquery that groups joined '
+                       || 'with tables, which is refreshed differentially as a whole query but not inside a UNION ALL';
             END IF;
         END IF;
         IF kind IN ('outer', 'branch', 'derived', 'joined') THEN

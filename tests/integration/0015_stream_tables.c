@@ -613,6 +613,17 @@ check_query_fallback(const char *url, PGconn *conn)
                     "FROM orders GROUP BY customer_id LIMIT 3) s ON s.customer_id = c.id",
                     "the subquery in FROM: LIMIT/OFFSET");
     expect_fallback(conn,
+                    "SELECT j.id, j.n FROM (SELECT c.id, s.n FROM customers c JOIN (SELECT "
+                    "customer_id, count(*) AS n FROM orders GROUP BY customer_id) s ON "
+                    "s.customer_id = c.id) j WHERE j.n > 1",
+                    NULL);
+    expect_fallback(conn,
+                    "SELECT id, 0::bigint AS n FROM orders UNION ALL SELECT c.id, s.n FROM "
+                    "customers c JOIN (SELECT customer_id, count(*) AS n FROM orders GROUP BY "
+                    "customer_id) s ON s.customer_id = c.id",
+                    "UNION ALL branch 2 has a subquery that groups joined with tables, which is "
+                    "refreshed differentially as a whole query but not inside a UNION ALL");
+    expect_fallback(conn,
                     "SELECT s.customer_id, count(*) AS n FROM (SELECT customer_id, amount FROM "
                     "orders WHERE amount > 0 ORDER BY id) s GROUP BY s.customer_id",
                     shape_reason);

@@ -17,7 +17,8 @@
  * and its key renamed at both levels; over a join; in a UNION ALL branch
  * beside a DISTINCT subquery), whose groups cross the filters both ways, and
  * subqueries that group joined with tables (an aggregate with HAVING, a
- * DISTINCT, an aggregate in a three-relation join written with WHERE). After `sluice engine
+ * DISTINCT, an aggregate whose join a query around filters on the
+ * aggregate, an aggregate in a three-relation join written with WHERE). After `sluice engine
  * --once` has analysed them (every one is DIFFERENTIAL), every cycle:
  *
  *   1. runs a random batch of INSERT/UPDATE/DELETE (sometimes TRUNCATE) on
@@ -161,6 +162,10 @@ static const st_def_t sts[] = {
      NULL},
     {"p_joined_distinct", "id, k, v",
      "SELECT a.id, a.k, a.v FROM a JOIN (SELECT DISTINCT a_k FROM b WHERE w > 2) d ON d.a_k = a.k",
+     NULL},
+    {"p_joined_filtered", "bid, k, sv",
+     "SELECT j.bid, j.k, j.sv FROM (SELECT b.id AS bid, s.k, s.sv FROM b JOIN (SELECT k, sum(v) "
+     "AS sv FROM a GROUP BY k) s ON s.k = b.a_k) j WHERE coalesce(j.sv, 0) > 3",
      NULL},
     {"p_joined3", "cid, bid, a_k, n, z",
      "SELECT c.id AS cid, b.id AS bid, b.a_k, s.n, c.z FROM c, b, (SELECT k, count(*) AS n FROM a "

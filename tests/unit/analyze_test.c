@@ -110,6 +110,13 @@ static const sl_analyze_branch_t left_first[] = {
     {LEFT_BRANCH, (const char *const[]){"id"}, 1},
     {REFUNDS_BRANCH, (const char *const[]){"id"}, 1},
 };
+static const sl_analyze_branch_t joined_second[] = {
+    {ORDERS_BRANCH, (const char *const[]){"id"}, 1},
+    {"SELECT c.id,\n    t.total AS amount\n   FROM (public.customers c\n     JOIN ( SELECT "
+     "orders.customer_id,\n            sum(orders.amount) AS total\n           FROM "
+     "public.orders\n          GROUP BY orders.customer_id) t ON ((t.customer_id = c.id)))",
+     (const char *const[]){"id"}, 1},
+};
 static const sl_analyze_branch_t limit_second[] = {
     {ORDERS_BRANCH, (const char *const[]){"id"}, 1},
     {LIMIT_BRANCH, (const char *const[]){"id"}, 1},
@@ -380,6 +387,24 @@ static const analyze_row_t rows[] = {
      " SELECT c.region,\n    sum(t.total) AS s\n   FROM " JOINED_SUB "\n  GROUP BY c.region",
      KEYS("region"), .mode = FULL, .field = REASON,
      .want = "^a query that groups, aggregates or removes duplicates over a join"},
+    {"joined_filtered_around_units_pass_through",
+     " SELECT j.id,\n    j.total\n   FROM ( SELECT c.id,\n            t.total\n           "
+     "FROM " JOINED_SUB ") j\n  WHERE (j.total > (100)::numeric)",
+     KEYS("id"), .mode = DIFF, .field = UNITS, .want = "{\"id\"}"},
+    {"joined_filtered_around_reads_renamed_units",
+     " SELECT j.cid,\n    j.total\n   FROM ( SELECT c.id AS cid,\n            t.total\n      "
+     "     FROM " JOINED_SUB ") j\n  WHERE (j.total > (100)::numeric)",
+     KEYS("cid"), .mode = DIFF, .field = RECOMPUTE,
+     .want = "(SELECT \"customer_id\" FROM (SELECT \"cid\" AS \"customer_id\" FROM (SELECT "
+             "\"cid\" AS \"cid\" FROM pg_temp.\"__sluice_aff\") AS \"__sluice_aff\") AS "
+             "\"__sluice_aff\""},
+    {"joined_filtered_around_unit_not_selected_full",
+     " SELECT j.total\n   FROM ( SELECT c.id,\n            t.total\n           FROM " JOINED_SUB
+     ") j\n  WHERE (j.total > (100)::numeric)",
+     KEYS("total"), .mode = FULL, .field = REASON, .want = "select its column id unchanged"},
+    {"joined_in_union_branch_full", " " ORDERS_BRANCH "\nUNION ALL\n " REFUNDS_BRANCH, KEYS("id"),
+     BRANCHES_OF(joined_second), .mode = FULL, .field = REASON,
+     .want = "^UNION ALL branch 2 has a subquery that groups joined with tables"},
     {"joined_two_grouping_subqueries_full",
      " SELECT c.id\n   FROM ((public.customers c\n     JOIN ( SELECT DISTINCT "
      "orders.customer_id\n           FROM public.orders) a ON ((a.customer_id = c.id)))\n     JOIN "
