@@ -17,26 +17,31 @@
 -- A window touches the groups the subquery's own changes touch, and the
 -- groups that a changed row of a joined table meets before or after the
 -- window; the new rows are the query with the subquery restricted to those
--- groups. The engine decides FULL, with the reason, when the join's ON or
--- WHERE uses one of the subquery's other columns (filter on an aggregate in a
--- query around the join instead), or when a key column is neither selected
--- nor equal by ON or WHERE to a selected column.
+-- groups. A query that only filters and projects such a join (the derived
+-- queries of migration 17) keeps its units. The engine decides FULL, with
+-- the reason, when the join's ON or WHERE uses one of the subquery's other
+-- columns (filter on an aggregate in a query around the join instead), or
+-- when a key column is neither selected nor equal by ON or WHERE to a
+-- selected column.
 --
 -- sluice._st_query_fallback(view): such a subquery (kind 'joined' in the
 -- function) gets the rules of the outer query, its reasons starting with
 -- "the subquery in FROM: ". Decided at creation: a second subquery that
--- groups in the same join, a LEFT JOIN next to one, and a query that groups
--- or aggregates around the join are FULL; so is a LEFT JOIN or UNION inside
--- it. Before, all of these had migration 17's reason for a subquery in FROM
--- that is not a table seen through a projection, reworded here to name the
--- new case.
+-- groups in the same join, a LEFT JOIN next to one, a query that groups or
+-- aggregates around the join, and such a join in a UNION ALL branch are
+-- FULL; so is a LEFT JOIN or a set operation inside it. Before, all of these
+-- had migration 17's reason for a subquery in FROM that is not a table seen
+-- through a projection, reworded here to name the new case.
 --
 -- sluice._st_select_keys(query, relid): the row identity of such a join is
 -- the tables' primary keys and the subquery's key columns, read from the
 -- plan: a group node below the join (PostgreSQL often drops the Subquery
 -- Scan above it), its Group Key found among the selected outputs directly,
--- through the Subquery Scan's column names, or as a selected column that an
--- inner join's condition makes equal to it.
+-- through the Subquery Scan's column names, or as a selected column that
+-- conditions of the plan make equal to it when every join is inner. The
+-- last holds for a table's primary key too: a join that selects
+-- orders.customer_id but not customers.id (ON customers.id =
+-- orders.customer_id) has a row identity now, and is differential.
 --
 -- sluice.explain_stream_table(name): the refresh unit of a stream table
 -- refreshed by units that are not its row identity reads "all rows with the
