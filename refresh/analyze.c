@@ -1474,10 +1474,12 @@ derived_from(const cJSON *sel)
     return node(cJSON_GetArrayItem(from, 0), "RangeSubselect");
 }
 
-/* The subquery's column that select-list entry tgt of the query outputs
- * unchanged as `name`, or NULL (star: the entry is `*` or `alias.*`). */
-static const char *
-derived_column(const cJSON *tgt, const char *alias, const char *name, bool *star)
+/* When select-list entry tgt of the query outputs a column of the subquery
+ * called alias unchanged (alias.col or col): true, with that column (*col)
+ * and the entry's output name (*out). False otherwise; *star is set when
+ * the entry is `*` or `alias.*`, which outputs every column as it is. */
+static bool
+derived_ref(const cJSON *tgt, const char *alias, const char **col, const char **out, bool *star)
 {
     const cJSON *rt = node(tgt, "ResTarget");
     const cJSON *val = cJSON_GetObjectItemCaseSensitive(rt, "val");
@@ -1485,15 +1487,24 @@ derived_column(const cJSON *tgt, const char *alias, const char *name, bool *star
     int nf = cJSON_GetArraySize(fields);
     const char *t = nf == 2 ? str(node(cJSON_GetArrayItem(fields, 0), "String"), "sval") : NULL;
     if (nf < 1 || nf > 2 || (nf == 2 && (t == NULL || strcmp(t, alias) != 0)))
-        return NULL;
+        return false;
     const cJSON *last = cJSON_GetArrayItem(fields, nf - 1);
     if (node(last, "A_Star") != NULL) {
         *star = true;
-        return NULL;
+        return false;
     }
-    const char *col = str(node(last, "String"), "sval");
-    const char *out = str(rt, "name") != NULL ? str(rt, "name") : col;
-    return col != NULL && out != NULL && strcmp(out, name) == 0 ? col : NULL;
+    *col = str(node(last, "String"), "sval");
+    *out = str(rt, "name") != NULL ? str(rt, "name") : *col;
+    return *col != NULL && *out != NULL;
+}
+
+/* The subquery's column that select-list entry tgt of the query outputs
+ * unchanged as `name`, or NULL (star: see derived_ref). */
+static const char *
+derived_column(const cJSON *tgt, const char *alias, const char *name, bool *star)
+{
+    const char *col, *out;
+    return derived_ref(tgt, alias, &col, &out, star) && strcmp(out, name) == 0 ? col : NULL;
 }
 
 /* Reads a text[] literal as out_units_literal writes it ({"a","b"}) into
@@ -1525,27 +1536,12 @@ parse_units(const char *lit, char *buf, size_t bufsz, const char **names, size_t
 }
 
 /* The name under which select-list entry tgt outputs column col of the
- * subquery called alias unchanged (alias.col or col), or NULL (star: the
- * entry is `*` or `alias.*`, which outputs it as col). */
+ * subquery called alias unchanged, or NULL (star: see derived_ref). */
 static const char *
 derived_output(const cJSON *tgt, const char *alias, const char *col, bool *star)
 {
-    const cJSON *rt = node(tgt, "ResTarget");
-    const cJSON *fields = cJSON_GetObjectItemCaseSensitive(
-        node(cJSON_GetObjectItemCaseSensitive(rt, "val"), "ColumnRef"), "fields");
-    int nf = cJSON_GetArraySize(fields);
-    const char *t = nf == 2 ? str(node(cJSON_GetArrayItem(fields, 0), "String"), "sval") : NULL;
-    if (nf < 1 || nf > 2 || (nf == 2 && (t == NULL || strcmp(t, alias) != 0)))
-        return NULL;
-    const cJSON *last = cJSON_GetArrayItem(fields, nf - 1);
-    if (node(last, "A_Star") != NULL) {
-        *star = true;
-        return NULL;
-    }
-    const char *c = str(node(last, "String"), "sval");
-    if (c == NULL || strcmp(c, col) != 0)
-        return NULL;
-    return str(rt, "name") != NULL ? str(rt, "name") : c;
+    const char *c, *out;
+    return derived_ref(tgt, alias, &c, &out, star) && strcmp(c, col) == 0 ? out : NULL;
 }
 
 /* For analyze_derived, when the subquery (analysed as sa from *sin) is
