@@ -62,6 +62,17 @@ notification_is() {
                                      j->>'deleted_count', j->>'first_refresh_id', j->>'last_refresh_id', j->>'refreshes')
                       FROM (SELECT \$j\$$json\$j\$::jsonb) AS x(j)")" == "$2" ]]
 }
+# first_refresh_id,last_refresh_id,updated_count of the notifications after
+# the second, one line each.
+later_notifications() {
+  grep '^Asynchronous notification "totals_changed"' "$SLUICE_ENV_DIR/psql.out" | tail -n +3 \
+    | sed -E 's/^[^{]*(\{.*\})" received from server process.*$/\1/' \
+    | while IFS= read -r json; do
+        psql_value "SELECT concat_ws(',', j->>'first_refresh_id', j->>'last_refresh_id', j->>'updated_count')
+                      FROM (SELECT \$j\$$json\$j\$::jsonb) AS x(j)"
+      done
+}
+notified_through_5() { terminal2 ';'; later_notifications | grep -q '^[0-9]*,5,'; }
 # The coalescing window (250 ms) since the subscription's last notification
 # has passed.
 window_passed() { [[ "$(psql_value "SELECT bool_and(last_sent_at < clock_timestamp() - interval '300 ms') FROM sluice.subscriptions")" == t ]]; }
@@ -245,10 +256,20 @@ BEGIN; INSERT INTO orders VALUES (5, 1, 1.00); SELECT sluice.refresh_stream_tabl
 BEGIN; INSERT INTO orders VALUES (6, 1, 2.00); SELECT sluice.refresh_stream_table('order_totals'); COMMIT;
 BEGIN; INSERT INTO orders VALUES (7, 3, 3.00); SELECT sluice.refresh_stream_table('order_totals'); COMMIT;
 SQL
-wait_for "3 notifications in psql" psql_has_notifications 3
-grep '^Asynchronous notification' "$SLUICE_ENV_DIR/psql.out" | tail -n 2
+wait_for "notifications up to refresh 5 in psql" notified_through_5
+grep '^Asynchronous notification' "$SLUICE_ENV_DIR/psql.out" | tail -n +2
 notification_is 2 order_totals,3,0,1,0,3,3,1 || fail "notification 2 is not refresh 3 alone"
-notification_is 3 order_totals,5,0,2,0,4,5,2 || fail "notification 3 is not refreshes 4 and 5 coalesced"
+# Refreshes 4 and 5 come well within the window of refresh 3's notification
+# and arrive coalesced, as the tutorial shows. On a host so busy that refresh
+# 4 starts after that window has passed, it is notified at once, which is
+# right too; either way every refresh is covered exactly once.
+later="$(later_notifications | tr '\n' ' ')"
+case "$later" in
+  "4,5,2 ") ;;
+  "4,4,1 5,5,1 ") echo "note: refresh 4 came after the window of refresh 3's notification (a busy host): nothing to coalesce" ;;
+  *) fail "the notifications after refresh 3 do not cover refreshes 4 and 5 once: $later" ;;
+esac
+expected_notifications=$((2 + $(later_notifications | grep -c .)))
 psql -X "$SLUICE_PG_URL" -c "SELECT refresh_id, op, payload->'before'->>'total' AS before, payload->'after'->>'total' AS after
   FROM sluice.outbox WHERE topic = 'order_totals' AND refresh_id BETWEEN 3 AND 5 ORDER BY id"
 wait_for "8 records in Kafka" have_records 8
@@ -257,7 +278,7 @@ records | tail -n 3
   || fail "Kafka does not hold the three updates of refreshes 3-5: $(records | tail -n 3 | tr '\n' ' ')"
 # Coalescing is per subscription and window: nothing more arrives.
 terminal2 ';'
-[[ $(notifications) -eq 3 ]] || fail "more than 3 notifications"
+[[ $(notifications) -eq $expected_notifications ]] || fail "more than $expected_notifications notifications"
 
 # --------------------------------------------------------------------------
 step "13. A join"
