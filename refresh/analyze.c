@@ -1507,6 +1507,45 @@ derived_column(const cJSON *tgt, const char *alias, const char *name, bool *star
     return derived_ref(tgt, alias, &col, &out, star) && strcmp(out, name) == 0 ? col : NULL;
 }
 
+/* Appends the query without ORDER BY (and what follows it), the text
+ * between the parentheses of tokens open and close replaced by sql: the
+ * new rows of a query whose subquery in FROM is recomputed for the
+ * affected keys only. */
+static void
+out_with_subquery(out_t *o, const char *q, const toks_t *t, const clauses_t *c, int open, int close,
+                  const char *sql)
+{
+    int body_end = c->end;
+    for (int w = CL_ORDER; w < CL_COUNT; w++)
+        if (c->tok[w] >= 0 && t->v[c->tok[w]].start < body_end)
+            body_end = t->v[c->tok[w]].start;
+    outq(o, q, 0, t->v[open].end);
+    outf(o, "%s", sql);
+    outq(o, q, t->v[close].start, body_end);
+}
+
+/* The relation a subquery's recompute_sql reads its affected keys from
+ * when the query around it names them otherwise: the query's affected
+ * relation (out_aff) with column from[i] renamed to[i]. NULL: no memory
+ * (err is set). */
+static char *
+renamed_aff(const sl_analyze_in_t *in, const char *const *from, const char *const *to, size_t n,
+            sl_err_t *err)
+{
+    out_t o = {.rc = SL_OK, .err = err};
+    outf(&o, "(SELECT ");
+    for (size_t k = 0; k < n; k++) {
+        outf(&o, "%s", k ? ", " : "");
+        outid(&o, from[k]);
+        outf(&o, " AS ");
+        outid(&o, to[k]);
+    }
+    outf(&o, " FROM ");
+    out_aff(&o, in); /* a subquery in a subquery: over the renaming above */
+    outf(&o, ") AS \"__sluice_aff\"");
+    return out_take(&o);
+}
+
 /* Reads a text[] literal as out_units_literal writes it ({"a","b"}) into
  * names, pointing into buf; returns the count, 0 when it is not one. */
 static size_t
@@ -1578,20 +1617,9 @@ derived_units(const sl_analyze_in_t *in, const cJSON *sel, const char *alias, sl
             return SL_OK;
         }
     }
-    out_t ar = {.rc = SL_OK, .err = err};
-    outf(&ar, "(SELECT ");
-    for (size_t j = 0; j < *nu; j++) {
-        outf(&ar, "%s", j ? ", " : "");
-        outid(&ar, ou[j]);
-        outf(&ar, " AS ");
-        outid(&ar, iu[j]);
-    }
-    outf(&ar, " FROM ");
-    out_aff(&ar, in);
-    outf(&ar, ") AS \"__sluice_aff\"");
-    char *uaff = out_take(&ar);
+    char *uaff = renamed_aff(in, ou, iu, *nu, err);
     if (uaff == NULL)
-        return sl_err_nomem(err, "the subquery's analysis");
+        return SL_ENOMEM;
     sin->aff_rel = uaff;
     sl_err_t e;
     sl_err_clear(&e);
@@ -1686,20 +1714,7 @@ analyze_derived(const sl_analyze_in_t *in, const cJSON *sel, const cJSON *rs, co
         renamed = renamed || strcmp(cols[k], in->keys[k]) != 0;
     }
     int rc = SL_OK;
-    out_t aff = {.rc = SL_OK, .err = err};
-    if (renamed) {
-        outf(&aff, "(SELECT ");
-        for (size_t k = 0; k < in->nkeys; k++) {
-            outf(&aff, "%s", k ? ", " : "");
-            outid(&aff, in->keys[k]);
-            outf(&aff, " AS ");
-            outid(&aff, cols[k]);
-        }
-        outf(&aff, " FROM ");
-        out_aff(&aff, in); /* a subquery in a subquery: over the renaming above */
-        outf(&aff, ") AS \"__sluice_aff\"");
-    }
-    char *aff_rel = renamed ? out_take(&aff) : NULL;
+    char *aff_rel = renamed ? renamed_aff(in, in->keys, cols, in->nkeys, err) : NULL;
     char *inner = strndup(q + t->v[open].end, (size_t)(t->v[close].start - t->v[open].end));
     if (inner == NULL || (renamed && aff_rel == NULL)) {
         free(inner);
@@ -1756,13 +1771,7 @@ analyze_derived(const sl_analyze_in_t *in, const cJSON *sel, const cJSON *rs, co
                 outid(&o, to_cols[k]);
             }
             outf(&o, " FROM (%s) AS \"__sluice_d\"", use->affected_sql);
-            int body_end = c->end;
-            for (int w = CL_ORDER; w < CL_COUNT; w++)
-                if (c->tok[w] >= 0 && t->v[c->tok[w]].start < body_end)
-                    body_end = t->v[c->tok[w]].start;
-            outq(&r, q, 0, t->v[open].end);
-            outf(&r, "%s", use->recompute_sql);
-            outq(&r, q, t->v[close].start, body_end);
+            out_with_subquery(&r, q, t, c, open, close, use->recompute_sql);
             if (use->unit_columns != NULL) {
                 keyexpr_t units[MAX_KEY_COLS];
                 for (size_t k = 0; k < ncols; k++)
@@ -2110,18 +2119,10 @@ analyze_joined(const sl_analyze_in_t *in, const cJSON *sel, from_t *f, const tok
 
     /* d alone, reading its affected keys from the units. */
     int rc = SL_OK;
-    out_t ar = {.rc = SL_OK, .err = err};
-    outf(&ar, "(SELECT ");
-    for (size_t j = 0; j < ndk; j++) {
-        outf(&ar, "%s", j ? ", " : "");
-        outid(&ar, units[j].col);
-        outf(&ar, " AS ");
-        outid(&ar, dk[j]);
-    }
-    outf(&ar, " FROM ");
-    out_aff(&ar, in);
-    outf(&ar, ") AS \"__sluice_aff\"");
-    char *aff_rel = out_take(&ar);
+    const char *ucols[MAX_KEY_COLS];
+    for (size_t j = 0; j < ndk; j++)
+        ucols[j] = units[j].col;
+    char *aff_rel = renamed_aff(in, ucols, dk, ndk, err);
     char *inner =
         strndup(q + t->v[d->open].end, (size_t)(t->v[d->close].start - t->v[d->open].end));
     char *superset = NULL;
@@ -2229,13 +2230,7 @@ analyze_joined(const sl_analyze_in_t *in, const cJSON *sel, from_t *f, const tok
         outid(&o, units[j].col);
     }
     outf(&o, ")");
-    int body_end = c->end;
-    for (int w = CL_ORDER; w < CL_COUNT; w++)
-        if (c->tok[w] >= 0 && t->v[c->tok[w]].start < body_end)
-            body_end = t->v[c->tok[w]].start;
-    outq(&r, q, 0, t->v[d->open].end);
-    outf(&r, "%s", sa.recompute_sql);
-    outq(&r, q, t->v[d->close].start, body_end);
+    out_with_subquery(&r, q, t, c, d->open, d->close, sa.recompute_sql);
     out_units_literal(&u, units, ndk);
     a->affected_sql = out_take(&o);
     a->recompute_sql = out_take(&r);
