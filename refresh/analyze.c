@@ -46,7 +46,9 @@
  *     its SQL wrapped (analyze_derived);
  *   - an inner join of tables with one subquery that groups (GROUP BY or
  *     DISTINCT) and is joined by its key columns: the refresh unit is a
- *     group of that subquery (unit_columns, analyze_joined).
+ *     group of that subquery (unit_columns, analyze_joined); with LEFT
+ *     JOINs in the chain (the subquery not its first relation), a row of
+ *     the first table, as for a chain of tables.
  * UNION without ALL, subqueries elsewhere, WITH, window functions, LIMIT and
  * the rest are refreshed in full, and the reason says so. docs/stream-tables.md
  * ("What is refreshed differentially") has the argument in prose.
@@ -559,6 +561,9 @@ typedef struct rel {
     const cJSON *gsel;
     int open, close;
     const char *superset;
+    /* With LEFT JOINs (analyze_joined, rooted): its affected keys with a
+     * column "__sluice_m" that is true, put in its place in its own terms. */
+    const char *gaff;
 } rel_t;
 
 typedef struct from {
@@ -943,11 +948,33 @@ gen_affected(out_t *o, const char *q, const toks_t *t, const clauses_t *c,
         outf(o, " LIMIT 1");
 }
 
-/* The query with `extra` ANDed to its WHERE, without ORDER BY and later clauses. */
+/* Text put in place of the text between two parentheses of the query (the
+ * subquery that groups of analyze_joined: its recompute_sql). */
+typedef struct splice {
+    int open, close; /* token indexes of the parentheses */
+    const char *sql;
+} splice_t;
+
+/* Appends q[from, to), the text inside sp's parentheses replaced by sp->sql
+ * when they lie in that range (sp may be NULL). */
+static void
+outq_spliced(out_t *o, const char *q, const toks_t *t, int from, int to, const splice_t *sp)
+{
+    if (sp == NULL || t->v[sp->open].end < from || t->v[sp->close].start > to) {
+        outq(o, q, from, to);
+        return;
+    }
+    outq(o, q, from, t->v[sp->open].end);
+    outf(o, "%s", sp->sql);
+    outq(o, q, t->v[sp->close].start, to);
+}
+
+/* The query with `extra` ANDed to its WHERE, without ORDER BY and later
+ * clauses, and with sp's splice (NULL: none). */
 static void
 gen_restricted(out_t *o, const char *q, const toks_t *t, const clauses_t *c,
                void (*extra)(out_t *, const char *, const sl_analyze_in_t *, const keyexpr_t *),
-               const sl_analyze_in_t *in, const keyexpr_t *keys)
+               const sl_analyze_in_t *in, const keyexpr_t *keys, const splice_t *sp)
 {
     int body_end = c->tok[CL_ORDER] >= 0 ? t->v[c->tok[CL_ORDER]].start : c->end;
     for (int w = CL_LIMIT; w < CL_COUNT; w++)
@@ -958,7 +985,7 @@ gen_restricted(out_t *o, const char *q, const toks_t *t, const clauses_t *c,
     if (rest > body_end)
         rest = body_end;
     int head_end = where_kw >= 0 ? where_kw : rest;
-    outq(o, q, 0, head_end);
+    outq_spliced(o, q, t, 0, head_end, sp);
     outf(o, " WHERE ");
     if (where_kw >= 0) {
         outf(o, "(");
@@ -1127,7 +1154,7 @@ out_from(out_t *o, const char *q, const toks_t *t, const clauses_t *c, const fro
             /* Before and after the window alike: the keys it may have
              * (analyze_joined says why that is enough). */
             outq(o, q, at, t->v[r->open].start);
-            outf(o, "%s", r->superset);
+            outf(o, "%s", r == touched && r->gaff != NULL ? r->gaff : r->superset);
             at = t->v[r->close].end;
             continue;
         }
@@ -1240,7 +1267,9 @@ gen_affected_inner(out_t *o, const char *q, const toks_t *t, const clauses_t *c,
  * first table's rows the window touched, directly or through a combination
  * of rows (before or after the window) that involves a changed row. The
  * combinations are those of FROM alone: a row that WHERE rejects can still
- * decide whether a row of the first table is NULL-extended.
+ * decide whether a row of the first table is NULL-extended. A subquery
+ * that groups among the relations (analyze_joined) stands in the tables'
+ * terms as its superset, and in its own terms as its affected keys (gaff).
  */
 static void
 gen_affected_rooted(out_t *o, const char *q, const toks_t *t, const clauses_t *c, const from_t *f,
@@ -1260,7 +1289,11 @@ gen_affected_rooted(out_t *o, const char *q, const toks_t *t, const clauses_t *c
             outf(o, " FROM ");
             out_from(o, q, t, c, f, old != 0, &f->v[i]);
             outf(o, " WHERE ");
-            if (!old) {
+            if (f->v[i].grouping) {
+                /* Combinations with one of its affected groups. */
+                outid(o, f->v[i].alias);
+                outf(o, ".\"__sluice_m\"");
+            } else if (!old) {
                 out_touched(o, &f->v[i]);
             } else {
                 /* Combinations with a row the table had: the outer join
@@ -1519,9 +1552,8 @@ out_with_subquery(out_t *o, const char *q, const toks_t *t, const clauses_t *c, 
     for (int w = CL_ORDER; w < CL_COUNT; w++)
         if (c->tok[w] >= 0 && t->v[c->tok[w]].start < body_end)
             body_end = t->v[c->tok[w]].start;
-    outq(o, q, 0, t->v[open].end);
-    outf(o, "%s", sql);
-    outq(o, q, t->v[close].start, body_end);
+    splice_t sp = {.open = open, .close = close, .sql = sql};
+    outq_spliced(o, q, t, 0, body_end, &sp);
 }
 
 /* The relation a subquery's recompute_sql reads its affected keys from
@@ -1829,6 +1861,22 @@ join_quals(const cJSON *n, const cJSON **v, size_t *nv)
     join_quals(cJSON_GetObjectItemCaseSensitive(j, "rarg"), v, nv);
 }
 
+/* The ON condition of the join in FROM item n whose right side is the
+ * subquery called alias, or NULL. */
+static const cJSON *
+own_quals(const cJSON *n, const char *alias)
+{
+    const cJSON *j = node(n, "JoinExpr");
+    if (j == NULL)
+        return NULL;
+    const cJSON *rs = node(cJSON_GetObjectItemCaseSensitive(j, "rarg"), "RangeSubselect");
+    const char *ra = str(node(rs, "alias"), "aliasname");
+    if (ra != NULL && strcmp(ra, alias) == 0)
+        return cJSON_GetObjectItemCaseSensitive(j, "quals");
+    const cJSON *q = own_quals(cJSON_GetObjectItemCaseSensitive(j, "larg"), alias);
+    return q != NULL ? q : own_quals(cJSON_GetObjectItemCaseSensitive(j, "rarg"), alias);
+}
+
 /* Finds, among the AND-ed conjuncts of qual, an equality alias.col = x.y
  * (either way round, x another relation) and sets *tab, *col to x, y. */
 static bool
@@ -1925,8 +1973,8 @@ split_commas(const char *q, const toks_t *t, int from, int to, int (*spans)[2], 
 }
 
 static const char *const why_grouping_outer =
-    "a subquery that groups (GROUP BY or DISTINCT) is joined differentially by inner joins "
-    "only, not next to a LEFT JOIN";
+    "a subquery that groups (GROUP BY or DISTINCT) is joined differentially by inner joins, or "
+    "as the right side of a LEFT JOIN, not as the first relation of a chain of LEFT JOINs";
 
 /*
  * A join of tables with one subquery d that groups (GROUP BY or DISTINCT),
@@ -1954,12 +2002,23 @@ static const char *const why_grouping_outer =
  * to another relation's column there, which keeps NULL keys out of the
  * result's rows. The new rows of the units: the query with d replaced by
  * d's recompute_sql for their keys.
+ *
+ * With LEFT JOINs (rooted: the first table's key columns as the query
+ * selects them, from map_units), d is the right side of one of them, or
+ * inner-joined in the chain, and the refresh unit is a row of the first
+ * table, as for a chain of tables (gen_affected_rooted). A group that the
+ * window removed is not among the keys d can have now, so the tables'
+ * terms read d as those keys plus d's affected keys; d's own terms read
+ * its affected keys alone. The new rows of the units: the query restricted
+ * to them, with d restricted to the groups that the units' rows can meet
+ * (FROM with d as its possible keys, for the units' first-table rows).
+ *
  * Returns SL_OK with *reason set (in why) when it is not differential.
  */
 static int
 analyze_joined(const sl_analyze_in_t *in, const cJSON *sel, from_t *f, const toks_t *t,
-               const clauses_t *c, sl_analysis_t *a, char *why, size_t n, const char **reason,
-               sl_err_t *err)
+               const clauses_t *c, const keyexpr_t *rooted, sl_analysis_t *a, char *why, size_t n,
+               const char **reason, sl_err_t *err)
 {
     static const char *const why_keys =
         "the subquery in FROM that groups: every GROUP BY item must be a plain column it "
@@ -2077,10 +2136,10 @@ analyze_joined(const sl_analyze_in_t *in, const cJSON *sel, from_t *f, const tok
             return SL_OK;
         }
     }
-    /* The unit columns: each key column of d as the query selects it, or a
-     * column that a condition makes equal to it. */
+    /* The unit columns (inner joins): each key column of d as the query
+     * selects it, or a column that a condition makes equal to it. */
     keyexpr_t units[MAX_KEY_COLS];
-    for (size_t j = 0; j < ndk; j++) {
+    for (size_t j = 0; j < ndk && rooted == NULL; j++) {
         units[j] = (keyexpr_t){.from = -1, .alias = alias, .src = dk[j]};
         bool equal = false;
         cJSON_ArrayForEach (tgt, cJSON_GetObjectItemCaseSensitive(sel, "targetList"))
@@ -2116,53 +2175,18 @@ analyze_joined(const sl_analyze_in_t *in, const cJSON *sel, from_t *f, const tok
                 return SL_OK;
             }
     }
+    size_t nroot = rooted != NULL ? f->v[0].src->npk : 0;
+    sl_analyze_in_t unit_in = *in; /* rooted: the units as keys, for filter_nonnull */
+    unit_in.nkeys = nroot;
 
-    /* d alone, reading its affected keys from the units. */
     int rc = SL_OK;
-    const char *ucols[MAX_KEY_COLS];
-    for (size_t j = 0; j < ndk; j++)
-        ucols[j] = units[j].col;
-    char *aff_rel = renamed_aff(in, ucols, dk, ndk, err);
     char *inner =
         strndup(q + t->v[d->open].end, (size_t)(t->v[d->close].start - t->v[d->open].end));
-    char *superset = NULL;
+    char *superset = NULL, *aff_rel = NULL, *marked = NULL, *extended = NULL, *gaff = NULL;
     toks_t dt = {0};
     sl_analysis_t sa = {0};
-    if (inner == NULL || aff_rel == NULL) {
+    if (inner == NULL) {
         rc = sl_err_nomem(err, "the subquery's analysis");
-        goto out;
-    }
-    sl_analyze_in_t sin = {.query = inner,
-                           .keys = dk,
-                           .nkeys = ndk,
-                           .has_keys = true,
-                           .sources = in->sources,
-                           .nsources = in->nsources,
-                           .aff_rel = aff_rel};
-    sl_err_t e;
-    sl_err_clear(&e);
-    int src = sl_analyze(&sin, &sa, &e);
-    if (src == SL_EUSAGE) {
-        snprintf(why, n, "the subquery in FROM: %s", e.msg);
-        *reason = why;
-        goto out;
-    }
-    if (src != SL_OK) {
-        *err = e;
-        rc = src;
-        goto out;
-    }
-    if (strcmp(sa.mode, "differential") != 0) {
-        snprintf(why, n, "the subquery in FROM: %s", sa.reason);
-        *reason = why;
-        goto out;
-    }
-    if (sa.unit_columns != NULL) {
-        *reason = sa.grouped_units
-                      ? "the subquery in FROM is refreshed by the groups of a subquery joined in "
-                        "it, which is done for a whole query or under a filter, not in a join"
-                      : "the subquery in FROM has a LEFT JOIN, which is refreshed differentially "
-                        "as a whole query but not inside a subquery";
         goto out;
     }
 
@@ -2210,33 +2234,159 @@ analyze_joined(const sl_analyze_in_t *in, const cJSON *sel, from_t *f, const tok
     }
     d->superset = superset;
 
+    /* The keys d is recomputed for: the units renamed to d's key columns,
+     * or (rooted) the keys that the units' first-table rows can meet: when
+     * d's own ON makes each of its key columns equal to a column of the
+     * first table's key, the units themselves (the common case, read
+     * without a join), else the join's FROM for the units' rows. */
+    const char *ucols[MAX_KEY_COLS];
+    bool direct = rooted == NULL;
+    for (size_t j = 0; j < ndk && rooted == NULL; j++)
+        ucols[j] = units[j].col;
+    if (rooted != NULL) {
+        const cJSON *own = NULL;
+        cJSON_ArrayForEach (item, cJSON_GetObjectItemCaseSensitive(sel, "fromClause"))
+            if (own == NULL)
+                own = own_quals(item, alias);
+        direct = own != NULL;
+        for (size_t j = 0; j < ndk && direct; j++) {
+            ucols[j] = NULL;
+            for (int nth = 0; ucols[j] == NULL; nth++) {
+                const char *pt, *pc;
+                int seen = 0;
+                if (!equated(own, alias, dk[j], &pt, &pc, nth, &seen))
+                    break;
+                for (size_t k = 0; k < nroot && ucols[j] == NULL; k++)
+                    if (strcmp(pt, f->v[0].alias) == 0 && strcmp(pc, rooted[k].src) == 0)
+                        ucols[j] = rooted[k].col;
+            }
+            direct = ucols[j] != NULL;
+        }
+    }
+    if (direct) {
+        aff_rel = renamed_aff(in, ucols, dk, ndk, err);
+    } else {
+        /* d's possible keys marked, so that a NULL-extended row (which
+         * needs no group, and whose NULL key would make d's recompute look
+         * for NULL keys) is left out, but a key that has NULLs is not. */
+        out_t mk = {.rc = SL_OK, .err = err};
+        outf(&mk, "(SELECT \"__sluice_s\".*, true AS \"__sluice_m\" FROM %s AS \"__sluice_s\")",
+             superset);
+        if ((marked = out_take(&mk)) == NULL) {
+            rc = sl_err_nomem(err, "the generated SQL");
+            goto out;
+        }
+        d->superset = marked;
+        out_t ar = {.rc = SL_OK, .err = err};
+        outf(&ar, "(SELECT DISTINCT ");
+        for (size_t j = 0; j < ndk; j++) {
+            outf(&ar, "%s", j ? ", " : "");
+            outid(&ar, alias);
+            outf(&ar, ".");
+            outid(&ar, dk[j]);
+        }
+        outf(&ar, " FROM ");
+        out_from(&ar, q, t, c, f, false, NULL);
+        outf(&ar, " WHERE ");
+        outid(&ar, alias);
+        outf(&ar, ".\"__sluice_m\" AND ");
+        filter_nonnull(&ar, q, &unit_in, rooted);
+        outf(&ar, ") AS \"__sluice_aff\"");
+        aff_rel = out_take(&ar);
+        d->superset = superset;
+    }
+    if (aff_rel == NULL) {
+        rc = sl_err_nomem(err, "the subquery's analysis");
+        goto out;
+    }
+
+    /* d alone, reading its affected keys from there. */
+    sl_analyze_in_t sin = {.query = inner,
+                           .keys = dk,
+                           .nkeys = ndk,
+                           .has_keys = true,
+                           .sources = in->sources,
+                           .nsources = in->nsources,
+                           .aff_rel = aff_rel};
+    sl_err_t e;
+    sl_err_clear(&e);
+    int src = sl_analyze(&sin, &sa, &e);
+    if (src == SL_EUSAGE) {
+        snprintf(why, n, "the subquery in FROM: %s", e.msg);
+        *reason = why;
+        goto out;
+    }
+    if (src != SL_OK) {
+        *err = e;
+        rc = src;
+        goto out;
+    }
+    if (strcmp(sa.mode, "differential") != 0) {
+        snprintf(why, n, "the subquery in FROM: %s", sa.reason);
+        *reason = why;
+        goto out;
+    }
+    if (sa.unit_columns != NULL) {
+        *reason = sa.grouped_units
+                      ? "the subquery in FROM is refreshed by the groups of a subquery joined in "
+                        "it, which is done for a whole query or under a filter, not in a join"
+                      : "the subquery in FROM has a LEFT JOIN, which is refreshed differentially "
+                        "as a whole query but not inside a subquery";
+        goto out;
+    }
+
     out_t o = {.rc = SL_OK, .err = err};
     out_t r = {.rc = SL_OK, .err = err};
     out_t u = {.rc = SL_OK, .err = err};
-    outf(&o, "SELECT DISTINCT * FROM (SELECT ");
-    for (size_t j = 0; j < ndk; j++) {
-        outf(&o, "%s\"__sluice_d\".", j ? ", " : "");
-        outid(&o, dk[j]);
-    }
-    outf(&o, " FROM (%s) AS \"__sluice_d\"", sa.affected_sql);
-    for (size_t i = 0; i < f->n; i++)
-        for (int old = 0; old < 2 && !f->v[i].grouping; old++) {
-            outf(&o, " UNION ALL ");
-            out_touched_term(&o, q, t, c, ndk, units, f, i, old);
+    if (rooted != NULL) {
+        /* The tables' terms read d as its possible keys and its affected
+         * ones (same columns, same order); its own terms as the latter. */
+        out_t x = {.rc = SL_OK, .err = err};
+        outf(&x,
+             "(SELECT * FROM %s AS \"__sluice_s\" UNION ALL SELECT * FROM (%s) AS "
+             "\"__sluice_a\")",
+             superset, sa.affected_sql);
+        out_t y = {.rc = SL_OK, .err = err};
+        outf(&y, "(SELECT \"__sluice_a\".*, true AS \"__sluice_m\" FROM (%s) AS \"__sluice_a\")",
+             sa.affected_sql);
+        extended = out_take(&x);
+        gaff = out_take(&y);
+        if (extended == NULL || gaff == NULL) {
+            rc = sl_err_nomem(err, "the generated SQL");
+            goto out;
         }
-    outf(&o, ") AS \"__sluice_u\" (");
-    for (size_t j = 0; j < ndk; j++) {
-        outf(&o, "%s", j ? ", " : "");
-        outid(&o, units[j].col);
+        d->superset = extended;
+        d->gaff = gaff;
+        gen_affected_rooted(&o, q, t, c, f, rooted);
+        splice_t sp = {.open = d->open, .close = d->close, .sql = sa.recompute_sql};
+        gen_restricted(&r, q, t, c, filter_nonnull, &unit_in, rooted, &sp);
+        out_units_literal(&u, rooted, nroot);
+    } else {
+        outf(&o, "SELECT DISTINCT * FROM (SELECT ");
+        for (size_t j = 0; j < ndk; j++) {
+            outf(&o, "%s\"__sluice_d\".", j ? ", " : "");
+            outid(&o, dk[j]);
+        }
+        outf(&o, " FROM (%s) AS \"__sluice_d\"", sa.affected_sql);
+        for (size_t i = 0; i < f->n; i++)
+            for (int old = 0; old < 2 && !f->v[i].grouping; old++) {
+                outf(&o, " UNION ALL ");
+                out_touched_term(&o, q, t, c, ndk, units, f, i, old);
+            }
+        outf(&o, ") AS \"__sluice_u\" (");
+        for (size_t j = 0; j < ndk; j++) {
+            outf(&o, "%s", j ? ", " : "");
+            outid(&o, units[j].col);
+        }
+        outf(&o, ")");
+        out_with_subquery(&r, q, t, c, d->open, d->close, sa.recompute_sql);
+        out_units_literal(&u, units, ndk);
+        a->grouped_units = true;
     }
-    outf(&o, ")");
-    out_with_subquery(&r, q, t, c, d->open, d->close, sa.recompute_sql);
-    out_units_literal(&u, units, ndk);
     a->affected_sql = out_take(&o);
     a->recompute_sql = out_take(&r);
     a->unit_columns = out_take(&u);
     a->mode = strdup("differential");
-    a->grouped_units = true;
     if (a->affected_sql == NULL || a->recompute_sql == NULL || a->unit_columns == NULL ||
         a->mode == NULL)
         rc = sl_err_nomem(err, "the generated SQL");
@@ -2246,7 +2396,11 @@ out:
     free(inner);
     free(aff_rel);
     free(superset);
+    free(marked);
+    free(extended);
+    free(gaff);
     d->superset = NULL;
+    d->gaff = NULL;
     return rc;
 }
 
@@ -2370,7 +2524,7 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
                      "c.z = b.w ...)";
             goto full;
         }
-        if (f.grouping >= 0) {
+        if (f.grouping == 0) {
             reason = why_grouping_outer;
             goto full;
         }
@@ -2389,7 +2543,8 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
         }
     }
     if (f.grouping >= 0) {
-        rc = analyze_joined(in, sel, &f, &t, &c, a, uwhy, sizeof uwhy, &reason, err);
+        rc = analyze_joined(in, sel, &f, &t, &c, f.outer ? units : NULL, a, uwhy, sizeof uwhy,
+                            &reason, err);
         if (rc != SL_OK || reason == NULL)
             goto done;
         goto full;
@@ -2401,7 +2556,7 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
         sl_analyze_in_t unit_in = *in;
         unit_in.nkeys = f.v[0].src->npk;
         gen_affected_rooted(&o, in->query, &t, &c, &f, units);
-        gen_restricted(&r, in->query, &t, &c, filter_nonnull, &unit_in, units);
+        gen_restricted(&r, in->query, &t, &c, filter_nonnull, &unit_in, units, NULL);
         out_units_literal(&u, units, unit_in.nkeys);
         a->unit_columns = out_take(&u);
         if (a->unit_columns == NULL)
@@ -2422,9 +2577,9 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
             outf(&r, ")");
         } else {
             outf(&r, "(");
-            gen_restricted(&r, in->query, &t, &c, filter_nonnull, in, keys);
+            gen_restricted(&r, in->query, &t, &c, filter_nonnull, in, keys, NULL);
             outf(&r, ") UNION ALL (");
-            gen_restricted(&r, in->query, &t, &c, filter_null, in, keys);
+            gen_restricted(&r, in->query, &t, &c, filter_null, in, keys, NULL);
             outf(&r, ")");
         }
     }

@@ -590,12 +590,24 @@ check_query_fallback(const char *url, PGconn *conn)
                     "m.customer_id = c.id",
                     "a join with more than one subquery that groups (GROUP BY or DISTINCT) is "
                     "refreshed in full");
+    /* Next to a LEFT JOIN (migration 19): on its right side, or inner-
+     * joined in the chain, but not as the chain's first relation. */
     expect_fallback(conn,
                     "SELECT c.id, s.customer_id, s.n FROM customers c LEFT JOIN (SELECT "
                     "customer_id, count(*) AS n FROM orders GROUP BY customer_id) s ON "
                     "s.customer_id = c.id",
+                    NULL);
+    expect_fallback(
+        conn,
+        "SELECT c.id, o.id AS oid, s.n FROM customers c LEFT JOIN orders o ON o.id = c.id LEFT "
+        "JOIN (SELECT customer_id, count(*) AS n FROM orders GROUP BY customer_id) s ON "
+        "s.customer_id = o.customer_id",
+        NULL);
+    expect_fallback(conn,
+                    "SELECT s.customer_id, c.id, c.name FROM (SELECT DISTINCT customer_id FROM "
+                    "orders) s LEFT JOIN customers c ON c.id = s.customer_id",
                     "a subquery that groups (GROUP BY or DISTINCT) is joined differentially by "
-                    "inner joins only");
+                    "inner joins, or as the right side of a LEFT JOIN, not as the first relation");
     expect_fallback(conn,
                     "SELECT c.name, sum(s.n) AS n FROM customers c JOIN (SELECT customer_id, "
                     "count(*) AS n FROM orders GROUP BY customer_id) s ON s.customer_id = c.id "
@@ -839,7 +851,9 @@ check_query_fallback(const char *url, PGconn *conn)
     /* Through a subquery that groups, joined (migration 18): its key as
      * selected, or as the column a join's equality makes equal to it, also
      * for a table's primary key; not across a LEFT JOIN, nor when neither
-     * is selected. */
+     * is selected. On a LEFT JOIN's NULL-extended side (migration 19), a
+     * key column that its ON makes equal to the other side's is not
+     * needed; one that it does not must be selected. */
     th_sql(conn, "SELECT sluice.create_stream_table('jsel', 'SELECT s.customer_id AS c, x.name "
                  "FROM customers x JOIN (SELECT customer_id, count(*) AS n FROM orders GROUP BY "
                  "customer_id) s ON s.customer_id = x.id')");
@@ -849,18 +863,21 @@ check_query_fallback(const char *url, PGconn *conn)
     th_sql(conn, "SELECT sluice.create_stream_table('jleft', 'SELECT x.id, s.n FROM customers x "
                  "LEFT JOIN (SELECT customer_id, count(*) AS n FROM orders GROUP BY customer_id) "
                  "s ON s.customer_id = x.id')");
+    th_sql(conn, "SELECT sluice.create_stream_table('jleft2', 'SELECT x.id, s.n FROM customers x "
+                 "LEFT JOIN (SELECT customer_id, amount, count(*) AS n FROM orders GROUP BY "
+                 "customer_id, amount) s ON s.customer_id = x.id')");
     th_sql(conn, "SELECT sluice.create_stream_table('jnone', 'SELECT o.id, s.n FROM orders o JOIN "
                  "customers x ON x.id = o.customer_id JOIN (SELECT customer_id, count(*) AS n FROM "
                  "orders GROUP BY customer_id) s ON s.customer_id = x.id')");
     ids = th_sql_text(conn, "SELECT string_agg(name || '=' || coalesce(key_columns::text, 'none'), "
                             "' ' ORDER BY name) FROM sluice.stream_table_catalog WHERE name IN "
-                            "('jsel', 'jeq', 'jleft', 'jnone')");
-    TH_ASSERT(ids != NULL &&
-                  strcmp(ids, "jeq={id,customer_id} jleft=none jnone=none jsel={c}") == 0,
+                            "('jsel', 'jeq', 'jleft', 'jleft2', 'jnone')");
+    TH_ASSERT(ids != NULL && strcmp(ids, "jeq={id,customer_id} jleft={id} jleft2=none "
+                                         "jnone=none jsel={c}") == 0,
               "row identities through a subquery that groups, joined: %s", ids ? ids : "NULL");
     free(ids);
     th_sql(conn, "SELECT sluice.drop_stream_table(n) FROM unnest(ARRAY['jsel', 'jeq', 'jleft', "
-                 "'jnone']) n");
+                 "'jleft2', 'jnone']) n");
 
     /* auto: FULL at once, with the reason in the NOTICE and in explain. */
     notices_t seen = {.text = ""};

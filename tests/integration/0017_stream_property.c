@@ -18,7 +18,9 @@
  * beside a DISTINCT subquery), whose groups cross the filters both ways, and
  * subqueries that group joined with tables (an aggregate with HAVING, a
  * DISTINCT, an aggregate whose join a query around filters on the
- * aggregate, an aggregate in a three-relation join written with WHERE). After `sluice engine
+ * aggregate, an aggregate in a three-relation join written with WHERE), and
+ * on the right side of a LEFT JOIN (after a table, after another LEFT JOIN
+ * with HAVING inside, and inner-joined in a chain with a LEFT JOIN). After `sluice engine
  * --once` has analysed them (every one is DIFFERENTIAL), every cycle:
  *
  *   1. runs a random batch of INSERT/UPDATE/DELETE (sometimes TRUNCATE) on
@@ -170,6 +172,19 @@ static const st_def_t sts[] = {
     {"p_joined3", "cid, bid, a_k, n, z",
      "SELECT c.id AS cid, b.id AS bid, b.a_k, s.n, c.z FROM c, b, (SELECT k, count(*) AS n FROM a "
      "WHERE v IS NOT NULL GROUP BY k) s WHERE b.id = c.b_id AND s.k = b.a_k AND c.z IS NOT NULL",
+     NULL},
+    {"p_left_joined", "bid, w, sv, n",
+     "SELECT b.id AS bid, b.w, s.sv, s.n FROM b LEFT JOIN (SELECT k, sum(v) AS sv, count(*) AS n "
+     "FROM a GROUP BY k) s ON s.k = b.a_k",
+     NULL},
+    {"p_left_joined_chain", "cid, bid, n, z",
+     "SELECT c.id AS cid, b.id AS bid, s.n, c.z FROM c LEFT JOIN b ON b.id = c.b_id LEFT JOIN "
+     "(SELECT k, count(*) AS n FROM a WHERE v IS NOT NULL GROUP BY k HAVING count(*) > 1) s ON "
+     "s.k = b.a_k",
+     NULL},
+    {"p_left_joined_inner", "bid, k, cid",
+     "SELECT b.id AS bid, s.k, c.id AS cid FROM b JOIN (SELECT DISTINCT k FROM a WHERE v > 1) s ON "
+     "s.k = b.a_k LEFT JOIN c ON c.b_id = b.id",
      NULL},
 };
 #define NSTS (sizeof sts / sizeof sts[0])

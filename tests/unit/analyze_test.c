@@ -377,12 +377,12 @@ static const analyze_row_t rows[] = {
      "(orders.customer_id + 1)) t ON ((t.k = c.id)))",
      KEYS("id"), .mode = FULL, .field = REASON,
      .want = "every GROUP BY item must be a plain column"},
-    {"joined_next_to_left_join_full",
+    {"joined_inner_in_left_chain_units_first_table",
      " SELECT c.id,\n    t.total\n   FROM ((public.customers c\n     JOIN ( SELECT "
      "orders.customer_id,\n            sum(orders.amount) AS total\n           FROM "
      "public.orders\n          GROUP BY orders.customer_id) t ON ((t.customer_id = c.id)))\n     "
      "LEFT JOIN public.refunds r ON ((r.id = c.id)))",
-     KEYS("id"), .mode = FULL, .field = REASON, .want = "by inner joins only"},
+     KEYS("id"), .mode = DIFF, .field = UNITS, .want = "{\"id\"}"},
     {"joined_grouped_around_full",
      " SELECT c.region,\n    sum(t.total) AS s\n   FROM " JOINED_SUB "\n  GROUP BY c.region",
      KEYS("region"), .mode = FULL, .field = REASON,
@@ -411,6 +411,70 @@ static const analyze_row_t rows[] = {
      "( SELECT DISTINCT orders.customer_id\n           FROM public.orders) b ON ((b.customer_id = "
      "c.id)))",
      KEYS("id"), .mode = FULL, .field = REASON, .want = "^a join with more than one subquery"},
+
+/* The same on the right side of a LEFT JOIN. */
+#define LEFT_JOINED_SUB                                                              \
+    "(public.customers c\n     LEFT JOIN ( SELECT orders.customer_id,\n            " \
+    "sum(orders.amount) AS total\n           FROM public.orders\n          WHERE "   \
+    "(orders.status <> 'void'::text)\n          GROUP BY orders.customer_id) t ON "  \
+    "((t.customer_id = c.id)))"
+    {"left_joined_units_first_table",
+     " SELECT c.id,\n    c.name,\n    t.total\n   FROM " LEFT_JOINED_SUB, KEYS("id"), .mode = DIFF,
+     .field = UNITS, .want = "{\"id\"}"},
+    {"left_joined_affected_first_table_changes",
+     " SELECT c.id,\n    c.name,\n    t.total\n   FROM " LEFT_JOINED_SUB, KEYS("id"), .mode = DIFF,
+     .field = AFFECTED,
+     .want = "^SELECT DISTINCT * FROM (SELECT \"id\" FROM pg_temp.\"__sluice_chg_16402\" UNION "
+             "ALL SELECT \"c\".\"id\" FROM "},
+    {"left_joined_affected_meets_subquery_groups",
+     " SELECT c.id,\n    c.name,\n    t.total\n   FROM " LEFT_JOINED_SUB, KEYS("id"), .mode = DIFF,
+     .field = AFFECTED,
+     .want = ") AS \"__sluice_a\") t ON ((t.customer_id = c.id))) WHERE \"t\".\"__sluice_m\" UNION "
+             "ALL "},
+    {"left_joined_tables_read_possible_and_affected_groups",
+     " SELECT c.id,\n    r.id AS rid,\n    t.total\n   FROM ((public.customers c\n     LEFT JOIN "
+     "public.refunds r ON ((r.order_id = c.id)))\n     LEFT JOIN ( SELECT orders.customer_id,\n "
+     "           sum(orders.amount) AS total\n           FROM public.orders\n          GROUP BY "
+     "orders.customer_id) t ON ((t.customer_id = c.id)))",
+     KEYS("id", "rid"), .mode = DIFF, .field = AFFECTED,
+     .want = "LEFT JOIN (SELECT * FROM (SELECT (orders.customer_id) AS \"customer_id\" FROM "
+             "public.orders\n          ) AS \"__sluice_s\" UNION ALL SELECT * FROM (SELECT "
+             "DISTINCT (orders.customer_id) AS \"customer_id\" FROM "
+             "pg_temp.\"__sluice_chg_16401\" AS \"orders\") AS \"__sluice_a\") t ON "
+             "((t.customer_id = c.id))) WHERE \"r\".\"id\" = ANY (ARRAY(SELECT \"id\" FROM "
+             "pg_temp.\"__sluice_chg_16403\"))"},
+    {"left_joined_recompute_groups_equal_to_units",
+     " SELECT c.id,\n    c.name,\n    t.total\n   FROM " LEFT_JOINED_SUB, KEYS("id"), .mode = DIFF,
+     .field = RECOMPUTE,
+     .want = "(SELECT \"id\" AS \"customer_id\" FROM pg_temp.\"__sluice_aff\") AS "
+             "\"__sluice_aff\""},
+    {"left_joined_recompute_groups_the_units_meet",
+     " SELECT c.id,\n    r.id AS rid,\n    t.total\n   FROM ((public.customers c\n     LEFT JOIN "
+     "public.refunds r ON ((r.order_id = c.id)))\n     LEFT JOIN ( SELECT orders.customer_id,\n "
+     "           sum(orders.amount) AS total\n           FROM public.orders\n          GROUP BY "
+     "orders.customer_id) t ON ((t.customer_id = r.order_id)))",
+     KEYS("id", "rid"), .mode = DIFF, .field = RECOMPUTE,
+     .want = "WHERE \"t\".\"__sluice_m\" AND \"c\".\"id\" = ANY (ARRAY(SELECT \"id\" FROM "
+             "pg_temp.\"__sluice_aff\" WHERE \"id\" IS NOT NULL))) AS \"__sluice_aff\""},
+    {"left_joined_recompute_restricted_to_units",
+     " SELECT c.id,\n    c.name,\n    t.total\n   FROM " LEFT_JOINED_SUB, KEYS("id"), .mode = DIFF,
+     .field = RECOMPUTE,
+     .want = " t ON ((t.customer_id = c.id))) WHERE \"c\".\"id\" = ANY (ARRAY(SELECT \"id\" FROM "
+             "pg_temp.\"__sluice_aff\" WHERE \"id\" IS NOT NULL)) "},
+    {"left_joined_filter_on_aggregate_full",
+     " SELECT c.id,\n    t.total\n   FROM (public.customers c\n     LEFT JOIN ( SELECT "
+     "orders.customer_id,\n            sum(orders.amount) AS total\n           FROM "
+     "public.orders\n          GROUP BY orders.customer_id) t ON (((t.customer_id = c.id) AND "
+     "(t.total = c.region))))",
+     KEYS("id"), .mode = FULL, .field = REASON, .want = "and total is not one"},
+    {"left_joined_first_relation_full",
+     " SELECT t.customer_id,\n    c.name\n   FROM (( SELECT DISTINCT orders.customer_id\n       "
+     "    FROM public.orders) t\n     LEFT JOIN public.customers c ON ((c.id = t.customer_id)))",
+     KEYS("customer_id"), .mode = FULL, .field = REASON,
+     .want = "not as the first relation of a chain of LEFT JOINs"},
+    {"left_joined_first_table_key_not_selected_full",
+     " SELECT c.name,\n    t.total\n   FROM " LEFT_JOINED_SUB, KEYS("name"), .mode = FULL,
+     .field = REASON, .want = "must include the primary key of the first table (c)"},
 
     /* UNION ALL. */
     {"union_all_without_branches_full", " " ORDERS_BRANCH "\nUNION ALL\n " REFUNDS_BRANCH,
