@@ -2118,19 +2118,26 @@ analyze_joined(const sl_analyze_in_t *in, const cJSON *sel, from_t *f, const tok
                 return SL_OK;
             }
 
-    /* The conditions of the join: WHERE and every ON. */
+    /* The conditions of the join: WHERE and every ON. With LEFT JOINs
+     * (rooted), WHERE may use any column of d: the units' terms and the
+     * keys d is recomputed for read FROM alone. */
     const cJSON *quals[MAX_QUALS];
-    size_t nq = 0;
+    size_t nq = 0, nwhere = 0;
     if (cJSON_GetObjectItemCaseSensitive(sel, "whereClause") != NULL)
         quals[nq++] = cJSON_GetObjectItemCaseSensitive(sel, "whereClause");
+    nwhere = nq;
     cJSON_ArrayForEach (item, cJSON_GetObjectItemCaseSensitive(sel, "fromClause"))
         join_quals(item, quals, &nq);
-    for (size_t i = 0; i < nq; i++) {
+    for (size_t i = rooted != NULL ? nwhere : 0; i < nq; i++) {
         const char *col = nonkey_ref(quals[i], alias, dcols, ndcols, dk, ndk);
         if (col != NULL) {
             snprintf(why, n,
-                     "the subquery %s in FROM groups: the join's ON and WHERE may use only its "
-                     "key columns, and %s is not one (filter on it in a query around this one)",
+                     rooted != NULL
+                         ? "the subquery %s in FROM groups: the ON conditions may use only its key "
+                           "columns, and %s is not one (filter on it in WHERE)"
+                         : "the subquery %s in FROM groups: the join's ON and WHERE may use only "
+                           "its key columns, and %s is not one (filter on it in a query around "
+                           "this one)",
                      alias, col);
             *reason = why;
             return SL_OK;

@@ -466,7 +466,12 @@ static const analyze_row_t rows[] = {
      "orders.customer_id,\n            sum(orders.amount) AS total\n           FROM "
      "public.orders\n          GROUP BY orders.customer_id) t ON (((t.customer_id = c.id) AND "
      "(t.total = c.region))))",
-     KEYS("id"), .mode = FULL, .field = REASON, .want = "and total is not one"},
+     KEYS("id"), .mode = FULL, .field = REASON, .want = "the ON conditions may use only its key"},
+    {"left_joined_where_on_aggregate_differential",
+     " SELECT c.id,\n    t.total\n   FROM " LEFT_JOINED_SUB "\n  WHERE (COALESCE(t.total, "
+     "(0)::numeric) < (100)::numeric)",
+     KEYS("id"), .mode = DIFF, .field = RECOMPUTE,
+     .want = "(COALESCE(t.total, (0)::numeric) < (100)::numeric)) AND \"c\".\"id\" = ANY"},
     {"left_joined_first_relation_full",
      " SELECT t.customer_id,\n    c.name\n   FROM (( SELECT DISTINCT orders.customer_id\n       "
      "    FROM public.orders) t\n     LEFT JOIN public.customers c ON ((c.id = t.customer_id)))",
