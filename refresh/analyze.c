@@ -1972,6 +1972,36 @@ split_commas(const char *q, const toks_t *t, int from, int to, int (*spans)[2], 
     return n;
 }
 
+/* Relation sql with a column "__sluice_m" that is true: after a LEFT
+ * JOIN, tells its joined rows from NULL-extended ones whatever its columns
+ * hold. NULL: no memory (err is set). */
+static char *
+marked_rel(const char *sql, sl_err_t *err)
+{
+    out_t o = {.rc = SL_OK, .err = err};
+    outf(&o, "(SELECT \"__sluice_a\".*, true AS \"__sluice_m\" FROM (%s) AS \"__sluice_a\")", sql);
+    return out_take(&o);
+}
+
+/* The first table's unit column (of rooted, nroot of them, the first table
+ * called root) that own, an ON condition, makes equal to key column col of
+ * the subquery called alias; NULL when there is none. */
+static const char *
+equal_unit(const cJSON *own, const char *alias, const char *col, const char *root,
+           const keyexpr_t *rooted, size_t nroot)
+{
+    for (int nth = 0; own != NULL; nth++) {
+        const char *pt, *pc;
+        int seen = 0;
+        if (!equated(own, alias, col, &pt, &pc, nth, &seen))
+            return NULL;
+        for (size_t k = 0; k < nroot; k++)
+            if (strcmp(pt, root) == 0 && strcmp(pc, rooted[k].src) == 0)
+                return rooted[k].col;
+    }
+    return NULL;
+}
+
 static const char *const why_grouping_outer =
     "a subquery that groups (GROUP BY or DISTINCT) is joined differentially by inner joins, or "
     "as the right side of a LEFT JOIN, not as the first relation of a chain of LEFT JOINs";
@@ -2010,8 +2040,11 @@ static const char *const why_grouping_outer =
  * window removed is not among the keys d can have now, so the tables'
  * terms read d as those keys plus d's affected keys; d's own terms read
  * its affected keys alone. The new rows of the units: the query restricted
- * to them, with d restricted to the groups that the units' rows can meet
- * (FROM with d as its possible keys, for the units' first-table rows).
+ * to them, with d restricted to the groups that the units' rows can meet:
+ * the units themselves when d's own ON makes each key column equal to a
+ * column of the first table's key, else FROM with d as its possible keys,
+ * for the units' first-table rows. Those terms and that FROM read no
+ * WHERE, so only the ON conditions are held to d's key columns.
  *
  * Returns SL_OK with *reason set (in why) when it is not differential.
  */
@@ -2246,29 +2279,16 @@ analyze_joined(const sl_analyze_in_t *in, const cJSON *sel, from_t *f, const tok
      * d's own ON makes each of its key columns equal to a column of the
      * first table's key, the units themselves (the common case, read
      * without a join), else the join's FROM for the units' rows. */
+    const cJSON *own = NULL;
+    cJSON_ArrayForEach (item, cJSON_GetObjectItemCaseSensitive(sel, "fromClause"))
+        if (rooted != NULL && own == NULL)
+            own = own_quals(item, alias);
     const char *ucols[MAX_KEY_COLS];
-    bool direct = rooted == NULL;
-    for (size_t j = 0; j < ndk && rooted == NULL; j++)
-        ucols[j] = units[j].col;
-    if (rooted != NULL) {
-        const cJSON *own = NULL;
-        cJSON_ArrayForEach (item, cJSON_GetObjectItemCaseSensitive(sel, "fromClause"))
-            if (own == NULL)
-                own = own_quals(item, alias);
-        direct = own != NULL;
-        for (size_t j = 0; j < ndk && direct; j++) {
-            ucols[j] = NULL;
-            for (int nth = 0; ucols[j] == NULL; nth++) {
-                const char *pt, *pc;
-                int seen = 0;
-                if (!equated(own, alias, dk[j], &pt, &pc, nth, &seen))
-                    break;
-                for (size_t k = 0; k < nroot && ucols[j] == NULL; k++)
-                    if (strcmp(pt, f->v[0].alias) == 0 && strcmp(pc, rooted[k].src) == 0)
-                        ucols[j] = rooted[k].col;
-            }
-            direct = ucols[j] != NULL;
-        }
+    bool direct = true;
+    for (size_t j = 0; j < ndk && direct; j++) {
+        ucols[j] = rooted == NULL ? units[j].col
+                                  : equal_unit(own, alias, dk[j], f->v[0].alias, rooted, nroot);
+        direct = ucols[j] != NULL;
     }
     if (direct) {
         aff_rel = renamed_aff(in, ucols, dk, ndk, err);
@@ -2276,10 +2296,7 @@ analyze_joined(const sl_analyze_in_t *in, const cJSON *sel, from_t *f, const tok
         /* d's possible keys marked, so that a NULL-extended row (which
          * needs no group, and whose NULL key would make d's recompute look
          * for NULL keys) is left out, but a key that has NULLs is not. */
-        out_t mk = {.rc = SL_OK, .err = err};
-        outf(&mk, "(SELECT \"__sluice_s\".*, true AS \"__sluice_m\" FROM %s AS \"__sluice_s\")",
-             superset);
-        if ((marked = out_take(&mk)) == NULL) {
+        if ((marked = marked_rel(superset, err)) == NULL) {
             rc = sl_err_nomem(err, "the generated SQL");
             goto out;
         }
@@ -2353,11 +2370,8 @@ analyze_joined(const sl_analyze_in_t *in, const cJSON *sel, from_t *f, const tok
              "(SELECT * FROM %s AS \"__sluice_s\" UNION ALL SELECT * FROM (%s) AS "
              "\"__sluice_a\")",
              superset, sa.affected_sql);
-        out_t y = {.rc = SL_OK, .err = err};
-        outf(&y, "(SELECT \"__sluice_a\".*, true AS \"__sluice_m\" FROM (%s) AS \"__sluice_a\")",
-             sa.affected_sql);
         extended = out_take(&x);
-        gaff = out_take(&y);
+        gaff = marked_rel(sa.affected_sql, err);
         if (extended == NULL || gaff == NULL) {
             rc = sl_err_nomem(err, "the generated SQL");
             goto out;
