@@ -22,6 +22,10 @@
  * correct for every aggregate (min and max included) and for HAVING and
  * DISTINCT, and a change seen twice changes nothing. Its cost is the
  * affected groups' rows, which an index on the key columns keeps small.
+ * The exception: a GROUP BY over one table whose aggregates are counts,
+ * sums, averages and extremes of columns adds the changes to the stored
+ * rows where that is exact, and recomputes the other groups
+ * (gen_algebraic, which says when).
  *
  * What is differential:
  *   - one table (projection, WHERE, GROUP BY with any aggregates, HAVING,
@@ -1079,6 +1083,477 @@ filter_null(out_t *o, const char *q, const sl_analyze_in_t *in, const keyexpr_t 
     outf(o, " FROM ");
     out_aff(o, in);
     outf(o, "))");
+}
+
+/* ------------------------------------------------------------------------ */
+/* Aggregates maintained from the changes                                    */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * A GROUP BY over one table recomputes each affected group from the table
+ * (gen_restricted), which reads every row of the group: cheap for small
+ * groups, as slow as a full refresh for a few large ones (GROUP BY region).
+ * When the stored rows of the affected groups are at hand (in->old_rel) and
+ * every select-list entry is a key or one of the aggregates below over a
+ * column, a group's new row is its stored row plus what the window's images
+ * add ('I') and take away ('D'). Summed with signs, the images of a window
+ * are exactly the rows added to and removed from the table, whatever came in
+ * between (an update writes a 'D' and an 'I' image), so:
+ *
+ *   count(*), count(x)  old + signed count of the images (x not NULL);
+ *   sum(x)              old + signed sum, for integer and numeric(p,s)
+ *                       columns only, where that is exact (a float's sum
+ *                       depends on the order of its terms, an unconstrained
+ *                       numeric's scale on which rows remain); NULL when no
+ *                       row with x is left, which is known from a count(x)
+ *                       (or count(*) over a NOT NULL x) of the query, from an
+ *                       old sum that is NULL, or from a window that added at
+ *                       least as many x as it took away; else unknown;
+ *   avg(x)              sum / count as avg() divides them, when the query
+ *                       also has that sum(x) and that count;
+ *   min(x), max(x)      the old extreme against the added images, when no
+ *                       removed image reached the old extreme (else the
+ *                       extreme may have left), for types whose equal values
+ *                       print alike (integers, numeric(p,s), dates, times).
+ *
+ * A group exists afterwards when its count(*) is positive; without a
+ * count(*), when it gained rows, or had a row and lost none net; a group that
+ * had no stored row was empty, so the images are all of it. A group where
+ * any of this is unknown (or a numeric sum meets NaN, which a subtraction
+ * cannot take back) is recomputed from the table as before, in the same
+ * statement: "__sluice_redo" is the affected-key relation of that part.
+ */
+
+typedef enum agkind { AG_COUNT_STAR, AG_COUNT, AG_SUM, AG_AVG, AG_MIN, AG_MAX } agkind_t;
+
+#define MAX_AGGS 64
+
+typedef struct agg {
+    agkind_t kind;
+    int target;      /* select-list position */
+    const char *out; /* output column name */
+    const char *col; /* argument column (NULL: count(*)) */
+    bool numeric;    /* sum/avg over numeric(p,s): NaN guard */
+    bool narrow;     /* sum over smallint/integer: the result is bigint */
+    bool notnull;    /* the column is NOT NULL */
+    int count;       /* sum/avg: the aggregate counting its non-NULL values, or -1 */
+    int sum;         /* avg: its sum(x), the index of that aggregate */
+} agg_t;
+
+typedef struct aggs {
+    agg_t v[MAX_AGGS];
+    size_t n;
+    int star; /* a count(*), or -1 */
+} aggs_t;
+
+/* The argument column of a one-argument call, as written over rel; NULL
+ * when it is anything but a column of rel. */
+static const char *
+agg_column(const cJSON *fc, const rel_t *rel, size_t *at)
+{
+    const cJSON *args = cJSON_GetObjectItemCaseSensitive(fc, "args");
+    if (cJSON_GetArraySize(args) != 1)
+        return NULL;
+    const cJSON *fields =
+        cJSON_GetObjectItemCaseSensitive(node(cJSON_GetArrayItem(args, 0), "ColumnRef"), "fields");
+    int nf = cJSON_GetArraySize(fields);
+    const char *col = str(node(cJSON_GetArrayItem(fields, nf - 1), "String"), "sval");
+    if (col == NULL || nf > 2 ||
+        (nf == 2 &&
+         (str(node(cJSON_GetArrayItem(fields, 0), "String"), "sval") == NULL ||
+          strcmp(str(node(cJSON_GetArrayItem(fields, 0), "String"), "sval"), rel->text_name) != 0)))
+        return NULL;
+    for (size_t i = 0; i < rel->src->ncols; i++)
+        if (strcmp(rel->src->cols[i], col) == 0) {
+            *at = i;
+            return col;
+        }
+    return NULL;
+}
+
+static bool
+type_is(const char *type, const char *const *names)
+{
+    for (; *names != NULL; names++)
+        if (strcmp(type, *names) == 0)
+            return true;
+    return false;
+}
+
+/* numeric(p,s): every value has scale s, so equal values print alike and
+ * sums keep that scale. */
+static bool
+fixed_numeric(const char *type)
+{
+    return strncmp(type, "numeric(", 8) == 0;
+}
+
+/* One select-list entry as an aggregate of *ag, or false. */
+static bool
+agg_of(const cJSON *rt, const rel_t *rel, agg_t *ag)
+{
+    static const char *const ints[] = {"smallint", "integer", "bigint", NULL};
+    static const char *const ordered[] = {"smallint",
+                                          "integer",
+                                          "bigint",
+                                          "date",
+                                          "timestamp without time zone",
+                                          "timestamp with time zone",
+                                          NULL};
+    const cJSON *fc = node(cJSON_GetObjectItemCaseSensitive(rt, "val"), "FuncCall");
+    const cJSON *names = cJSON_GetObjectItemCaseSensitive(fc, "funcname");
+    int nn = cJSON_GetArraySize(names);
+    const char *schema = nn == 2 ? str(node(cJSON_GetArrayItem(names, 0), "String"), "sval") : NULL;
+    const char *fn = str(node(cJSON_GetArrayItem(names, nn - 1), "String"), "sval");
+    if (fc == NULL || fn == NULL || nn > 2 ||
+        (nn == 2 && (schema == NULL || strcmp(schema, "pg_catalog") != 0)) ||
+        cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(fc, "agg_distinct")) ||
+        cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(fc, "agg_within_group")) ||
+        cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(fc, "func_variadic")) ||
+        cJSON_GetObjectItemCaseSensitive(fc, "agg_filter") != NULL ||
+        cJSON_GetObjectItemCaseSensitive(fc, "agg_order") != NULL ||
+        cJSON_GetObjectItemCaseSensitive(fc, "over") != NULL)
+        return false;
+    memset(ag, 0, sizeof *ag);
+    ag->count = ag->sum = -1;
+    ag->out = str(rt, "name") != NULL ? str(rt, "name") : fn;
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(fc, "agg_star"))) {
+        ag->kind = AG_COUNT_STAR;
+        return strcmp(fn, "count") == 0;
+    }
+    size_t at = 0;
+    if ((ag->col = agg_column(fc, rel, &at)) == NULL)
+        return false;
+    const char *type = rel->src->types[at];
+    ag->notnull = rel->src->notnull[at];
+    if (strcmp(fn, "count") == 0) {
+        ag->kind = AG_COUNT;
+        return true;
+    }
+    if (strcmp(fn, "sum") == 0 || strcmp(fn, "avg") == 0) {
+        ag->kind = fn[0] == 's' ? AG_SUM : AG_AVG;
+        ag->numeric = fixed_numeric(type);
+        ag->narrow = strcmp(type, "smallint") == 0 || strcmp(type, "integer") == 0;
+        return ag->numeric || type_is(type, ints);
+    }
+    if (strcmp(fn, "min") == 0 || strcmp(fn, "max") == 0) {
+        ag->kind = fn[1] == 'i' ? AG_MIN : AG_MAX;
+        return fixed_numeric(type) || type_is(type, ordered);
+    }
+    return false;
+}
+
+/* Reads the select list into *a when every entry is a key column or an
+ * aggregate gen_algebraic maintains, and pairs sums and averages with the
+ * counts they need; false otherwise. */
+static bool
+algebraic_aggs(const cJSON *sel, const sl_analyze_in_t *in, const rel_t *rel, aggs_t *a)
+{
+    const cJSON *group = cJSON_GetObjectItemCaseSensitive(sel, "groupClause");
+    if (in->old_rel == NULL || in->nkeys == 0 || rel->src->types == NULL ||
+        rel->src->notnull == NULL || cJSON_GetArraySize(group) != (int)in->nkeys ||
+        cJSON_GetObjectItemCaseSensitive(sel, "havingClause") != NULL ||
+        cJSON_GetObjectItemCaseSensitive(sel, "distinctClause") != NULL)
+        return false;
+    a->n = 0;
+    a->star = -1;
+    int i = 0;
+    const cJSON *tgt;
+    cJSON_ArrayForEach (tgt, cJSON_GetObjectItemCaseSensitive(sel, "targetList")) {
+        const cJSON *rt = node(tgt, "ResTarget");
+        const cJSON *val = cJSON_GetObjectItemCaseSensitive(rt, "val");
+        const char *name = str(rt, "name") != NULL ? str(rt, "name") : figure_colname(val);
+        bool key = false;
+        for (size_t k = 0; k < in->nkeys && name != NULL && !key; k++)
+            key = strcmp(name, in->keys[k]) == 0;
+        if (key) {
+            i++;
+            continue;
+        }
+        if (a->n == MAX_AGGS || !agg_of(rt, rel, &a->v[a->n]))
+            return false;
+        a->v[a->n].target = i++;
+        if (a->v[a->n].kind == AG_COUNT_STAR && a->star < 0)
+            a->star = (int)a->n;
+        a->n++;
+    }
+    for (size_t j = 0; j < a->n; j++) {
+        agg_t *g = &a->v[j];
+        if (g->kind != AG_SUM && g->kind != AG_AVG)
+            continue;
+        for (size_t m = 0; m < a->n; m++) {
+            const agg_t *h = &a->v[m];
+            if (h->col == NULL || strcmp(h->col, g->col) != 0)
+                continue;
+            if (h->kind == AG_COUNT && g->count < 0)
+                g->count = (int)m;
+            if (h->kind == AG_SUM && g->sum < 0)
+                g->sum = (int)m;
+        }
+        if (g->count < 0 && g->notnull && a->star >= 0)
+            g->count = a->star;
+        if (g->kind == AG_AVG && (g->count < 0 || g->sum < 0))
+            return false;
+    }
+    return true;
+}
+
+/* Appends "__sluice_j"."__sluice_<tag><j>" (a column of __sluice_dk). */
+static void
+aj(out_t *o, const char *tag, size_t j)
+{
+    outf(o, "\"__sluice_j\".\"__sluice_%s%zu\"", tag, j);
+}
+
+/* Appends the number of rows of the group afterwards counted by aggregate
+ * c (count(*) or count(x)). */
+static void
+agg_count_after(out_t *o, const aggs_t *a, int c)
+{
+    outf(o, "(coalesce(");
+    aj(o, "o", (size_t)c);
+    outf(o, ", 0) + ");
+    if (a->v[c].kind == AG_COUNT_STAR)
+        outf(o, "\"__sluice_j\".\"__sluice_n\"");
+    else
+        aj(o, "c", (size_t)c);
+    outf(o, ")");
+}
+
+/* Appends the new sum of aggregate j (a sum), without its NULL case. */
+static void
+agg_sum_after(out_t *o, size_t j)
+{
+    outf(o, "(coalesce(");
+    aj(o, "o", j);
+    outf(o, ", 0) + coalesce(");
+    aj(o, "s", j);
+    outf(o, ", 0))");
+}
+
+/* Appends the new value of aggregate j. */
+static void
+agg_after(out_t *o, const aggs_t *a, size_t j)
+{
+    const agg_t *g = &a->v[j];
+    switch (g->kind) {
+    case AG_COUNT_STAR:
+    case AG_COUNT: agg_count_after(o, a, (int)j); break;
+    case AG_SUM:
+        outf(o, "(CASE WHEN ");
+        if (g->count >= 0) {
+            agg_count_after(o, a, g->count);
+            outf(o, " > 0");
+        } else {
+            aj(o, "o", j);
+            outf(o, " IS NOT NULL OR ");
+            aj(o, "c", j);
+            outf(o, " > 0");
+        }
+        outf(o, " THEN ");
+        agg_sum_after(o, j);
+        outf(o, " END)%s", g->narrow ? "::bigint" : "");
+        break;
+    case AG_AVG:
+        outf(o, "(CASE WHEN ");
+        agg_count_after(o, a, g->count);
+        outf(o, " > 0 THEN ");
+        agg_sum_after(o, (size_t)g->sum);
+        outf(o, "::numeric / ");
+        agg_count_after(o, a, g->count);
+        outf(o, "::numeric END)");
+        break;
+    case AG_MIN:
+    case AG_MAX:
+        outf(o, "%s(", g->kind == AG_MIN ? "least" : "greatest");
+        aj(o, "o", j);
+        outf(o, ", ");
+        aj(o, "i", j);
+        outf(o, ")");
+        break;
+    }
+}
+
+/* Appends the condition under which every new value is exact. */
+static void
+agg_exact(out_t *o, const aggs_t *a)
+{
+    outf(o, "true");
+    if (a->star < 0)
+        outf(o, " AND (NOT \"__sluice_j\".\"__sluice_had\" OR \"__sluice_j\".\"__sluice_n\" >= 0)");
+    for (size_t j = 0; j < a->n; j++) {
+        const agg_t *g = &a->v[j];
+        if (g->kind == AG_SUM && g->count < 0) {
+            outf(o, " AND (");
+            aj(o, "o", j);
+            outf(o, " IS NULL OR ");
+            aj(o, "c", j);
+            outf(o, " >= 0)");
+        }
+        if (g->kind == AG_SUM && g->numeric) {
+            outf(o, " AND NOT coalesce(");
+            aj(o, "nan", j);
+            outf(o, ", false) AND ");
+            aj(o, "o", j);
+            outf(o, " IS DISTINCT FROM 'NaN'");
+        }
+        if (g->kind == AG_MIN || g->kind == AG_MAX) {
+            outf(o, " AND (");
+            aj(o, "d", j);
+            outf(o, " IS NULL OR coalesce(");
+            aj(o, "d", j);
+            outf(o, " %s ", g->kind == AG_MIN ? ">" : "<");
+            aj(o, "o", j);
+            outf(o, ", false))");
+        }
+    }
+}
+
+/* Appends the column of the change rows that aggregate g reads. */
+static void
+agg_arg(out_t *o, const rel_t *rel, const agg_t *g)
+{
+    outid(o, rel->alias);
+    outf(o, ".");
+    outid(o, g->col);
+}
+
+/*
+ * recompute_sql of a GROUP BY over table rel from the stored rows and the
+ * changes (see above): false, writing nothing, when the query is not one
+ * that this covers.
+ */
+static bool
+gen_algebraic(out_t *o, const char *q, const toks_t *t, const clauses_t *c, const cJSON *sel,
+              const sl_analyze_in_t *in, const keyexpr_t *keys, const rel_t *rel)
+{
+    aggs_t *a = malloc(sizeof *a);
+    if (a == NULL) {
+        o->rc = sl_err_nomem(o->err, "the aggregate list");
+        return true;
+    }
+    if (!algebraic_aggs(sel, in, rel, a)) {
+        free(a);
+        return false;
+    }
+    /* The changes by group. */
+    outf(o, "WITH \"__sluice_dg\" AS (SELECT ");
+    for (size_t k = 0; k < in->nkeys; k++) {
+        out_key(o, q, &keys[k]);
+        outf(o, " AS ");
+        outid(o, keys[k].col);
+        outf(o, ", ");
+    }
+    outf(o, "sum(CASE WHEN ");
+    outid(o, rel->alias);
+    outf(o, ".\"__sluice_op\" = 'D' THEN -1 ELSE 1 END) AS \"__sluice_n\"");
+    for (size_t j = 0; j < a->n; j++) {
+        const agg_t *g = &a->v[j];
+        if (g->kind == AG_COUNT || g->kind == AG_SUM) {
+            outf(o, ", sum(CASE WHEN ");
+            agg_arg(o, rel, g);
+            outf(o, " IS NULL THEN 0 WHEN ");
+            outid(o, rel->alias);
+            outf(o, ".\"__sluice_op\" = 'D' THEN -1 ELSE 1 END) AS \"__sluice_c%zu\"", j);
+        }
+        if (g->kind == AG_SUM) {
+            outf(o, ", sum(CASE WHEN ");
+            outid(o, rel->alias);
+            outf(o, ".\"__sluice_op\" = 'D' THEN -(");
+            agg_arg(o, rel, g);
+            outf(o, "::numeric) ELSE ");
+            agg_arg(o, rel, g);
+            outf(o, "::numeric END) AS \"__sluice_s%zu\"", j);
+        }
+        if (g->kind == AG_SUM && g->numeric) {
+            outf(o, ", bool_or(");
+            agg_arg(o, rel, g);
+            outf(o, " = 'NaN') AS \"__sluice_nan%zu\"", j);
+        }
+        if (g->kind == AG_MIN || g->kind == AG_MAX)
+            for (int side = 0; side < 2; side++) {
+                outf(o, ", %s(", g->kind == AG_MIN ? "min" : "max");
+                agg_arg(o, rel, g);
+                outf(o, ") FILTER (WHERE ");
+                outid(o, rel->alias);
+                outf(o, ".\"__sluice_op\" = '%c') AS \"__sluice_%c%zu\"", side ? 'D' : 'I',
+                     side ? 'd' : 'i', j);
+            }
+    }
+    outf(o, " FROM pg_temp.\"__sluice_chg_%u\" AS ", rel->src->relid);
+    outid(o, rel->alias);
+    if (c->tok[CL_WHERE] >= 0) {
+        outf(o, " WHERE ");
+        outq(o, q, t->v[c->tok[CL_WHERE]].end, clause_end(q, t, c, CL_WHERE));
+    }
+    outf(o, " GROUP BY ");
+    for (size_t k = 0; k < in->nkeys; k++)
+        outf(o, "%s%zu", k ? ", " : "", k + 1);
+    /* With each group's stored row (none: the group was empty). The keys
+     * are compared as JSON, which equates NULLs and can be hashed. */
+    outf(o, "), \"__sluice_dk\" AS (SELECT \"__sluice_d\".*, \"__sluice_s\".\"__sluice_row_id\" "
+            "IS NOT NULL AS \"__sluice_had\"");
+    for (size_t j = 0; j < a->n; j++) {
+        outf(o, ", \"__sluice_s\".");
+        outid(o, a->v[j].out);
+        outf(o, " AS \"__sluice_o%zu\"", j);
+    }
+    outf(o, " FROM \"__sluice_dg\" AS \"__sluice_d\" LEFT JOIN %s AS \"__sluice_s\" ON ",
+         in->old_rel);
+    for (int side = 0; side < 2; side++) {
+        outf(o, "%sjsonb_build_array(", side ? " = " : "");
+        for (size_t k = 0; k < in->nkeys; k++) {
+            outf(o, "%s%s.", k ? ", " : "", side ? "\"__sluice_d\"" : "\"__sluice_s\"");
+            outid(o, keys[k].col);
+        }
+        outf(o, ")");
+    }
+    /* The groups whose new row is not known from those: recomputed. */
+    outf(o, "), \"__sluice_redo\" AS (SELECT ");
+    for (size_t k = 0; k < in->nkeys; k++) {
+        outf(o, "%s\"__sluice_j\".", k ? ", " : "");
+        outid(o, keys[k].col);
+    }
+    outf(o, " FROM \"__sluice_dk\" AS \"__sluice_j\" WHERE NOT (");
+    agg_exact(o, a);
+    outf(o, ")) SELECT ");
+    size_t j = 0;
+    int i = 0;
+    const cJSON *tgt;
+    cJSON_ArrayForEach (tgt, cJSON_GetObjectItemCaseSensitive(sel, "targetList")) {
+        outf(o, "%s", i ? ", " : "");
+        if (j < a->n && a->v[j].target == i) {
+            agg_after(o, a, j);
+            outf(o, " AS ");
+            outid(o, a->v[j++].out);
+        } else {
+            const cJSON *rt = node(tgt, "ResTarget");
+            const char *name = str(rt, "name") != NULL
+                                   ? str(rt, "name")
+                                   : figure_colname(cJSON_GetObjectItemCaseSensitive(rt, "val"));
+            outf(o, "\"__sluice_j\".");
+            outid(o, name);
+        }
+        i++;
+    }
+    outf(o, " FROM \"__sluice_dk\" AS \"__sluice_j\" WHERE (");
+    agg_exact(o, a);
+    outf(o, ") AND ");
+    if (a->star >= 0) {
+        agg_count_after(o, a, a->star);
+        outf(o, " > 0");
+    } else {
+        outf(o, "(\"__sluice_j\".\"__sluice_had\" OR \"__sluice_j\".\"__sluice_n\" > 0)");
+    }
+    sl_analyze_in_t redo = *in;
+    redo.aff_rel = "\"__sluice_redo\"";
+    outf(o, " UNION ALL (");
+    gen_restricted(o, q, t, c, filter_nonnull, &redo, keys, NULL);
+    outf(o, ") UNION ALL (");
+    gen_restricted(o, q, t, c, filter_null, &redo, keys, NULL);
+    outf(o, ")");
+    free(a);
+    return true;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -2587,7 +3062,10 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
             gen_affected(&o, in->query, &t, &c, in, keys, &f.v[0]);
         else
             gen_affected_inner(&o, in->query, &t, &c, in, keys, &f);
-        if (in->nkeys == 0) {
+        if (f.n == 1 && !f.v[0].subquery &&
+            gen_algebraic(&r, in->query, &t, &c, sel, in, keys, &f.v[0])) {
+            /* Aggregates from the stored rows and the changes. */
+        } else if (in->nkeys == 0) {
             /* One row (an aggregate without GROUP BY): recomputed when the
              * window's changes reach it, and only then (unchanged, it is
              * not among the old rows, which come from __sluice_aff). */

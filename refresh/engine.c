@@ -136,6 +136,13 @@ engine_on_signal(int sig)
     "                             WHERE i.indrelid = k.oid AND i.indisprimary ORDER BY u.o), "     \
     "                 'cols', ARRAY(SELECT a.attname FROM pg_attribute a "                         \
     "                                WHERE a.attrelid = k.oid AND a.attnum > 0 "                   \
+    "                                  AND NOT a.attisdropped ORDER BY a.attnum), "                \
+    "                 'types', ARRAY(SELECT format_type(a.atttypid, a.atttypmod) "                 \
+    "                                 FROM pg_attribute a "                                        \
+    "                                WHERE a.attrelid = k.oid AND a.attnum > 0 "                   \
+    "                                  AND NOT a.attisdropped ORDER BY a.attnum), "                \
+    "                 'notnull', ARRAY(SELECT a.attnotnull FROM pg_attribute a "                   \
+    "                                WHERE a.attrelid = k.oid AND a.attnum > 0 "                   \
     "                                  AND NOT a.attisdropped ORDER BY a.attnum)) "                \
     "                 ORDER BY k.oid), '[]') "                                                     \
     "          FROM sluice.stream_table_sources s "                                                \
@@ -303,6 +310,34 @@ json_strs(const cJSON *arr, const char ***v, size_t *n, sl_err_t *err)
     return SL_OK;
 }
 
+/* A source's column types and NOT NULL flags (JSON from SQL_STALE), one per
+ * column of s->cols. */
+static int
+parse_col_types(const cJSON *e, sl_analyze_src_t *s, sl_err_t *err)
+{
+    const cJSON *nn = cJSON_GetObjectItemCaseSensitive(e, "notnull");
+    const char **types = NULL;
+    size_t ntypes = 0;
+    int rc = json_strs(cJSON_GetObjectItemCaseSensitive(e, "types"), &types, &ntypes, err);
+    s->types = types;
+    if (rc != SL_OK)
+        return rc;
+    if (ntypes != s->ncols || cJSON_GetArraySize(nn) != (int)s->ncols)
+        return sl_err_set(err, SL_ERR, "unexpected source description from the catalog");
+    bool *notnull = calloc(s->ncols > 0 ? s->ncols : 1, sizeof *notnull);
+    if (notnull == NULL)
+        return sl_err_nomem(err, "a source's columns");
+    s->notnull = notnull;
+    size_t i = 0;
+    const cJSON *v;
+    cJSON_ArrayForEach (v, nn) {
+        if (!cJSON_IsBool(v))
+            return sl_err_set(err, SL_ERR, "unexpected source description from the catalog");
+        notnull[i++] = cJSON_IsTrue(v);
+    }
+    return SL_OK;
+}
+
 /* The sources (JSON from SQL_STALE) as the analyzer wants them; strings
  * point into the tree *json, which the caller frees. */
 static int
@@ -330,6 +365,8 @@ parse_sources(const char *text, cJSON **json, sl_analyze_src_t **out, size_t *n,
         if (rc == SL_OK)
             rc = json_strs(cJSON_GetObjectItemCaseSensitive(e, "cols"), &cols, &s->ncols, err);
         s->cols = cols;
+        if (rc == SL_OK)
+            rc = parse_col_types(e, s, err);
         if (rc != SL_OK)
             return rc;
     }
@@ -342,6 +379,8 @@ free_sources(sl_analyze_src_t *v, size_t n)
     for (size_t i = 0; v != NULL && i < n; i++) {
         free((void *)v[i].pk);
         free((void *)v[i].cols);
+        free((void *)v[i].types);
+        free((void *)v[i].notnull);
     }
     free(v);
 }
@@ -401,6 +440,8 @@ engine_analyse_one(PGconn *conn, PGresult *res, int r, sl_err_t *err)
     if (rc == SL_OK)
         rc = parse_branches(PQgetvalue(res, r, 7), &bjson, &branches, &nbranches, err);
     sl_analysis_t a = {0};
+    char old_rel[64]; /* sluice._refresh's stored rows of the affected units */
+    snprintf(old_rel, sizeof old_rel, "pg_temp.\"__sluice_old_%s\"", id);
     if (rc == SL_OK) {
         sl_analyze_in_t in = {
             .query = PQgetvalue(res, r, 2),
@@ -412,6 +453,7 @@ engine_analyse_one(PGconn *conn, PGresult *res, int r, sl_err_t *err)
             .requested_full = PQgetvalue(res, r, 5)[0] == 't',
             .branches = branches,
             .nbranches = nbranches,
+            .old_rel = old_rel,
         };
         rc = sl_analyze(&in, &a, err);
         if (rc != SL_OK)

@@ -24,6 +24,10 @@ typedef struct sl_analyze_src {
     size_t npk;
     const char *const *cols; /* every column, in attnum order */
     size_t ncols;
+    /* Per column, as cols: format_type() of its type and whether it is NOT
+     * NULL (NULL: not known, and no aggregate is maintained from changes). */
+    const char *const *types;
+    const bool *notnull;
 } sl_analyze_src_t;
 
 /* A branch of a top-level UNION ALL whose branches all have a row identity
@@ -49,6 +53,12 @@ typedef struct sl_analyze_in {
      * names in keys (NULL: pg_temp."__sluice_aff"). Set only when a query is
      * analysed inside another whose key columns have other names. */
     const char *aff_rel;
+    /* The relation holding the stored rows of the affected units while
+     * recompute_sql runs (sluice._refresh: pg_temp."__sluice_old_<id>"), or
+     * NULL. Set only for a stream table's own query: with it, the
+     * aggregates of a GROUP BY over one table are computed from the stored
+     * rows and the changes where that is exact (see gen_algebraic). */
+    const char *old_rel;
 } sl_analyze_in_t;
 
 /* The analysis, as sluice._set_analysis stores it. Strings owned. */

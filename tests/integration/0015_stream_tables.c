@@ -65,6 +65,11 @@
  *      'differential'. Then `sluice engine --once` judges every case whose
  *      facts a raw parse tree has, with the check's decision forgotten:
  *      FULL where the check gave a reason, DIFFERENTIAL where it did not.
+ *  14. Aggregates kept from the changes (refresh/analyze.c, gen_algebraic;
+ *      migration 20): a GROUP BY on an expression is analysed so; updates,
+ *      a moved row, a group emptied and a new group give the right deltas;
+ *      a removed maximum is recomputed; a refresh under READ COMMITTED
+ *      holds the source's writers off.
  */
 #include "harness.h"
 
@@ -388,6 +393,17 @@ check_key_columns(PGconn *conn)
     expect_keys(conn, "SELECT amount FROM orders", "content");
     expect_keys(conn, "SELECT id, unnest(ARRAY[1, 2]) AS x FROM orders", "content");
     expect_keys(conn, "SELECT sum(amount) AS s FROM orders GROUP BY customer_id", "content");
+    /* A key that is an expression (migration 20), written again or by position. */
+    expect_keys(conn,
+                "SELECT customer_id % 3 AS bucket, count(*) AS n FROM orders GROUP BY customer_id "
+                "% 3",
+                "{bucket}");
+    expect_keys(conn,
+                "SELECT count(*) AS n, (customer_id + 1)::text AS label FROM orders GROUP BY 2",
+                "{label}");
+    expect_keys(conn,
+                "SELECT customer_id + 1 AS c1, count(*) AS n FROM orders GROUP BY customer_id",
+                "content");
     /* UNION ALL: per branch (the ids carry the branch number, see below). */
     expect_keys(conn, "SELECT id FROM orders UNION ALL SELECT id FROM orders", "{id}");
     expect_keys(conn, "SELECT id FROM orders UNION ALL SELECT amount FROM orders", "content");
@@ -1698,6 +1714,74 @@ check_join_reads_by_key(const char *url, PGconn *conn)
 }
 
 /* ------------------------------------------------------------------------ */
+/* 14. aggregates kept from the changes                                      */
+/* ------------------------------------------------------------------------ */
+
+static void
+check_kept_aggregates(const char *url, PGconn *conn)
+{
+    TH_LOG("aggregates kept from the stored rows and the changes (migration 20)");
+    const char *q = "SELECT g / 10 AS decade, count(*) AS n, sum(x) AS sx, avg(x) AS ax, max(x) "
+                    "AS mx FROM ka GROUP BY g / 10";
+    th_sql(conn, "CREATE TABLE ka (id int PRIMARY KEY, g int NOT NULL, x int NOT NULL);"
+                 "INSERT INTO ka SELECT i, i %% 30, i FROM generate_series(1, 300) i");
+    th_sql(conn, "SELECT sluice.create_stream_table('ka_sum', '%s')", q);
+    analyse_differential(url, conn, "ka_sum");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice.stream_table_catalog WHERE name = "
+                               "'ka_sum' AND key_columns = '{decade}' AND recompute_sql LIKE "
+                               "'WITH \"\\_\\_sluice\\_dg\" AS %%'") == 1,
+              "ka_sum is keyed by its expression and keeps its aggregates from the changes");
+
+    /* Decade d holds g 10d to 10d + 9: 100 rows each; decade 0 has the
+     * maximum x, 300 (id 300, g 0). */
+    long long before = max_outbox_id(conn);
+    th_sql(conn, "UPDATE ka SET x = x + 1000 WHERE id = 11"); /* decade 1: new max */
+    TH_ASSERT(refresh(conn, "ka_sum") > 0, "the update is refreshed");
+    expect_text(deltas_since(conn, "ka_sum", before),
+                "update|{\"n\": 100, \"ax\": 149.5000000000000000, \"mx\": 289, \"sx\": "
+                "14950, \"decade\": 1}|{\"n\": 100, \"ax\": 159.5000000000000000, \"mx\": "
+                "1011, \"sx\": 15950, \"decade\": 1}",
+                "one update of decade 1, from the stored row and the change");
+
+    /* The maximum of decade 0 leaves (recomputed), a row moves from decade 1
+     * to a new decade 5, and decade 2 is emptied. */
+    before = max_outbox_id(conn);
+    th_sql(conn, "DELETE FROM ka WHERE id = 300;"
+                 "UPDATE ka SET g = 55 WHERE id = 12;"
+                 "DELETE FROM ka WHERE g BETWEEN 20 AND 29");
+    TH_ASSERT(refresh(conn, "ka_sum") > 0, "the changes are refreshed");
+    expect_text(deltas_since(conn, "ka_sum", before),
+                "delete|{\"n\": 100, \"ax\": 159.5000000000000000, \"mx\": 299, \"sx\": "
+                "15950, \"decade\": 2}|null\n"
+                "insert|null|{\"n\": 1, \"ax\": 12.0000000000000000, \"mx\": 12, \"sx\": 12, "
+                "\"decade\": 5}\n"
+                "update|{\"n\": 100, \"ax\": 142.5000000000000000, \"mx\": 300, \"sx\": "
+                "14250, \"decade\": 0}|{\"n\": 99, \"ax\": 140.9090909090909091, \"mx\": 279, "
+                "\"sx\": 13950, \"decade\": 0}\n"
+                "update|{\"n\": 100, \"ax\": 159.5000000000000000, \"mx\": 1011, \"sx\": "
+                "15950, \"decade\": 1}|{\"n\": 99, \"ax\": 160.9898989898989899, \"mx\": "
+                "1011, \"sx\": 15938, \"decade\": 1}",
+                "decade 2 deleted, 5 inserted, 0 (its max gone) and 1 updated");
+    TH_ASSERT(diff_from_query(conn, "ka_sum", "decade, n, sx, ax, mx", q) == 0,
+              "ka_sum equals its query");
+    TH_ASSERT(diff_from_replay(conn, "ka_sum") == 0, "replaying its deltas rebuilds ka_sum");
+
+    /* Under READ COMMITTED the refresh locks the source against writers
+     * (SHARE) until it commits. */
+    th_sql(conn, "BEGIN");
+    th_sql(conn, "UPDATE ka SET x = 7 WHERE id = 13");
+    TH_ASSERT(refresh(conn, "ka_sum") > 0, "the update is refreshed in the transaction");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid() AND "
+                               "relation = 'ka'::regclass AND mode = 'ShareLock' AND granted") == 1,
+              "the refresh holds a SHARE lock on ka");
+    th_sql(conn, "COMMIT");
+    TH_ASSERT(diff_from_query(conn, "ka_sum", "decade, n, sx, ax, mx", q) == 0,
+              "ka_sum equals its query");
+    th_sql(conn, "SELECT sluice.drop_stream_table('ka_sum')");
+    th_sql(conn, "DROP TABLE ka");
+}
+
+/* ------------------------------------------------------------------------ */
 /* 12. the session keeps its work tables                                     */
 /* ------------------------------------------------------------------------ */
 
@@ -1846,6 +1930,7 @@ main(void)
     check_delta_comparison(env.pg_url, conn);
     check_join_reads_by_key(env.pg_url, conn);
     check_kept_work_tables(env.pg_url, conn);
+    check_kept_aggregates(env.pg_url, conn);
 
     PQfinish(conn);
     th_env_stop(&env);
