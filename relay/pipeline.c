@@ -842,6 +842,23 @@ pipeline_on_down(sl_pgconn_t *pc, const sl_err_t *err, void *ctx)
 /* Timers, lifecycle                                                         */
 /* ------------------------------------------------------------------------ */
 
+/*
+ * Grows the armed idle delay towards poll_interval_ms and stops there. It must
+ * not keep growing: multiplied on every re-check, it wrapped to 0 after 32 of
+ * them (about 32 x poll_interval_ms of idling), and a 0 ms timer restarted
+ * from its own callback keeps libuv (1.44) in its timer phase for good: no
+ * I/O, no signals, one core busy.
+ */
+static void
+pipeline_idle_delay_grow(sl_pipeline_t *pl)
+{
+    uint64_t max = (uint64_t)pl->cfg->poll_interval_ms;
+    if (pl->idle_delay_ms >= max / SL_PIPELINE_IDLE_GROWTH)
+        pl->idle_delay_ms = max;
+    else
+        pl->idle_delay_ms *= SL_PIPELINE_IDLE_GROWTH;
+}
+
 /* (Re)starts the poll timer: poll_interval_ms, or the growing idle delay
  * while the doorbell is armed. */
 static void
@@ -852,6 +869,7 @@ pipeline_poll_schedule(sl_pipeline_t *pl)
         delay = pl->idle_delay_ms;
     else if (!pl->armed && pl->idle_since_ms != 0 && SL_PIPELINE_IDLE_POLL_MS < delay)
         delay = SL_PIPELINE_IDLE_POLL_MS; /* idle, not yet armed */
+    assert(delay > 0); /* A 0 ms timer restarted here never yields (see above). */
     uv_timer_start(&pl->poll_timer, pipeline_poll_timer_cb, delay, 0);
 }
 
@@ -861,7 +879,7 @@ pipeline_poll_timer_cb(uv_timer_t *t)
     sl_pipeline_t *pl = t->data;
     uint64_t now = sl_now_ms();
     if (pl->armed)
-        pl->idle_delay_ms *= SL_PIPELINE_IDLE_GROWTH;
+        pipeline_idle_delay_grow(pl);
     pipeline_poll_schedule(pl);
     if (now - pl->stats_ms >= SL_PIPELINE_STATS_MS) {
         int64_t n = pl->delivered - pl->stats_delivered;

@@ -10,14 +10,28 @@
  *      a publish reaches the file sink within a second: the NOTIFY woke it;
  *   3. the relay arms again after delivering;
  *   4. with the relay stopped, nothing holds the lock and publish() sends no
- *      NOTIFY at all (checked with a LISTEN session and a marker).
+ *      NOTIFY at all (checked with a LISTEN session and a marker);
+ *   5. a relay that stays armed and idle for many re-checks (poll_interval_ms
+ *      = 10, the minimum, so hundreds of them in IDLE_MS) stays responsive:
+ *      it uses little CPU, delivers a publish at once and stops on SIGTERM.
+ *      Its re-check delay once grew on every re-check until it wrapped to
+ *      0 ms after 32 of them; the loop then spun in its timer phase for good,
+ *      serving no I/O and no signal.
  */
 #include "harness.h"
 
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <unistd.h>
+
+/* Step 5: how long the relay idles armed, and the CPU it may use meanwhile
+ * (a spinning loop uses all of IDLE_MS; polling every 10 ms, even under
+ * AddressSanitizer, a small part of it). */
+#define IDLE_MS 3000
+#define IDLE_CPU_MAX_MS 1000
 
 /* Sessions holding the doorbell lock (outbox/outbox.h) in shared mode. */
 #define ARMED_SQL                                                                       \
@@ -46,6 +60,71 @@ file_has(void *p)
 {
     file_arg_t *a = p;
     return th_file_contains(a->path, a->needle);
+}
+
+/* User plus system CPU time of a process in ms, or -1. */
+static long long
+cpu_ms(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return -1;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    /* Fields after the command name (which may hold spaces) start at ") ". */
+    const char *p = strrchr(buf, ')');
+    if (p == NULL)
+        return -1;
+    unsigned long long utime = 0, stime = 0;
+    if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime, &stime) != 2)
+        return -1;
+    return (long long)((utime + stime) * 1000 / (unsigned long long)sysconf(_SC_CLK_TCK));
+}
+
+/* Step 5 (file header). */
+static void
+idle_relay_stays_responsive(const th_env_t *env, PGconn *conn)
+{
+    char out[TH_PATH_MAX], cfg[TH_PATH_MAX], log[TH_PATH_MAX], text[2 * TH_PATH_MAX];
+    snprintf(out, sizeof out, "%s/events-idle.jsonl", th_tmpdir());
+    snprintf(cfg, sizeof cfg, "%s/relay-idle.json", th_tmpdir());
+    snprintf(log, sizeof log, "%s/relay-idle.log", th_tmpdir());
+    snprintf(text, sizeof text,
+             "{\"database\": \"%s\", \"pipelines\": [{\"name\": \"bell\", "
+             "\"poll_interval_ms\": 10, \"sink\": {\"type\": \"file\", \"path\": \"%s\"}}]}",
+             env->pg_url, out);
+    th_write_file(cfg, text);
+    const char *const relay[] = {SLUICE_BIN, "relay", "--config", cfg, NULL};
+    pid_t pid = th_spawn(relay, log);
+
+    armed_arg_t armed = {conn, 1};
+    TH_ASSERT(th_wait_until(armed_is, &armed, 20000, 20),
+              "the idle relay (poll_interval_ms 10) arms the doorbell within 20 s");
+    long long cpu0 = cpu_ms(pid);
+    th_sleep_ms(IDLE_MS); /* hundreds of re-checks at 10 ms */
+    long long cpu = cpu_ms(pid) - cpu0;
+    TH_ASSERT(cpu0 >= 0 && cpu >= 0, "the relay's CPU time can be read from /proc/%d/stat",
+              (int)pid);
+    TH_LOG("the armed relay used %lld ms of CPU in %d ms of idling", cpu, IDLE_MS);
+    TH_ASSERT(cpu < IDLE_CPU_MAX_MS,
+              "an armed idle relay does not spin: it used %lld ms of CPU in %d ms (at most %d)",
+              cpu, IDLE_MS, IDLE_CPU_MAX_MS);
+
+    int64_t t0 = th_now_ms();
+    th_sql(conn, "SELECT sluice.publish('t0012', '{\"after\": \"idling\"}')");
+    file_arg_t fa = {out, "\"after\": \"idling\""};
+    TH_ASSERT(th_wait_until(file_has, &fa, 2000, 5),
+              "after %d ms armed and idle the relay still delivers a publish within 2 s", IDLE_MS);
+    TH_LOG("delivered %lld ms after the publish", (long long)(th_now_ms() - t0));
+
+    th_kill(pid, SIGTERM);
+    int status = 0;
+    TH_ASSERT(th_wait_exit(pid, 15000, &status) == 0 && WIFEXITED(status) &&
+                  WEXITSTATUS(status) == 0,
+              "after idling the relay stops with exit 0 on SIGTERM");
 }
 
 int
@@ -119,6 +198,8 @@ main(void)
     TH_ASSERT(marker, "the marker notification arrives");
     TH_ASSERT(rings == 0, "with no relay waiting, publish() sends no NOTIFY (got %d)", rings);
     PQfinish(listener);
+
+    idle_relay_stays_responsive(&env, conn);
     PQfinish(conn);
     return 0;
 }
