@@ -1113,7 +1113,9 @@ filter_null(out_t *o, const char *q, const sl_analyze_in_t *in, const keyexpr_t 
  *                       also has that sum(x) and that count;
  *   min(x), max(x)      the old extreme against the added images, when no
  *                       removed image reached the old extreme (else the
- *                       extreme may have left), for types whose equal values
+ *                       extreme may have left), or when an added image beats
+ *                       every removed one (so it was not removed again, and
+ *                       beats what is left); for types whose equal values
  *                       print alike (integers, numeric(p,s), dates, times).
  *
  * A group exists afterwards when its count(*) is positive; without a
@@ -1398,12 +1400,19 @@ agg_exact(out_t *o, const aggs_t *a)
             outf(o, " IS DISTINCT FROM 'NaN'");
         }
         if (g->kind == AG_MIN || g->kind == AG_MAX) {
+            /* No removed value reached the old extreme, or an added one
+             * beats every removed one (so it is still there). */
+            const char *beyond = g->kind == AG_MIN ? "<" : ">";
             outf(o, " AND (");
             aj(o, "d", j);
             outf(o, " IS NULL OR coalesce(");
-            aj(o, "d", j);
-            outf(o, " %s ", g->kind == AG_MIN ? ">" : "<");
             aj(o, "o", j);
+            outf(o, " %s ", beyond);
+            aj(o, "d", j);
+            outf(o, ", false) OR coalesce(");
+            aj(o, "i", j);
+            outf(o, " %s ", beyond);
+            aj(o, "d", j);
             outf(o, ", false))");
         }
     }

@@ -557,8 +557,10 @@ static const analyze_row_t rows[] = {
      "SELECT sales.region,\n    max(sales.price) AS top\n   FROM public.sales\n  GROUP BY "
      "sales.region",
      KEYS("region"), .mode = DIFF, .field = RECOMPUTE,
-     .want = "(\"__sluice_j\".\"__sluice_d0\" IS NULL OR coalesce(\"__sluice_j\".\"__sluice_d0\" "
-             "< \"__sluice_j\".\"__sluice_o0\", false))"},
+     .want =
+         "(\"__sluice_j\".\"__sluice_d0\" IS NULL OR coalesce(\"__sluice_j\".\"__sluice_o0\" "
+         "> \"__sluice_j\".\"__sluice_d0\", false) OR coalesce(\"__sluice_j\".\"__sluice_i0\" > "
+         "\"__sluice_j\".\"__sluice_d0\", false))"},
     {"algebraic_redo_groups_recomputed_from_the_table",
      "SELECT sales.region,\n    max(sales.price) AS top\n   FROM public.sales\n  GROUP BY "
      "sales.region",
