@@ -1138,6 +1138,7 @@ typedef struct agg {
     bool numeric;    /* sum/avg over numeric(p,s): NaN guard */
     bool narrow;     /* sum over smallint/integer: the result is bigint */
     bool notnull;    /* the column is NOT NULL */
+    bool by_notnull; /* sum/avg: count is count(*), because the column is NOT NULL */
     int count;       /* sum/avg: the aggregate counting its non-NULL values, or -1 */
     int sum;         /* avg: its sum(x), the index of that aggregate */
 } agg_t;
@@ -1292,8 +1293,10 @@ algebraic_aggs(const cJSON *sel, const sl_analyze_in_t *in, const rel_t *rel, ag
             if (h->kind == AG_SUM && g->sum < 0)
                 g->sum = (int)m;
         }
-        if (g->count < 0 && g->notnull && a->star >= 0)
+        if (g->count < 0 && g->notnull && a->star >= 0) {
             g->count = a->star;
+            g->by_notnull = true;
+        }
         if (g->kind == AG_AVG && (g->count < 0 || g->sum < 0))
             return false;
     }
@@ -1376,9 +1379,19 @@ agg_after(out_t *o, const aggs_t *a, size_t j)
     }
 }
 
+/* Appends a string literal. */
+static void
+outlit(out_t *o, const char *v)
+{
+    outf(o, "'");
+    for (const char *c = v; *c != '\0'; c++)
+        outf(o, *c == '\'' ? "''" : "%c", *c);
+    outf(o, "'");
+}
+
 /* Appends the condition under which every new value is exact. */
 static void
-agg_exact(out_t *o, const aggs_t *a)
+agg_exact(out_t *o, const aggs_t *a, const rel_t *rel)
 {
     outf(o, "true");
     if (a->star < 0)
@@ -1391,6 +1404,17 @@ agg_exact(out_t *o, const aggs_t *a)
             outf(o, " IS NULL OR ");
             aj(o, "c", j);
             outf(o, " >= 0)");
+        }
+        if (g->by_notnull) {
+            /* Still NOT NULL: a column that has lost it since the analysis
+             * may hold NULLs that count(*) counts; then every group is
+             * recomputed until the query is analysed again. */
+            outf(o,
+                 " AND coalesce((SELECT a.attnotnull FROM pg_catalog.pg_attribute a WHERE "
+                 "a.attrelid = %u AND a.attname = ",
+                 rel->src->relid);
+            outlit(o, g->col);
+            outf(o, "), false)");
         }
         if (g->kind == AG_SUM && g->numeric) {
             outf(o, " AND NOT coalesce(");
@@ -1524,7 +1548,7 @@ gen_algebraic(out_t *o, const char *q, const toks_t *t, const clauses_t *c, cons
         outid(o, keys[k].col);
     }
     outf(o, " FROM \"__sluice_dk\" AS \"__sluice_j\" WHERE NOT (");
-    agg_exact(o, a);
+    agg_exact(o, a, rel);
     outf(o, ")) SELECT ");
     size_t j = 0;
     int i = 0;
@@ -1546,7 +1570,7 @@ gen_algebraic(out_t *o, const char *q, const toks_t *t, const clauses_t *c, cons
         i++;
     }
     outf(o, " FROM \"__sluice_dk\" AS \"__sluice_j\" WHERE (");
-    agg_exact(o, a);
+    agg_exact(o, a, rel);
     outf(o, ") AND ");
     if (a->star >= 0) {
         agg_count_after(o, a, a->star);

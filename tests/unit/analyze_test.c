@@ -544,6 +544,12 @@ static const analyze_row_t rows[] = {
      KEYS("region"), .mode = DIFF, .field = RECOMPUTE,
      .want = "(CASE WHEN (coalesce(\"__sluice_j\".\"__sluice_o0\", 0) + "
              "\"__sluice_j\".\"__sluice_n\") > 0 THEN"},
+    {"algebraic_not_null_checked_when_used",
+     "SELECT sales.region,\n    count(*) AS n,\n    sum(sales.qty) AS q\n   FROM public.sales\n  "
+     "GROUP BY sales.region",
+     KEYS("region"), .mode = DIFF, .field = RECOMPUTE,
+     .want = "AND coalesce((SELECT a.attnotnull FROM pg_catalog.pg_attribute a WHERE a.attrelid = "
+             "16405 AND a.attname = 'qty'), false)"},
     {"algebraic_sum_without_count_unknown_when_values_leave",
      "SELECT sales.region,\n    sum(sales.price) AS total\n   FROM public.sales\n  GROUP BY "
      "sales.region",
