@@ -71,6 +71,13 @@
  *      a removed maximum is recomputed; a refresh under READ COMMITTED
  *      holds the source's writers off; a column that loses NOT NULL
  *      (which avg = sum / count(*) relied on) does not make it wrong.
+ *  15. DDL on a source (migration 21): the columns a query reads are
+ *      recorded with their types; a type change of a column no query reads
+ *      makes the next refresh FULL (an image of the old type it cannot read
+ *      is in the window); a type, collation or name change of a read column, a
+ *      dropped one and a renamed source fail the refresh with a message
+ *      naming it, publishing nothing; re-validating with the same query
+ *      rebuilds the stream table with the new type.
  */
 #include "harness.h"
 
@@ -1904,6 +1911,118 @@ check_kept_work_tables(const char *url, PGconn *conn)
               "the tables of jo_named and of jo (no longer captured) are dropped");
 }
 
+/* ------------------------------------------------------------------------ */
+/* 15. DDL on a source                                                       */
+/* ------------------------------------------------------------------------ */
+
+static void
+check_source_ddl(const char *url, PGconn *conn)
+{
+    TH_LOG("DDL on a source: the columns a query reads are checked");
+    const char *q = "SELECT id, amount FROM dd WHERE grp > 0";
+    th_sql(conn, "CREATE TABLE dd (id int PRIMARY KEY, grp int, amount int, note text, extra int);"
+                 "INSERT INTO dd SELECT g, g %% 4, g, 'n' || g, g FROM generate_series(1, 200) g;"
+                 "ANALYZE dd");
+    th_sql(conn, "SELECT sluice.create_stream_table('dd_lines', '%s')", q);
+    th_sql(conn, "SELECT sluice.create_stream_table('dd_notes', 'SELECT id, note FROM dd')");
+    th_sql(conn, "SELECT sluice.create_stream_table('dd_count', 'SELECT count(*) AS n FROM dd')");
+    const char *cols = "SELECT coalesce(string_agg(c.attname || ' ' || c.type_name, ', ' ORDER BY "
+                       "c.attnum), '') FROM sluice.stream_table_columns c JOIN "
+                       "sluice.stream_table_catalog s ON s.id = c.stream_table_id WHERE c.read "
+                       "AND s.name = '%s'";
+    expect_text(th_sql_text(conn, cols, "dd_lines"), "id integer, grp integer, amount integer",
+                "the columns dd_lines reads are recorded with their types");
+    expect_text(th_sql_text(conn, cols, "dd_count"), "", "count(*) reads no column");
+    analyse_differential(url, conn, "dd_lines");
+
+    /* A column no query reads, with an image of the old type in the
+     * window that the new type cannot read: that cycle is FULL. */
+    th_sql(conn, "UPDATE dd SET extra = -1 WHERE id = 7");
+    th_sql(conn, "ALTER TABLE dd ALTER extra TYPE text USING extra::text;"
+                 "UPDATE dd SET extra = 'x', amount = amount + 1 WHERE id = 5");
+    th_sql(conn, "UPDATE dd SET extra = 'abc' WHERE id = 8");
+    th_sql(conn, "ALTER TABLE dd ALTER extra TYPE int USING length(extra)");
+    th_sql(conn, "UPDATE dd SET amount = amount + 1 WHERE id = 6");
+    TH_ASSERT(refresh(conn, "dd_lines") > 0,
+              "a type change of a column no query reads does not stop a refresh");
+    expect_text(th_sql_text(conn, "SELECT last_refresh_mode FROM sluice.stream_table_catalog "
+                                  "WHERE name = 'dd_lines'"),
+                "full", "that refresh did not read the images of the old type");
+    expect_text(th_sql_text(conn, "SELECT type_name FROM sluice.stream_table_columns c JOIN "
+                                  "sluice.stream_table_catalog s ON s.id = c.stream_table_id "
+                                  "WHERE s.name = 'dd_lines' AND c.attname = 'extra'"),
+                "integer", "the new type is recorded");
+    TH_ASSERT(diff_from_query(conn, "dd_lines", "id, amount", q) == 0, "dd_lines equals its query");
+    th_sql(conn, "UPDATE dd SET amount = amount + 1 WHERE id = 6");
+    refresh(conn, "dd_lines");
+    expect_text(th_sql_text(conn, "SELECT last_refresh_mode FROM sluice.stream_table_catalog "
+                                  "WHERE name = 'dd_lines'"),
+                "differential", "the next one is differential again");
+
+    /* Before migration 21 this refresh stored and published 2. */
+    th_sql(conn, "ALTER TABLE dd ALTER amount TYPE numeric(12,2)");
+    th_sql(conn, "INSERT INTO dd VALUES (201, 1, 1.5, 'x', 0)");
+    long long mark = max_outbox_id(conn);
+    expect_error(conn, "42804",
+                 "column amount of source public.dd, read by stream table dd_lines, changed type "
+                 "from integer to numeric(12,2)",
+                 "SELECT sluice.refresh_stream_table('dd_lines')");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice.outbox WHERE id > %lld", mark) == 0,
+              "the refused refresh published nothing");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM dd_lines WHERE id = 201") == 0,
+              "and left the stream table as it was");
+    TH_ASSERT(refresh(conn, "dd_count") > 0 && th_sql_int(conn, "SELECT n FROM dd_count") == 201,
+              "a stream table that does not read the column refreshes");
+
+    th_sql(conn, "SELECT sluice.alter_stream_table('dd_lines', query => '%s')", q);
+    expect_text(th_sql_text(conn, "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+                                  "WHERE attrelid = 'dd_lines'::regclass AND attname = 'amount'"),
+                "numeric(12,2)", "re-validated with the same query, the column has the new type");
+    expect_text(th_sql_text(conn, "SELECT amount::text FROM dd_lines WHERE id = 201"), "1.50",
+                "and the new row its value");
+    th_sql(conn, "UPDATE dd SET amount = 2.25 WHERE id = 201");
+    TH_ASSERT(refresh(conn, "dd_lines") > 0, "it refreshes again");
+    expect_text(th_sql_text(conn, "SELECT payload->'after'->>'amount' FROM sluice.outbox WHERE "
+                                  "topic = 'dd_lines' ORDER BY id DESC LIMIT 1"),
+                "2.25", "and publishes the exact value");
+    TH_ASSERT(diff_from_query(conn, "dd_lines", "id, amount", q) == 0, "dd_lines equals its query");
+
+    th_sql(conn, "ALTER TABLE dd ALTER note TYPE text COLLATE \"C\"");
+    th_sql(conn, "UPDATE dd SET note = 'y' WHERE id = 1");
+    expect_error(conn, "42804",
+                 "column note of source public.dd, read by stream table dd_notes, changed "
+                 "collation from default to C",
+                 "SELECT sluice.refresh_stream_table('dd_notes')");
+    th_sql(conn, "ALTER TABLE dd DROP COLUMN note");
+    expect_error(conn, "42703",
+                 "column note of source public.dd, read by stream table dd_notes, was dropped",
+                 "SELECT sluice.refresh_stream_table('dd_notes')");
+
+    th_sql(conn, "ALTER TABLE dd RENAME grp TO grp2");
+    th_sql(conn, "UPDATE dd SET amount = 3 WHERE id = 2");
+    expect_error(conn, "42703",
+                 "column grp of source public.dd, read by stream table dd_lines, was renamed to "
+                 "grp2",
+                 "SELECT sluice.refresh_stream_table('dd_lines')");
+    th_sql(conn, "ALTER TABLE dd RENAME grp2 TO grp");
+    TH_ASSERT(refresh(conn, "dd_lines") > 0, "renamed back, the column is accepted again");
+
+    /* A new table under the old name would be what the stored query reads. */
+    th_sql(conn, "ALTER TABLE dd RENAME TO dd_old; CREATE TABLE dd (LIKE dd_old)");
+    th_sql(conn, "UPDATE dd_old SET amount = 4 WHERE id = 2");
+    expect_error(conn, "42P01",
+                 "source public.dd of stream table dd_lines was renamed to public.dd_old",
+                 "SELECT sluice.refresh_stream_table('dd_lines')");
+
+    th_sql(conn, "SELECT sluice.drop_stream_table(n) FROM unnest(ARRAY['dd_lines', 'dd_notes', "
+                 "'dd_count']) n");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice.stream_table_columns c WHERE NOT "
+                               "EXISTS (SELECT 1 FROM sluice.stream_table_catalog s WHERE s.id = "
+                               "c.stream_table_id)") == 0,
+              "dropped stream tables leave no recorded columns");
+    th_sql(conn, "DROP TABLE dd, dd_old");
+}
+
 int
 main(void)
 {
@@ -1942,6 +2061,7 @@ main(void)
     check_join_reads_by_key(env.pg_url, conn);
     check_kept_work_tables(env.pg_url, conn);
     check_kept_aggregates(env.pg_url, conn);
+    check_source_ddl(env.pg_url, conn);
 
     PQfinish(conn);
     th_env_stop(&env);

@@ -14,9 +14,10 @@
  *   2. Changes to the sources reach the stream tables within their schedule,
  *      a LISTEN client subscribed with coalesce_ms 0 hears of each refresh,
  *      and the deltas are in the outbox.
- *   3. Dropping a column the third stream table reads puts it into status
- *      'error' with a message naming the column; the other stream tables
- *      keep refreshing.
+ *   3. Dropping a column the third stream table reads, and changing the type
+ *      of one the fourth reads, puts each into status 'error' with a message
+ *      naming the column (and both types); the other stream tables keep
+ *      refreshing.
  *   4. SIGTERM stops the engine with exit 0; bad usage exits 2; --once
  *      against an unreachable database exits 1 with the error.
  *
@@ -80,6 +81,8 @@ main(void)
                  "customer_id, c.name FROM orders o JOIN customers c ON c.id = o.customer_id', "
                  "schedule => '100 ms')");
     th_sql(conn, "SELECT sluice.create_stream_table('legacy_x', 'SELECT id, x FROM legacy', "
+                 "schedule => '100 ms')");
+    th_sql(conn, "SELECT sluice.create_stream_table('legacy_y', 'SELECT id, y FROM legacy', "
                  "schedule => '100 ms')");
     th_sql(conn, "SELECT sluice.create_stream_table('top', 'SELECT id, amount FROM orders ORDER BY "
                  "amount DESC LIMIT 2', schedule => '100 ms')");
@@ -219,7 +222,8 @@ main(void)
 
     /* 3. DDL on a source: an error state for that stream table only. */
     th_sql(conn, "ALTER TABLE legacy DROP COLUMN x");
-    th_sql(conn, "INSERT INTO legacy VALUES (2, 2)");
+    th_sql(conn, "ALTER TABLE legacy ALTER y TYPE numeric(8,2)");
+    th_sql(conn, "INSERT INTO legacy VALUES (2, 2.5)");
     TH_ASSERT(th_wait_sql(conn,
                           "SELECT status = 'error' FROM sluice.stream_table_catalog WHERE "
                           "name = 'legacy_x'",
@@ -227,9 +231,23 @@ main(void)
               "the stream table whose column was dropped goes into status error");
     char *why = th_sql_text(conn, "SELECT last_error FROM sluice.stream_table_catalog WHERE "
                                   "name = 'legacy_x'");
-    TH_ASSERT(why != NULL && strstr(why, "x") != NULL, "the error names the column (%s)",
-              why ? why : "NULL");
+    TH_ASSERT(why != NULL && strstr(why, "column x of source public.legacy") != NULL,
+              "the error names the column (%s)", why ? why : "NULL");
     free(why);
+    TH_ASSERT(th_wait_sql(conn,
+                          "SELECT status = 'error' FROM sluice.stream_table_catalog WHERE "
+                          "name = 'legacy_y'",
+                          15000, 50),
+              "the stream table whose column changed type goes into status error");
+    why = th_sql_text(conn, "SELECT last_error FROM sluice.stream_table_catalog WHERE "
+                            "name = 'legacy_y'");
+    TH_ASSERT(why != NULL && strstr(why, "column y of source public.legacy, read by stream table "
+                                         "legacy_y, changed type from integer to "
+                                         "numeric(8,2)") != NULL,
+              "the error names the column and both types (%s)", why ? why : "NULL");
+    free(why);
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM legacy_y WHERE id = 2") == 0,
+              "and nothing of the new row was stored");
     th_sql(conn, "DELETE FROM orders WHERE id = 3");
     TH_ASSERT(th_wait_sql(conn, "SELECT total = 10 FROM totals WHERE customer_id = 1", 10000, 20),
               "the other stream tables keep refreshing");

@@ -46,6 +46,8 @@
  *      subquery (st_jg), FULL by 16's reason, has none after migration 18
  *      (refresh/sql/0018_joined_groups.sql) but keeps its content identity,
  *      so stays FULL for that reason.
+ *      Migration 21 (refresh/sql/0021_source_columns.sql) records the
+ *      source columns every stored query reads.
  *   5. `sluice engine --once` analyses every stream table again (they are
  *      not due: their schedule is an hour, so it refreshes none); then each
  *      is refreshed by hand: DIFFERENTIAL, with a delta of exactly the size
@@ -436,6 +438,22 @@ main(void)
                              mig[i].version, mig[i].name) == 1,
                   "schema_version records %s", mig[i].name);
     TH_LOG("upgraded to version %d", newest);
+    /* Migration 21 recorded the columns of each stored query's sources, and
+     * which it reads. */
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice.stream_table_catalog s WHERE NOT "
+                               "EXISTS (SELECT 1 FROM sluice.stream_table_columns c WHERE "
+                               "c.stream_table_id = s.id)") == 0,
+              "every stream table made at version %d has its columns recorded", OLD_VERSION);
+    char *jcols = th_sql_text(conn, "SELECT string_agg(c.relid::regclass || '.' || c.attname || "
+                                    "' ' || c.type_name, ', ' ORDER BY c.relid::regclass::text, "
+                                    "c.attnum) FROM sluice.stream_table_columns c JOIN "
+                                    "sluice.stream_table_catalog s ON s.id = c.stream_table_id "
+                                    "WHERE s.name = 'st_join' AND c.read");
+    TH_ASSERT(jcols != NULL && strcmp(jcols, "groups.grp integer, groups.label text, groups.o "
+                                             "integer, items.id integer, items.grp integer, "
+                                             "items.n integer") == 0,
+              "st_join's columns (%s)", jcols ? jcols : "NULL");
+    free(jcols);
 
     /* 4. The conversion. */
     const char *bufs[2] = {items_buf, groups_buf};
