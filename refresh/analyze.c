@@ -1117,6 +1117,13 @@ filter_null(out_t *o, const char *q, const sl_analyze_in_t *in, const keyexpr_t 
  *                       every removed one (so it was not removed again, and
  *                       beats what is left); for types whose equal values
  *                       print alike (integers, numeric(p,s), dates, times).
+ *                       A removed image whose row is still there at the end
+ *                       of the window, in the same group with the same
+ *                       value (the last image of its primary key adds it,
+ *                       and passes the WHERE clause), does not count as
+ *                       removed: an update of another column of the row
+ *                       holding the extreme keeps the group (tables without
+ *                       a primary key: every removed image counts).
  *
  * A group exists afterwards when its count(*) is positive; without a
  * count(*), when it gained rows, or had a row and lost none net; a group that
@@ -1442,13 +1449,96 @@ agg_exact(out_t *o, const aggs_t *a, const rel_t *rel)
     }
 }
 
+/* Appends column col of the change rows of rel. */
+static void
+rel_col(out_t *o, const rel_t *rel, const char *col)
+{
+    outid(o, rel->alias);
+    outf(o, ".");
+    outid(o, col);
+}
+
 /* Appends the column of the change rows that aggregate g reads. */
 static void
 agg_arg(out_t *o, const rel_t *rel, const agg_t *g)
 {
+    rel_col(o, rel, g->col);
+}
+
+/* Appends ", the join with each key's last image": what a removed value
+ * of a min or max is compared with (see gen_algebraic). Nothing when there
+ * is no min or max, or the table has no primary key. */
+static void
+out_last_images(out_t *o, const char *q, const toks_t *t, const clauses_t *c,
+                const sl_analyze_in_t *in, const keyexpr_t *keys, const rel_t *rel, const aggs_t *a)
+{
+    const sl_analyze_src_t *s = rel->src;
+    bool extremes = false;
+    for (size_t j = 0; j < a->n; j++)
+        extremes = extremes || a->v[j].kind == AG_MIN || a->v[j].kind == AG_MAX;
+    if (!extremes || s->npk == 0)
+        return;
+    outf(o, " LEFT JOIN (SELECT DISTINCT ON (");
+    for (size_t k = 0; k < s->npk; k++) {
+        outf(o, "%s", k ? ", " : "");
+        rel_col(o, rel, s->pk[k]);
+    }
+    outf(o, ") ");
+    for (size_t k = 0; k < s->npk; k++) {
+        rel_col(o, rel, s->pk[k]);
+        outf(o, " AS \"__sluice_lp%zu\", ", k);
+    }
     outid(o, rel->alias);
-    outf(o, ".");
-    outid(o, g->col);
+    outf(o, ".\"__sluice_op\" AS \"__sluice_lop\"");
+    for (size_t k = 0; k < in->nkeys; k++) {
+        outf(o, ", ");
+        out_key(o, q, &keys[k]);
+        outf(o, " AS \"__sluice_lk%zu\"", k);
+    }
+    for (size_t j = 0; j < a->n; j++)
+        if (a->v[j].kind == AG_MIN || a->v[j].kind == AG_MAX) {
+            outf(o, ", ");
+            agg_arg(o, rel, &a->v[j]);
+            outf(o, " AS \"__sluice_lx%zu\"", j);
+        }
+    outf(o, ", ");
+    if (c->tok[CL_WHERE] >= 0) {
+        outf(o, "coalesce((");
+        outq(o, q, t->v[c->tok[CL_WHERE]].end, clause_end(q, t, c, CL_WHERE));
+        outf(o, "), false)");
+    } else {
+        outf(o, "true");
+    }
+    outf(o, " AS \"__sluice_lw\" FROM pg_temp.\"__sluice_chg_%u\" AS ", s->relid);
+    outid(o, rel->alias);
+    outf(o, " ORDER BY ");
+    for (size_t k = 0; k < s->npk; k++) {
+        rel_col(o, rel, s->pk[k]);
+        outf(o, ", ");
+    }
+    outid(o, rel->alias);
+    outf(o, ".\"__sluice_seq\" DESC) AS \"__sluice_l\" ON ");
+    for (size_t k = 0; k < s->npk; k++) {
+        outf(o, "%s\"__sluice_l\".\"__sluice_lp%zu\" = ", k ? " AND " : "", k);
+        rel_col(o, rel, s->pk[k]);
+    }
+}
+
+/* Appends the condition that the removed image of aggregate j (a min or
+ * max) is still there: its key's last image adds a row of the same group,
+ * with the same value, that the WHERE clause keeps (out_last_images). */
+static void
+out_still_there(out_t *o, const char *q, const sl_analyze_in_t *in, const keyexpr_t *keys,
+                const rel_t *rel, const agg_t *g, size_t j)
+{
+    outf(o, "coalesce(\"__sluice_l\".\"__sluice_lop\" = 'I' AND \"__sluice_l\".\"__sluice_lw\"");
+    for (size_t k = 0; k < in->nkeys; k++) {
+        outf(o, " AND \"__sluice_l\".\"__sluice_lk%zu\" IS NOT DISTINCT FROM ", k);
+        out_key(o, q, &keys[k]);
+    }
+    outf(o, " AND \"__sluice_l\".\"__sluice_lx%zu\" IS NOT DISTINCT FROM ", j);
+    agg_arg(o, rel, g);
+    outf(o, ", false)");
 }
 
 /*
@@ -1509,12 +1599,17 @@ gen_algebraic(out_t *o, const char *q, const toks_t *t, const clauses_t *c, cons
                 agg_arg(o, rel, g);
                 outf(o, ") FILTER (WHERE ");
                 outid(o, rel->alias);
-                outf(o, ".\"__sluice_op\" = '%c') AS \"__sluice_%c%zu\"", side ? 'D' : 'I',
-                     side ? 'd' : 'i', j);
+                outf(o, ".\"__sluice_op\" = '%c'", side ? 'D' : 'I');
+                if (side && rel->src->npk > 0) {
+                    outf(o, " AND NOT ");
+                    out_still_there(o, q, in, keys, rel, g, j);
+                }
+                outf(o, ") AS \"__sluice_%c%zu\"", side ? 'd' : 'i', j);
             }
     }
     outf(o, " FROM pg_temp.\"__sluice_chg_%u\" AS ", rel->src->relid);
     outid(o, rel->alias);
+    out_last_images(o, q, t, c, in, keys, rel, a);
     if (c->tok[CL_WHERE] >= 0) {
         outf(o, " WHERE ");
         outq(o, q, t->v[c->tok[CL_WHERE]].end, clause_end(q, t, c, CL_WHERE));

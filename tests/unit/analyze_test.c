@@ -567,6 +567,27 @@ static const analyze_row_t rows[] = {
          "(\"__sluice_j\".\"__sluice_d0\" IS NULL OR coalesce(\"__sluice_j\".\"__sluice_o0\" "
          "> \"__sluice_j\".\"__sluice_d0\", false) OR coalesce(\"__sluice_j\".\"__sluice_i0\" > "
          "\"__sluice_j\".\"__sluice_d0\", false))"},
+    {"algebraic_extreme_still_there_by_its_key",
+     "SELECT sales.region,\n    max(sales.price) AS top\n   FROM public.sales\n  WHERE (sales.qty "
+     "> "
+     "0)\n  GROUP BY sales.region",
+     KEYS("region"), .mode = DIFF, .field = RECOMPUTE,
+     .want = "max(\"sales\".\"price\") FILTER (WHERE \"sales\".\"__sluice_op\" = 'D' AND NOT "
+             "coalesce(\"__sluice_l\".\"__sluice_lop\" = 'I' AND \"__sluice_l\".\"__sluice_lw\" "
+             "AND \"__sluice_l\".\"__sluice_lk0\" IS NOT DISTINCT FROM (sales.region) AND "
+             "\"__sluice_l\".\"__sluice_lx0\" IS NOT DISTINCT FROM \"sales\".\"price\", false)) AS "
+             "\"__sluice_d0\""},
+    {"algebraic_last_image_of_each_key",
+     "SELECT sales.region,\n    max(sales.price) AS top\n   FROM public.sales\n  WHERE (sales.qty "
+     "> "
+     "0)\n  GROUP BY sales.region",
+     KEYS("region"), .mode = DIFF, .field = RECOMPUTE,
+     .want = "LEFT JOIN (SELECT DISTINCT ON (\"sales\".\"id\") \"sales\".\"id\" AS "
+             "\"__sluice_lp0\", \"sales\".\"__sluice_op\" AS \"__sluice_lop\", (sales.region) AS "
+             "\"__sluice_lk0\", \"sales\".\"price\" AS \"__sluice_lx0\", coalesce(( (sales.qty > "
+             "0)\n  ), false) AS \"__sluice_lw\" FROM pg_temp.\"__sluice_chg_16405\" AS \"sales\" "
+             "ORDER BY \"sales\".\"id\", \"sales\".\"__sluice_seq\" DESC) AS \"__sluice_l\" ON "
+             "\"__sluice_l\".\"__sluice_lp0\" = \"sales\".\"id\" WHERE"},
     {"algebraic_redo_groups_recomputed_from_the_table",
      "SELECT sales.region,\n    max(sales.price) AS top\n   FROM public.sales\n  GROUP BY "
      "sales.region",
