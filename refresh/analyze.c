@@ -1465,9 +1465,11 @@ agg_arg(out_t *o, const rel_t *rel, const agg_t *g)
     rel_col(o, rel, g->col);
 }
 
-/* Appends ", the join with each key's last image": what a removed value
- * of a min or max is compared with (see gen_algebraic). Nothing when there
- * is no min or max, or the table has no primary key. */
+/* Appends a LEFT JOIN of the change rows with the last image of their
+ * primary key ("__sluice_l": its op, group keys, min/max arguments and
+ * WHERE result), which tells whether a removed value of a min or max is
+ * still there (out_still_there). Nothing when there is no min or max, or
+ * the table has no primary key. */
 static void
 out_last_images(out_t *o, const char *q, const toks_t *t, const clauses_t *c,
                 const sl_analyze_in_t *in, const keyexpr_t *keys, const rel_t *rel, const aggs_t *a)

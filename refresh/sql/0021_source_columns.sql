@@ -14,8 +14,9 @@
 -- scratch table typed like the stream table), silently; a full refresh
 -- failed with "cannot compare dissimilar column types integer and numeric
 -- at record column 2", which names neither the source nor the column. The
--- aggregates kept from the changes (migration 20) would have gone on
--- summing a column changed to double precision as if it were exact. And a
+-- aggregates kept from the changes (migration 20) are exact only for the
+-- column types they were analysed with (a sum of a column changed to
+-- double precision would have gone on being kept from the changes). And a
 -- source renamed, with a new table created under its old name, was read by
 -- the stored query while capture followed the renamed one.
 --
@@ -49,11 +50,11 @@
 -- is refreshed in full (it reads no image, and the window's images are
 -- then behind the frontier) and the column's new state is recorded. Other
 -- ALTERs of a column (SET NOT NULL, SET DEFAULT, SET STATISTICS) and a
--- column-level GRANT, which rewrite that row too, cost one full refresh. A column added later is recorded, as not read, at the
--- next check (the images from before it lack it, which is harmless). A
--- query that reads a table only as a whole row (row_to_json(t)) or not at
--- all (count(*)) has no column dependencies on it: all its columns count
--- as not read.
+-- column-level GRANT, which rewrite that row too, cost one full refresh.
+-- A column added later is recorded, as not read, at the next check (the
+-- images from before it lack it, which is harmless). A query that reads a
+-- table only as a whole row (row_to_json(t)) or not at all (count(*)) has
+-- no column dependencies on it: all its columns count as not read.
 --
 -- Re-validating with alter_stream_table(name, query => <the same query>)
 -- records the new columns; the stream table is rebuilt when its own output
@@ -260,8 +261,8 @@ END
 $fn$;
 
 -- As in version 14, and the sources' columns are checked before a refresh
--- that has changes to apply, which is full when a column no query reads
--- changed type (file header).
+-- that has changes to apply, which is full when a column was altered in a
+-- way the query survives (file header).
 CREATE OR REPLACE FUNCTION sluice._refresh_if_changed(id bigint)
 RETURNS bigint
 LANGUAGE plpgsql
@@ -294,8 +295,8 @@ BEGIN
                        'AND NOT pg_visible_in_snapshot(b.txid, $1) AND pg_visible_in_snapshot(b.txid, $2))', src.buffer)
            INTO has USING st.frontier, cur;
         IF has THEN
-            -- true: a column the query does not read changed type, and
-            -- images of the old type may be in the window (file header).
+            -- true: a column was altered, and images of its old definition
+            -- may be in the window (file header).
             RETURN sluice._refresh(st.id, sluice._st_check_columns(st.id, st.name));
         END IF;
     END LOOP;
