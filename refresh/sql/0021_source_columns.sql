@@ -27,8 +27,8 @@
 -- the dependencies PostgreSQL records for the temporary view holding the
 -- query (a view depends on each column it names). Before a refresh that
 -- has changes to apply, sluice._refresh_if_changed compares them with the
--- catalog (four small statements on the catalog, about 0.08 ms; nothing when there is
--- no change). A column the query reads that was dropped, renamed or
+-- catalog (four small statements, about 0.08 ms; nothing when there is no
+-- change). A column the query reads that was dropped, renamed or
 -- changed its type or collation raises
 --
 --     column amount of source public.orders, read by stream table
