@@ -56,12 +56,22 @@ static void
 stdout_ack_cb(uv_timer_t *t)
 {
     stdout_sink_t *s = t->data;
-    /* Swap lists: acks may trigger new sends that append to `pending`. */
+    /* The list is taken out before the first ack: an ack may send and
+     * flush more (the relay fills the room it frees), and that flush
+     * starts a new list for the next iteration instead of writing over,
+     * or reallocating, the one being read. */
     uint64_t *list = s->acking;
-    size_t n = s->nacking;
-    s->nacking = 0;
+    size_t n = s->nacking, cap = s->acking_cap;
+    s->acking = NULL;
+    s->nacking = s->acking_cap = 0;
     for (size_t i = 0; i < n; i++)
         s->base.env.on_ack(s->base.env.ctx, list[i], SL_OK, NULL);
+    if (s->acking == NULL) {
+        s->acking = list; /* nothing new: keep the allocation */
+        s->acking_cap = cap;
+    } else {
+        free(list);
+    }
 }
 
 static int
