@@ -45,9 +45,9 @@
  *     branch is analysed alone, and the driver runs the branches in turn
  *     (analyze_union; a row id starts with its branch number);
  *   - a query that only filters and projects the one subquery in its FROM,
- *     when that subquery is any of the above but a LEFT JOIN or a UNION ALL
- *     (a GROUP BY, a DISTINCT, a join): the subquery is analysed alone and
- *     its SQL wrapped (analyze_derived);
+ *     when that subquery is any of the above but a UNION ALL (a GROUP BY, a
+ *     DISTINCT, a join, a LEFT JOIN chain): the subquery is analysed alone
+ *     and its SQL wrapped, keeping its refresh units (analyze_derived);
  *   - an inner join of tables with one subquery that groups (GROUP BY or
  *     DISTINCT) and is joined by its key columns: the refresh unit is a
  *     group of that subquery (unit_columns, analyze_joined); with LEFT
@@ -2220,8 +2220,9 @@ derived_output(const cJSON *tgt, const char *alias, const char *col, bool *star)
     return derived_ref(tgt, alias, &c, &out, star) && strcmp(c, col) == 0 ? out : NULL;
 }
 
-/* For analyze_derived, when the subquery (analysed as sa from *sin) is
- * refreshed by the groups of a subquery joined in it: its unit columns (iu)
+/* For analyze_derived, when the subquery (analysed as sa from *sin) has
+ * refresh units other than its rows (the groups of a subquery joined in
+ * it, or the first table's rows of a LEFT JOIN chain): its unit columns (iu)
  * as the query outputs them (ou, *nu of them), and the subquery analysed
  * again (sb) reading its affected units from the query's. Returns SL_OK
  * with *reason set (in why) when the query does not select them. */
@@ -2247,8 +2248,11 @@ derived_units(const sl_analyze_in_t *in, const cJSON *sel, const char *alias, sl
             ou[j] = iu[j];
         if (ou[j] == NULL) {
             snprintf(why, n,
-                     "the subquery in FROM is refreshed by the groups of a subquery joined in "
-                     "it: select its column %s unchanged",
+                     sa->grouped_units
+                         ? "the subquery in FROM is refreshed by the groups of a subquery joined "
+                           "in it: select its column %s unchanged"
+                         : "the subquery in FROM has a LEFT JOIN, refreshed by the rows of its "
+                           "first table: select its column %s unchanged",
                      iu[j]);
             *reason = why;
             return SL_OK;
@@ -2287,6 +2291,9 @@ derived_units(const sl_analyze_in_t *in, const cJSON *sel, const char *alias, sl
  * recompute_sql is the query with s's text replaced by s's recompute_sql,
  * so the query's WHERE and select list apply to the recomputed rows (a row
  * that the WHERE now rejects is missing from the new rows, so deleted).
+ * When s's units are not its rows (a LEFT JOIN chain, a subquery that
+ * groups joined in it), the query keeps them: it must select s's unit
+ * columns, and s is analysed again to read its units under those names.
  * Returns SL_OK with *reason set (in why) when it is not differential.
  */
 static int
@@ -2378,12 +2385,10 @@ analyze_derived(const sl_analyze_in_t *in, const cJSON *sel, const cJSON *rs, co
     } else if (strcmp(sa.mode, "differential") != 0) {
         snprintf(why, n, "the subquery in FROM: %s", sa.reason);
         *reason = why;
-    } else if (sa.unit_columns != NULL && !sa.grouped_units) {
-        *reason = "the subquery in FROM has a LEFT JOIN, which is refreshed differentially as a "
-                  "whole query but not inside a subquery";
     } else {
         /* The subquery's columns and the query's that name a refresh unit:
-         * its keys, or (a join with a subquery that groups) its units. */
+         * its keys, or its units (a LEFT JOIN chain, a join with a
+         * subquery that groups). */
         const char *const *from_cols = cols, *const *to_cols = in->keys;
         size_t ncols = in->nkeys;
         const sl_analysis_t *use = &sa;
@@ -2415,7 +2420,7 @@ analyze_derived(const sl_analyze_in_t *in, const cJSON *sel, const cJSON *rs, co
                     units[k] = (keyexpr_t){.col = to_cols[k]};
                 out_units_literal(&u, units, ncols);
                 a->unit_columns = out_take(&u);
-                a->grouped_units = true;
+                a->grouped_units = use->grouped_units;
             }
             a->affected_sql = out_take(&o);
             a->recompute_sql = out_take(&r);

@@ -198,6 +198,13 @@ static const st_def_t sts[] = {
      "SELECT b.id AS bid, s.k, c.id AS cid FROM b JOIN (SELECT DISTINCT k FROM a WHERE v > 1) s ON "
      "s.k = b.a_k LEFT JOIN c ON c.b_id = b.id",
      NULL},
+    /* A LEFT JOIN chain (tables and a subquery that groups) in a subquery
+     * that a query around filters on a NULL-extended column (migration 22). */
+    {"p_left_filtered", "bid, cid, sv, z",
+     "SELECT j.bid, j.cid, j.sv, j.z FROM (SELECT b.id AS bid, c.id AS cid, s.sv, c.z FROM b LEFT "
+     "JOIN c ON c.b_id = b.id LEFT JOIN (SELECT k, sum(v) AS sv FROM a GROUP BY k) s ON s.k = "
+     "b.a_k) j WHERE j.z IS NULL OR j.z > 1",
+     NULL},
 };
 #define NSTS (sizeof sts / sizeof sts[0])
 _Static_assert(NSTS <= 32, "the shrinker keeps the stream tables it creates in a 32-bit mask");
@@ -964,7 +971,7 @@ shrink(th_env_t *env, const failure_t *f, size_t *nstmts)
         th_log("shrink: with only %s and what it reads, the whole history passes; trying again "
                "with every stream table",
                sts[f->st].name);
-        sh.mask = (1u << NSTS) - 1;
+        sh.mask = ~0u >> (32 - NSTS); /* every one (1u << 32 would overflow) */
         r = cand_run(&sh, sh.cand, sh.n, &fail_n);
     }
     if (r != CAND_FAILS) {
