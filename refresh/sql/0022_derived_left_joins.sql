@@ -13,10 +13,10 @@
 -- refreshed differentially as a whole query but not inside a subquery"),
 -- although the same query without the wrapper was differential. A wrapper
 -- is the usual way to filter on, or compute from, what the join produces
--- without repeating its expressions. The engine
--- (refresh/analyze.c, analyze_derived) now keeps the chain's refresh unit
--- through such a query, as it did for a subquery that groups joined with
--- tables (migration 18): a unit is a row of the chain's first table with
+-- without repeating its expressions. The engine (refresh/analyze.c,
+-- analyze_derived) now keeps the chain's refresh unit through such a
+-- query, as it did for a subquery that groups joined with tables
+-- (migration 18): a unit is a row of the chain's first table with
 -- every row built from it; the query must select that table's key columns
 -- (they are part of its row identity anyway); the chain's affected units
 -- are renamed to the query's columns, and the chain restricted to them is

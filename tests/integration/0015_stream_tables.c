@@ -687,9 +687,9 @@ check_query_fallback(const char *url, PGconn *conn)
                     "LIMIT 5) s",
                     "UNION ALL branch 2: the subquery in FROM: LIMIT/OFFSET");
     /* A subquery in FROM that the query only filters and projects is
-     * analysed as a query of its own (migration 17). */
-    /* With a LEFT JOIN chain in it since migration 22, nested too; not in a
-     * UNION ALL branch (the engine's reason). */
+     * analysed as a query of its own (migration 17), with a LEFT JOIN
+     * chain in it since migration 22, nested too; not in a UNION ALL
+     * branch (the engine's reason). */
     expect_fallback(conn,
                     "SELECT s.id, s.cid FROM (SELECT o.id, c.id AS cid FROM orders o LEFT JOIN "
                     "customers c ON c.id = o.customer_id) s",
