@@ -48,8 +48,8 @@
  *      so stays FULL for that reason.
  *      Migration 21 (refresh/sql/0021_source_columns.sql) records the
  *      source columns every stored query reads. A filter around a LEFT
- *      JOIN (st_left_filter), FULL and decided by migrations 17 to 21, is
- *      undecided again after migration 22
+ *      JOIN (st_left_filter), FULL and decided by the creation check of
+ *      earlier migrations, is undecided again after migration 22
  *      (refresh/sql/0022_derived_left_joins.sql), and step 5 holds for it.
  *   5. `sluice engine --once` analyses every stream table again (they are
  *      not due: their schedule is an hour, so it refreshes none); then each
@@ -200,8 +200,8 @@ static const st_def_t sts[] = {
      "SELECT s.grp, s.total FROM (SELECT grp, sum(n) AS total FROM items GROUP BY grp) s WHERE "
      "s.total > 0",
      "grp, total"},
-    /* A filter around a LEFT JOIN: migrations 17 to 21 store the reason
-     * that makes it FULL, migration 22 takes it back. */
+    /* A filter around a LEFT JOIN: earlier migrations store a reason that
+     * makes it FULL, migration 22 takes it back. */
     {"st_left_filter",
      "SELECT j.id, j.grp, j.label FROM (SELECT i.id, g.grp, g.label FROM items i LEFT JOIN groups "
      "g ON g.grp = i.grp) j WHERE j.grp IS NULL OR j.grp <> 3",
@@ -586,12 +586,12 @@ main(void)
                          "'st_derived' AND query_fallback IS NULL AND analyzed_query IS NULL AND "
                          "effective_mode IS NULL AND key_columns = '{grp}'") == 1,
               "st_derived: migration 17 took back migration 16's reason");
-    /* Migration 22: the same for st_left_filter, which 17 decided FULL. */
+    /* Migration 22: the same for st_left_filter. */
     TH_ASSERT(th_sql_int(conn,
                          "SELECT count(*) FROM sluice.stream_table_catalog WHERE name = "
                          "'st_left_filter' AND query_fallback IS NULL AND analyzed_query IS NULL "
                          "AND effective_mode IS NULL AND key_columns = '{id,grp}'") == 1,
-              "st_left_filter: migration 22 took back migration 17's reason");
+              "st_left_filter: migration 22 took back the stored reason");
 
     /* The capture now writes chunks: one statement of 3 rows, one chunk. */
     th_sql(conn, "BEGIN;"
