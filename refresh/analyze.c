@@ -39,11 +39,16 @@
  *   - chains of LEFT JOIN equi-joins whose first table's key is in the row
  *     identity: the refresh unit is a row of the first table with every
  *     result row built from it (unit_columns, gen_affected_rooted), because
- *     a NULL-extended row comes from the absence of a partner;
- *   - a UNION ALL of any of those but LEFT JOINs, when the catalog could cut
- *     it into branches that each have a row identity (in->branches): each
- *     branch is analysed alone, and the driver runs the branches in turn
- *     (analyze_union; a row id starts with its branch number);
+ *     a NULL-extended row comes from the absence of a partner; a chain of
+ *     tables whose identity lacks that key (a GROUP BY of another column),
+ *     or in a UNION ALL branch, is refreshed by its identity: the keys of
+ *     the rows built from those first-table rows, before and after the
+ *     window (gen_affected_rooted_keys);
+ *   - a UNION ALL of any of those but a subquery that groups joined with
+ *     tables, when the catalog could cut it into branches that each have a
+ *     row identity (in->branches): each branch is analysed alone, and the
+ *     driver runs the branches in turn (analyze_union; a row id starts with
+ *     its branch number);
  *   - a query that only filters and projects the one subquery in its FROM,
  *     when that subquery is any of the above but a UNION ALL (a GROUP BY, a
  *     DISTINCT, a join, a LEFT JOIN chain): the subquery is analysed alone
@@ -1918,6 +1923,69 @@ gen_affected_rooted(out_t *o, const char *q, const toks_t *t, const clauses_t *c
     outf(o, ")");
 }
 
+/*
+ * affected_sql of a LEFT JOIN chain of tables refreshed by the query's row
+ * identity instead of by its first table's rows: when that identity does
+ * not carry the first table's key (a GROUP BY of another column), or in a
+ * UNION ALL branch, whose stored rows the driver finds by identity. The
+ * key values of every row built from a first-table row that
+ * gen_affected_rooted finds touched, before the window (over the tables'
+ * old states) and after it. Every row of the chain is built from one
+ * first-table row, and the rows built from an untouched one are the same
+ * before and after, so a row or group whose content can change has its key
+ * among these. units name the first table's key columns.
+ */
+static void
+gen_affected_rooted_keys(out_t *o, const char *q, const toks_t *t, const clauses_t *c,
+                         const sl_analyze_in_t *in, const keyexpr_t *keys, const from_t *f,
+                         const keyexpr_t *units)
+{
+    const rel_t *root = &f->v[0];
+    outf(o, "WITH \"__sluice_units\" AS MATERIALIZED (");
+    gen_affected_rooted(o, q, t, c, f, units);
+    outf(o, ") ");
+    for (int old = 0; old < 2; old++) {
+        if (old > 0)
+            outf(o, in->nkeys > 0 ? " UNION " : " UNION ALL ");
+        outf(o, "(SELECT ");
+        for (size_t k = 0; k < in->nkeys; k++) {
+            outf(o, "%s", k ? ", " : "");
+            out_key(o, q, &keys[k]);
+            outf(o, " AS ");
+            outid(o, keys[k].col);
+        }
+        outf(o, " FROM ");
+        out_from(o, q, t, c, f, old != 0, NULL);
+        outf(o, " WHERE ");
+        if (c->tok[CL_WHERE] >= 0) {
+            outf(o, "(");
+            outq(o, q, t->v[c->tok[CL_WHERE]].end, clause_end(q, t, c, CL_WHERE));
+            outf(o, ") AND ");
+        }
+        if (root->src->npk == 1) {
+            out_key(o, q, &units[0]);
+            outf(o, " = ANY (ARRAY(SELECT ");
+            outid(o, units[0].col);
+            outf(o, " FROM \"__sluice_units\"))");
+        } else {
+            outf(o, "(");
+            for (size_t k = 0; k < root->src->npk; k++) {
+                outf(o, "%s", k ? ", " : "");
+                out_key(o, q, &units[k]);
+            }
+            outf(o, ") IN (SELECT ");
+            for (size_t k = 0; k < root->src->npk; k++) {
+                outf(o, "%s", k ? ", " : "");
+                outid(o, units[k].col);
+            }
+            outf(o, " FROM \"__sluice_units\")");
+        }
+        if (in->nkeys == 0)
+            outf(o, " LIMIT 1");
+        outf(o, ")");
+    }
+}
+
 /* Maps the first table's key to output columns that are row-identity
  * columns (units[k].col); false when one is missing. */
 static bool
@@ -2048,7 +2116,8 @@ analyze_union(const sl_analyze_in_t *in, const cJSON *sel, sl_analysis_t *a, cha
                                .nkeys = b->nkeys,
                                .has_keys = true,
                                .sources = in->sources,
-                               .nsources = in->nsources};
+                               .nsources = in->nsources,
+                               .rooted_keys = true};
         sl_analysis_t ba;
         sl_err_t e;
         sl_err_clear(&e);
@@ -2371,7 +2440,8 @@ analyze_derived(const sl_analyze_in_t *in, const cJSON *sel, const cJSON *rs, co
                            .has_keys = true,
                            .sources = in->sources,
                            .nsources = in->nsources,
-                           .aff_rel = renamed ? aff_rel : in->aff_rel};
+                           .aff_rel = renamed ? aff_rel : in->aff_rel,
+                           .rooted_keys = in->rooted_keys};
     sl_analysis_t sa, sb = {0};
     sl_err_t e;
     sl_err_clear(&e);
@@ -3071,6 +3141,7 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
     char uwhy[SL_ERR_MSG_MAX + 64]; /* a UNION ALL branch's reason, with its number */
     out_t tree = {.rc = SL_OK, .err = err};
     int rc = SL_OK;
+    bool by_keys = false; /* a LEFT JOIN chain refreshed by the row identity */
     const char *reason = NULL;
     const cJSON *stmts = cJSON_GetObjectItemCaseSensitive(root, "stmts");
     const cJSON *sel = NULL;
@@ -3164,14 +3235,22 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
             rc = sl_err_nomem(err, "the key list");
             goto done;
         }
-        if (!map_units(sel, in, &f.v[0], units)) {
+        bool mapped = map_units(sel, in, &f.v[0], units);
+        by_keys = f.grouping < 0 && (in->rooted_keys || !mapped);
+        if (!mapped && !by_keys) {
             snprintf(why, sizeof why,
-                     "with a LEFT JOIN, every row (or group) must include the primary key of "
-                     "the first table (%s) for differential refresh",
+                     "with a LEFT JOIN and a subquery that groups, every row (or group) must "
+                     "include the primary key of the first table (%s) for differential refresh",
                      f.v[0].alias);
             reason = why;
             goto full;
         }
+        if (by_keys)
+            /* The first table's key, named as its columns, for
+             * gen_affected_rooted_keys (the unit columns of its units). */
+            for (size_t k = 0; k < f.v[0].src->npk; k++)
+                units[k] = (keyexpr_t){
+                    .from = -1, .alias = f.v[0].alias, .src = f.v[0].pk[k], .col = f.v[0].pk[k]};
     }
     if (f.grouping >= 0) {
         rc = analyze_joined(in, sel, &f, &t, &c, f.outer ? units : NULL, a, uwhy, sizeof uwhy,
@@ -3183,7 +3262,7 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
     out_t o = {.rc = SL_OK, .err = err};
     out_t r = {.rc = SL_OK, .err = err};
     out_t u = {.rc = SL_OK, .err = err};
-    if (f.outer) {
+    if (f.outer && !by_keys) {
         sl_analyze_in_t unit_in = *in;
         unit_in.nkeys = f.v[0].src->npk;
         gen_affected_rooted(&o, in->query, &t, &c, &f, units);
@@ -3193,7 +3272,9 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
         if (a->unit_columns == NULL)
             rc = sl_err_nomem(err, "the generated SQL");
     } else {
-        if (f.n == 1 && !f.v[0].subquery)
+        if (by_keys)
+            gen_affected_rooted_keys(&o, in->query, &t, &c, in, keys, &f, units);
+        else if (f.n == 1 && !f.v[0].subquery)
             gen_affected(&o, in->query, &t, &c, in, keys, &f.v[0]);
         else
             gen_affected_inner(&o, in->query, &t, &c, in, keys, &f);

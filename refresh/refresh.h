@@ -59,6 +59,11 @@ typedef struct sl_analyze_in {
      * aggregates of a GROUP BY over one table are computed from the stored
      * rows and the changes where that is exact (see gen_algebraic). */
     const char *old_rel;
+    /* A LEFT JOIN chain of tables is refreshed by the query's row identity
+     * rather than by the rows of its first table (no unit_columns), as it
+     * is anyway when the identity lacks that table's key. Set for UNION ALL
+     * branches, whose rows the driver finds by their identity. */
+    bool rooted_keys;
 } sl_analyze_in_t;
 
 /* The analysis, as sluice._set_analysis stores it. Strings owned. */

@@ -688,8 +688,8 @@ check_query_fallback(const char *url, PGconn *conn)
                     "UNION ALL branch 2: the subquery in FROM: LIMIT/OFFSET");
     /* A subquery in FROM that the query only filters and projects is
      * analysed as a query of its own (migration 17), with a LEFT JOIN
-     * chain in it since migration 22, nested too; not in a UNION ALL
-     * branch (the engine's reason). */
+     * chain in it since migration 22, nested too, and in a UNION ALL
+     * branch since migration 23 (refreshed by the branch's identity). */
     expect_fallback(conn,
                     "SELECT s.id, s.cid FROM (SELECT o.id, c.id AS cid FROM orders o LEFT JOIN "
                     "customers c ON c.id = o.customer_id) s",
@@ -703,8 +703,7 @@ check_query_fallback(const char *url, PGconn *conn)
                     "SELECT id, NULL::int AS cid FROM customers UNION ALL SELECT s.id, s.cid FROM "
                     "(SELECT o.id, c.id AS cid FROM orders o LEFT JOIN customers c ON c.id = "
                     "o.customer_id) s",
-                    "UNION ALL branch 2 has a LEFT JOIN, which is refreshed differentially as a "
-                    "whole query but not inside a UNION ALL");
+                    NULL);
     expect_fallback(conn,
                     "SELECT s.cid, s.n FROM (SELECT c.id AS cid, count(o.id) AS n FROM orders o "
                     "RIGHT JOIN customers c ON c.id = o.customer_id GROUP BY c.id) s WHERE s.n > 0",
@@ -775,14 +774,21 @@ check_query_fallback(const char *url, PGconn *conn)
                     "SELECT o.customer_id, count(*) AS n FROM orders o JOIN (SELECT v FROM nopk) "
                     "x ON x.v = o.id::text GROUP BY o.customer_id",
                     "table public.nopk has no primary key");
+    /* A chain of tables whose rows lack the first table's key, or in a
+     * UNION ALL branch: refreshed by the row identity (migration 23). With
+     * a subquery that groups in the chain, neither. */
     expect_fallback(conn,
                     "SELECT o.customer_id, count(*) AS n FROM orders o LEFT JOIN customers c ON "
                     "c.id = o.customer_id GROUP BY o.customer_id",
-                    "with a LEFT JOIN, every row (or group) must include the primary key of the "
-                    "first table (public.orders)");
+                    NULL);
     expect_fallback(conn,
                     "SELECT id, NULL::int AS cid FROM orders UNION ALL SELECT c.id, o.id FROM "
                     "customers c LEFT JOIN orders o ON o.customer_id = c.id",
+                    NULL);
+    expect_fallback(conn,
+                    "SELECT id, NULL::bigint AS n FROM orders UNION ALL SELECT c.id, s.n FROM "
+                    "customers c LEFT JOIN (SELECT customer_id, count(*) AS n FROM orders GROUP "
+                    "BY customer_id) s ON s.customer_id = c.id",
                     "UNION ALL branch 2 has a LEFT JOIN, which is refreshed differentially as a "
                     "whole query but not inside a UNION ALL");
     expect_error(conn, "0A000",
@@ -1752,6 +1758,85 @@ check_join_reads_by_key(const char *url, PGconn *conn)
 /* 14. aggregates kept from the changes                                      */
 /* ------------------------------------------------------------------------ */
 
+/* A LEFT JOIN chain refreshed by its row identity (migration 23): orders
+ * per region, keeping the regions without orders, and a chain in a UNION
+ * ALL branch. */
+static void
+check_left_join_identity(const char *url, PGconn *conn)
+{
+    TH_LOG("LEFT JOIN chains refreshed by their row identity (migration 23)");
+    const char *q = "SELECT c.region, count(o.id) AS n, sum(o.amount) AS total FROM lj_cust c "
+                    "LEFT JOIN lj_ord o ON o.cust = c.id GROUP BY c.region";
+    const char *uq = "SELECT o.id, c.id AS cid, c.region FROM lj_ord o LEFT JOIN lj_cust c ON "
+                     "c.id = o.cust UNION ALL SELECT c.id, NULL, c.region FROM lj_cust c WHERE "
+                     "c.region = 'us'";
+    th_sql(conn, "CREATE TABLE lj_cust (id int PRIMARY KEY, region text);"
+                 "CREATE TABLE lj_ord (id int PRIMARY KEY, cust int, amount int);"
+                 "INSERT INTO lj_cust SELECT i, (ARRAY['eu', 'us', 'ap'])[1 + i %% 3] "
+                 "  FROM generate_series(1, 30) i;"
+                 "INSERT INTO lj_cust VALUES (31, NULL);"
+                 "INSERT INTO lj_ord SELECT i, i %% 30, 1 FROM generate_series(1, 60) i "
+                 "  WHERE i %% 30 %% 3 <> 2"); /* no order has a customer in 'ap' */
+    th_sql(conn, "SELECT sluice.create_stream_table('lj_regions', '%s')", q);
+    th_sql(conn, "SELECT sluice.create_stream_table('lj_union', $q$%s$q$)", uq);
+    th_sql(conn, "UPDATE sluice.stream_table_catalog SET full_refresh_fraction = 1000 "
+                 "WHERE name IN ('lj_regions', 'lj_union')");
+    analyse_differential(url, conn, "lj_regions");
+    analyse_differential(url, conn, "lj_union");
+    expect_text(th_sql_text(conn, "SELECT concat_ws('|', key_columns, unit_columns) FROM "
+                                  "sluice.stream_table_catalog WHERE name = 'lj_regions'"),
+                "{region}", "keyed by region, with no refresh unit of its own");
+    expect_text(th_sql_text(conn, "SELECT concat_ws(' ', region, n, total) FROM lj_regions "
+                                  "WHERE region = 'ap'"),
+                "ap 0", "a region without orders is kept, with no total");
+
+    /* Customers 3, 6, ..., 30 are in 'eu' (orders of 3 to 27, two each:
+     * 18), 1, 4, ..., 28 in 'us' (20), 2, 5, ..., 29 in 'ap' (none), and
+     * 31 has no region (none). An order moves from 'eu' to 'ap', another
+     * from 'eu' to no region, and a customer of 'us' with two orders goes:
+     * every region is updated, once. */
+    long long before = max_outbox_id(conn);
+    th_sql(conn, "UPDATE lj_ord SET cust = 2 WHERE id = 3;"
+                 "UPDATE lj_ord SET cust = 31 WHERE id = 6;"
+                 "DELETE FROM lj_cust WHERE id = 1");
+    TH_ASSERT(refresh(conn, "lj_regions") > 0, "the changes are refreshed");
+    expect_text(th_sql_text(conn, "SELECT last_refresh_mode FROM sluice.stream_table_catalog "
+                                  "WHERE name = 'lj_regions'"),
+                "differential", "refreshed differentially");
+    expect_text(deltas_since(conn, "lj_regions", before),
+                "update|{\"n\": 0, \"total\": null, \"region\": \"ap\"}|{\"n\": 1, "
+                "\"total\": 1, \"region\": \"ap\"}\n"
+                "update|{\"n\": 0, \"total\": null, \"region\": null}|{\"n\": 1, "
+                "\"total\": 1, \"region\": null}\n"
+                "update|{\"n\": 18, \"total\": 18, \"region\": \"eu\"}|{\"n\": 16, "
+                "\"total\": 16, \"region\": \"eu\"}\n"
+                "update|{\"n\": 20, \"total\": 20, \"region\": \"us\"}|{\"n\": 18, "
+                "\"total\": 18, \"region\": \"us\"}",
+                "ap and the NULL region gain an order each, eu loses two, us two");
+    TH_ASSERT(diff_from_query(conn, "lj_regions", "region, n, total", q) == 0,
+              "lj_regions equals its query");
+
+    /* The branch with a LEFT JOIN: the orders of the deleted customer are
+     * NULL-extended now, order 3 is in 'ap' and order 6 in no region. */
+    before = max_outbox_id(conn);
+    TH_ASSERT(refresh(conn, "lj_union") > 0, "the union is refreshed");
+    expect_text(th_sql_text(conn, "SELECT last_refresh_mode FROM sluice.stream_table_catalog "
+                                  "WHERE name = 'lj_union'"),
+                "differential", "the union is refreshed differentially");
+    TH_ASSERT(th_sql_int(conn,
+                         "SELECT count(*) FROM sluice.outbox WHERE topic = 'lj_union' "
+                         "AND id > %lld",
+                         before) == 9,
+              "9 messages: orders 3 and 6 and customer 1's orders 1 and 31 each deleted and "
+              "inserted (the customer is part of their identity), customer 1's row of the "
+              "second branch deleted");
+    TH_ASSERT(diff_from_query(conn, "lj_union", "id, cid, region", uq) == 0,
+              "lj_union equals its query");
+    th_sql(conn, "SELECT sluice.drop_stream_table('lj_regions');"
+                 "SELECT sluice.drop_stream_table('lj_union');"
+                 "DROP TABLE lj_cust, lj_ord");
+}
+
 static void
 check_kept_aggregates(const char *url, PGconn *conn)
 {
@@ -2130,6 +2215,7 @@ main(void)
     check_join_reads_by_key(env.pg_url, conn);
     check_kept_work_tables(env.pg_url, conn);
     check_kept_aggregates(env.pg_url, conn);
+    check_left_join_identity(env.pg_url, conn);
     check_source_ddl(env.pg_url, conn);
 
     PQfinish(conn);

@@ -80,6 +80,7 @@
 #include "harness.h"
 
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -205,9 +206,20 @@ static const st_def_t sts[] = {
      "JOIN c ON c.b_id = b.id LEFT JOIN (SELECT k, sum(v) AS sv FROM a GROUP BY k) s ON s.k = "
      "b.a_k) j WHERE j.z IS NULL OR j.z > 1",
      NULL},
+    /* A LEFT JOIN chain refreshed by its row identity (migration 23): groups
+     * of a right side's column (NULL for the rows it extends), and a chain
+     * in a UNION ALL branch. */
+    {"p_left_group", "z, n, nc, sw",
+     "SELECT c.z, count(*) AS n, count(c.id) AS nc, sum(b.w) AS sw FROM b LEFT JOIN c ON c.b_id = "
+     "b.id GROUP BY c.z",
+     NULL},
+    {"p_union_left", "aid, bid, w",
+     "SELECT a.id AS aid, b.id AS bid, b.w FROM a LEFT JOIN b ON b.a_k = a.k WHERE a.v IS "
+     "DISTINCT FROM 4 UNION ALL SELECT c.id, c.b_id, c.z FROM c",
+     NULL},
 };
 #define NSTS (sizeof sts / sizeof sts[0])
-_Static_assert(NSTS <= 32, "the shrinker keeps the stream tables it creates in a 32-bit mask");
+_Static_assert(NSTS <= 64, "the shrinker keeps the stream tables it creates in a 64-bit mask");
 
 static const char *const source_ddl[] = {
     "CREATE TABLE a (id int PRIMARY KEY, k int, v int, s text, d numeric(6, 2) GENERATED ALWAYS "
@@ -595,7 +607,7 @@ typedef struct shrink {
     const failure_t *f;     /* borrowed: what to reproduce */
     PGconn *admin;          /* owned: to the postgres database, for CREATE/DROP DATABASE */
     char tmpl[64];          /* template database, `sluice init` done */
-    unsigned mask;          /* stream tables created: bit i is sts[i] */
+    uint64_t mask;          /* stream tables created: bit i is sts[i] */
     size_t *cand;           /* owned: the smallest failing candidate (history indices) */
     size_t n;               /* its length */
     size_t orig_n;          /* length of the whole history */
@@ -609,18 +621,18 @@ typedef struct shrink {
 } shrink_t;
 
 /* The stream tables stream table st needs: itself and what it reads. */
-static unsigned
+static uint64_t
 st_closure(size_t st)
 {
-    unsigned mask = 1u << st;
+    uint64_t mask = UINT64_C(1) << st;
     for (bool grew = true; grew;) {
         grew = false;
         for (size_t i = 0; i < NSTS; i++) {
-            if (!(mask & (1u << i)) || sts[i].reads == NULL)
+            if (!(mask & (UINT64_C(1) << i)) || sts[i].reads == NULL)
                 continue;
             for (size_t j = 0; j < NSTS; j++) {
-                if (strcmp(sts[j].name, sts[i].reads) == 0 && !(mask & (1u << j))) {
-                    mask |= 1u << j;
+                if (strcmp(sts[j].name, sts[i].reads) == 0 && !(mask & (UINT64_C(1) << j))) {
+                    mask |= UINT64_C(1) << j;
                     grew = true;
                 }
             }
@@ -693,7 +705,7 @@ cand_run(shrink_t *sh, const size_t *cand, size_t n, size_t *fail_n)
         if (th_sql_try(conn, err, sizeof err, "%s", hist[cand[pos]].sql) != 0)
             goto done;
     for (size_t i = 0; i < NSTS; i++)
-        if ((sh->mask & (1u << i)) &&
+        if ((sh->mask & (UINT64_C(1) << i)) &&
             th_sql_try(conn, err, sizeof err, "SELECT sluice.create_stream_table('%s', $q$%s$q$)",
                        sts[i].name, sts[i].query) != 0)
             goto done;
@@ -715,7 +727,7 @@ cand_run(shrink_t *sh, const size_t *cand, size_t n, size_t *fail_n)
             if (th_sql_try(conn, err, sizeof err, "%s", hist[cand[pos]].sql) != 0)
                 goto done;
         for (size_t i = 0; i < NSTS; i++) {
-            if (!(sh->mask & (1u << i)))
+            if (!(sh->mask & (UINT64_C(1) << i)))
                 continue;
             check_kind_t kind = CHECK_PASS;
             char msg[1024];
@@ -876,7 +888,7 @@ repro_sql(const shrink_t *sh)
     for (; pos < sh->n && hist[sh->cand[pos]].cycle == 0; pos++)
         sb_printf(&sb, "%s;\n", hist[sh->cand[pos]].sql);
     for (size_t i = 0; i < NSTS; i++)
-        if (sh->mask & (1u << i))
+        if (sh->mask & (UINT64_C(1) << i))
             sb_printf(&sb, "SELECT sluice.create_stream_table('%s', $q$%s$q$);\n", sts[i].name,
                       sts[i].query);
     sb_printf(&sb, "\n" ENGINE_MARK "\n-- (the test runs the engine's analysis at this point)\n\n");
@@ -886,7 +898,7 @@ repro_sql(const shrink_t *sh)
         for (; pos < sh->n && hist[sh->cand[pos]].cycle == cycle; pos++)
             sb_printf(&sb, "%s;\n", hist[sh->cand[pos]].sql);
         for (size_t i = 0; i < NSTS; i++)
-            if (sh->mask & (1u << i))
+            if (sh->mask & (UINT64_C(1) << i))
                 sb_printf(&sb, "SELECT sluice.refresh_stream_table('%s');\n", sts[i].name);
     }
     char sql[4096];
@@ -971,7 +983,7 @@ shrink(th_env_t *env, const failure_t *f, size_t *nstmts)
         th_log("shrink: with only %s and what it reads, the whole history passes; trying again "
                "with every stream table",
                sts[f->st].name);
-        sh.mask = ~0u >> (32 - NSTS); /* every one (1u << 32 would overflow) */
+        sh.mask = ~UINT64_C(0) >> (64 - NSTS); /* every one (1 << 64 would overflow) */
         r = cand_run(&sh, sh.cand, sh.n, &fail_n);
     }
     if (r != CAND_FAILS) {

@@ -50,7 +50,10 @@
  *      source columns every stored query reads. A filter around a LEFT
  *      JOIN (st_left_filter), FULL and decided by the creation check of
  *      earlier migrations, is undecided again after migration 22
- *      (refresh/sql/0022_derived_left_joins.sql), and step 5 holds for it.
+ *      (refresh/sql/0022_derived_left_joins.sql), and step 5 holds for it;
+ *      so does a GROUP BY over a LEFT JOIN without the first table's key
+ *      (st_left_group) after migration 23
+ *      (refresh/sql/0023_left_join_identity.sql).
  *   5. `sluice engine --once` analyses every stream table again (they are
  *      not due: their schedule is an hour, so it refreshes none); then each
  *      is refreshed by hand: DIFFERENTIAL, with a delta of exactly the size
@@ -206,6 +209,13 @@ static const st_def_t sts[] = {
      "SELECT j.id, j.grp, j.label FROM (SELECT i.id, g.grp, g.label FROM items i LEFT JOIN groups "
      "g ON g.grp = i.grp) j WHERE j.grp IS NULL OR j.grp <> 3",
      "id, grp, label"},
+    /* Groups over a LEFT JOIN without its first table's key: earlier
+     * migrations store a reason that makes it FULL, migration 23 takes it
+     * back. */
+    {"st_left_group",
+     "SELECT g.label, count(i.id) AS cnt, sum(i.n) AS total FROM groups g LEFT JOIN items i ON "
+     "i.grp = g.grp GROUP BY g.label",
+     "label, cnt, total"},
 };
 #define NSTS (sizeof sts / sizeof sts[0])
 
@@ -592,6 +602,12 @@ main(void)
                          "'st_left_filter' AND query_fallback IS NULL AND analyzed_query IS NULL "
                          "AND effective_mode IS NULL AND key_columns = '{id,grp}'") == 1,
               "st_left_filter: migration 22 took back the stored reason");
+    /* Migration 23: the same for st_left_group. */
+    TH_ASSERT(th_sql_int(conn,
+                         "SELECT count(*) FROM sluice.stream_table_catalog WHERE name = "
+                         "'st_left_group' AND query_fallback IS NULL AND analyzed_query IS NULL "
+                         "AND effective_mode IS NULL AND key_columns = '{label}'") == 1,
+              "st_left_group: migration 23 took back the stored reason");
 
     /* The capture now writes chunks: one statement of 3 rows, one chunk. */
     th_sql(conn, "BEGIN;"

@@ -109,6 +109,14 @@ typedef struct analyze_row {
 #define LEFT_BRANCH                                                                            \
     "SELECT orders.id,\n    customers.name AS amount\n   FROM (public.orders\n     LEFT JOIN " \
     "public.customers ON ((customers.id = orders.customer_id)))"
+/* Groups of the first table's column over a LEFT JOIN: no first-table key. */
+#define REGION_LEFT                                                                              \
+    "SELECT customers.region,\n    count(orders.id) AS n\n   FROM (public.customers\n     LEFT " \
+    "JOIN public.orders ON ((orders.customer_id = customers.id)))\n  GROUP BY customers.region"
+#define REGION_LEFT_WHERE                                                                        \
+    "SELECT customers.region,\n    count(orders.id) AS n\n   FROM (public.customers\n     LEFT " \
+    "JOIN public.orders ON ((orders.customer_id = customers.id)))\n  WHERE (orders.amount > "    \
+    "(0)::numeric)\n  GROUP BY customers.region"
 #define LIMIT_BRANCH                                                                               \
     "( SELECT refunds.id,\n    refunds.amount\n   FROM public.refunds\n  ORDER BY refunds.amount " \
     "DESC\n LIMIT 5)"
@@ -120,6 +128,19 @@ static const sl_analyze_branch_t two_keyed[] = {
 static const sl_analyze_branch_t left_first[] = {
     {LEFT_BRANCH, (const char *const[]){"id"}, 1},
     {REFUNDS_BRANCH, (const char *const[]){"id"}, 1},
+};
+static const sl_analyze_branch_t left_second[] = {
+    {REFUNDS_BRANCH, (const char *const[]){"id"}, 1},
+    {LEFT_BRANCH, (const char *const[]){"id"}, 1},
+};
+/* A LEFT JOIN chain in a subquery that the branch filters and projects. */
+#define DERIVED_LEFT_BRANCH                                                                        \
+    "SELECT s.id,\n    s.cid AS amount\n   FROM ( SELECT orders.id,\n            customers.id AS " \
+    "cid\n           FROM (public.orders\n             LEFT JOIN public.customers ON "             \
+    "((customers.id = orders.customer_id)))) s\n  WHERE (s.cid IS DISTINCT FROM 3)"
+static const sl_analyze_branch_t derived_left_second[] = {
+    {REFUNDS_BRANCH, (const char *const[]){"id", "amount"}, 2},
+    {DERIVED_LEFT_BRANCH, (const char *const[]){"id", "amount"}, 2},
 };
 static const sl_analyze_branch_t joined_second[] = {
     {ORDERS_BRANCH, (const char *const[]){"id"}, 1},
@@ -258,11 +279,38 @@ static const analyze_row_t rows[] = {
      KEYS("id"), .mode = DIFF, .field = AFFECTED,
      .want = "FROM pg_temp.\"__sluice_before_16402\") AS \"customers\" ON ((customers.id = "
              "orders.customer_id))) WHERE \"customers\".\"id\" IS NOT NULL"},
-    {"left_join_without_root_key_full",
-     " SELECT customers.id AS customer_id,\n    orders.amount\n   FROM (public.orders\n     LEFT "
-     "JOIN public.customers ON ((customers.id = orders.customer_id)))",
-     KEYS("customer_id"), .mode = FULL, .field = REASON,
-     .want = "primary key of the first table (orders)"},
+    /* Rows without the first table's key: refreshed by the row identity
+     * (migration 23), from the keys of the rows built from the touched
+     * first-table rows, before the window and after it. */
+    {"left_join_by_identity_units_first", " " REGION_LEFT, KEYS("region"), .mode = DIFF,
+     .field = AFFECTED,
+     .want = "^WITH \"__sluice_units\" AS MATERIALIZED (SELECT DISTINCT * FROM (SELECT \"id\" "
+             "FROM pg_temp.\"__sluice_chg_16402\" UNION ALL SELECT \"customers\".\"id\" FROM "},
+    {"left_join_by_identity_keys_after", " " REGION_LEFT, KEYS("region"), .mode = DIFF,
+     .field = AFFECTED,
+     .want =
+         ") (SELECT (customers.region) AS \"region\" FROM  (public.customers\n     LEFT JOIN "
+         "public.orders ON ((orders.customer_id = customers.id)))\n   WHERE \"customers\".\"id\" "
+         "= ANY (ARRAY(SELECT \"id\" FROM \"__sluice_units\"))) UNION (SELECT"},
+    {"left_join_by_identity_keys_before", " " REGION_LEFT, KEYS("region"), .mode = DIFF,
+     .field = AFFECTED,
+     .want =
+         "FROM pg_temp.\"__sluice_before_16401\") AS \"__sluice_u\" WHERE \"__sluice_b\" OR "
+         "(\"id\") NOT IN (SELECT \"id\" FROM pg_temp.\"__sluice_chg_16401\")) AS \"orders\" ON "
+         "((orders.customer_id = customers.id)))\n   WHERE \"customers\".\"id\" = ANY"},
+    {"left_join_by_identity_recompute", " " REGION_LEFT, KEYS("region"), .mode = DIFF,
+     .field = RECOMPUTE,
+     .want = "(customers.region) = ANY (ARRAY(SELECT \"region\" FROM pg_temp.\"__sluice_aff\""},
+    {"left_join_by_identity_where", " " REGION_LEFT_WHERE, KEYS("region"), .mode = DIFF,
+     .field = AFFECTED,
+     .want = "(0)::numeric)\n  ) AND \"customers\".\"id\" = ANY (ARRAY(SELECT \"id\" FROM "
+             "\"__sluice_units\"))"},
+    {"left_join_one_row_by_identity",
+     " SELECT count(*) AS n,\n    count(orders.id) AS orders\n   FROM (public.customers\n     "
+     "LEFT JOIN public.orders ON ((orders.customer_id = customers.id)))",
+     .mode = DIFF, .field = AFFECTED,
+     .want = "= ANY (ARRAY(SELECT \"id\" FROM "
+             "\"__sluice_units\")) LIMIT 1) UNION ALL (SELECT  FROM "},
     {"right_join_full",
      " SELECT customers.id\n   FROM (public.orders\n     RIGHT JOIN public.customers ON "
      "((customers.id = orders.customer_id)))",
@@ -508,7 +556,9 @@ static const analyze_row_t rows[] = {
      .want = "not as the first relation of a chain of LEFT JOINs"},
     {"left_joined_first_table_key_not_selected_full",
      " SELECT c.name,\n    t.total\n   FROM " LEFT_JOINED_SUB, KEYS("name"), .mode = FULL,
-     .field = REASON, .want = "must include the primary key of the first table (c)"},
+     .field = REASON,
+     .want = "^with a LEFT JOIN and a subquery that groups, every row (or group) must include the "
+             "primary key of the first table (c)"},
 
     /* UNION ALL. */
     {"union_all_without_branches_full", " " ORDERS_BRANCH "\nUNION ALL\n " REFUNDS_BRANCH,
@@ -520,9 +570,16 @@ static const analyze_row_t rows[] = {
      " " ORDERS_BRANCH "\nUNION ALL\n " REFUNDS_BRANCH "\nUNION ALL\n " ORDERS_BRANCH, KEYS("id"),
      BRANCHES_OF(two_keyed), .mode = FULL, .field = REASON,
      .want = "has 3 branches but the catalog split it into 2"},
-    {"union_all_left_join_branch_full", " " LEFT_BRANCH "\nUNION ALL\n " REFUNDS_BRANCH, KEYS("id"),
-     BRANCHES_OF(left_first), .mode = FULL, .field = REASON,
-     .want = "^UNION ALL branch 1 has a LEFT JOIN"},
+    /* A LEFT JOIN chain in a branch: by the branch's row identity. */
+    {"union_all_left_join_branch_differential", " " LEFT_BRANCH "\nUNION ALL\n " REFUNDS_BRANCH,
+     KEYS("id"), BRANCHES_OF(left_first), .mode = DIFF, .field = BRANCHES,
+     .want = "pg_temp.\"__sluice_chg_16403\" AS \"refunds\""},
+    {"union_all_left_join_branch_by_identity", " " REFUNDS_BRANCH "\nUNION ALL\n " LEFT_BRANCH,
+     KEYS("id"), BRANCHES_OF(left_second), .mode = DIFF, .field = BRANCHES,
+     .want = "^WITH \"__sluice_units\" AS MATERIALIZED ("},
+    {"union_all_derived_left_join_branch", " " REFUNDS_BRANCH "\nUNION ALL\n " DERIVED_LEFT_BRANCH,
+     KEYS("id", "amount"), BRANCHES_OF(derived_left_second), .mode = DIFF, .field = BRANCHES,
+     .want = "\"__sluice_units\""},
     {"union_all_limit_branch_full", " " ORDERS_BRANCH "\nUNION ALL\n" LIMIT_BRANCH, KEYS("id"),
      BRANCHES_OF(limit_second), .mode = FULL, .field = REASON,
      .want = "^UNION ALL branch 2: LIMIT/OFFSET"},
