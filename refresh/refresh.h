@@ -62,7 +62,8 @@ typedef struct sl_analyze_in {
     /* A LEFT JOIN chain of tables is refreshed by the query's row identity
      * rather than by the rows of its first table (no unit_columns), as it
      * is anyway when the identity lacks that table's key. Set for UNION ALL
-     * branches, whose rows the driver finds by their identity. */
+     * branches, whose rows the driver finds by their identity, and passed on
+     * to a subquery a branch only filters and projects. */
     bool rooted_keys;
 } sl_analyze_in_t;
 
