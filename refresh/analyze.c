@@ -868,6 +868,18 @@ out_key(out_t *o, const char *q, const keyexpr_t *k)
     outf(o, ")");
 }
 
+/* Appends the n key expressions, each AS its key column. */
+static void
+out_keys_as(out_t *o, const char *q, const keyexpr_t *keys, size_t n)
+{
+    for (size_t k = 0; k < n; k++) {
+        outf(o, "%s", k ? ", " : "");
+        out_key(o, q, &keys[k]);
+        outf(o, " AS ");
+        outid(o, keys[k].col);
+    }
+}
+
 /* Maps every key column to an expression of the select list. */
 static const char *
 map_keys(const char *q, const toks_t *t, const clauses_t *c, const cJSON *sel,
@@ -941,12 +953,7 @@ gen_affected(out_t *o, const char *q, const toks_t *t, const clauses_t *c,
     outf(o, "SELECT ");
     if (in->nkeys > 0)
         outf(o, "DISTINCT ");
-    for (size_t k = 0; k < in->nkeys; k++) {
-        outf(o, "%s", k ? ", " : "");
-        out_key(o, q, &keys[k]);
-        outf(o, " AS ");
-        outid(o, keys[k].col);
-    }
+    out_keys_as(o, q, keys, in->nkeys);
     outf(o, " FROM pg_temp.\"__sluice_chg_%u\" AS ", rel->src->relid);
     outid(o, rel->alias);
     if (c->tok[CL_WHERE] >= 0) {
@@ -1828,12 +1835,7 @@ out_touched_term(out_t *o, const char *q, const toks_t *t, const clauses_t *c, s
                  const keyexpr_t *keys, const from_t *f, size_t i, int old)
 {
     outf(o, "SELECT ");
-    for (size_t k = 0; k < nkeys; k++) {
-        outf(o, "%s", k ? ", " : "");
-        out_key(o, q, &keys[k]);
-        outf(o, " AS ");
-        outid(o, keys[k].col);
-    }
+    out_keys_as(o, q, keys, nkeys);
     outf(o, " FROM ");
     out_from(o, q, t, c, f, old != 0, &f->v[i]);
     outf(o, " WHERE ");
@@ -1948,12 +1950,7 @@ gen_affected_rooted_keys(out_t *o, const char *q, const toks_t *t, const clauses
         if (old > 0)
             outf(o, in->nkeys > 0 ? " UNION " : " UNION ALL ");
         outf(o, "(SELECT ");
-        for (size_t k = 0; k < in->nkeys; k++) {
-            outf(o, "%s", k ? ", " : "");
-            out_key(o, q, &keys[k]);
-            outf(o, " AS ");
-            outid(o, keys[k].col);
-        }
+        out_keys_as(o, q, keys, in->nkeys);
         outf(o, " FROM ");
         out_from(o, q, t, c, f, old != 0, NULL);
         outf(o, " WHERE ");
