@@ -58,6 +58,11 @@
  *     group of that subquery (unit_columns, analyze_joined); with LEFT
  *     JOINs in the chain (the subquery not its first relation), a row of
  *     the first table, as for a chain of tables.
+ *   - EXISTS, NOT EXISTS and IN (SELECT ...) over one table ANDed into the
+ *     WHERE clause of a query over tables joined by inner joins (or of a
+ *     UNION ALL branch): the tables' terms as above, plus the keys of the
+ *     rows for which the subquery, run over its table's change images,
+ *     finds a row (gen_affected_sublinks).
  * UNION without ALL, subqueries elsewhere, WITH, window functions, LIMIT and
  * the rest are refreshed in full, and the reason says so. docs/stream-tables.md
  * ("What is refreshed differentially") has the argument in prose.
@@ -199,6 +204,16 @@ scan_tokens(const char *query, toks_t *out, sl_err_t *err)
     if (rc != SL_OK)
         return sl_err_set(err, SL_ERR, "cannot read libpg_query's scan result");
     return SL_OK;
+}
+
+/* Index of the token that starts at byte `at`, or t->n. */
+static size_t
+tok_at(const toks_t *t, int at)
+{
+    size_t k = 0;
+    while (k < t->n && t->v[k].start != at)
+        k++;
+    return k;
 }
 
 static bool
@@ -363,6 +378,143 @@ figure_colname(const cJSON *val)
 }
 
 /* ------------------------------------------------------------------------ */
+/* Subqueries in expressions                                                 */
+/* ------------------------------------------------------------------------ */
+
+/* Subqueries in expressions (SubLinks) that a refresh can follow: EXISTS,
+ * NOT EXISTS and `column IN (SELECT ...)` (or `column op ANY (SELECT ...)`)
+ * ANDed into the WHERE clause of the stream table's query or of a UNION ALL
+ * branch, each over one table. How their changes are followed:
+ * gen_affected_sublinks. */
+static const char *const why_sublink =
+    "subqueries in expressions are refreshed differentially only as EXISTS, NOT EXISTS or IN "
+    "(SELECT ...) conditions ANDed into the WHERE clause, each reading one table with no GROUP "
+    "BY, HAVING, aggregate, window function, DISTINCT ON, LIMIT or subquery of its own (NOT IN "
+    "is refreshed in full: write NOT EXISTS); this one is refreshed in full";
+static const char *const why_sublink_nested =
+    "subqueries in expressions are refreshed differentially in the WHERE clause of the stream "
+    "table's query or of a UNION ALL branch, not inside a subquery in FROM";
+static const char *const why_sublink_from =
+    "a query with a subquery in its WHERE clause (EXISTS, NOT EXISTS, IN) is refreshed "
+    "differentially when its FROM has only tables, joined by inner joins (no LEFT JOIN, no "
+    "subquery in FROM)";
+
+#define MAX_SUBLINKS 16
+
+/* Collects the conjuncts of an AND tree (e itself when it is not an AND). */
+static size_t
+conjuncts(const cJSON *e, const cJSON **v, size_t n, size_t max)
+{
+    const cJSON *b = node(e, "BoolExpr");
+    if (b != NULL && str(b, "boolop") != NULL && strcmp(str(b, "boolop"), "AND_EXPR") == 0) {
+        const cJSON *arg;
+        cJSON_ArrayForEach (arg, cJSON_GetObjectItemCaseSensitive(b, "args"))
+            n = conjuncts(arg, v, n, max);
+        return n;
+    }
+    if (n < max)
+        v[n] = e;
+    return n + 1;
+}
+
+/* The SubLink of WHERE conjunct e when it is EXISTS, NOT EXISTS or a
+ * column compared with ANY row of a subquery (IN), else NULL. *neg: NOT
+ * EXISTS, and *not_at the byte offset of its NOT. NOT IN is refused: one
+ * NULL among the subquery's values makes it false for every row, which no
+ * single changed row would tell. */
+static const cJSON *
+conjunct_sublink(const cJSON *e, bool *neg, int *not_at)
+{
+    const cJSON *b = node(e, "BoolExpr");
+    const cJSON *args = cJSON_GetObjectItemCaseSensitive(b, "args");
+    *neg = b != NULL && str(b, "boolop") != NULL && strcmp(str(b, "boolop"), "NOT_EXPR") == 0 &&
+           cJSON_GetArraySize(args) == 1;
+    if (*neg) {
+        const cJSON *loc = cJSON_GetObjectItemCaseSensitive(b, "location");
+        *not_at = cJSON_IsNumber(loc) ? loc->valueint : -1;
+        e = cJSON_GetArrayItem(args, 0);
+    }
+    const cJSON *s = node(e, "SubLink");
+    const char *type = str(s, "subLinkType");
+    if (type == NULL)
+        return NULL;
+    if (strcmp(type, "EXISTS_SUBLINK") == 0)
+        return s;
+    if (strcmp(type, "ANY_SUBLINK") == 0 && !*neg &&
+        node(cJSON_GetObjectItemCaseSensitive(s, "testexpr"), "ColumnRef") != NULL)
+        return s;
+    return NULL;
+}
+
+/* The subquery of SubLink s when it reads one table, plainly (see
+ * why_sublink); else NULL. */
+static const cJSON *
+sublink_select(const cJSON *s)
+{
+    const cJSON *sel = node(cJSON_GetObjectItemCaseSensitive(s, "subselect"), "SelectStmt");
+    const cJSON *from = cJSON_GetObjectItemCaseSensitive(sel, "fromClause");
+    const cJSON *rv = node(cJSON_GetArrayItem(from, 0), "RangeVar");
+    const cJSON *distinct = cJSON_GetObjectItemCaseSensitive(sel, "distinctClause");
+    const char *op = str(sel, "op");
+    static const char *const refused[] = {"groupClause",   "havingClause", "windowClause",
+                                          "limitCount",    "limitOffset",  "withClause",
+                                          "lockingClause", "valuesLists",  "intoClause"};
+    if (sel == NULL || (op != NULL && strcmp(op, "SETOP_NONE") != 0) ||
+        cJSON_GetArraySize(from) != 1 || rv == NULL ||
+        !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(rv, "inh")) || has_window(sel) ||
+        has_node(sel, "SubLink") || has_long_colref(sel) ||
+        (cJSON_GetArrayItem(distinct, 0) != NULL && cJSON_GetArrayItem(distinct, 0)->child != NULL))
+        return NULL;
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++)
+        if (cJSON_GetObjectItemCaseSensitive(sel, refused[i]) != NULL)
+            return NULL;
+    /* IN: one plain column (an aggregate there would depend on every row
+     * of the table; the raw parse tree cannot tell one from a function). */
+    if (str(s, "subLinkType") != NULL && strcmp(str(s, "subLinkType"), "ANY_SUBLINK") == 0) {
+        const cJSON *tl = cJSON_GetObjectItemCaseSensitive(sel, "targetList");
+        const cJSON *val =
+            cJSON_GetObjectItemCaseSensitive(node(cJSON_GetArrayItem(tl, 0), "ResTarget"), "val");
+        if (cJSON_GetArraySize(tl) != 1 || node(val, "ColumnRef") == NULL)
+            return NULL;
+    }
+    return sel;
+}
+
+/* Why the subqueries in sel's expressions keep it from being refreshed
+ * differentially, or NULL (none, or only ones a refresh can follow). */
+static const char *
+sublink_reason(const cJSON *sel, const sl_analyze_in_t *in)
+{
+    if (!has_node(sel, "SubLink"))
+        return NULL;
+    if (in->in_subquery)
+        return why_sublink_nested;
+    const cJSON *item;
+    cJSON_ArrayForEach (item, cJSON_GetObjectItemCaseSensitive(sel, "fromClause"))
+        if (has_node(item, "RangeSubselect") && has_node(item, "SubLink"))
+            return why_sublink_nested;
+    for (const cJSON *c = sel->child; c != NULL; c = c->next)
+        if ((c->string == NULL || strcmp(c->string, "whereClause") != 0) && has_node(c, "SubLink"))
+            return why_sublink;
+    const cJSON *v[MAX_SUBLINKS * 4];
+    size_t n =
+        conjuncts(cJSON_GetObjectItemCaseSensitive(sel, "whereClause"), v, 0, MAX_SUBLINKS * 4);
+    if (n > MAX_SUBLINKS * 4)
+        return why_sublink;
+    size_t nsub = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!has_node(v[i], "SubLink"))
+            continue;
+        bool neg;
+        int not_at;
+        const cJSON *s = conjunct_sublink(v[i], &neg, &not_at);
+        if (s == NULL || sublink_select(s) == NULL || ++nsub > MAX_SUBLINKS)
+            return why_sublink;
+    }
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------ */
 /* Operator tree                                                             */
 /* ------------------------------------------------------------------------ */
 
@@ -478,9 +630,27 @@ tree_select(out_t *o, const cJSON *sel, int depth)
                 outf(o, "Aggregate\n");
         }
     }
-    if (cJSON_GetObjectItemCaseSensitive(sel, "whereClause") != NULL) {
+    const cJSON *where = cJSON_GetObjectItemCaseSensitive(sel, "whereClause");
+    if (where != NULL) {
         indent(o, d++);
         outf(o, "Filter (WHERE)\n");
+        /* Its subqueries that a refresh follows, then its input. */
+        const cJSON *v[MAX_SUBLINKS * 4];
+        size_t n = conjuncts(where, v, 0, MAX_SUBLINKS * 4);
+        for (size_t i = 0; i < n && i < MAX_SUBLINKS * 4; i++) {
+            bool neg;
+            int not_at;
+            const cJSON *s = conjunct_sublink(v[i], &neg, &not_at);
+            if (s == NULL)
+                continue;
+            indent(o, d);
+            outf(o, "%s\n",
+                 neg                                                 ? "Anti Join (NOT EXISTS)"
+                 : strcmp(str(s, "subLinkType"), "ANY_SUBLINK") == 0 ? "Semi Join (IN)"
+                                                                     : "Semi Join (EXISTS)");
+            tree_select(o, node(cJSON_GetObjectItemCaseSensitive(s, "subselect"), "SelectStmt"),
+                        d + 1);
+        }
     }
     const cJSON *from = cJSON_GetObjectItemCaseSensitive(sel, "fromClause");
     int nfrom = cJSON_GetArraySize(from);
@@ -521,8 +691,9 @@ full_reason(const cJSON *sel, const sl_analyze_in_t *in)
         return "SELECT INTO is not a query";
     if (has_window(sel))
         return "window functions are refreshed in full";
-    if (has_node(sel, "SubLink"))
-        return "subqueries in expressions (IN/EXISTS/scalar subqueries) are refreshed in full";
+    const char *why = sublink_reason(sel, in);
+    if (why != NULL)
+        return why;
     if (has_node(cJSON_GetObjectItemCaseSensitive(sel, "groupClause"), "GroupingSet"))
         return "GROUPING SETS, ROLLUP and CUBE are refreshed in full";
     const cJSON *distinct = cJSON_GetObjectItemCaseSensitive(sel, "distinctClause");
@@ -626,18 +797,26 @@ target_column(const cJSON *tgt, const char *tab, const char *col, bool bare)
     return str(rt, "name") != NULL ? str(rt, "name") : c;
 }
 
+/* The captured source that RangeVar rv names, or NULL. */
+static const sl_analyze_src_t *
+source_of(const cJSON *rv, const sl_analyze_in_t *in)
+{
+    const char *schema = str(rv, "schemaname"), *name = str(rv, "relname");
+    for (size_t i = 0; i < in->nsources && name != NULL; i++)
+        if (strcmp(in->sources[i].name, name) == 0 &&
+            (schema == NULL || strcmp(in->sources[i].schema, schema) == 0))
+            return &in->sources[i];
+    return NULL;
+}
+
 /* Appends the table of RangeVar rv to f (its key columns still unset). */
 static const char *
 add_table(const cJSON *rv, const sl_analyze_in_t *in, from_t *f)
 {
     if (f->n == MAX_RELS)
         return "the query reads too many tables";
-    const char *schema = str(rv, "schemaname"), *name = str(rv, "relname");
-    const sl_analyze_src_t *src = NULL;
-    for (size_t i = 0; i < in->nsources && src == NULL && name != NULL; i++)
-        if (strcmp(in->sources[i].name, name) == 0 &&
-            (schema == NULL || strcmp(in->sources[i].schema, schema) == 0))
-            src = &in->sources[i];
+    const char *name = str(rv, "relname");
+    const sl_analyze_src_t *src = source_of(rv, in);
     if (src == NULL)
         return "a relation in FROM is not among the stream table's captured sources";
     if (src->npk > MAX_KEY_COLS)
@@ -1777,9 +1956,7 @@ out_from(out_t *o, const char *q, const toks_t *t, const clauses_t *c, const fro
         }
         if (!old)
             continue;
-        size_t k = 0;
-        while (k < t->n && t->v[k].start != r->loc)
-            k++;
+        size_t k = tok_at(t, r->loc);
         size_t e = k; /* the name's last token */
         if (e + 2 < t->n && tok_is(q, &t->v[e + 1], "."))
             e += 2;
@@ -2046,14 +2223,150 @@ check_join(const char *q, const toks_t *t, const from_t *f, char *why, size_t n)
             snprintf(why, n, "FROM ONLY %s.%s is refreshed in full", r->src->schema, r->src->name);
             return why;
         }
-        size_t k = 0;
-        while (k < t->n && t->v[k].start != r->loc)
-            k++;
+        size_t k = tok_at(t, r->loc);
         if (r->loc <= last || k == t->n || tok_is(q, &t->v[k], "("))
             return "the tables of the join could not be located in the query text";
         last = r->loc;
     }
     return NULL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Subqueries in the WHERE clause                                            */
+/* ------------------------------------------------------------------------ */
+
+/* A subquery of the WHERE clause that sublink_reason accepted, in the text. */
+typedef struct sublink {
+    const sl_analyze_src_t *src; /* the table it reads */
+    int conj_from, conj_to;      /* its conjunct (with NOT) */
+    int from, to;                /* the condition without NOT: EXISTS (...), col IN (...) */
+    int name_from, name_to;      /* the table's name inside it */
+    const char *name;            /* the name to give its change rows (no alias: the table's) */
+} sublink_t;
+
+/* The end (byte offset) of the text that starts with token k and ends with
+ * the first ')' closing every '(' opened after it; -1 when there is none. */
+static int
+paren_end(const char *q, const toks_t *t, size_t k)
+{
+    int depth = 0;
+    for (; k < t->n; k++) {
+        if (tok_is(q, &t->v[k], "("))
+            depth++;
+        else if (tok_is(q, &t->v[k], ")") && --depth <= 0)
+            return depth == 0 ? t->v[k].end : -1;
+    }
+    return -1;
+}
+
+static int
+location(const cJSON *n)
+{
+    const cJSON *loc = cJSON_GetObjectItemCaseSensitive(n, "location");
+    return cJSON_IsNumber(loc) ? loc->valueint : -1;
+}
+
+/* Finds the subqueries of sel's WHERE clause (all accepted by
+ * sublink_reason) in the text, with the tables they read; returns why they
+ * cannot be followed, or NULL. */
+static const char *
+find_sublinks(const cJSON *sel, const sl_analyze_in_t *in, const char *q, const toks_t *t,
+              sublink_t *subs, size_t *nsubs)
+{
+    const cJSON *v[MAX_SUBLINKS * 4];
+    size_t n =
+        conjuncts(cJSON_GetObjectItemCaseSensitive(sel, "whereClause"), v, 0, MAX_SUBLINKS * 4);
+    *nsubs = 0;
+    int prev_end = -1; /* the previous subquery's conjunct: they are in text order */
+    for (size_t i = 0; i < n && i < MAX_SUBLINKS * 4; i++) {
+        if (!has_node(v[i], "SubLink"))
+            continue;
+        bool neg;
+        int not_at = -1;
+        const cJSON *s = conjunct_sublink(v[i], &neg, &not_at);
+        const cJSON *ssel = sublink_select(s);
+        if (ssel == NULL || *nsubs == MAX_SUBLINKS)
+            return why_sublink;
+        sublink_t *b = &subs[(*nsubs)++];
+        const cJSON *test = node(cJSON_GetObjectItemCaseSensitive(s, "testexpr"), "ColumnRef");
+        b->from = test != NULL ? location(test) : location(s);
+        b->conj_from = neg ? not_at : b->from;
+        size_t kf = tok_at(t, b->from), kc = tok_at(t, b->conj_from);
+        b->to = kf < t->n ? paren_end(q, t, kf) : -1;
+        b->conj_to = kc < t->n ? paren_end(q, t, kc) : -1;
+        /* Its table: a captured source, its name's tokens (schema . name). */
+        const cJSON *rv =
+            node(cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(ssel, "fromClause"), 0),
+                 "RangeVar");
+        if ((b->src = source_of(rv, in)) == NULL)
+            return "a table read by a subquery in the WHERE clause is not among the stream "
+                   "table's captured sources";
+        size_t k = tok_at(t, location(rv)), e = k;
+        if (e + 2 < t->n && tok_is(q, &t->v[e + 1], "."))
+            e += 2;
+        b->name = str(node(rv, "alias"), "aliasname") != NULL ? NULL : str(rv, "relname");
+        if (k == t->n || b->to < 0 || b->conj_to < 0 || b->conj_from > b->from ||
+            t->v[k].start <= b->from || t->v[e].end >= b->to || prev_end > b->conj_from)
+            return "a subquery in the WHERE clause could not be located in the query text";
+        b->name_from = t->v[k].start;
+        b->name_to = t->v[e].end;
+        prev_end = b->conj_to;
+    }
+    return NULL;
+}
+
+/* Appends the WHERE clause's text with every subquery's conjunct replaced
+ * by true. */
+static void
+out_where_masked(out_t *o, const char *q, const toks_t *t, const clauses_t *c,
+                 const sublink_t *subs, size_t nsubs)
+{
+    int at = t->v[c->tok[CL_WHERE]].end;
+    for (size_t i = 0; i < nsubs; i++) {
+        outq(o, q, at, subs[i].conj_from);
+        outf(o, "true");
+        at = subs[i].conj_to;
+    }
+    outq(o, q, at, clause_end(q, t, c, CL_WHERE));
+}
+
+/*
+ * affected_sql terms of the subqueries in WHERE, appended to the tables'
+ * terms (each starts with UNION). A row's EXISTS (or IN) can only change
+ * when a row of the subquery's table that meets the subquery's condition
+ * for it appears or goes, and every such row is among that table's change
+ * images: so the keys of the rows, before the window (over the tables' old
+ * states) and after it, for which the subquery finds a changed row, with
+ * the rest of WHERE. A NOT EXISTS is searched for as EXISTS: the rows it
+ * can change are the same. The tables' own changes are followed by their
+ * terms, where the subqueries are evaluated as they are now: a row that
+ * the subquery let through before but not now differs in a changed row of
+ * the subquery's table, so it is found here.
+ */
+static void
+gen_affected_sublinks(out_t *o, const char *q, const toks_t *t, const clauses_t *c,
+                      const sl_analyze_in_t *in, const keyexpr_t *keys, const from_t *f,
+                      const sublink_t *subs, size_t nsubs)
+{
+    for (size_t i = 0; i < nsubs; i++)
+        for (int old = 0; old < 2; old++) {
+            const sublink_t *s = &subs[i];
+            outf(o, in->nkeys > 0 ? " UNION (SELECT " : " UNION ALL (SELECT ");
+            out_keys_as(o, q, keys, in->nkeys);
+            outf(o, " FROM ");
+            out_from(o, q, t, c, f, old != 0, NULL);
+            outf(o, " WHERE (");
+            out_where_masked(o, q, t, c, subs, nsubs);
+            outf(o, ") AND ");
+            outq(o, q, s->from, s->name_from);
+            outf(o, "pg_temp.\"__sluice_chg_%u\"", s->src->relid);
+            if (s->name != NULL) {
+                outf(o, " AS ");
+                outid(o, s->name);
+            }
+            outq(o, q, s->name_to, s->to);
+            outf(o, in->nkeys == 0 ? " LIMIT 1)" : ")");
+        }
 }
 
 /* ------------------------------------------------------------------------ */
@@ -2438,7 +2751,8 @@ analyze_derived(const sl_analyze_in_t *in, const cJSON *sel, const cJSON *rs, co
                            .sources = in->sources,
                            .nsources = in->nsources,
                            .aff_rel = renamed ? aff_rel : in->aff_rel,
-                           .rooted_keys = in->rooted_keys};
+                           .rooted_keys = in->rooted_keys,
+                           .in_subquery = true};
     sl_analysis_t sa, sb = {0};
     sl_err_t e;
     sl_err_clear(&e);
@@ -3008,7 +3322,8 @@ analyze_joined(const sl_analyze_in_t *in, const cJSON *sel, from_t *f, const tok
                            .has_keys = true,
                            .sources = in->sources,
                            .nsources = in->nsources,
-                           .aff_rel = aff_rel};
+                           .aff_rel = aff_rel,
+                           .in_subquery = true};
     sl_err_t e;
     sl_err_clear(&e);
     int src = sl_analyze(&sin, &sa, &e);
@@ -3134,6 +3449,8 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
         return sl_err_nomem(err, "the parse tree");
     toks_t t = {0};
     keyexpr_t *keys = NULL, *units = NULL;
+    sublink_t subs[MAX_SUBLINKS];
+    size_t nsubs = 0;
     char why[256];
     char uwhy[SL_ERR_MSG_MAX + 64]; /* a UNION ALL branch's reason, with its number */
     out_t tree = {.rc = SL_OK, .err = err};
@@ -3176,6 +3493,8 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
         reason = "the query text does not start with SELECT ... FROM";
         goto full;
     }
+    if ((reason = find_sublinks(sel, in, in->query, &t, subs, &nsubs)) != NULL)
+        goto full;
     keys = calloc(in->nkeys > 0 ? in->nkeys : 1, sizeof *keys);
     if (keys == NULL) {
         rc = sl_err_nomem(err, "the key list");
@@ -3191,10 +3510,19 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
             const cJSON *rs = derived_from(sel);
             if (rs == NULL)
                 goto full;
+            if (nsubs > 0) {
+                reason = why_sublink_from;
+                goto full;
+            }
             reason = NULL;
             rc = analyze_derived(in, sel, rs, &t, &c, a, uwhy, sizeof uwhy, &reason, err);
             if (rc != SL_OK || reason == NULL)
                 goto done;
+            goto full;
+        }
+    for (size_t i = 0; i < f.n && nsubs > 0; i++)
+        if (f.outer || f.v[i].grouping || f.v[i].subquery) {
+            reason = why_sublink_from;
             goto full;
         }
     if (f.grouping >= 0 && f.n == 1) {
@@ -3213,7 +3541,8 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
         keys[k].alias = f.v[0].alias;
     if ((reason = map_keys(in->query, &t, &c, sel, in, keys)) != NULL)
         goto full;
-    if ((f.n > 1 || f.v[0].subquery) && f.grouping < 0 &&
+    /* A join, or a table with subqueries in WHERE: its old state (by key). */
+    if ((f.n > 1 || f.v[0].subquery || nsubs > 0) && f.grouping < 0 &&
         (reason = check_join(in->query, &t, &f, why, sizeof why)) != NULL)
         goto full;
     if (f.outer) {
@@ -3271,11 +3600,17 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
     } else {
         if (by_keys)
             gen_affected_rooted_keys(&o, in->query, &t, &c, in, keys, &f, units);
-        else if (f.n == 1 && !f.v[0].subquery)
+        else if (f.n == 1 && !f.v[0].subquery) {
+            outf(&o, "%s", nsubs > 0 ? "(" : "");
             gen_affected(&o, in->query, &t, &c, in, keys, &f.v[0]);
-        else
+            outf(&o, "%s", nsubs > 0 ? ")" : "");
+        } else {
             gen_affected_inner(&o, in->query, &t, &c, in, keys, &f);
-        if (f.n == 1 && !f.v[0].subquery &&
+        }
+        gen_affected_sublinks(&o, in->query, &t, &c, in, keys, &f, subs, nsubs);
+        /* (Not with subqueries in WHERE: their changes move rows between
+         * groups without a change of the table.) */
+        if (f.n == 1 && !f.v[0].subquery && nsubs == 0 &&
             gen_algebraic(&r, in->query, &t, &c, sel, in, keys, &f.v[0])) {
             /* Aggregates from the stored rows and the changes. */
         } else if (in->nkeys == 0) {

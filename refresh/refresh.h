@@ -65,6 +65,10 @@ typedef struct sl_analyze_in {
      * branches, whose rows the driver finds by their identity, and passed on
      * to a subquery a branch only filters and projects. */
     bool rooted_keys;
+    /* The query is a subquery in FROM of another (analyze_derived,
+     * analyze_joined): subqueries in its expressions are refused (those
+     * in WHERE are followed only in a stream table's query or a branch). */
+    bool in_subquery;
 } sl_analyze_in_t;
 
 /* The analysis, as sluice._set_analysis stores it. Strings owned. */

@@ -558,11 +558,51 @@ check_query_fallback(const char *url, PGconn *conn)
                     "LIMIT/OFFSET makes the result depend on rows outside any change");
     expect_fallback(conn, "SELECT id, amount FROM orders FOR UPDATE",
                     "FOR UPDATE/SHARE has no meaning in a stream table");
+    /* Subqueries in WHERE (migration 24): EXISTS, NOT EXISTS and IN over
+     * one table, over tables joined by inner joins; the rest stays FULL. */
+    static const char sublink_reason[] =
+        "subqueries in expressions are refreshed differentially only as EXISTS, NOT EXISTS or IN";
     expect_fallback(conn,
                     "SELECT id, amount FROM orders WHERE customer_id IN (SELECT id FROM "
                     "customers)",
-                    "subqueries in expressions (IN/EXISTS/scalar subqueries) are refreshed in "
-                    "full");
+                    NULL);
+    expect_fallback(conn,
+                    "SELECT o.id, o.amount FROM orders o WHERE NOT EXISTS (SELECT 1 FROM "
+                    "customers c WHERE c.id = o.customer_id AND c.name <> 'x') AND o.amount > 0",
+                    NULL);
+    expect_fallback(conn,
+                    "SELECT o.customer_id, count(*) AS n FROM orders o JOIN customers c ON c.id "
+                    "= o.customer_id WHERE EXISTS (SELECT FROM orders x WHERE x.customer_id = "
+                    "c.id AND x.amount > 10) GROUP BY o.customer_id",
+                    NULL);
+    expect_fallback(conn,
+                    "SELECT id FROM customers UNION ALL SELECT o.id FROM orders o WHERE EXISTS "
+                    "(SELECT FROM customers c WHERE c.id = o.customer_id)",
+                    NULL);
+    expect_fallback(conn,
+                    "SELECT id, amount FROM orders WHERE customer_id NOT IN (SELECT id FROM "
+                    "customers)",
+                    sublink_reason);
+    expect_fallback(conn,
+                    "SELECT o.id, (SELECT count(*) FROM customers c WHERE c.id = o.customer_id) "
+                    "AS n FROM orders o",
+                    sublink_reason);
+    expect_fallback(conn, "SELECT id FROM orders WHERE amount IN (SELECT max(amount) FROM orders)",
+                    sublink_reason);
+    expect_fallback(conn,
+                    "SELECT id FROM orders o WHERE EXISTS (SELECT FROM orders x JOIN customers "
+                    "c ON c.id = x.customer_id WHERE x.id = o.id)",
+                    sublink_reason);
+    expect_fallback(conn,
+                    "SELECT o.id AS oid, c.id FROM orders o LEFT JOIN customers c ON c.id = "
+                    "o.customer_id WHERE EXISTS (SELECT FROM orders x WHERE x.id = o.id)",
+                    "a query with a subquery in its WHERE clause (EXISTS, NOT EXISTS, IN) is "
+                    "refreshed differentially when its FROM has only tables");
+    expect_fallback(conn,
+                    "SELECT id FROM customers UNION ALL SELECT o.id FROM orders o WHERE "
+                    "o.customer_id NOT IN (SELECT id FROM customers)",
+                    "UNION ALL branch 2: subqueries in expressions are refreshed "
+                    "differentially only as EXISTS");
     expect_fallback(conn,
                     "SELECT customer_id, count(*) AS n FROM orders GROUP BY ROLLUP (customer_id)",
                     "GROUPING SETS, ROLLUP and CUBE are refreshed in full");
@@ -676,8 +716,9 @@ check_query_fallback(const char *url, PGconn *conn)
     expect_fallback(conn,
                     "SELECT s.id FROM (SELECT id FROM orders WHERE customer_id IN (SELECT id "
                     "FROM customers)) s",
-                    "the subquery in FROM: subqueries in expressions (IN/EXISTS/scalar "
-                    "subqueries) are refreshed in full");
+                    "the subquery in FROM: subqueries in expressions are refreshed "
+                    "differentially in the WHERE clause of the stream table's query or of a "
+                    "UNION ALL branch, not inside a subquery in FROM");
     expect_fallback(conn,
                     "SELECT id, amount FROM orders UNION ALL SELECT id, rank() OVER (ORDER BY "
                     "id) FROM customers",
@@ -1762,6 +1803,63 @@ check_join_reads_by_key(const char *url, PGconn *conn)
  * per region, keeping the regions without orders, and a chain in a UNION
  * ALL branch. */
 static void
+check_where_subqueries(const char *url, PGconn *conn)
+{
+    TH_LOG("EXISTS, NOT EXISTS and IN in WHERE, refreshed differentially (migration 24)");
+    const char *q = "SELECT o.id, o.amount FROM ws_ord o WHERE NOT EXISTS (SELECT 1 FROM ws_ref "
+                    "r WHERE r.order_id = o.id) AND o.cust IN (SELECT v.cust FROM ws_vip v)";
+    th_sql(conn, "CREATE TABLE ws_ord (id int PRIMARY KEY, cust int, amount int);"
+                 "CREATE TABLE ws_ref (id int PRIMARY KEY, order_id int);"
+                 "CREATE TABLE ws_vip (id int PRIMARY KEY, cust int);"
+                 "INSERT INTO ws_ord SELECT i, i %% 3, 10 * i FROM generate_series(1, 6) i;"
+                 "INSERT INTO ws_vip VALUES (1, 1), (2, 2), (3, NULL);"
+                 "INSERT INTO ws_ref VALUES (1, 2)");
+    th_sql(conn, "SELECT sluice.create_stream_table('ws_open', $q$%s$q$)", q);
+    th_sql(conn, "UPDATE sluice.stream_table_catalog SET full_refresh_fraction = 1000 "
+                 "WHERE name = 'ws_open'");
+    analyse_differential(url, conn, "ws_open");
+    expect_text(th_sql_text(conn, "SELECT key_columns::text FROM sluice.stream_table_catalog "
+                                  "WHERE name = 'ws_open'"),
+                "{id}", "keyed by the order, not by the subqueries' tables");
+    expect_text(th_sql_text(conn, "SELECT string_agg(id::text, ',' ORDER BY id) FROM ws_open"),
+                "1,4,5", "orders of customers 1 and 2, but the refunded one");
+
+    /* Order 4 is refunded, order 2's refund goes, customer 0 becomes a
+     * VIP (orders 3 and 6), order 1's amount changes: no change to the
+     * orders but the last one, and every row of the result moves. */
+    long long before = max_outbox_id(conn);
+    th_sql(conn, "INSERT INTO ws_ref VALUES (2, 4);"
+                 "DELETE FROM ws_ref WHERE id = 1;"
+                 "INSERT INTO ws_vip VALUES (4, 0);"
+                 "UPDATE ws_ord SET amount = 15 WHERE id = 1");
+    TH_ASSERT(refresh(conn, "ws_open") > 0, "the changes are refreshed");
+    expect_text(th_sql_text(conn, "SELECT last_refresh_mode FROM sluice.stream_table_catalog "
+                                  "WHERE name = 'ws_open'"),
+                "differential", "refreshed differentially");
+    expect_text(deltas_since(conn, "ws_open", before),
+                "delete|{\"id\": 4, \"amount\": 40}|null\n"
+                "insert|null|{\"id\": 2, \"amount\": 20}\n"
+                "insert|null|{\"id\": 3, \"amount\": 30}\n"
+                "insert|null|{\"id\": 6, \"amount\": 60}\n"
+                "update|{\"id\": 1, \"amount\": 10}|{\"id\": 1, \"amount\": 15}",
+                "4 refunded, 2 no longer, 3 and 6 of a new VIP, 1 updated");
+    TH_ASSERT(diff_from_query(conn, "ws_open", "id, amount", q) == 0, "ws_open equals its query");
+
+    /* A change that no subquery's condition lets through (a refund of an
+     * order that does not exist) changes nothing and publishes nothing. */
+    before = max_outbox_id(conn);
+    th_sql(conn, "INSERT INTO ws_ref VALUES (3, 99)");
+    th_sql(conn, "SELECT sluice.refresh_stream_table('ws_open')");
+    expect_text(th_sql_text(conn, "SELECT last_refresh_mode FROM sluice.stream_table_catalog "
+                                  "WHERE name = 'ws_open'"),
+                "differential", "that change is refreshed differentially too");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice.outbox WHERE id > %lld", before) == 0,
+              "a refund of no order of the result publishes nothing");
+    th_sql(conn, "SELECT sluice.drop_stream_table('ws_open');"
+                 "DROP TABLE ws_ord, ws_ref, ws_vip");
+}
+
+static void
 check_left_join_identity(const char *url, PGconn *conn)
 {
     TH_LOG("LEFT JOIN chains refreshed by their row identity (migration 23)");
@@ -2216,6 +2314,7 @@ main(void)
     check_kept_work_tables(env.pg_url, conn);
     check_kept_aggregates(env.pg_url, conn);
     check_left_join_identity(env.pg_url, conn);
+    check_where_subqueries(env.pg_url, conn);
     check_source_ddl(env.pg_url, conn);
 
     PQfinish(conn);

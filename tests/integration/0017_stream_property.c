@@ -217,6 +217,25 @@ static const st_def_t sts[] = {
      "SELECT a.id AS aid, b.id AS bid, b.w FROM a LEFT JOIN b ON b.a_k = a.k WHERE a.v IS "
      "DISTINCT FROM 4 UNION ALL SELECT c.id, c.b_id, c.z FROM c",
      NULL},
+    /* Subqueries in WHERE (migration 24): EXISTS correlated on a non-key
+     * column with NULLs, NOT EXISTS over a join, IN under GROUP BY (groups
+     * that move with b alone), and both in a UNION ALL branch. */
+    {"p_exists", "id, k, v",
+     "SELECT a.id, a.k, a.v FROM a WHERE EXISTS (SELECT 1 FROM b WHERE b.a_k = a.k AND b.w IS "
+     "DISTINCT FROM 2) AND a.v IS DISTINCT FROM 5",
+     NULL},
+    {"p_not_exists_join", "bid, cid, z",
+     "SELECT b.id AS bid, c.id AS cid, c.z FROM b JOIN c ON c.b_id = b.id WHERE NOT EXISTS "
+     "(SELECT FROM a WHERE a.k = b.a_k AND a.v > 5)",
+     NULL},
+    {"p_in_group", "k, n, sv",
+     "SELECT a.k, count(*) AS n, sum(a.v) AS sv FROM a WHERE a.k IN (SELECT b.a_k FROM b WHERE "
+     "b.w > 1) GROUP BY a.k",
+     NULL},
+    {"p_union_exists", "id, x",
+     "SELECT c.id, c.z AS x FROM c WHERE EXISTS (SELECT FROM b WHERE b.id = c.b_id) UNION ALL "
+     "SELECT a.id, a.v FROM a WHERE NOT EXISTS (SELECT FROM c WHERE c.z = a.v)",
+     NULL},
 };
 #define NSTS (sizeof sts / sizeof sts[0])
 _Static_assert(NSTS <= 64, "the shrinker keeps the stream tables it creates in a 64-bit mask");

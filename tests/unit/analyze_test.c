@@ -19,6 +19,7 @@
  *              searched in the last branch's "affected"
  *   ERROR      sl_analyze returns SL_EUSAGE, leaves the analysis zeroed,
  *              and err.msg holds the substring
+ *   TREE       a->tree, the operator tree (either mode)
  *
  * Every row also checks the invariants of its mode (a full analysis has a
  * reason and no SQL; a differential one no reason and its SQL), and all of
@@ -75,7 +76,7 @@ static const sl_analyze_src_t sources[] = {
 /* Rows                                                                      */
 /* ------------------------------------------------------------------------ */
 
-typedef enum field { REASON, AFFECTED, RECOMPUTE, UNITS, BRANCHES, ERROR } field_t;
+typedef enum field { REASON, AFFECTED, RECOMPUTE, UNITS, BRANCHES, ERROR, TREE } field_t;
 
 typedef struct analyze_row {
     const char *name;
@@ -218,10 +219,11 @@ static const analyze_row_t rows[] = {
      "GROUP BY orders.customer_id",
      KEYS("customer_id"), .requested_full = true, .mode = FULL, .field = REASON,
      .want = "refresh_mode is 'full'"},
-    {"subquery_in_where_full",
-     " SELECT orders.id\n   FROM public.orders\n  WHERE (orders.customer_id IN ( SELECT "
-     "customers.id\n           FROM public.customers))",
-     KEYS("id"), .mode = FULL, .field = REASON, .want = "subqueries in expressions"},
+    {"scalar_subquery_full",
+     " SELECT orders.id,\n    ( SELECT count(*) AS count\n           FROM public.refunds\n     "
+     "     WHERE (refunds.order_id = orders.id)) AS n\n   FROM public.orders",
+     KEYS("id"), .mode = FULL, .field = REASON,
+     .want = "^subqueries in expressions are refreshed differentially only as EXISTS"},
     {"distinct_on_full",
      " SELECT DISTINCT ON (orders.customer_id) orders.customer_id,\n    orders.amount\n   FROM "
      "public.orders",
@@ -239,6 +241,134 @@ static const analyze_row_t rows[] = {
     {"select_list_call_differential",
      " SELECT orders.id,\n    abs(orders.amount) AS a\n   FROM public.orders", KEYS("id"),
      .mode = DIFF, .field = RECOMPUTE, .want = "abs(orders.amount)"},
+
+    /* Subqueries in WHERE (migration 24): the tables' terms, then per
+     * subquery the rows (now and before the window) for which it finds one
+     * of its table's changed rows; the rest of WHERE with it masked. */
+    {"exists_affected_tables_term",
+     " SELECT orders.id,\n    orders.amount\n   FROM public.orders\n  WHERE ((orders.amount > "
+     "(0)::numeric) AND (NOT (EXISTS ( SELECT 1\n           FROM public.refunds r\n          WHERE "
+     "(r.order_id = orders.id)))))",
+     KEYS("id"), .mode = DIFF, .field = AFFECTED,
+     .want = "^(SELECT DISTINCT (orders.id) AS \"id\" FROM pg_temp.\"__sluice_chg_16401\" AS "
+             "\"orders\" WHERE  ((orders.amount > (0)::numeric) AND (NOT (EXISTS ( SELECT 1\n"
+             "           FROM public.refunds r\n          WHERE (r.order_id = orders.id)))))) "
+             "UNION (SELECT (orders.id) AS \"id\" FROM  public.orders\n   WHERE ( "
+             "((orders.amount > (0)::numeric) AND (true))) AND EXISTS ( SELECT 1\n           "
+             "FROM pg_temp.\"__sluice_chg_16403\" r\n          WHERE (r.order_id = orders.id)))"},
+    {"exists_affected_old_state_term",
+     " SELECT orders.id,\n    orders.amount\n   FROM public.orders\n  WHERE ((orders.amount > "
+     "(0)::numeric) AND (NOT (EXISTS ( SELECT 1\n           FROM public.refunds r\n          WHERE "
+     "(r.order_id = orders.id)))))",
+     KEYS("id"), .mode = DIFF, .field = AFFECTED,
+     .want = "pg_temp.\"__sluice_before_16401\") AS \"__sluice_u\" WHERE \"__sluice_b\" OR "
+             "(\"id\") NOT IN (SELECT \"id\" FROM pg_temp.\"__sluice_chg_16401\")) AS "
+             "\"orders\"\n   WHERE ( ((orders.amount > (0)::numeric) AND (true))) AND EXISTS ( "
+             "SELECT 1\n           FROM pg_temp.\"__sluice_chg_16403\" r\n"},
+    {"exists_recompute_is_the_query",
+     " SELECT orders.id,\n    orders.amount\n   FROM public.orders\n  WHERE ((orders.amount > "
+     "(0)::numeric) AND (NOT (EXISTS ( SELECT 1\n           FROM public.refunds r\n          WHERE "
+     "(r.order_id = orders.id)))))",
+     KEYS("id"), .mode = DIFF, .field = RECOMPUTE,
+     .want = "WHERE ( ((orders.amount > (0)::numeric) AND (NOT (EXISTS ( SELECT 1\n           FROM "
+             "public.refunds r\n          WHERE (r.order_id = orders.id)))))) AND (orders.id) = "
+             "ANY"},
+    {"in_subquery_unaliased_table",
+     " SELECT orders.id\n   FROM public.orders\n  WHERE (orders.customer_id IN ( SELECT "
+     "customers.id\n           FROM public.customers\n          WHERE (customers.region = "
+     "'eu'::text)))",
+     KEYS("id"), .mode = DIFF, .field = AFFECTED,
+     .want = "WHERE ( (true)) AND orders.customer_id IN ( SELECT customers.id\n           FROM "
+             "pg_temp.\"__sluice_chg_16402\" AS \"customers\"\n          WHERE "
+             "(customers.region = 'eu'::text))) UNION"},
+    {"exists_tree",
+     " SELECT orders.id\n   FROM public.orders\n  WHERE ((EXISTS ( SELECT 1\n           FROM "
+     "public.refunds\n          WHERE (refunds.order_id = orders.id))) AND (NOT (EXISTS ( SELECT "
+     "1\n           FROM public.customers\n          WHERE (customers.id = "
+     "orders.customer_id)))))",
+     KEYS("id"), .mode = DIFF, .field = TREE,
+     .want = "^Project (1 column)\n  Filter (WHERE)\n    Semi Join (EXISTS)\n      Project (1 "
+             "column)\n        Filter (WHERE)\n          Scan public.refunds\n    Anti Join (NOT "
+             "EXISTS)\n"},
+    /* A group moves with the subquery's table alone: not kept from the
+     * changes of its own table (gen_algebraic), but recomputed. */
+    {"exists_group_recomputed",
+     " SELECT sales.region,\n    sum(sales.qty) AS q\n   FROM public.sales\n  WHERE (EXISTS ( "
+     "SELECT 1\n           FROM public.orders\n          WHERE (orders.id = sales.id)))\n  GROUP "
+     "BY sales.region",
+     KEYS("region"), .mode = DIFF, .field = RECOMPUTE, .want = "^( SELECT sales.region"},
+    {"exists_one_row_limit",
+     " SELECT count(*) AS n\n   FROM public.orders\n  WHERE (EXISTS ( SELECT 1\n           FROM "
+     "public.refunds\n          WHERE (refunds.order_id = orders.id)))",
+     .keys = NULL, .nkeys = 0, .mode = DIFF, .field = AFFECTED,
+     .want = "FROM pg_temp.\"__sluice_chg_16403\" AS \"refunds\"\n          WHERE "
+             "(refunds.order_id = orders.id)) LIMIT 1)"},
+    {"exists_in_join",
+     " SELECT orders.id,\n    customers.id AS cid\n   FROM (public.orders\n     JOIN "
+     "public.customers ON ((customers.id = orders.customer_id)))\n  WHERE (EXISTS ( SELECT 1\n  "
+     "         FROM public.refunds\n          WHERE (refunds.order_id = orders.id)))",
+     KEYS("id", "cid"), .mode = DIFF, .field = AFFECTED,
+     .want = "AS \"customers\" ON ((customers.id = orders.customer_id)))\n   WHERE ( (true)) AND "
+             "EXISTS ( SELECT 1\n           FROM pg_temp.\"__sluice_chg_16403\" AS \"refunds\""},
+    {"exists_in_branch",
+     " SELECT orders.id\n   FROM public.orders\n  WHERE (EXISTS ( SELECT 1\n           FROM "
+     "public.refunds\n          WHERE (refunds.order_id = orders.id)))\nUNION ALL\n SELECT "
+     "refunds.id\n   FROM public.refunds",
+     KEYS("id"),
+     BRANCHES_OF(((const sl_analyze_branch_t[]){
+         {"SELECT orders.id\n   FROM public.orders\n  WHERE (EXISTS ( SELECT 1\n           FROM "
+          "public.refunds\n          WHERE (refunds.order_id = orders.id)))",
+          (const char *const[]){"id"}, 1},
+         {"SELECT refunds.id\n   FROM public.refunds", (const char *const[]){"id"}, 1}})),
+     .mode = DIFF, .field = BRANCHES, .want = "__sluice_chg_16403"},
+    /* Refused, with the reason. */
+    {"not_in_full",
+     " SELECT orders.id\n   FROM public.orders\n  WHERE (NOT (orders.customer_id IN ( SELECT "
+     "customers.id\n           FROM public.customers)))",
+     KEYS("id"), .mode = FULL, .field = REASON, .want = "NOT IN is refreshed in full"},
+    {"exists_under_or_full",
+     " SELECT orders.id\n   FROM public.orders\n  WHERE ((orders.amount > (5)::numeric) OR "
+     "(EXISTS ( SELECT 1\n           FROM public.refunds\n          WHERE (refunds.order_id = "
+     "orders.id))))",
+     KEYS("id"), .mode = FULL, .field = REASON,
+     .want = "^subqueries in expressions are refreshed differentially only as EXISTS"},
+    {"in_aggregate_full",
+     " SELECT orders.id\n   FROM public.orders\n  WHERE (orders.amount IN ( SELECT "
+     "max(refunds.amount) AS max\n           FROM public.refunds))",
+     KEYS("id"), .mode = FULL, .field = REASON,
+     .want = "^subqueries in expressions are refreshed differentially only as EXISTS"},
+    {"exists_group_by_full",
+     " SELECT orders.id\n   FROM public.orders\n  WHERE (EXISTS ( SELECT refunds.order_id\n     "
+     "      FROM public.refunds\n          GROUP BY refunds.order_id))",
+     KEYS("id"), .mode = FULL, .field = REASON,
+     .want = "^subqueries in expressions are refreshed differentially only as EXISTS"},
+    {"exists_join_in_subquery_full",
+     " SELECT orders.id\n   FROM public.orders\n  WHERE (EXISTS ( SELECT 1\n           FROM "
+     "(public.refunds\n             JOIN public.customers ON ((customers.id = "
+     "refunds.order_id)))\n          WHERE (refunds.order_id = orders.id)))",
+     KEYS("id"), .mode = FULL, .field = REASON,
+     .want = "^subqueries in expressions are refreshed differentially only as EXISTS"},
+    {"exists_with_left_join_full",
+     " SELECT orders.id,\n    customers.name\n   FROM (public.orders\n     LEFT JOIN "
+     "public.customers ON ((customers.id = orders.customer_id)))\n  WHERE (EXISTS ( SELECT 1\n  "
+     "         FROM public.refunds\n          WHERE (refunds.order_id = orders.id)))",
+     KEYS("id"), .mode = FULL, .field = REASON,
+     .want = "^a query with a subquery in its WHERE clause (EXISTS, NOT EXISTS, IN) is refreshed "
+             "differentially when its FROM has only tables"},
+    {"exists_in_derived_full",
+     " SELECT s.id\n   FROM ( SELECT orders.id\n           FROM public.orders\n          WHERE "
+     "(EXISTS ( SELECT 1\n                   FROM public.refunds\n                  WHERE "
+     "(refunds.order_id = orders.id)))) s",
+     KEYS("id"), .mode = FULL, .field = REASON, .want = "not inside a subquery in FROM"},
+    {"exists_over_table_without_key_full",
+     " SELECT audit.at\n   FROM public.audit\n  WHERE (EXISTS ( SELECT 1\n           FROM "
+     "public.orders\n          WHERE (orders.id = audit.order_id)))",
+     KEYS("at"), .mode = FULL, .field = REASON, .want = "has no primary key"},
+    {"exists_uncaptured_full",
+     " SELECT orders.id\n   FROM public.orders\n  WHERE (EXISTS ( SELECT 1\n           FROM "
+     "public.invoices\n          WHERE (invoices.order_id = orders.id)))",
+     KEYS("id"), .mode = FULL, .field = REASON,
+     .want = "a table read by a subquery in the WHERE clause is not among"},
 
     /* Joins. */
     {"inner_join_differential",
@@ -778,8 +908,8 @@ static void
 check(const analyze_row_t *r, int rc, const sl_analysis_t *a, const sl_err_t *err, char *p,
       size_t n)
 {
-    static const char *const field_names[] = {"reason",       "affected_sql", "recompute_sql",
-                                              "unit_columns", "branches",     "error"};
+    static const char *const field_names[] = {
+        "reason", "affected_sql", "recompute_sql", "unit_columns", "branches", "error", "tree"};
     cJSON *json = NULL;
     const char *got = NULL;
     if (r->field == ERROR) {
@@ -812,6 +942,7 @@ check(const analyze_row_t *r, int rc, const sl_analysis_t *a, const sl_err_t *er
         case UNITS: got = a->unit_columns; break;
         case BRANCHES: got = check_branches(r, a, &json, p, n); break;
         case ERROR: break;
+        case TREE: got = a->tree; break;
         }
     }
     if (!matches(got, r->want))
