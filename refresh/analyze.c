@@ -59,10 +59,10 @@
  *     JOINs in the chain (the subquery not its first relation), a row of
  *     the first table, as for a chain of tables.
  *   - EXISTS, NOT EXISTS and IN (SELECT ...) over one table ANDed into the
- *     WHERE clause of a query over tables joined by inner joins (or of a
- *     UNION ALL branch): the tables' terms as above, plus the keys of the
- *     rows for which the subquery, run over its table's change images,
- *     finds a row (gen_affected_sublinks).
+ *     WHERE clause of a query over tables (inner joins or a LEFT JOIN
+ *     chain; or of a UNION ALL branch): the tables' terms as above, plus
+ *     the keys (or units) of the rows for which the subquery, run over its
+ *     table's change images, finds a row (gen_affected_sublinks).
  * UNION without ALL, subqueries elsewhere, WITH, window functions, LIMIT and
  * the rest are refreshed in full, and the reason says so. docs/stream-tables.md
  * ("What is refreshed differentially") has the argument in prose.
@@ -396,8 +396,8 @@ static const char *const why_sublink_nested =
     "table's query or of a UNION ALL branch, not inside a subquery in FROM";
 static const char *const why_sublink_from =
     "a query with a subquery in its WHERE clause (EXISTS, NOT EXISTS, IN) is refreshed "
-    "differentially when its FROM has only tables, joined by inner joins (no LEFT JOIN, no "
-    "subquery in FROM)";
+    "differentially when its FROM has only tables (joined, or in a LEFT JOIN chain), no "
+    "subquery in FROM";
 
 #define MAX_SUBLINKS 16
 
@@ -1878,6 +1878,119 @@ gen_algebraic(out_t *o, const char *q, const toks_t *t, const clauses_t *c, cons
 }
 
 /* ------------------------------------------------------------------------ */
+/* Subqueries in the WHERE clause                                            */
+/* ------------------------------------------------------------------------ */
+
+/* A subquery of the WHERE clause that sublink_reason accepted, in the text. */
+typedef struct sublink {
+    const sl_analyze_src_t *src; /* the table it reads */
+    int conj_from, conj_to;      /* its conjunct (with NOT) */
+    int from, to;                /* the condition without NOT: EXISTS (...), col IN (...) */
+    int name_from, name_to;      /* the table's name inside it */
+    const char *name;            /* the name to give its change rows (no alias: the table's) */
+} sublink_t;
+
+/* The end (byte offset) of the text that starts with token k and ends with
+ * the first ')' closing every '(' opened after it; -1 when there is none. */
+static int
+paren_end(const char *q, const toks_t *t, size_t k)
+{
+    int depth = 0;
+    for (; k < t->n; k++) {
+        if (tok_is(q, &t->v[k], "("))
+            depth++;
+        else if (tok_is(q, &t->v[k], ")") && --depth <= 0)
+            return depth == 0 ? t->v[k].end : -1;
+    }
+    return -1;
+}
+
+static int
+location(const cJSON *n)
+{
+    const cJSON *loc = cJSON_GetObjectItemCaseSensitive(n, "location");
+    return cJSON_IsNumber(loc) ? loc->valueint : -1;
+}
+
+/* Finds the subqueries of sel's WHERE clause (all accepted by
+ * sublink_reason) in the text, with the tables they read; returns why they
+ * cannot be followed, or NULL. */
+static const char *
+find_sublinks(const cJSON *sel, const sl_analyze_in_t *in, const char *q, const toks_t *t,
+              sublink_t *subs, size_t *nsubs)
+{
+    const cJSON *v[MAX_SUBLINKS * 4];
+    size_t n =
+        conjuncts(cJSON_GetObjectItemCaseSensitive(sel, "whereClause"), v, 0, MAX_SUBLINKS * 4);
+    *nsubs = 0;
+    int prev_end = -1; /* the previous subquery's conjunct: they are in text order */
+    for (size_t i = 0; i < n && i < MAX_SUBLINKS * 4; i++) {
+        if (!has_node(v[i], "SubLink"))
+            continue;
+        bool neg;
+        int not_at = -1;
+        const cJSON *s = conjunct_sublink(v[i], &neg, &not_at);
+        const cJSON *ssel = sublink_select(s);
+        if (ssel == NULL || *nsubs == MAX_SUBLINKS)
+            return why_sublink;
+        sublink_t *b = &subs[(*nsubs)++];
+        const cJSON *test = node(cJSON_GetObjectItemCaseSensitive(s, "testexpr"), "ColumnRef");
+        b->from = test != NULL ? location(test) : location(s);
+        b->conj_from = neg ? not_at : b->from;
+        size_t kf = tok_at(t, b->from), kc = tok_at(t, b->conj_from);
+        b->to = kf < t->n ? paren_end(q, t, kf) : -1;
+        b->conj_to = kc < t->n ? paren_end(q, t, kc) : -1;
+        /* Its table: a captured source, its name's tokens (schema . name). */
+        const cJSON *rv =
+            node(cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(ssel, "fromClause"), 0),
+                 "RangeVar");
+        if ((b->src = source_of(rv, in)) == NULL)
+            return "a table read by a subquery in the WHERE clause is not among the stream "
+                   "table's captured sources";
+        size_t k = tok_at(t, location(rv)), e = k;
+        if (e + 2 < t->n && tok_is(q, &t->v[e + 1], "."))
+            e += 2;
+        b->name = str(node(rv, "alias"), "aliasname") != NULL ? NULL : str(rv, "relname");
+        if (k == t->n || b->to < 0 || b->conj_to < 0 || b->conj_from > b->from ||
+            t->v[k].start <= b->from || t->v[e].end >= b->to || prev_end > b->conj_from)
+            return "a subquery in the WHERE clause could not be located in the query text";
+        b->name_from = t->v[k].start;
+        b->name_to = t->v[e].end;
+        prev_end = b->conj_to;
+    }
+    return NULL;
+}
+
+/* Appends the WHERE clause's text with every subquery's conjunct replaced
+ * by true. */
+static void
+out_where_masked(out_t *o, const char *q, const toks_t *t, const clauses_t *c,
+                 const sublink_t *subs, size_t nsubs)
+{
+    int at = t->v[c->tok[CL_WHERE]].end;
+    for (size_t i = 0; i < nsubs; i++) {
+        outq(o, q, at, subs[i].conj_from);
+        outf(o, "true");
+        at = subs[i].conj_to;
+    }
+    outq(o, q, at, clause_end(q, t, c, CL_WHERE));
+}
+
+/* Appends subquery s's condition (without its NOT) over its table's change
+ * images: the rows for which it finds a changed row. */
+static void
+out_sublink_changes(out_t *o, const char *q, const sublink_t *s)
+{
+    outq(o, q, s->from, s->name_from);
+    outf(o, "pg_temp.\"__sluice_chg_%u\"", s->src->relid);
+    if (s->name != NULL) {
+        outf(o, " AS ");
+        outid(o, s->name);
+    }
+    outq(o, q, s->name_to, s->to);
+}
+
+/* ------------------------------------------------------------------------ */
 /* Joins                                                                     */
 /* ------------------------------------------------------------------------ */
 
@@ -2062,7 +2175,7 @@ gen_affected_inner(out_t *o, const char *q, const toks_t *t, const clauses_t *c,
  */
 static void
 gen_affected_rooted(out_t *o, const char *q, const toks_t *t, const clauses_t *c, const from_t *f,
-                    const keyexpr_t *units)
+                    const keyexpr_t *units, const sublink_t *subs, size_t nsubs)
 {
     const rel_t *root = &f->v[0];
     outf(o, "SELECT DISTINCT * FROM (SELECT ");
@@ -2094,6 +2207,21 @@ gen_affected_rooted(out_t *o, const char *q, const toks_t *t, const clauses_t *c
                 outf(o, " IS NOT NULL");
             }
         }
+    /* The first-table rows of combinations (before and after the window)
+     * for which a subquery in WHERE finds a changed row: only there can
+     * its value change (see gen_affected_sublinks). */
+    for (size_t i = 0; i < nsubs; i++)
+        for (int old = 0; old < 2; old++) {
+            outf(o, " UNION ALL SELECT ");
+            for (size_t k = 0; k < root->src->npk; k++) {
+                outf(o, "%s", k ? ", " : "");
+                out_key(o, q, &units[k]);
+            }
+            outf(o, " FROM ");
+            out_from(o, q, t, c, f, old != 0, NULL);
+            outf(o, " WHERE ");
+            out_sublink_changes(o, q, &subs[i]);
+        }
     outf(o, ") AS \"__sluice_u\" (");
     for (size_t k = 0; k < root->src->npk; k++) {
         outf(o, "%s", k ? ", " : "");
@@ -2117,11 +2245,11 @@ gen_affected_rooted(out_t *o, const char *q, const toks_t *t, const clauses_t *c
 static void
 gen_affected_rooted_keys(out_t *o, const char *q, const toks_t *t, const clauses_t *c,
                          const sl_analyze_in_t *in, const keyexpr_t *keys, const from_t *f,
-                         const keyexpr_t *units)
+                         const keyexpr_t *units, const sublink_t *subs, size_t nsubs)
 {
     const rel_t *root = &f->v[0];
     outf(o, "WITH \"__sluice_units\" AS MATERIALIZED (");
-    gen_affected_rooted(o, q, t, c, f, units);
+    gen_affected_rooted(o, q, t, c, f, units, subs, nsubs);
     outf(o, ") ");
     for (int old = 0; old < 2; old++) {
         if (old > 0)
@@ -2133,7 +2261,9 @@ gen_affected_rooted_keys(out_t *o, const char *q, const toks_t *t, const clauses
         outf(o, " WHERE ");
         if (c->tok[CL_WHERE] >= 0) {
             outf(o, "(");
-            outq(o, q, t->v[c->tok[CL_WHERE]].end, clause_end(q, t, c, CL_WHERE));
+            /* A subquery in it stands for true: the units have its changed
+             * rows, and a row it let through before may be kept out now. */
+            out_where_masked(o, q, t, c, subs, nsubs);
             outf(o, ") AND ");
         }
         if (root->src->npk == 1) {
@@ -2231,105 +2361,6 @@ check_join(const char *q, const toks_t *t, const from_t *f, char *why, size_t n)
     return NULL;
 }
 
-/* ------------------------------------------------------------------------ */
-/* Subqueries in the WHERE clause                                            */
-/* ------------------------------------------------------------------------ */
-
-/* A subquery of the WHERE clause that sublink_reason accepted, in the text. */
-typedef struct sublink {
-    const sl_analyze_src_t *src; /* the table it reads */
-    int conj_from, conj_to;      /* its conjunct (with NOT) */
-    int from, to;                /* the condition without NOT: EXISTS (...), col IN (...) */
-    int name_from, name_to;      /* the table's name inside it */
-    const char *name;            /* the name to give its change rows (no alias: the table's) */
-} sublink_t;
-
-/* The end (byte offset) of the text that starts with token k and ends with
- * the first ')' closing every '(' opened after it; -1 when there is none. */
-static int
-paren_end(const char *q, const toks_t *t, size_t k)
-{
-    int depth = 0;
-    for (; k < t->n; k++) {
-        if (tok_is(q, &t->v[k], "("))
-            depth++;
-        else if (tok_is(q, &t->v[k], ")") && --depth <= 0)
-            return depth == 0 ? t->v[k].end : -1;
-    }
-    return -1;
-}
-
-static int
-location(const cJSON *n)
-{
-    const cJSON *loc = cJSON_GetObjectItemCaseSensitive(n, "location");
-    return cJSON_IsNumber(loc) ? loc->valueint : -1;
-}
-
-/* Finds the subqueries of sel's WHERE clause (all accepted by
- * sublink_reason) in the text, with the tables they read; returns why they
- * cannot be followed, or NULL. */
-static const char *
-find_sublinks(const cJSON *sel, const sl_analyze_in_t *in, const char *q, const toks_t *t,
-              sublink_t *subs, size_t *nsubs)
-{
-    const cJSON *v[MAX_SUBLINKS * 4];
-    size_t n =
-        conjuncts(cJSON_GetObjectItemCaseSensitive(sel, "whereClause"), v, 0, MAX_SUBLINKS * 4);
-    *nsubs = 0;
-    int prev_end = -1; /* the previous subquery's conjunct: they are in text order */
-    for (size_t i = 0; i < n && i < MAX_SUBLINKS * 4; i++) {
-        if (!has_node(v[i], "SubLink"))
-            continue;
-        bool neg;
-        int not_at = -1;
-        const cJSON *s = conjunct_sublink(v[i], &neg, &not_at);
-        const cJSON *ssel = sublink_select(s);
-        if (ssel == NULL || *nsubs == MAX_SUBLINKS)
-            return why_sublink;
-        sublink_t *b = &subs[(*nsubs)++];
-        const cJSON *test = node(cJSON_GetObjectItemCaseSensitive(s, "testexpr"), "ColumnRef");
-        b->from = test != NULL ? location(test) : location(s);
-        b->conj_from = neg ? not_at : b->from;
-        size_t kf = tok_at(t, b->from), kc = tok_at(t, b->conj_from);
-        b->to = kf < t->n ? paren_end(q, t, kf) : -1;
-        b->conj_to = kc < t->n ? paren_end(q, t, kc) : -1;
-        /* Its table: a captured source, its name's tokens (schema . name). */
-        const cJSON *rv =
-            node(cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(ssel, "fromClause"), 0),
-                 "RangeVar");
-        if ((b->src = source_of(rv, in)) == NULL)
-            return "a table read by a subquery in the WHERE clause is not among the stream "
-                   "table's captured sources";
-        size_t k = tok_at(t, location(rv)), e = k;
-        if (e + 2 < t->n && tok_is(q, &t->v[e + 1], "."))
-            e += 2;
-        b->name = str(node(rv, "alias"), "aliasname") != NULL ? NULL : str(rv, "relname");
-        if (k == t->n || b->to < 0 || b->conj_to < 0 || b->conj_from > b->from ||
-            t->v[k].start <= b->from || t->v[e].end >= b->to || prev_end > b->conj_from)
-            return "a subquery in the WHERE clause could not be located in the query text";
-        b->name_from = t->v[k].start;
-        b->name_to = t->v[e].end;
-        prev_end = b->conj_to;
-    }
-    return NULL;
-}
-
-/* Appends the WHERE clause's text with every subquery's conjunct replaced
- * by true. */
-static void
-out_where_masked(out_t *o, const char *q, const toks_t *t, const clauses_t *c,
-                 const sublink_t *subs, size_t nsubs)
-{
-    int at = t->v[c->tok[CL_WHERE]].end;
-    for (size_t i = 0; i < nsubs; i++) {
-        outq(o, q, at, subs[i].conj_from);
-        outf(o, "true");
-        at = subs[i].conj_to;
-    }
-    outq(o, q, at, clause_end(q, t, c, CL_WHERE));
-}
-
 /*
  * affected_sql terms of the subqueries in WHERE, appended to the tables'
  * terms (each starts with UNION). A row's EXISTS (or IN) can only change
@@ -2358,13 +2389,7 @@ gen_affected_sublinks(out_t *o, const char *q, const toks_t *t, const clauses_t 
             outf(o, " WHERE (");
             out_where_masked(o, q, t, c, subs, nsubs);
             outf(o, ") AND ");
-            outq(o, q, s->from, s->name_from);
-            outf(o, "pg_temp.\"__sluice_chg_%u\"", s->src->relid);
-            if (s->name != NULL) {
-                outf(o, " AS ");
-                outid(o, s->name);
-            }
-            outq(o, q, s->name_to, s->to);
+            out_sublink_changes(o, q, s);
             outf(o, in->nkeys == 0 ? " LIMIT 1)" : ")");
         }
 }
@@ -3370,7 +3395,7 @@ analyze_joined(const sl_analyze_in_t *in, const cJSON *sel, from_t *f, const tok
         }
         d->superset = extended;
         d->gaff = gaff;
-        gen_affected_rooted(&o, q, t, c, f, rooted);
+        gen_affected_rooted(&o, q, t, c, f, rooted, NULL, 0);
         splice_t sp = {.open = d->open, .close = d->close, .sql = sa.recompute_sql};
         gen_restricted(&r, q, t, c, filter_nonnull, &unit_in, rooted, &sp);
         out_units_literal(&u, rooted, nroot);
@@ -3521,7 +3546,7 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
             goto full;
         }
     for (size_t i = 0; i < f.n && nsubs > 0; i++)
-        if (f.outer || f.v[i].grouping || f.v[i].subquery) {
+        if (f.v[i].grouping || f.v[i].subquery) {
             reason = why_sublink_from;
             goto full;
         }
@@ -3591,7 +3616,7 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
     if (f.outer && !by_keys) {
         sl_analyze_in_t unit_in = *in;
         unit_in.nkeys = f.v[0].src->npk;
-        gen_affected_rooted(&o, in->query, &t, &c, &f, units);
+        gen_affected_rooted(&o, in->query, &t, &c, &f, units, subs, nsubs);
         gen_restricted(&r, in->query, &t, &c, filter_nonnull, &unit_in, units, NULL);
         out_units_literal(&u, units, unit_in.nkeys);
         a->unit_columns = out_take(&u);
@@ -3599,7 +3624,7 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
             rc = sl_err_nomem(err, "the generated SQL");
     } else {
         if (by_keys)
-            gen_affected_rooted_keys(&o, in->query, &t, &c, in, keys, &f, units);
+            gen_affected_rooted_keys(&o, in->query, &t, &c, in, keys, &f, units, subs, nsubs);
         else if (f.n == 1 && !f.v[0].subquery) {
             outf(&o, "%s", nsubs > 0 ? "(" : "");
             gen_affected(&o, in->query, &t, &c, in, keys, &f.v[0]);
@@ -3607,7 +3632,8 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
         } else {
             gen_affected_inner(&o, in->query, &t, &c, in, keys, &f);
         }
-        gen_affected_sublinks(&o, in->query, &t, &c, in, keys, &f, subs, nsubs);
+        if (!by_keys) /* (its units have the subqueries' rows) */
+            gen_affected_sublinks(&o, in->query, &t, &c, in, keys, &f, subs, nsubs);
         /* (Not with subqueries in WHERE: their changes move rows between
          * groups without a change of the table.) */
         if (f.n == 1 && !f.v[0].subquery && nsubs == 0 &&

@@ -3,8 +3,8 @@
 -- differentially.
 --
 -- Until now any subquery in an expression made a stream table FULL. Now a
--- query over tables joined by inner joins (or a UNION ALL branch of one)
--- may AND into its WHERE clause
+-- query over tables (joined by inner joins, or a LEFT JOIN chain), or a
+-- UNION ALL branch of one, may AND into its WHERE clause
 --
 --     EXISTS (SELECT ... FROM t WHERE ...)
 --     NOT EXISTS (SELECT ... FROM t WHERE ...)
@@ -18,8 +18,9 @@
 -- condition for it appears or goes, and every such row is among t's change
 -- images; so the affected keys are those of the rows, before and after the
 -- window, for which the same subquery over t's change images finds a row.
--- The recompute is the query itself, restricted to those keys. The refresh
--- driver is unchanged.
+-- (In a LEFT JOIN chain refreshed by its first table's rows, the first
+-- table's rows of those combinations.) The recompute is the query itself,
+-- restricted to those keys. The refresh driver is unchanged.
 --
 -- NOT IN stays FULL: one NULL among the subquery's values makes it false
 -- for every row, which no changed row matching a given row would tell.
@@ -340,8 +341,9 @@ REVOKE ALL ON FUNCTION sluice._st_select_keys(text, oid) FROM PUBLIC;
 --
 -- As in migration 23, with the rules for subqueries in expressions above:
 -- in the outer query and in UNION ALL branches, a SubLink of type EXISTS
--- or ANY outside NOT (for ANY), before the select list, over tables joined
--- by inner joins, whose query reads one table plainly; elsewhere refused.
+-- or ANY outside NOT (for ANY), before the select list, in a query without
+-- a subquery in FROM, whose query reads one table plainly; elsewhere
+-- refused.
 CREATE OR REPLACE FUNCTION sluice._st_query_fallback(view regclass)
 RETURNS text
 LANGUAGE plpgsql
@@ -539,17 +541,17 @@ BEGIN
         -- Subqueries in the WHERE clause (the engine's sublink_reason):
         -- EXISTS (0) or ANY (2, IN), not NOT IN, not elsewhere (the
         -- select list and what follows it; WHERE comes before), and over
-        -- tables joined by inner joins.
+        -- tables only (the rules of joins and LEFT JOIN chains below).
         IF kind IN ('outer', 'branch') AND own[q] ~ ' :hasSubLinks true ' THEN
             IF own[q] ~ '\{SUBLINK :subLinkType [^02] '
                OR own[q] ~ '\{BOOLEXPR :boolop not :args \(\{SUBLINK :subLinkType 2 '
                OR substr(own[q], position(' :targetList ' IN own[q])) ~ '\{SUBLINK ' THEN
                 RETURN prefix || why_sublink;
             END IF;
-            IF own[q] ~ '\{JOINEXPR :jointype 1 | :rtekind 1 ' THEN
+            IF own[q] ~ ' :rtekind 1 ' THEN
                 RETURN prefix || 'a query with a subquery in its WHERE clause (EXISTS, NOT EXISTS, IN) is refreshed '
-                              || 'differentially when its FROM has only tables, joined by inner joins (no LEFT JOIN, '
-                              || 'no subquery in FROM)';
+                              || 'differentially when its FROM has only tables (joined, or in a LEFT JOIN chain), no '
+                              || 'subquery in FROM';
             END IF;
         END IF;
         IF q = 1 THEN

@@ -596,6 +596,11 @@ check_query_fallback(const char *url, PGconn *conn)
     expect_fallback(conn,
                     "SELECT o.id AS oid, c.id FROM orders o LEFT JOIN customers c ON c.id = "
                     "o.customer_id WHERE EXISTS (SELECT FROM orders x WHERE x.id = o.id)",
+                    NULL);
+    expect_fallback(conn,
+                    "SELECT s.id, c.name FROM (SELECT id, customer_id FROM orders) s JOIN "
+                    "customers c ON c.id = s.customer_id WHERE EXISTS (SELECT FROM orders x "
+                    "WHERE x.id = s.id)",
                     "a query with a subquery in its WHERE clause (EXISTS, NOT EXISTS, IN) is "
                     "refreshed differentially when its FROM has only tables");
     expect_fallback(conn,

@@ -219,7 +219,8 @@ static const st_def_t sts[] = {
      NULL},
     /* Subqueries in WHERE (migration 24): EXISTS correlated on a non-key
      * column with NULLs, NOT EXISTS over a join, IN under GROUP BY (groups
-     * that move with b alone), and both in a UNION ALL branch. */
+     * that move with b alone), both in a UNION ALL branch, and in LEFT
+     * JOIN chains (refreshed by the first table's rows, and by groups). */
     {"p_exists", "id, k, v",
      "SELECT a.id, a.k, a.v FROM a WHERE EXISTS (SELECT 1 FROM b WHERE b.a_k = a.k AND b.w IS "
      "DISTINCT FROM 2) AND a.v IS DISTINCT FROM 5",
@@ -231,6 +232,14 @@ static const st_def_t sts[] = {
     {"p_in_group", "k, n, sv",
      "SELECT a.k, count(*) AS n, sum(a.v) AS sv FROM a WHERE a.k IN (SELECT b.a_k FROM b WHERE "
      "b.w > 1) GROUP BY a.k",
+     NULL},
+    {"p_left_not_exists", "aid, bid, w",
+     "SELECT a.id AS aid, b.id AS bid, b.w FROM a LEFT JOIN b ON b.a_k = a.k WHERE NOT EXISTS "
+     "(SELECT FROM c WHERE c.z = a.v)",
+     NULL},
+    {"p_left_exists_group", "w, n",
+     "SELECT b.w, count(*) AS n FROM a LEFT JOIN b ON b.a_k = a.k WHERE EXISTS (SELECT FROM c "
+     "WHERE c.b_id = a.id) GROUP BY b.w",
      NULL},
     {"p_union_exists", "id, x",
      "SELECT c.id, c.z AS x FROM c WHERE EXISTS (SELECT FROM b WHERE b.id = c.b_id) UNION ALL "

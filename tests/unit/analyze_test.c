@@ -348,10 +348,30 @@ static const analyze_row_t rows[] = {
      "refunds.order_id)))\n          WHERE (refunds.order_id = orders.id)))",
      KEYS("id"), .mode = FULL, .field = REASON,
      .want = "^subqueries in expressions are refreshed differentially only as EXISTS"},
-    {"exists_with_left_join_full",
+    /* In a LEFT JOIN chain (units: the first table's rows), the units of
+     * the combinations for which the subquery finds a changed row; by
+     * identity, the keys built from the units with the subquery masked. */
+    {"exists_left_join_units",
      " SELECT orders.id,\n    customers.name\n   FROM (public.orders\n     LEFT JOIN "
      "public.customers ON ((customers.id = orders.customer_id)))\n  WHERE (EXISTS ( SELECT 1\n  "
      "         FROM public.refunds\n          WHERE (refunds.order_id = orders.id)))",
+     KEYS("id"), .mode = DIFF, .field = AFFECTED,
+     .want = "AS \"customers\" ON ((customers.id = orders.customer_id)))\n   WHERE EXISTS ( "
+             "SELECT 1\n           FROM pg_temp.\"__sluice_chg_16403\" AS \"refunds\"\n    "
+             "      WHERE (refunds.order_id = orders.id))) AS \"__sluice_u\" (\"id\")"},
+    {"not_exists_left_join_by_keys",
+     " SELECT customers.region,\n    count(orders.id) AS n\n   FROM (public.customers\n     "
+     "LEFT JOIN public.orders ON ((orders.customer_id = customers.id)))\n  WHERE (NOT (EXISTS ( "
+     "SELECT 1\n           FROM public.refunds\n          WHERE (refunds.order_id = "
+     "customers.id))))\n  GROUP BY customers.region",
+     KEYS("region"), .mode = DIFF, .field = AFFECTED,
+     .want = "WHERE ( (true)\n  ) AND \"customers\".\"id\" = ANY (ARRAY(SELECT \"id\" FROM "
+             "\"__sluice_units\"))"},
+    {"exists_with_subquery_in_from_full",
+     " SELECT s.id,\n    customers.name\n   FROM (( SELECT orders.id,\n            "
+     "orders.customer_id\n           FROM public.orders) s\n     JOIN public.customers ON "
+     "((customers.id = s.customer_id)))\n  WHERE (EXISTS ( SELECT 1\n           FROM "
+     "public.refunds\n          WHERE (refunds.order_id = s.id)))",
      KEYS("id"), .mode = FULL, .field = REASON,
      .want = "^a query with a subquery in its WHERE clause (EXISTS, NOT EXISTS, IN) is refreshed "
              "differentially when its FROM has only tables"},
