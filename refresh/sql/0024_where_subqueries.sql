@@ -126,18 +126,26 @@ BEGIN
     -- keeps the semi join rather than the group node; and a scan whose
     -- alias is not one of the query's own relations (PostgreSQL's range
     -- table as the view of the query prints it; EXPLAIN names a second
-    -- relation of the same name alias_1) reads a subquery's table.
+    -- relation of the same name alias_1, and the query's own come first)
+    -- reads a subquery's table. Not with a subquery in FROM (such a query
+    -- is refreshed in full): its tables' aliases are not all in that list,
+    -- and one taken for a subquery's would leave its key out of the row
+    -- identity, which could then repeat; without the list, a subquery's
+    -- table planned as an inner join leaves the query without a key
+    -- (content identity), which is always safe.
     IF query ~ '\m(EXISTS|IN|ANY|SOME)\s*\(\s*SELECT\M' THEN
         PERFORM set_config('enable_hashagg', 'off', true), set_config('enable_sort', 'off', true);
         IF to_regclass('pg_temp.__sluice_keys_probe') IS NOT NULL THEN
             DROP VIEW pg_temp.__sluice_keys_probe;
         END IF;
         EXECUTE 'CREATE TEMP VIEW __sluice_keys_probe AS ' || query;
-        own_rels := ARRAY(SELECT m[1]
-                            FROM pg_rewrite r,
-                                 regexp_matches(substring(r.ev_action::text FROM ' :rtable \((.*?) :jointree '),
-                                                ':eref \{ALIAS :aliasname ([^ ]+) ', 'g') m
-                           WHERE r.ev_class = 'pg_temp.__sluice_keys_probe'::regclass AND r.rulename = '_RETURN');
+        SELECT CASE WHEN r.ev_action::text !~ ' :rtekind 1 '
+                    THEN ARRAY(SELECT m[1]
+                                 FROM regexp_matches(substring(r.ev_action::text FROM ' :rtable \((.*?) :jointree '),
+                                                     ':eref \{ALIAS :aliasname ([^ ]+) ', 'g') m) END
+          INTO own_rels
+          FROM pg_rewrite r
+         WHERE r.ev_class = 'pg_temp.__sluice_keys_probe'::regclass AND r.rulename = '_RETURN';
         DROP VIEW pg_temp.__sluice_keys_probe;
     END IF;
     -- Wrapped in a subquery: with a single relation in the range table
