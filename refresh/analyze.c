@@ -3567,6 +3567,14 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
     if ((reason = map_keys(in->query, &t, &c, sel, in, keys)) != NULL)
         goto full;
     /* A join, or a table with subqueries in WHERE: its old state (by key). */
+    if (nsubs > 0 && f.n == 1 && f.v[0].src->npk == 0) {
+        snprintf(why, sizeof why,
+                 "table %s.%s has no primary key: a query over it with a subquery in WHERE is "
+                 "refreshed in full",
+                 f.v[0].src->schema, f.v[0].src->name);
+        reason = why;
+        goto full;
+    }
     if ((f.n > 1 || f.v[0].subquery || nsubs > 0) && f.grouping < 0 &&
         (reason = check_join(in->query, &t, &f, why, sizeof why)) != NULL)
         goto full;

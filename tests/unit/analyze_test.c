@@ -383,7 +383,8 @@ static const analyze_row_t rows[] = {
     {"exists_over_table_without_key_full",
      " SELECT audit.at\n   FROM public.audit\n  WHERE (EXISTS ( SELECT 1\n           FROM "
      "public.orders\n          WHERE (orders.id = audit.order_id)))",
-     KEYS("at"), .mode = FULL, .field = REASON, .want = "has no primary key"},
+     KEYS("at"), .mode = FULL, .field = REASON,
+     .want = "table public.audit has no primary key: a query over it with a subquery in WHERE"},
     {"exists_uncaptured_full",
      " SELECT orders.id\n   FROM public.orders\n  WHERE (EXISTS ( SELECT 1\n           FROM "
      "public.invoices\n          WHERE (invoices.order_id = orders.id)))",
