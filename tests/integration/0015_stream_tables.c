@@ -1860,7 +1860,42 @@ check_where_subqueries(const char *url, PGconn *conn)
                 "differential", "that change is refreshed differentially too");
     TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice.outbox WHERE id > %lld", before) == 0,
               "a refund of no order of the result publishes nothing");
+
+    /* A subquery over the query's own table (one source, read twice, like
+     * a self-join): under READ COMMITTED the refresh holds its writers off
+     * (SHARE) as for a join of two tables (migration 24); a query that
+     * reads its table once does not. */
+    const char *sq = "SELECT o.id, o.cust FROM ws_ord o WHERE EXISTS (SELECT 1 FROM ws_ord x "
+                     "WHERE x.cust = o.cust AND x.id <> o.id)";
+    th_sql(conn, "SELECT sluice.create_stream_table('ws_self', $q$%s$q$)", sq);
+    th_sql(conn, "SELECT sluice.create_stream_table('ws_once', 'SELECT id, cust FROM ws_ord "
+                 "WHERE cust > 0')");
+    th_sql(conn, "UPDATE sluice.stream_table_catalog SET full_refresh_fraction = 1000 "
+                 "WHERE name IN ('ws_self', 'ws_once')");
+    analyse_differential(url, conn, "ws_self");
+    analyse_differential(url, conn, "ws_once");
+    static const char *const self_lock =
+        "SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid() AND relation = "
+        "'ws_ord'::regclass AND mode = 'ShareLock' AND granted";
+    th_sql(conn, "BEGIN");
+    th_sql(conn, "UPDATE ws_ord SET cust = 2 WHERE id = 3");
+    TH_ASSERT(refresh(conn, "ws_self") > 0, "the move is refreshed in the transaction");
+    TH_ASSERT(th_sql_int(conn, self_lock) == 1, "the refresh of ws_self holds a SHARE lock");
+    th_sql(conn, "COMMIT");
+    th_sql(conn, "BEGIN");
+    th_sql(conn, "UPDATE ws_ord SET cust = 1 WHERE id = 6");
+    TH_ASSERT(refresh(conn, "ws_once") > 0, "the move is refreshed in the transaction");
+    TH_ASSERT(th_sql_int(conn, self_lock) == 0, "the refresh of ws_once takes no SHARE lock");
+    th_sql(conn, "COMMIT");
+    TH_ASSERT(refresh(conn, "ws_self") > 0, "the second move is refreshed");
+    expect_text(th_sql_text(conn, "SELECT string_agg(DISTINCT last_refresh_mode, ',') FROM "
+                                  "sluice.stream_table_catalog WHERE name IN ('ws_self', "
+                                  "'ws_once')"),
+                "differential", "both refreshed differentially");
+    TH_ASSERT(diff_from_query(conn, "ws_self", "id, cust", sq) == 0, "ws_self equals its query");
     th_sql(conn, "SELECT sluice.drop_stream_table('ws_open');"
+                 "SELECT sluice.drop_stream_table('ws_self');"
+                 "SELECT sluice.drop_stream_table('ws_once');"
                  "DROP TABLE ws_ord, ws_ref, ws_vip");
 }
 
