@@ -20,7 +20,8 @@
 -- window, for which the same subquery over t's change images finds a row.
 -- (In a LEFT JOIN chain refreshed by its first table's rows, the first
 -- table's rows of those combinations.) The recompute is the query itself,
--- restricted to those keys. The refresh driver is unchanged.
+-- restricted to those keys. The refresh driver runs these statements as
+-- it runs any other analysis (its one change, a lock, is below).
 --
 -- NOT IN stays FULL: one NULL among the subquery's values makes it false
 -- for every row, which no changed row matching a given row would tell.
