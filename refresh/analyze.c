@@ -223,6 +223,14 @@ tok_is(const char *q, const tok_t *t, const char *word)
     return (size_t)(t->end - t->start) == n && strncasecmp(q + t->start, word, n) == 0;
 }
 
+/* The last token of a table's name that starts at token k (name, or
+ * schema . name). */
+static size_t
+name_last_tok(const char *q, const toks_t *t, size_t k)
+{
+    return k + 2 < t->n && tok_is(q, &t->v[k + 1], ".") ? k + 2 : k;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Output buffer with printf                                                 */
 /* ------------------------------------------------------------------------ */
@@ -311,6 +319,14 @@ str(const cJSON *n, const char *key)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(n, key);
     return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+/* The byte offset a node gives as its location in the query, or -1. */
+static int
+location(const cJSON *n)
+{
+    const cJSON *loc = cJSON_GetObjectItemCaseSensitive(n, "location");
+    return cJSON_IsNumber(loc) ? loc->valueint : -1;
 }
 
 /* True when any node below n is of `type` (e.g. "SubLink"). */
@@ -430,8 +446,7 @@ conjunct_sublink(const cJSON *e, bool *neg, int *not_at)
     *neg = b != NULL && str(b, "boolop") != NULL && strcmp(str(b, "boolop"), "NOT_EXPR") == 0 &&
            cJSON_GetArraySize(args) == 1;
     if (*neg) {
-        const cJSON *loc = cJSON_GetObjectItemCaseSensitive(b, "location");
-        *not_at = cJSON_IsNumber(loc) ? loc->valueint : -1;
+        *not_at = location(b);
         e = cJSON_GetArrayItem(args, 0);
     }
     const cJSON *s = node(e, "SubLink");
@@ -830,8 +845,7 @@ add_table(const cJSON *rv, const sl_analyze_in_t *in, from_t *f)
     if (r->alias == NULL)
         r->alias = name;
     r->text_name = r->alias;
-    const cJSON *loc = cJSON_GetObjectItemCaseSensitive(rv, "location");
-    r->loc = cJSON_IsNumber(loc) ? loc->valueint : -1;
+    r->loc = location(rv);
     return NULL;
 }
 
@@ -1905,13 +1919,6 @@ paren_end(const char *q, const toks_t *t, size_t k)
     return -1;
 }
 
-static int
-location(const cJSON *n)
-{
-    const cJSON *loc = cJSON_GetObjectItemCaseSensitive(n, "location");
-    return cJSON_IsNumber(loc) ? loc->valueint : -1;
-}
-
 /* Finds the subqueries of sel's WHERE clause (all accepted by
  * sublink_reason) in the text, with the tables they read; returns why they
  * cannot be followed, or NULL. */
@@ -1947,9 +1954,7 @@ find_sublinks(const cJSON *sel, const sl_analyze_in_t *in, const char *q, const 
         if ((b->src = source_of(rv, in)) == NULL)
             return "a table read by a subquery in the WHERE clause is not among the stream "
                    "table's captured sources";
-        size_t k = tok_at(t, location(rv)), e = k;
-        if (e + 2 < t->n && tok_is(q, &t->v[e + 1], "."))
-            e += 2;
+        size_t k = tok_at(t, location(rv)), e = name_last_tok(q, t, k);
         b->name = str(node(rv, "alias"), "aliasname") != NULL ? NULL : str(rv, "relname");
         if (k == t->n || b->to < 0 || b->conj_to < 0 || b->conj_from > b->from ||
             t->v[k].start <= b->from || t->v[e].end >= b->to || prev_end > b->conj_from)
@@ -2069,10 +2074,7 @@ out_from(out_t *o, const char *q, const toks_t *t, const clauses_t *c, const fro
         }
         if (!old)
             continue;
-        size_t k = tok_at(t, r->loc);
-        size_t e = k; /* the name's last token */
-        if (e + 2 < t->n && tok_is(q, &t->v[e + 1], "."))
-            e += 2;
+        size_t e = name_last_tok(q, t, tok_at(t, r->loc));
         outq(o, q, at, r->loc);
         if (r == touched) {
             outf(o, "(");
