@@ -59,10 +59,13 @@
  * whose trigger ran just before the engine armed and that commits after the
  * confirming pass read its snapshot rings nobody either, so arming also
  * lists the transactions then in progress (their transaction-id locks in
- * pg_locks: a writer has its id before its trigger tries the doorbell lock)
- * and, once none of them is left (polled, 5 ms doubling to 250 ms), every
- * stream table is pending once more: a second confirming pass. A ring in
- * between disarms and drops the list (the next arm lists afresh).
+ * pg_locks: a writer has its id before its trigger tries the doorbell lock;
+ * our own workers' refreshes are left out, their readers learn of them from
+ * their results) and, whenever some of them have ended (polled, 5 ms
+ * doubling to 250 ms), every stream table is pending once more: a further
+ * confirming pass, so a long transaction in the list does not hold back a
+ * short one's changes. A ring in between disarms and drops the list (the
+ * next arm lists afresh).
  *
  * Failures. A failed refresh is recorded with sluice._record_failure() on
  * the worker that ran it (which counts it, or puts the stream table in
@@ -220,12 +223,14 @@ engine_on_signal(int sig)
 #define SQL_FLUSH "SELECT sluice._flush_notifications()"
 #define SQL_ARM "SELECT pg_advisory_lock_shared(" SL_ENGINE_DOORBELL_LOCK ")"
 #define SQL_DISARM "SELECT pg_advisory_unlock_shared(" SL_ENGINE_DOORBELL_LOCK ")"
-/* Transactions in progress (other than ours), as a text array of xids, or
- * NULL; then how many of them are still in progress. */
+/* Transactions in progress, as a text array of xids (or NULL) and their
+ * number; not ours, nor those of our workers ($1, an int[] of backend pids:
+ * what a refresh writes, its readers learn from its result); then how many
+ * of them are still in progress. */
 #define SQL_WRITERS                                                                  \
-    "SELECT array_agg(l.transactionid)::text FROM pg_catalog.pg_locks l "            \
+    "SELECT array_agg(l.transactionid)::text, count(*) FROM pg_catalog.pg_locks l "  \
     "WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock' AND l.granted " \
-    "AND l.pid <> pg_catalog.pg_backend_pid()"
+    "AND l.pid <> pg_catalog.pg_backend_pid() AND l.pid <> ALL ($1::int[])"
 #define SQL_WRITERS_LEFT                                                             \
     "SELECT count(*) FROM pg_catalog.pg_locks l WHERE l.locktype = 'transactionid' " \
     "AND l.mode = 'ExclusiveLock' AND l.granted AND l.transactionid = ANY ($1::xid[])"
@@ -661,6 +666,7 @@ struct engine {
     size_t nsts;
     bool armed;                /* main holds the doorbell lock */
     char *writers;             /* owned: xids in progress when armed ({..}), or NULL */
+    int writers_n;             /* how many of them were in progress at the last look */
     uint64_t writers_poll_ms;  /* next look at them */
     uint64_t writers_gap_ms;   /* and the one after waits twice as long, up to the max */
     bool rung;                 /* a ring arrived since the last step */
@@ -722,6 +728,16 @@ mark_all_pending(engine_t *eng)
 {
     for (size_t i = 0; i < eng->nsts; i++)
         eng->sts[i].pending = true;
+}
+
+/* The stream tables that read stream table id have something new to read. */
+static void
+readers_pending(engine_t *eng, int64_t id)
+{
+    for (size_t i = 0; i < eng->nsts; i++)
+        for (size_t u = 0; u < eng->sts[i].nup; u++)
+            if (eng->sts[i].up[u] == id)
+                eng->sts[i].pending = true;
 }
 
 static void
@@ -935,11 +951,7 @@ wk_on_result(sl_pgconn_t *pc, PGresult *res, void *ctx)
                 sl_log_info("engine.refreshed",
                             "stream_table=%s refresh_id=%s ms=%" PRIu64 " worker=%d", wk->st_name,
                             PQgetvalue(res, 0, 0), ms, wk->no);
-                /* Its readers have something new to read. */
-                for (size_t i = 0; i < eng->nsts; i++)
-                    for (size_t u = 0; u < eng->sts[i].nup; u++)
-                        if (eng->sts[i].up[u] == wk->st_id)
-                            eng->sts[i].pending = true;
+                readers_pending(eng, wk->st_id);
             }
             PQclear(res);
             wk_finish(wk, WK_IDLE);
@@ -1024,6 +1036,9 @@ wk_on_down(sl_pgconn_t *pc, const sl_err_t *err, void *ctx)
         engine_st_t *st = st_find(wk->eng, wk->st_id);
         if (st != NULL)
             st->pending = true; /* another worker retries it */
+        /* It may have committed before the connection went: its readers
+         * look too (the writers' list leaves our workers out). */
+        readers_pending(wk->eng, wk->st_id);
         sl_log_warn("engine.worker_down", "worker=%d stream_table=%s err=%s", wk->no, wk->st_name,
                     sl_log_quote(q, sizeof q, err->msg));
     } else {
@@ -1229,7 +1244,20 @@ static int
 writers_list(engine_t *eng, sl_err_t *err)
 {
     writers_drop(eng);
-    PGresult *res = PQexec(eng->main, SQL_WRITERS);
+    /* Our workers' backends: "{1,2}", at most 12 bytes per pid. */
+    size_t cap = 3 + 12 * (size_t)eng->o->workers, len = 0;
+    char *pids = malloc(cap);
+    if (pids == NULL)
+        return sl_err_nomem(err, "the list of worker backends");
+    pids[len++] = '{';
+    for (int i = 0; i < eng->o->workers; i++)
+        if (eng->wks[i].backend_pid > 0)
+            len += (size_t)snprintf(pids + len, cap - len, "%s%d", len > 1 ? "," : "",
+                                    eng->wks[i].backend_pid);
+    snprintf(pids + len, cap - len, "}");
+    const char *params[1] = {pids};
+    PGresult *res = PQexecParams(eng->main, SQL_WRITERS, 1, NULL, params, NULL, NULL, 0);
+    free(pids);
     if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
         int rc = sl_pg_result_err(res, eng->main, err);
         PQclear(res);
@@ -1241,6 +1269,7 @@ writers_list(engine_t *eng, sl_err_t *err)
             PQclear(res);
             return sl_err_set(err, SL_ERR, "out of memory listing transactions in progress");
         }
+        eng->writers_n = atoi(PQgetvalue(res, 0, 1));
         eng->writers_gap_ms = SL_ENGINE_WRITERS_POLL_MS;
         eng->writers_poll_ms = sl_now_ms() + eng->writers_gap_ms;
     }
@@ -1399,14 +1428,19 @@ engine_step(engine_t *eng)
         if (left < 0) {
             if (main_failed(eng, "look at transactions in progress", &e))
                 return;
-        } else if (left == 0) {
-            /* Writers that may have tried the lock before it was taken
-             * are gone: the second confirming pass. */
-            writers_drop(eng);
+        } else if (left < eng->writers_n) {
+            /* Some writers that may have tried the lock before it was
+             * taken are gone: a confirming pass for them now, not once the
+             * slowest of the list is gone too (a long transaction would
+             * hold back the others' changes for its whole length). */
+            sl_log_debug("engine.confirmed", "reason=writers_done left=%d", left);
+            eng->writers_n = left;
             mark_all_pending(eng);
-            sl_log_debug("engine.confirmed", "reason=writers_done");
             engine_kick(eng);
-        } else {
+            if (left == 0)
+                writers_drop(eng);
+        }
+        if (left > 0) {
             eng->writers_poll_ms = now + eng->writers_gap_ms;
             eng->writers_gap_ms = eng->writers_gap_ms * 2 > SL_ENGINE_WRITERS_POLL_MAX_MS
                                       ? SL_ENGINE_WRITERS_POLL_MAX_MS
