@@ -62,7 +62,12 @@
  *     WHERE clause of a query over tables (inner joins or a LEFT JOIN
  *     chain; or of a UNION ALL branch): the tables' terms as above, plus
  *     the keys (or units) of the rows for which the subquery, run over its
- *     table's change images, finds a row (gen_affected_sublinks).
+ *     table's change images, finds a row (gen_affected_sublinks);
+ *   - subqueries over one table in the select list of such a query that
+ *     neither groups nor aggregates (a scalar subquery, EXISTS, IN, ARRAY):
+ *     the same, where what is run over the change images is the
+ *     subquery's WHERE clause alone, since its value for a row depends
+ *     only on the rows of its table that clause lets through.
  * UNION without ALL, subqueries elsewhere, WITH, window functions, LIMIT and
  * the rest are refreshed in full, and the reason says so. docs/stream-tables.md
  * ("What is refreshed differentially") has the argument in prose.
@@ -343,6 +348,20 @@ has_node(const cJSON *n, const char *type)
     return false;
 }
 
+/* has_node, not looking inside subqueries in expressions. */
+static bool
+has_own_node(const cJSON *n, const char *type)
+{
+    if (n == NULL || (n->string != NULL && strcmp(n->string, "SubLink") == 0))
+        return false;
+    if (n->string != NULL && strcmp(n->string, type) == 0)
+        return true;
+    for (const cJSON *c = n->child; c != NULL; c = c->next)
+        if (has_own_node(c, type))
+            return true;
+    return false;
+}
+
 /* True when a FuncCall below n has an OVER clause (a window function). */
 static bool
 has_window(const cJSON *n)
@@ -397,23 +416,27 @@ figure_colname(const cJSON *val)
 /* Subqueries in expressions                                                 */
 /* ------------------------------------------------------------------------ */
 
-/* Subqueries in expressions (SubLinks) that a refresh can follow: EXISTS,
- * NOT EXISTS and `column IN (SELECT ...)` (or `column op ANY (SELECT ...)`)
- * ANDed into the WHERE clause of the stream table's query or of a UNION ALL
- * branch, each over one table. How their changes are followed:
- * gen_affected_sublinks. */
+/* Subqueries in expressions (SubLinks) that a refresh can follow, in the
+ * stream table's query or in a UNION ALL branch, each over one table:
+ * EXISTS, NOT EXISTS and `column IN (SELECT ...)` (or `column op ANY
+ * (SELECT ...)`) ANDed into the WHERE clause; and any subquery that gives
+ * a value (scalar, EXISTS, IN, ANY, ALL, ARRAY) in the select list of a
+ * query that neither groups nor aggregates. How their changes are
+ * followed: gen_affected_sublinks. */
 static const char *const why_sublink =
     "subqueries in expressions are refreshed differentially only as EXISTS, NOT EXISTS or IN "
     "(SELECT ...) conditions ANDed into the WHERE clause, each reading one table with no GROUP "
     "BY, HAVING, aggregate, window function, DISTINCT ON, LIMIT or subquery of its own (NOT IN "
-    "is refreshed in full: write NOT EXISTS); this one is refreshed in full";
+    "is refreshed in full: write NOT EXISTS), or in the select list of a query that neither "
+    "groups nor aggregates, each reading one table with no subquery of its own; this one is "
+    "refreshed in full";
 static const char *const why_sublink_nested =
-    "subqueries in expressions are refreshed differentially in the WHERE clause of the stream "
-    "table's query or of a UNION ALL branch, not inside a subquery in FROM";
+    "subqueries in expressions are refreshed differentially in the WHERE clause or the select "
+    "list of the stream table's query or of a UNION ALL branch, not inside a subquery in FROM";
 static const char *const why_sublink_from =
-    "a query with a subquery in its WHERE clause (EXISTS, NOT EXISTS, IN) is refreshed "
-    "differentially when its FROM has only tables (joined, or in a LEFT JOIN chain), no "
-    "subquery in FROM";
+    "a query with a subquery in its WHERE clause (EXISTS, NOT EXISTS, IN) or in its select list "
+    "is refreshed differentially when its FROM has only tables (joined, or in a LEFT JOIN "
+    "chain), no subquery in FROM";
 
 #define MAX_SUBLINKS 16
 
@@ -495,6 +518,75 @@ sublink_select(const cJSON *s)
     return sel;
 }
 
+/* The subquery of SubLink s in the select list when it reads one table,
+ * whatever it does with that table's rows, and gives a value (a scalar
+ * subquery, EXISTS, IN, ANY, ALL or ARRAY); else NULL. */
+static const cJSON *
+target_sublink_select(const cJSON *s)
+{
+    const cJSON *sel = node(cJSON_GetObjectItemCaseSensitive(s, "subselect"), "SelectStmt");
+    const cJSON *from = cJSON_GetObjectItemCaseSensitive(sel, "fromClause");
+    const cJSON *rv = node(cJSON_GetArrayItem(from, 0), "RangeVar");
+    const char *op = str(sel, "op"), *type = str(s, "subLinkType");
+    static const char *const types[] = {"EXPR_SUBLINK", "EXISTS_SUBLINK", "ANY_SUBLINK",
+                                        "ALL_SUBLINK", "ARRAY_SUBLINK"};
+    static const char *const refused[] = {"withClause", "lockingClause", "valuesLists",
+                                          "intoClause"};
+    bool typed = false;
+    for (size_t i = 0; type != NULL && i < sizeof types / sizeof types[0]; i++)
+        typed = typed || strcmp(type, types[i]) == 0;
+    if (!typed || sel == NULL || (op != NULL && strcmp(op, "SETOP_NONE") != 0) ||
+        cJSON_GetArraySize(from) != 1 || rv == NULL ||
+        !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(rv, "inh")) || has_node(sel, "SubLink") ||
+        has_long_colref(sel))
+        return NULL;
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++)
+        if (cJSON_GetObjectItemCaseSensitive(sel, refused[i]) != NULL)
+            return NULL;
+    return sel;
+}
+
+/* Collects the SubLinks below n that are not inside another one, in the
+ * order of the tree (the text's, for a select list); returns how many
+ * there are, storing at most max. */
+static size_t
+top_sublinks(const cJSON *n, const cJSON **v, size_t k, size_t max)
+{
+    if (n == NULL)
+        return k;
+    if (n->string != NULL && strcmp(n->string, "SubLink") == 0) {
+        if (k < max)
+            v[k] = n;
+        return k + 1;
+    }
+    for (const cJSON *c = n->child; c != NULL; c = c->next)
+        k = top_sublinks(c, v, k, max);
+    return k;
+}
+
+/* Why the subqueries in sel's select list keep it from being refreshed
+ * differentially, or NULL. A query with no row identity (in->nkeys 0)
+ * aggregates into one row. */
+static const char *
+target_sublink_reason(const cJSON *sel, const sl_analyze_in_t *in)
+{
+    const cJSON *tl = cJSON_GetObjectItemCaseSensitive(sel, "targetList");
+    if (!has_node(tl, "SubLink"))
+        return NULL;
+    if (in->nkeys == 0 || cJSON_GetObjectItemCaseSensitive(sel, "groupClause") != NULL ||
+        cJSON_GetObjectItemCaseSensitive(sel, "havingClause") != NULL ||
+        cJSON_GetObjectItemCaseSensitive(sel, "distinctClause") != NULL)
+        return why_sublink;
+    const cJSON *v[MAX_SUBLINKS];
+    size_t n = top_sublinks(tl, v, 0, MAX_SUBLINKS);
+    if (n > MAX_SUBLINKS)
+        return why_sublink;
+    for (size_t i = 0; i < n; i++)
+        if (target_sublink_select(v[i]) == NULL)
+            return why_sublink;
+    return NULL;
+}
+
 /* Why the subqueries in sel's expressions keep it from being refreshed
  * differentially, or NULL (none, or only ones a refresh can follow). */
 static const char *
@@ -509,8 +601,13 @@ sublink_reason(const cJSON *sel, const sl_analyze_in_t *in)
         if (has_node(item, "RangeSubselect") && has_node(item, "SubLink"))
             return why_sublink_nested;
     for (const cJSON *c = sel->child; c != NULL; c = c->next)
-        if ((c->string == NULL || strcmp(c->string, "whereClause") != 0) && has_node(c, "SubLink"))
+        if ((c->string == NULL ||
+             (strcmp(c->string, "whereClause") != 0 && strcmp(c->string, "targetList") != 0)) &&
+            has_node(c, "SubLink"))
             return why_sublink;
+    const char *why = target_sublink_reason(sel, in);
+    if (why != NULL)
+        return why;
     const cJSON *v[MAX_SUBLINKS * 4];
     size_t n =
         conjuncts(cJSON_GetObjectItemCaseSensitive(sel, "whereClause"), v, 0, MAX_SUBLINKS * 4);
@@ -628,16 +725,35 @@ tree_select(out_t *o, const cJSON *sel, int depth)
     outf(o, "Project (%d column%s)\n",
          cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(sel, "targetList")),
          cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(sel, "targetList")) == 1 ? "" : "s");
+    /* The select list's subqueries, then the Project's input. */
+    const cJSON *tv[MAX_SUBLINKS];
+    size_t nt =
+        top_sublinks(cJSON_GetObjectItemCaseSensitive(sel, "targetList"), tv, 0, MAX_SUBLINKS);
+    for (size_t i = 0; i < nt && i < MAX_SUBLINKS; i++) {
+        const char *type = str(tv[i], "subLinkType");
+        static const char *const names[][2] = {
+            {"EXPR_SUBLINK", "scalar"}, {"EXISTS_SUBLINK", "EXISTS"}, {"ANY_SUBLINK", "IN/ANY"},
+            {"ALL_SUBLINK", "ALL"},     {"ARRAY_SUBLINK", "ARRAY"},
+        };
+        const char *name = type != NULL ? type : "?";
+        for (size_t k = 0; type != NULL && k < sizeof names / sizeof names[0]; k++)
+            if (strcmp(type, names[k][0]) == 0)
+                name = names[k][1];
+        indent(o, d);
+        outf(o, "Subquery (%s)\n", name);
+        tree_select(o, node(cJSON_GetObjectItemCaseSensitive(tv[i], "subselect"), "SelectStmt"),
+                    d + 1);
+    }
     if (cJSON_GetObjectItemCaseSensitive(sel, "havingClause") != NULL) {
         indent(o, d++);
         outf(o, "Filter (HAVING)\n");
     }
     const cJSON *group = cJSON_GetObjectItemCaseSensitive(sel, "groupClause");
     if (group != NULL ||
-        has_node(cJSON_GetObjectItemCaseSensitive(sel, "targetList"), "FuncCall")) {
+        has_own_node(cJSON_GetObjectItemCaseSensitive(sel, "targetList"), "FuncCall")) {
         int ng = cJSON_GetArraySize(group);
-        if (group != NULL || has_node(sel, "agg_star") ||
-            has_node(cJSON_GetObjectItemCaseSensitive(sel, "havingClause"), "FuncCall")) {
+        if (group != NULL || has_own_node(sel, "agg_star") ||
+            has_own_node(cJSON_GetObjectItemCaseSensitive(sel, "havingClause"), "FuncCall")) {
             indent(o, d++);
             if (ng > 0)
                 outf(o, "Aggregate (GROUP BY %d key%s)\n", ng, ng == 1 ? "" : "s");
@@ -1895,12 +2011,16 @@ gen_algebraic(out_t *o, const char *q, const toks_t *t, const clauses_t *c, cons
 /* Subqueries in the WHERE clause                                            */
 /* ------------------------------------------------------------------------ */
 
-/* A subquery of the WHERE clause that sublink_reason accepted, in the text. */
+/* A subquery that sublink_reason accepted, in the text: a condition of
+ * the WHERE clause, or a value in the select list. */
 typedef struct sublink {
     const sl_analyze_src_t *src; /* the table it reads */
+    bool value;                  /* in the select list (conj_* unused) */
     int conj_from, conj_to;      /* its conjunct (with NOT) */
-    int from, to;                /* the condition without NOT: EXISTS (...), col IN (...) */
+    int from, to;                /* the condition without NOT: EXISTS (...), col IN (...);
+                                  * a value: the subquery's parentheses */
     int name_from, name_to;      /* the table's name inside it */
+    int where_end;               /* a value: the end of its WHERE clause (or of its FROM) */
     const char *name;            /* the name to give its change rows (no alias: the table's) */
 } sublink_t;
 
@@ -1919,18 +2039,87 @@ paren_end(const char *q, const toks_t *t, size_t k)
     return -1;
 }
 
-/* Finds the subqueries of sel's WHERE clause (all accepted by
- * sublink_reason) in the text, with the tables they read; returns why they
- * cannot be followed, or NULL. */
+/* Locates subquery ssel's table in the text (b->name_*, b->name, b->src);
+ * returns why it cannot, or NULL. */
+static const char *
+locate_sublink_table(const cJSON *ssel, const sl_analyze_in_t *in, const char *q, const toks_t *t,
+                     sublink_t *b)
+{
+    const cJSON *rv = node(
+        cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(ssel, "fromClause"), 0), "RangeVar");
+    if ((b->src = source_of(rv, in)) == NULL)
+        return "a table read by a subquery in an expression is not among the stream table's "
+               "captured sources";
+    size_t k = tok_at(t, location(rv)), e = name_last_tok(q, t, k);
+    b->name = str(node(rv, "alias"), "aliasname") != NULL ? NULL : str(rv, "relname");
+    if (k == t->n || b->to < 0 || t->v[k].start <= b->from || t->v[e].end >= b->to)
+        return "a subquery in an expression could not be located in the query text";
+    b->name_from = t->v[k].start;
+    b->name_to = t->v[e].end;
+    return NULL;
+}
+
+/* The end of the WHERE clause of value subquery b (of its FROM when it has
+ * none): the first clause keyword after its table at its own depth, or its
+ * closing parenthesis. */
+static int
+sublink_where_end(const char *q, const toks_t *t, const sublink_t *b)
+{
+    static const char *const after[] = {"GROUP", "HAVING", "WINDOW", "ORDER",
+                                        "LIMIT", "OFFSET", "FETCH",  "FOR"};
+    int depth = 0;
+    size_t k = 0;
+    while (k < t->n && t->v[k].start < b->name_to)
+        k++;
+    for (; k < t->n && t->v[k].start < b->to; k++) {
+        if (tok_is(q, &t->v[k], "("))
+            depth++;
+        else if (tok_is(q, &t->v[k], ")") && --depth < 0)
+            return t->v[k].start;
+        else if (depth == 0 && t->v[k].keyword)
+            for (size_t w = 0; w < sizeof after / sizeof after[0]; w++)
+                if (tok_is(q, &t->v[k], after[w]))
+                    return t->v[k].start;
+    }
+    return -1;
+}
+
+/* Finds the subqueries of sel's select list and WHERE clause (all accepted
+ * by sublink_reason) in the text, with the tables they read; returns why
+ * they cannot be followed, or NULL. */
 static const char *
 find_sublinks(const cJSON *sel, const sl_analyze_in_t *in, const char *q, const toks_t *t,
               sublink_t *subs, size_t *nsubs)
 {
+    *nsubs = 0;
+    /* The select list's, in text order (it comes before WHERE). */
+    const cJSON *tv[MAX_SUBLINKS];
+    size_t nt =
+        top_sublinks(cJSON_GetObjectItemCaseSensitive(sel, "targetList"), tv, 0, MAX_SUBLINKS);
+    int prev_end = -1; /* the previous subquery's end: they are in text order */
+    for (size_t i = 0; i < nt; i++) {
+        const cJSON *ssel = i < MAX_SUBLINKS ? target_sublink_select(tv[i]) : NULL;
+        if (ssel == NULL)
+            return why_sublink;
+        sublink_t *b = &subs[(*nsubs)++];
+        *b = (sublink_t){.value = true, .conj_from = -1, .conj_to = -1};
+        b->from = location(tv[i]);
+        size_t kf = tok_at(t, b->from);
+        /* A scalar or ARRAY subquery's location is its parenthesis, EXISTS's
+         * the keyword, IN's and ANY's the operator after the column. */
+        while (kf < t->n && !tok_is(q, &t->v[kf], "("))
+            kf++;
+        b->to = kf < t->n ? paren_end(q, t, kf) : -1;
+        const char *why = locate_sublink_table(ssel, in, q, t, b);
+        if (why != NULL)
+            return why;
+        if ((b->where_end = sublink_where_end(q, t, b)) < 0 || prev_end > b->from)
+            return "a subquery in the select list could not be located in the query text";
+        prev_end = b->to;
+    }
     const cJSON *v[MAX_SUBLINKS * 4];
     size_t n =
         conjuncts(cJSON_GetObjectItemCaseSensitive(sel, "whereClause"), v, 0, MAX_SUBLINKS * 4);
-    *nsubs = 0;
-    int prev_end = -1; /* the previous subquery's conjunct: they are in text order */
     for (size_t i = 0; i < n && i < MAX_SUBLINKS * 4; i++) {
         if (!has_node(v[i], "SubLink"))
             continue;
@@ -1941,6 +2130,7 @@ find_sublinks(const cJSON *sel, const sl_analyze_in_t *in, const char *q, const 
         if (ssel == NULL || *nsubs == MAX_SUBLINKS)
             return why_sublink;
         sublink_t *b = &subs[(*nsubs)++];
+        *b = (sublink_t){.value = false};
         const cJSON *test = node(cJSON_GetObjectItemCaseSensitive(s, "testexpr"), "ColumnRef");
         b->from = test != NULL ? location(test) : location(s);
         b->conj_from = neg ? not_at : b->from;
@@ -1948,19 +2138,11 @@ find_sublinks(const cJSON *sel, const sl_analyze_in_t *in, const char *q, const 
         b->to = kf < t->n ? paren_end(q, t, kf) : -1;
         b->conj_to = kc < t->n ? paren_end(q, t, kc) : -1;
         /* Its table: a captured source, its name's tokens (schema . name). */
-        const cJSON *rv =
-            node(cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(ssel, "fromClause"), 0),
-                 "RangeVar");
-        if ((b->src = source_of(rv, in)) == NULL)
-            return "a table read by a subquery in the WHERE clause is not among the stream "
-                   "table's captured sources";
-        size_t k = tok_at(t, location(rv)), e = name_last_tok(q, t, k);
-        b->name = str(node(rv, "alias"), "aliasname") != NULL ? NULL : str(rv, "relname");
-        if (k == t->n || b->to < 0 || b->conj_to < 0 || b->conj_from > b->from ||
-            t->v[k].start <= b->from || t->v[e].end >= b->to || prev_end > b->conj_from)
+        const char *why = locate_sublink_table(ssel, in, q, t, b);
+        if (why != NULL)
+            return why;
+        if (b->conj_to < 0 || b->conj_from > b->from || prev_end > b->conj_from)
             return "a subquery in the WHERE clause could not be located in the query text";
-        b->name_from = t->v[k].start;
-        b->name_to = t->v[e].end;
         prev_end = b->conj_to;
     }
     return NULL;
@@ -1972,8 +2154,14 @@ static void
 out_where_masked(out_t *o, const char *q, const toks_t *t, const clauses_t *c,
                  const sublink_t *subs, size_t nsubs)
 {
+    if (c->tok[CL_WHERE] < 0) {
+        outf(o, "true");
+        return;
+    }
     int at = t->v[c->tok[CL_WHERE]].end;
     for (size_t i = 0; i < nsubs; i++) {
+        if (subs[i].value)
+            continue;
         outq(o, q, at, subs[i].conj_from);
         outf(o, "true");
         at = subs[i].conj_to;
@@ -1982,17 +2170,27 @@ out_where_masked(out_t *o, const char *q, const toks_t *t, const clauses_t *c,
 }
 
 /* Appends subquery s's condition (without its NOT) over its table's change
- * images: the rows for which it finds a changed row. */
+ * images: the rows for which it finds a changed row. For a value in the
+ * select list, the condition is that a changed row passes its WHERE
+ * clause: its value depends on no other rows of its table. */
 static void
 out_sublink_changes(out_t *o, const char *q, const sublink_t *s)
 {
-    outq(o, q, s->from, s->name_from);
+    if (s->value)
+        outf(o, "EXISTS (SELECT FROM ");
+    else
+        outq(o, q, s->from, s->name_from);
     outf(o, "pg_temp.\"__sluice_chg_%u\"", s->src->relid);
     if (s->name != NULL) {
         outf(o, " AS ");
         outid(o, s->name);
     }
-    outq(o, q, s->name_to, s->to);
+    if (s->value) {
+        outq(o, q, s->name_to, s->where_end);
+        outf(o, ")");
+    } else {
+        outq(o, q, s->name_to, s->to);
+    }
 }
 
 /* ------------------------------------------------------------------------ */
@@ -3571,8 +3769,8 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
     /* A join, or a table with subqueries in WHERE: its old state (by key). */
     if (nsubs > 0 && f.n == 1 && f.v[0].src->npk == 0) {
         snprintf(why, sizeof why,
-                 "table %s.%s has no primary key: a query over it with a subquery in WHERE is "
-                 "refreshed in full",
+                 "table %s.%s has no primary key: a query over it with a subquery in WHERE or "
+                 "in the select list is refreshed in full",
                  f.v[0].src->schema, f.v[0].src->name);
         reason = why;
         goto full;

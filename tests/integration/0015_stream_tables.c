@@ -583,10 +583,52 @@ check_query_fallback(const char *url, PGconn *conn)
                     "SELECT id, amount FROM orders WHERE customer_id NOT IN (SELECT id FROM "
                     "customers)",
                     sublink_reason);
+    /* In the select list (migration 25): a value from one table, in a
+     * query that neither groups nor aggregates. */
     expect_fallback(conn,
                     "SELECT o.id, (SELECT count(*) FROM customers c WHERE c.id = o.customer_id) "
                     "AS n FROM orders o",
+                    NULL);
+    expect_fallback(conn,
+                    "SELECT o.id, c.id AS cid, (SELECT x.amount FROM orders x WHERE "
+                    "x.customer_id = c.id ORDER BY x.id DESC LIMIT 1) AS last, EXISTS (SELECT "
+                    "FROM orders y WHERE y.amount > o.amount) AS beaten FROM orders o JOIN "
+                    "customers c ON c.id = o.customer_id",
+                    NULL);
+    expect_fallback(conn,
+                    "SELECT o.id FROM orders o WHERE o.amount < ALL (SELECT amount FROM orders "
+                    "x WHERE x.customer_id = o.customer_id AND x.id <> o.id)",
                     sublink_reason);
+    expect_fallback(conn,
+                    "SELECT o.id FROM orders o WHERE ARRAY(SELECT c.id FROM customers c WHERE "
+                    "c.id = o.customer_id) IS NOT NULL",
+                    sublink_reason);
+    expect_fallback(conn,
+                    "SELECT c.id, ARRAY(SELECT o.id FROM orders o WHERE o.customer_id = c.id "
+                    "ORDER BY o.id) AS ids FROM customers c UNION ALL SELECT o.id, NULL FROM "
+                    "orders o",
+                    NULL);
+    expect_fallback(conn,
+                    "SELECT o.customer_id, count(*) AS n, (SELECT c.name FROM customers c "
+                    "WHERE c.id = o.customer_id) AS name FROM orders o GROUP BY o.customer_id",
+                    sublink_reason);
+    expect_fallback(conn,
+                    "SELECT DISTINCT o.customer_id, (SELECT c.name FROM customers c WHERE c.id "
+                    "= o.customer_id) AS name FROM orders o",
+                    sublink_reason);
+    expect_fallback(conn,
+                    "SELECT o.id, (SELECT count(*) FROM customers c JOIN orders x ON "
+                    "x.customer_id = c.id WHERE c.id = o.customer_id) AS n FROM orders o",
+                    sublink_reason);
+    expect_fallback(conn,
+                    "SELECT o.id, (SELECT count(*) FROM customers c WHERE c.id IN (SELECT "
+                    "customer_id FROM orders)) AS n FROM orders o",
+                    sublink_reason);
+    expect_fallback(conn,
+                    "SELECT s.id, (SELECT c.name FROM customers c WHERE c.id = s.customer_id) "
+                    "AS name FROM (SELECT id, customer_id FROM orders) s",
+                    "a query with a subquery in its WHERE clause (EXISTS, NOT EXISTS, IN) or in "
+                    "its select list is refreshed differentially when its FROM has only tables");
     expect_fallback(conn, "SELECT id FROM orders WHERE amount IN (SELECT max(amount) FROM orders)",
                     sublink_reason);
     expect_fallback(conn,
@@ -601,8 +643,8 @@ check_query_fallback(const char *url, PGconn *conn)
                     "SELECT s.id, c.name FROM (SELECT id, customer_id FROM orders) s JOIN "
                     "customers c ON c.id = s.customer_id WHERE EXISTS (SELECT FROM orders x "
                     "WHERE x.id = s.id)",
-                    "a query with a subquery in its WHERE clause (EXISTS, NOT EXISTS, IN) is "
-                    "refreshed differentially when its FROM has only tables");
+                    "a query with a subquery in its WHERE clause (EXISTS, NOT EXISTS, IN) or in "
+                    "its select list is refreshed differentially when its FROM has only tables");
     expect_fallback(conn,
                     "SELECT id FROM customers UNION ALL SELECT o.id FROM orders o WHERE "
                     "o.customer_id NOT IN (SELECT id FROM customers)",
@@ -722,8 +764,8 @@ check_query_fallback(const char *url, PGconn *conn)
                     "SELECT s.id FROM (SELECT id FROM orders WHERE customer_id IN (SELECT id "
                     "FROM customers)) s",
                     "the subquery in FROM: subqueries in expressions are refreshed "
-                    "differentially in the WHERE clause of the stream table's query or of a "
-                    "UNION ALL branch, not inside a subquery in FROM");
+                    "differentially in the WHERE clause or the select list of the stream "
+                    "table's query or of a UNION ALL branch, not inside a subquery in FROM");
     expect_fallback(conn,
                     "SELECT id, amount FROM orders UNION ALL SELECT id, rank() OVER (ORDER BY "
                     "id) FROM customers",
@@ -1899,6 +1941,67 @@ check_where_subqueries(const char *url, PGconn *conn)
                  "DROP TABLE ws_ord, ws_ref, ws_vip");
 }
 
+/* Subqueries in the select list (migration 25): a customer's name and an
+ * order's item count, each from a table of its own, follow changes of
+ * those tables alone, differentially, with exact deltas. */
+static void
+check_select_subqueries(const char *url, PGconn *conn)
+{
+    TH_LOG("subqueries in the select list, refreshed differentially (migration 25)");
+    const char *q = "SELECT o.id, (SELECT c.name FROM sq_cust c WHERE c.id = o.cust) AS name, "
+                    "(SELECT count(*) FROM sq_item i WHERE i.order_id = o.id) AS items "
+                    "FROM sq_ord o";
+    th_sql(conn, "CREATE TABLE sq_ord (id int PRIMARY KEY, cust int);"
+                 "CREATE TABLE sq_cust (id int PRIMARY KEY, name text);"
+                 "CREATE TABLE sq_item (id int PRIMARY KEY, order_id int);"
+                 "INSERT INTO sq_ord VALUES (1, 1), (2, 1), (3, 2), (4, NULL);"
+                 "INSERT INTO sq_cust VALUES (1, 'ann'), (2, 'bob');"
+                 "INSERT INTO sq_item VALUES (1, 1), (2, 1), (3, 2)");
+    th_sql(conn, "SELECT sluice.create_stream_table('sq_orders', $q$%s$q$)", q);
+    th_sql(conn, "UPDATE sluice.stream_table_catalog SET full_refresh_fraction = 1000 "
+                 "WHERE name = 'sq_orders'");
+    analyse_differential(url, conn, "sq_orders");
+    expect_text(th_sql_text(conn, "SELECT key_columns::text FROM sluice.stream_table_catalog "
+                                  "WHERE name = 'sq_orders'"),
+                "{id}", "keyed by the order, not by the subqueries' tables");
+
+    /* Customer 2 is renamed, order 4 gets an item, order 2 loses its
+     * only one, and a customer no order names is added: no change to the
+     * orders, three rows updated. */
+    long long before = max_outbox_id(conn);
+    th_sql(conn, "UPDATE sq_cust SET name = 'bea' WHERE id = 2;"
+                 "INSERT INTO sq_item VALUES (4, 4);"
+                 "DELETE FROM sq_item WHERE id = 3;"
+                 "INSERT INTO sq_cust VALUES (3, 'cy')");
+    TH_ASSERT(refresh(conn, "sq_orders") > 0, "the changes are refreshed");
+    expect_text(th_sql_text(conn, "SELECT last_refresh_mode FROM sluice.stream_table_catalog "
+                                  "WHERE name = 'sq_orders'"),
+                "differential", "refreshed differentially");
+    expect_text(deltas_since(conn, "sq_orders", before),
+                "update|{\"id\": 2, \"name\": \"ann\", \"items\": 1}|{\"id\": 2, \"name\": "
+                "\"ann\", \"items\": 0}\n"
+                "update|{\"id\": 3, \"name\": \"bob\", \"items\": 0}|{\"id\": 3, \"name\": "
+                "\"bea\", \"items\": 0}\n"
+                "update|{\"id\": 4, \"name\": null, \"items\": 0}|{\"id\": 4, \"name\": "
+                "null, \"items\": 1}",
+                "2 lost its item, 3's customer renamed, 4 got one");
+    TH_ASSERT(diff_from_query(conn, "sq_orders", "id, name, items", q) == 0,
+              "sq_orders equals its query");
+
+    /* A change that no subquery's WHERE lets through for any order (an
+     * item of an order that does not exist) publishes nothing. */
+    before = max_outbox_id(conn);
+    th_sql(conn, "INSERT INTO sq_item VALUES (5, 99)");
+    th_sql(conn, "SELECT sluice.refresh_stream_table('sq_orders')");
+    expect_text(th_sql_text(conn, "SELECT last_refresh_mode FROM sluice.stream_table_catalog "
+                                  "WHERE name = 'sq_orders'"),
+                "differential", "that change is refreshed differentially too");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice.outbox WHERE id > %lld", before) == 0,
+              "an item of no order of the result publishes nothing");
+    th_sql(conn, "SELECT sluice.drop_stream_table('sq_orders');"
+                 "DROP TABLE sq_ord, sq_cust, sq_item");
+}
+
 static void
 check_left_join_identity(const char *url, PGconn *conn)
 {
@@ -2355,6 +2458,7 @@ main(void)
     check_kept_aggregates(env.pg_url, conn);
     check_left_join_identity(env.pg_url, conn);
     check_where_subqueries(env.pg_url, conn);
+    check_select_subqueries(env.pg_url, conn);
     check_source_ddl(env.pg_url, conn);
 
     PQfinish(conn);

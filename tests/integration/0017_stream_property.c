@@ -245,6 +245,16 @@ static const st_def_t sts[] = {
      "SELECT c.id, c.z AS x FROM c WHERE EXISTS (SELECT FROM b WHERE b.id = c.b_id) UNION ALL "
      "SELECT a.id, a.v FROM a WHERE NOT EXISTS (SELECT FROM c WHERE c.z = a.v)",
      NULL},
+    /* Subqueries in the select list (migration 25): correlated on a
+     * column with NULLs, and on a LEFT JOIN's NULL-extended side. */
+    {"p_scalar", "id, n, top",
+     "SELECT a.id, (SELECT count(*) FROM b WHERE b.a_k = a.k) AS n, (SELECT max(c.z) FROM c "
+     "WHERE c.b_id = a.id) AS top FROM a",
+     NULL},
+    {"p_left_scalar", "aid, bid, last",
+     "SELECT a.id AS aid, b.id AS bid, (SELECT c.z FROM c WHERE c.b_id = b.id ORDER BY c.id "
+     "DESC LIMIT 1) AS last FROM a LEFT JOIN b ON b.a_k = a.k",
+     NULL},
 };
 #define NSTS (sizeof sts / sizeof sts[0])
 _Static_assert(NSTS <= 64, "the shrinker keeps the stream tables it creates in a 64-bit mask");

@@ -219,11 +219,110 @@ static const analyze_row_t rows[] = {
      "GROUP BY orders.customer_id",
      KEYS("customer_id"), .requested_full = true, .mode = FULL, .field = REASON,
      .want = "refresh_mode is 'full'"},
-    {"scalar_subquery_full",
+    /* Subqueries in the select list: the rows for which a changed row of
+     * the subquery's table passes its WHERE clause alone (what it computes
+     * from those rows does not matter). */
+    {"scalar_subquery_affected",
      " SELECT orders.id,\n    ( SELECT count(*) AS count\n           FROM public.refunds\n     "
      "     WHERE (refunds.order_id = orders.id)) AS n\n   FROM public.orders",
+     KEYS("id"), .mode = DIFF, .field = AFFECTED,
+     .want = "FROM  public.orders WHERE (true) AND EXISTS (SELECT FROM "
+             "pg_temp.\"__sluice_chg_16403\" AS \"refunds\"\n          WHERE (refunds.order_id = "
+             "orders.id))) UNION"},
+    {"scalar_subquery_recompute",
+     " SELECT orders.id,\n    ( SELECT count(*) AS count\n           FROM public.refunds\n     "
+     "     WHERE (refunds.order_id = orders.id)) AS n\n   FROM public.orders",
+     KEYS("id"), .mode = DIFF, .field = RECOMPUTE,
+     .want = "( SELECT count(*) AS count\n           FROM public.refunds\n          WHERE "
+             "(refunds.order_id = orders.id)) AS n"},
+    {"scalar_subquery_tree",
+     " SELECT orders.id,\n    ( SELECT count(*) AS count\n           FROM public.refunds\n     "
+     "     WHERE (refunds.order_id = orders.id)) AS n\n   FROM public.orders",
+     KEYS("id"), .mode = DIFF, .field = TREE,
+     .want = "^Project (2 columns)\n  Subquery (scalar)\n    Project (1 column)\n      "
+             "Aggregate\n        Filter (WHERE)\n          Scan public.refunds\n  Scan "
+             "public.orders\n"},
+    /* ORDER BY and LIMIT cut off; an alias kept as written. */
+    {"scalar_latest_where_only",
+     " SELECT orders.id,\n    ( SELECT r.amount\n           FROM public.refunds r\n          "
+     "WHERE (r.order_id = orders.id)\n          ORDER BY r.id DESC\n         LIMIT 1) AS "
+     "last_refund\n   FROM public.orders",
+     KEYS("id"), .mode = DIFF, .field = AFFECTED,
+     .want = "EXISTS (SELECT FROM pg_temp.\"__sluice_chg_16403\" r\n          WHERE (r.order_id "
+             "= orders.id)\n          )) UNION"},
+    {"scalar_uncorrelated_every_row",
+     " SELECT orders.id,\n    ( SELECT max(refunds.amount) AS max\n           FROM "
+     "public.refunds) AS top\n   FROM public.orders",
+     KEYS("id"), .mode = DIFF, .field = AFFECTED,
+     .want = "WHERE (true) AND EXISTS (SELECT FROM pg_temp.\"__sluice_chg_16403\" AS "
+             "\"refunds\")) UNION"},
+    /* With one in WHERE too: that one is masked, this one is not. */
+    {"exists_column_and_where",
+     " SELECT orders.id,\n    (EXISTS ( SELECT 1\n           FROM public.refunds\n          "
+     "WHERE (refunds.order_id = orders.id))) AS refunded\n   FROM public.orders\n  WHERE "
+     "((orders.amount > (0)::numeric) AND (orders.customer_id IN ( SELECT customers.id\n        "
+     "   FROM public.customers\n          WHERE (customers.region = 'eu'::text))))",
+     KEYS("id"), .mode = DIFF, .field = AFFECTED,
+     .want = "WHERE ( ((orders.amount > (0)::numeric) AND (true))) AND EXISTS (SELECT FROM "
+             "pg_temp.\"__sluice_chg_16403\" AS \"refunds\"\n          WHERE "
+             "(refunds.order_id = orders.id)))"},
+    {"array_in_left_join_units",
+     " SELECT orders.id,\n    customers.name,\n    ARRAY( SELECT refunds.amount\n           "
+     "FROM public.refunds\n          WHERE (refunds.order_id = orders.id)) AS amounts\n   FROM "
+     "(public.orders\n     LEFT JOIN public.customers ON ((customers.id = "
+     "orders.customer_id)))",
+     KEYS("id"), .mode = DIFF, .field = AFFECTED,
+     .want = "WHERE EXISTS (SELECT FROM pg_temp.\"__sluice_chg_16403\" AS \"refunds\"\n    "
+             "      WHERE (refunds.order_id = orders.id))) AS \"__sluice_u\" (\"id\")"},
+    {"scalar_in_branch",
+     " SELECT customers.id,\n    0 AS n\n   FROM public.customers\nUNION ALL\n SELECT "
+     "orders.id,\n    ( SELECT count(*) AS count\n           FROM public.refunds\n          "
+     "WHERE (refunds.order_id = orders.id)) AS n\n   FROM public.orders",
+     KEYS("id"),
+     BRANCHES_OF(((const sl_analyze_branch_t[]){
+         {"SELECT customers.id,\n    0 AS n\n   FROM public.customers", (const char *const[]){"id"},
+          1},
+         {"SELECT orders.id,\n    ( SELECT count(*) AS count\n           FROM public.refunds\n "
+          "         WHERE (refunds.order_id = orders.id)) AS n\n   FROM public.orders",
+          (const char *const[]){"id"}, 1}})),
+     .mode = DIFF, .field = BRANCHES, .want = "AND EXISTS (SELECT FROM pg_temp."},
+    /* Refused in the select list. */
+    {"scalar_in_group_by_full",
+     " SELECT orders.customer_id,\n    sum(orders.amount) AS total,\n    ( SELECT "
+     "customers.name\n           FROM public.customers\n          WHERE (customers.id = "
+     "orders.customer_id)) AS name\n   FROM public.orders\n  GROUP BY orders.customer_id",
+     KEYS("customer_id"), .mode = FULL, .field = REASON,
+     .want = "or in the select list of a query that neither groups nor aggregates"},
+    {"scalar_one_row_aggregate_full",
+     " SELECT count(*) AS n,\n    ( SELECT count(*) AS count\n           FROM public.refunds) "
+     "AS r\n   FROM public.orders",
+     .keys = NULL, .nkeys = 0, .mode = FULL, .field = REASON,
+     .want = "^subqueries in expressions are refreshed differentially only as EXISTS"},
+    {"scalar_join_in_subquery_full",
+     " SELECT orders.id,\n    ( SELECT count(*) AS count\n           FROM (public.refunds\n     "
+     "        JOIN public.customers ON ((customers.id = refunds.order_id)))\n          WHERE "
+     "(refunds.order_id = orders.id)) AS n\n   FROM public.orders",
      KEYS("id"), .mode = FULL, .field = REASON,
      .want = "^subqueries in expressions are refreshed differentially only as EXISTS"},
+    {"scalar_nested_full",
+     " SELECT orders.id,\n    ( SELECT count(*) AS count\n           FROM public.refunds\n     "
+     "     WHERE (refunds.amount > ( SELECT 1))) AS n\n   FROM public.orders",
+     KEYS("id"), .mode = FULL, .field = REASON,
+     .want = "^subqueries in expressions are refreshed differentially only as EXISTS"},
+    {"scalar_with_subquery_in_from_full",
+     " SELECT s.id,\n    ( SELECT count(*) AS count\n           FROM public.refunds\n        "
+     "  WHERE (refunds.order_id = s.id)) AS n\n   FROM (( SELECT orders.id,\n            "
+     "orders.customer_id\n           FROM public.orders) s\n     JOIN public.customers ON "
+     "((customers.id = s.customer_id)))",
+     KEYS("id"), .mode = FULL, .field = REASON,
+     .want = "^a query with a subquery in its WHERE clause (EXISTS, NOT EXISTS, IN) or in its "
+             "select list is refreshed differentially when its FROM has only tables"},
+    {"scalar_over_table_without_key_full",
+     " SELECT audit.at,\n    ( SELECT orders.amount\n           FROM public.orders\n          "
+     "WHERE (orders.id = audit.order_id)) AS amount\n   FROM public.audit",
+     KEYS("at"), .mode = FULL, .field = REASON,
+     .want = "table public.audit has no primary key: a query over it with a subquery in WHERE "
+             "or in the select list"},
     {"distinct_on_full",
      " SELECT DISTINCT ON (orders.customer_id) orders.customer_id,\n    orders.amount\n   FROM "
      "public.orders",
@@ -373,8 +472,8 @@ static const analyze_row_t rows[] = {
      "((customers.id = s.customer_id)))\n  WHERE (EXISTS ( SELECT 1\n           FROM "
      "public.refunds\n          WHERE (refunds.order_id = s.id)))",
      KEYS("id"), .mode = FULL, .field = REASON,
-     .want = "^a query with a subquery in its WHERE clause (EXISTS, NOT EXISTS, IN) is refreshed "
-             "differentially when its FROM has only tables"},
+     .want = "^a query with a subquery in its WHERE clause (EXISTS, NOT EXISTS, IN) or in its "
+             "select list is refreshed differentially when its FROM has only tables"},
     {"exists_in_derived_full",
      " SELECT s.id\n   FROM ( SELECT orders.id\n           FROM public.orders\n          WHERE "
      "(EXISTS ( SELECT 1\n                   FROM public.refunds\n                  WHERE "
@@ -389,7 +488,7 @@ static const analyze_row_t rows[] = {
      " SELECT orders.id\n   FROM public.orders\n  WHERE (EXISTS ( SELECT 1\n           FROM "
      "public.invoices\n          WHERE (invoices.order_id = orders.id)))",
      KEYS("id"), .mode = FULL, .field = REASON,
-     .want = "a table read by a subquery in the WHERE clause is not among"},
+     .want = "a table read by a subquery in an expression is not among"},
 
     /* Joins. */
     {"inner_join_differential",
