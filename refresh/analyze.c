@@ -63,11 +63,13 @@
  *     chain; or of a UNION ALL branch): the tables' terms as above, plus
  *     the keys (or units) of the rows for which the subquery, run over its
  *     table's change images, finds a row (gen_affected_sublinks);
- *   - subqueries over one table in the select list of such a query that
- *     neither groups nor aggregates (a scalar subquery, EXISTS, IN, ARRAY):
- *     the same, where what is run over the change images is the
- *     subquery's WHERE clause alone, since its value for a row depends
- *     only on the rows of its table that clause lets through.
+ *   - any other subquery over one table that gives a value (a scalar
+ *     subquery, EXISTS, IN, ANY, ALL, ARRAY) anywhere in that WHERE clause
+ *     (NOT IN, under OR, compared with a column), or in the select list of
+ *     such a query that neither groups nor aggregates: the same, where
+ *     what is run over the change images is the subquery's WHERE clause
+ *     alone, since its value for a row depends only on the rows of its
+ *     table that clause lets through.
  * UNION without ALL, subqueries elsewhere, WITH, window functions, LIMIT and
  * the rest are refreshed in full, and the reason says so. docs/stream-tables.md
  * ("What is refreshed differentially") has the argument in prose.
@@ -417,19 +419,15 @@ figure_colname(const cJSON *val)
 /* ------------------------------------------------------------------------ */
 
 /* Subqueries in expressions (SubLinks) that a refresh can follow, in the
- * stream table's query or in a UNION ALL branch, each over one table:
- * EXISTS, NOT EXISTS and `column IN (SELECT ...)` (or `column op ANY
- * (SELECT ...)`) ANDed into the WHERE clause; and any subquery that gives
- * a value (scalar, EXISTS, IN, ANY, ALL, ARRAY) in the select list of a
- * query that neither groups nor aggregates. How their changes are
- * followed: gen_affected_sublinks. */
+ * stream table's query or in a UNION ALL branch, each over one table with
+ * no subquery of its own, giving a value (scalar, EXISTS, IN, ANY, ALL,
+ * ARRAY): anywhere in the WHERE clause, and in the select list of a query
+ * that neither groups nor aggregates. How their changes are followed:
+ * gen_affected_sublinks. */
 static const char *const why_sublink =
-    "subqueries in expressions are refreshed differentially only as EXISTS, NOT EXISTS or IN "
-    "(SELECT ...) conditions ANDed into the WHERE clause, each reading one table with no GROUP "
-    "BY, HAVING, aggregate, window function, DISTINCT ON, LIMIT or subquery of its own (NOT IN "
-    "is refreshed in full: write NOT EXISTS), or in the select list of a query that neither "
-    "groups nor aggregates, each reading one table with no subquery of its own; this one is "
-    "refreshed in full";
+    "subqueries in expressions are refreshed differentially in the WHERE clause, and in the "
+    "select list of a query that neither groups nor aggregates, each reading one table with "
+    "no join or subquery of its own; this one is refreshed in full";
 static const char *const why_sublink_nested =
     "subqueries in expressions are refreshed differentially in the WHERE clause or the select "
     "list of the stream table's query or of a UNION ALL branch, not inside a subquery in FROM";
@@ -518,11 +516,12 @@ sublink_select(const cJSON *s)
     return sel;
 }
 
-/* The subquery of SubLink s in the select list when it reads one table,
- * whatever it does with that table's rows, and gives a value (a scalar
- * subquery, EXISTS, IN, ANY, ALL or ARRAY); else NULL. */
+/* The subquery of SubLink s when it reads one table, whatever it does
+ * with that table's rows, and gives a value (a scalar subquery, EXISTS,
+ * IN, ANY, ALL or ARRAY); else NULL. Its changes are followed through its
+ * WHERE clause alone (out_sublink_changes). */
 static const cJSON *
-target_sublink_select(const cJSON *s)
+value_sublink_select(const cJSON *s)
 {
     const cJSON *sel = node(cJSON_GetObjectItemCaseSensitive(s, "subselect"), "SelectStmt");
     const cJSON *from = cJSON_GetObjectItemCaseSensitive(sel, "fromClause");
@@ -582,7 +581,7 @@ target_sublink_reason(const cJSON *sel, const sl_analyze_in_t *in)
     if (n > MAX_SUBLINKS)
         return why_sublink;
     for (size_t i = 0; i < n; i++)
-        if (target_sublink_select(v[i]) == NULL)
+        if (value_sublink_select(v[i]) == NULL)
             return why_sublink;
     return NULL;
 }
@@ -608,6 +607,8 @@ sublink_reason(const cJSON *sel, const sl_analyze_in_t *in)
     const char *why = target_sublink_reason(sel, in);
     if (why != NULL)
         return why;
+    /* WHERE: a conjunct that is a condition (conjunct_sublink), or any
+     * other expression whose subqueries give values. */
     const cJSON *v[MAX_SUBLINKS * 4];
     size_t n =
         conjuncts(cJSON_GetObjectItemCaseSensitive(sel, "whereClause"), v, 0, MAX_SUBLINKS * 4);
@@ -620,10 +621,18 @@ sublink_reason(const cJSON *sel, const sl_analyze_in_t *in)
         bool neg;
         int not_at;
         const cJSON *s = conjunct_sublink(v[i], &neg, &not_at);
-        if (s == NULL || sublink_select(s) == NULL || ++nsub > MAX_SUBLINKS)
-            return why_sublink;
+        if (s != NULL && sublink_select(s) != NULL) {
+            nsub++;
+            continue;
+        }
+        const cJSON *tv[MAX_SUBLINKS];
+        size_t nt = top_sublinks(v[i], tv, 0, MAX_SUBLINKS);
+        for (size_t k = 0; k < nt; k++)
+            if (k >= MAX_SUBLINKS || value_sublink_select(tv[k]) == NULL)
+                return why_sublink;
+        nsub += nt;
     }
-    return NULL;
+    return nsub > MAX_SUBLINKS ? why_sublink : NULL;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -685,6 +694,29 @@ tree_from(out_t *o, const cJSON *item, int depth)
     }
 }
 
+/* Prints the subqueries below n that give values, with their trees. */
+static void
+tree_sublinks(out_t *o, const cJSON *n, int d)
+{
+    const cJSON *tv[MAX_SUBLINKS];
+    size_t nt = top_sublinks(n, tv, 0, MAX_SUBLINKS);
+    static const char *const names[][2] = {
+        {"EXPR_SUBLINK", "scalar"}, {"EXISTS_SUBLINK", "EXISTS"}, {"ANY_SUBLINK", "IN/ANY"},
+        {"ALL_SUBLINK", "ALL"},     {"ARRAY_SUBLINK", "ARRAY"},
+    };
+    for (size_t i = 0; i < nt && i < MAX_SUBLINKS; i++) {
+        const char *type = str(tv[i], "subLinkType");
+        const char *name = type != NULL ? type : "?";
+        for (size_t k = 0; type != NULL && k < sizeof names / sizeof names[0]; k++)
+            if (strcmp(type, names[k][0]) == 0)
+                name = names[k][1];
+        indent(o, d);
+        outf(o, "Subquery (%s)\n", name);
+        tree_select(o, node(cJSON_GetObjectItemCaseSensitive(tv[i], "subselect"), "SelectStmt"),
+                    d + 1);
+    }
+}
+
 static void
 tree_select(out_t *o, const cJSON *sel, int depth)
 {
@@ -726,24 +758,7 @@ tree_select(out_t *o, const cJSON *sel, int depth)
          cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(sel, "targetList")),
          cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(sel, "targetList")) == 1 ? "" : "s");
     /* The select list's subqueries, then the Project's input. */
-    const cJSON *tv[MAX_SUBLINKS];
-    size_t nt =
-        top_sublinks(cJSON_GetObjectItemCaseSensitive(sel, "targetList"), tv, 0, MAX_SUBLINKS);
-    for (size_t i = 0; i < nt && i < MAX_SUBLINKS; i++) {
-        const char *type = str(tv[i], "subLinkType");
-        static const char *const names[][2] = {
-            {"EXPR_SUBLINK", "scalar"}, {"EXISTS_SUBLINK", "EXISTS"}, {"ANY_SUBLINK", "IN/ANY"},
-            {"ALL_SUBLINK", "ALL"},     {"ARRAY_SUBLINK", "ARRAY"},
-        };
-        const char *name = type != NULL ? type : "?";
-        for (size_t k = 0; type != NULL && k < sizeof names / sizeof names[0]; k++)
-            if (strcmp(type, names[k][0]) == 0)
-                name = names[k][1];
-        indent(o, d);
-        outf(o, "Subquery (%s)\n", name);
-        tree_select(o, node(cJSON_GetObjectItemCaseSensitive(tv[i], "subselect"), "SelectStmt"),
-                    d + 1);
-    }
+    tree_sublinks(o, cJSON_GetObjectItemCaseSensitive(sel, "targetList"), d);
     if (cJSON_GetObjectItemCaseSensitive(sel, "havingClause") != NULL) {
         indent(o, d++);
         outf(o, "Filter (HAVING)\n");
@@ -772,8 +787,10 @@ tree_select(out_t *o, const cJSON *sel, int depth)
             bool neg;
             int not_at;
             const cJSON *s = conjunct_sublink(v[i], &neg, &not_at);
-            if (s == NULL)
+            if (s == NULL) {
+                tree_sublinks(o, v[i], d);
                 continue;
+            }
             indent(o, d);
             outf(o, "%s\n",
                  neg                                                 ? "Anti Join (NOT EXISTS)"
@@ -2011,11 +2028,13 @@ gen_algebraic(out_t *o, const char *q, const toks_t *t, const clauses_t *c, cons
 /* Subqueries in the WHERE clause                                            */
 /* ------------------------------------------------------------------------ */
 
-/* A subquery that sublink_reason accepted, in the text: a condition of
- * the WHERE clause, or a value in the select list. */
+/* A subquery that sublink_reason accepted, in the text: a condition
+ * (EXISTS, NOT EXISTS, IN) ANDed into the WHERE clause, or one that gives a
+ * value, in the select list or anywhere in WHERE. */
 typedef struct sublink {
     const sl_analyze_src_t *src; /* the table it reads */
-    bool value;                  /* in the select list (conj_* unused) */
+    bool value;                  /* gives a value (conj_* unused) */
+    bool in_where;               /* a value in WHERE: the whole clause is masked */
     int conj_from, conj_to;      /* its conjunct (with NOT) */
     int from, to;                /* the condition without NOT: EXISTS (...), col IN (...);
                                   * a value: the subquery's parentheses */
@@ -2084,6 +2103,33 @@ sublink_where_end(const char *q, const toks_t *t, const sublink_t *b)
     return -1;
 }
 
+/* Adds SubLink s, which gives a value (in WHERE when in_where), to subs,
+ * located in the text; returns why it cannot be followed, or NULL. */
+static const char *
+add_value_sublink(const cJSON *s, bool in_where, const sl_analyze_in_t *in, const char *q,
+                  const toks_t *t, sublink_t *subs, size_t *nsubs)
+{
+    const cJSON *ssel = value_sublink_select(s);
+    if (ssel == NULL || *nsubs == MAX_SUBLINKS)
+        return why_sublink;
+    sublink_t *b = &subs[(*nsubs)++];
+    *b = (sublink_t){.value = true, .in_where = in_where, .conj_from = -1, .conj_to = -1};
+    b->from = location(s);
+    size_t kf = tok_at(t, b->from);
+    /* A scalar or ARRAY subquery's location is its parenthesis, EXISTS's
+     * the keyword, IN's and ANY's the operator after the column (NOT IN's
+     * its NOT). */
+    while (kf < t->n && !tok_is(q, &t->v[kf], "("))
+        kf++;
+    b->to = kf < t->n ? paren_end(q, t, kf) : -1;
+    const char *why = locate_sublink_table(ssel, in, q, t, b);
+    if (why != NULL)
+        return why;
+    if ((b->where_end = sublink_where_end(q, t, b)) < 0)
+        return "a subquery in an expression could not be located in the query text";
+    return NULL;
+}
+
 /* Finds the subqueries of sel's select list and WHERE clause (all accepted
  * by sublink_reason) in the text, with the tables they read; returns why
  * they cannot be followed, or NULL. */
@@ -2098,24 +2144,13 @@ find_sublinks(const cJSON *sel, const sl_analyze_in_t *in, const char *q, const 
         top_sublinks(cJSON_GetObjectItemCaseSensitive(sel, "targetList"), tv, 0, MAX_SUBLINKS);
     int prev_end = -1; /* the previous subquery's end: they are in text order */
     for (size_t i = 0; i < nt; i++) {
-        const cJSON *ssel = i < MAX_SUBLINKS ? target_sublink_select(tv[i]) : NULL;
-        if (ssel == NULL)
-            return why_sublink;
-        sublink_t *b = &subs[(*nsubs)++];
-        *b = (sublink_t){.value = true, .conj_from = -1, .conj_to = -1};
-        b->from = location(tv[i]);
-        size_t kf = tok_at(t, b->from);
-        /* A scalar or ARRAY subquery's location is its parenthesis, EXISTS's
-         * the keyword, IN's and ANY's the operator after the column. */
-        while (kf < t->n && !tok_is(q, &t->v[kf], "("))
-            kf++;
-        b->to = kf < t->n ? paren_end(q, t, kf) : -1;
-        const char *why = locate_sublink_table(ssel, in, q, t, b);
+        const char *why =
+            i < MAX_SUBLINKS ? add_value_sublink(tv[i], false, in, q, t, subs, nsubs) : why_sublink;
         if (why != NULL)
             return why;
-        if ((b->where_end = sublink_where_end(q, t, b)) < 0 || prev_end > b->from)
+        if (prev_end > subs[*nsubs - 1].from)
             return "a subquery in the select list could not be located in the query text";
-        prev_end = b->to;
+        prev_end = subs[*nsubs - 1].to;
     }
     const cJSON *v[MAX_SUBLINKS * 4];
     size_t n =
@@ -2127,7 +2162,20 @@ find_sublinks(const cJSON *sel, const sl_analyze_in_t *in, const char *q, const 
         int not_at = -1;
         const cJSON *s = conjunct_sublink(v[i], &neg, &not_at);
         const cJSON *ssel = sublink_select(s);
-        if (ssel == NULL || *nsubs == MAX_SUBLINKS)
+        if (ssel == NULL) {
+            /* Subqueries giving values, anywhere in the conjunct. */
+            const cJSON *tv2[MAX_SUBLINKS];
+            size_t nt2 = top_sublinks(v[i], tv2, 0, MAX_SUBLINKS);
+            for (size_t k = 0; k < nt2; k++) {
+                const char *why = k < MAX_SUBLINKS
+                                      ? add_value_sublink(tv2[k], true, in, q, t, subs, nsubs)
+                                      : why_sublink;
+                if (why != NULL)
+                    return why;
+            }
+            continue;
+        }
+        if (*nsubs == MAX_SUBLINKS)
             return why_sublink;
         sublink_t *b = &subs[(*nsubs)++];
         *b = (sublink_t){.value = false};
@@ -2154,7 +2202,13 @@ static void
 out_where_masked(out_t *o, const char *q, const toks_t *t, const clauses_t *c,
                  const sublink_t *subs, size_t nsubs)
 {
-    if (c->tok[CL_WHERE] < 0) {
+    bool whole = c->tok[CL_WHERE] < 0;
+    for (size_t i = 0; i < nsubs; i++)
+        whole = whole || subs[i].in_where;
+    if (whole) {
+        /* No WHERE; or a subquery giving a value somewhere in it, whose
+         * expression has no span in the text to cut out: every row is a
+         * candidate, which only makes the affected keys a larger superset. */
         outf(o, "true");
         return;
     }

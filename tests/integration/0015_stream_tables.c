@@ -466,7 +466,7 @@ collect_notice(void *arg, const PGresult *res)
 }
 
 /* The cases of check_query_fallback that the engine judges too. */
-#define MAX_FALLBACK_CASES 96
+#define MAX_FALLBACK_CASES 128
 static struct {
     const char *query;
     bool full; /* the creation check gave a reason */
@@ -558,10 +558,12 @@ check_query_fallback(const char *url, PGconn *conn)
                     "LIMIT/OFFSET makes the result depend on rows outside any change");
     expect_fallback(conn, "SELECT id, amount FROM orders FOR UPDATE",
                     "FOR UPDATE/SHARE has no meaning in a stream table");
-    /* Subqueries in WHERE (migration 24): EXISTS, NOT EXISTS and IN over
-     * one table, over tables joined by inner joins; the rest stays FULL. */
+    /* Subqueries in WHERE (migration 24: EXISTS, NOT EXISTS and IN; 25:
+     * any that gives a value) over one table, over tables joined by inner
+     * joins; the rest stays FULL. */
     static const char sublink_reason[] =
-        "subqueries in expressions are refreshed differentially only as EXISTS, NOT EXISTS or IN";
+        "subqueries in expressions are refreshed differentially in the WHERE clause, and in the "
+        "select list";
     expect_fallback(conn,
                     "SELECT id, amount FROM orders WHERE customer_id IN (SELECT id FROM "
                     "customers)",
@@ -582,7 +584,7 @@ check_query_fallback(const char *url, PGconn *conn)
     expect_fallback(conn,
                     "SELECT id, amount FROM orders WHERE customer_id NOT IN (SELECT id FROM "
                     "customers)",
-                    sublink_reason);
+                    NULL);
     /* In the select list (migration 25): a value from one table, in a
      * query that neither groups nor aggregates. */
     expect_fallback(conn,
@@ -598,11 +600,12 @@ check_query_fallback(const char *url, PGconn *conn)
     expect_fallback(conn,
                     "SELECT o.id FROM orders o WHERE o.amount < ALL (SELECT amount FROM orders "
                     "x WHERE x.customer_id = o.customer_id AND x.id <> o.id)",
-                    sublink_reason);
+                    NULL);
     expect_fallback(conn,
                     "SELECT o.id FROM orders o WHERE ARRAY(SELECT c.id FROM customers c WHERE "
-                    "c.id = o.customer_id) IS NOT NULL",
-                    sublink_reason);
+                    "c.id = o.customer_id) IS NOT NULL OR o.amount > (SELECT avg(x.amount) FROM "
+                    "orders x WHERE x.customer_id = o.customer_id)",
+                    NULL);
     expect_fallback(conn,
                     "SELECT c.id, ARRAY(SELECT o.id FROM orders o WHERE o.customer_id = c.id "
                     "ORDER BY o.id) AS ids FROM customers c UNION ALL SELECT o.id, NULL FROM "
@@ -630,6 +633,14 @@ check_query_fallback(const char *url, PGconn *conn)
                     "a query with a subquery in its WHERE clause (EXISTS, NOT EXISTS, IN) or in "
                     "its select list is refreshed differentially when its FROM has only tables");
     expect_fallback(conn, "SELECT id FROM orders WHERE amount IN (SELECT max(amount) FROM orders)",
+                    NULL);
+    expect_fallback(conn,
+                    "SELECT o.id FROM orders o JOIN customers c ON c.id = o.customer_id AND "
+                    "EXISTS (SELECT FROM orders x WHERE x.id = o.id) WHERE o.amount > 0",
+                    sublink_reason);
+    expect_fallback(conn,
+                    "SELECT o.customer_id, count(*) AS n FROM orders o GROUP BY o.customer_id "
+                    "HAVING count(*) > (SELECT count(*) FROM customers)",
                     sublink_reason);
     expect_fallback(conn,
                     "SELECT id FROM orders o WHERE EXISTS (SELECT FROM orders x JOIN customers "
@@ -648,8 +659,13 @@ check_query_fallback(const char *url, PGconn *conn)
     expect_fallback(conn,
                     "SELECT id FROM customers UNION ALL SELECT o.id FROM orders o WHERE "
                     "o.customer_id NOT IN (SELECT id FROM customers)",
+                    NULL);
+    expect_fallback(conn,
+                    "SELECT id FROM customers UNION ALL SELECT o.id FROM orders o WHERE EXISTS "
+                    "(SELECT FROM orders x JOIN customers c ON c.id = x.customer_id WHERE x.id = "
+                    "o.id)",
                     "UNION ALL branch 2: subqueries in expressions are refreshed "
-                    "differentially only as EXISTS");
+                    "differentially in the WHERE clause");
     expect_fallback(conn,
                     "SELECT customer_id, count(*) AS n FROM orders GROUP BY ROLLUP (customer_id)",
                     "GROUPING SETS, ROLLUP and CUBE are refreshed in full");
@@ -1998,7 +2014,39 @@ check_select_subqueries(const char *url, PGconn *conn)
                 "differential", "that change is refreshed differentially too");
     TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice.outbox WHERE id > %lld", before) == 0,
               "an item of no order of the result publishes nothing");
+
+    /* In WHERE: NOT IN, and a comparison with a count (migration 25).
+     * Orders of customers not named b..., with fewer than two items:
+     * order 2 (order 1 has two items, 3 is bea's, 4 has no customer, which
+     * NOT IN leaves out while the subquery finds a row). Renaming bea lets
+     * order 3 in, and order 4 too: NULL NOT IN (nothing) is true. */
+    const char *wq = "SELECT o.id FROM sq_ord o WHERE o.cust NOT IN (SELECT c.id FROM sq_cust c "
+                     "WHERE c.name LIKE 'b%%') AND (SELECT count(*) FROM sq_item i WHERE "
+                     "i.order_id = o.id) < 2";
+    th_sql(conn, "SELECT sluice.create_stream_table('sq_open', $q$%s$q$)", wq);
+    th_sql(conn, "UPDATE sluice.stream_table_catalog SET full_refresh_fraction = 1000 "
+                 "WHERE name = 'sq_open'");
+    analyse_differential(url, conn, "sq_open");
+    expect_text(th_sql_text(conn, "SELECT string_agg(id::text, ',' ORDER BY id) FROM sq_open"), "2",
+                "order 2 alone");
+    before = max_outbox_id(conn);
+    th_sql(conn, "UPDATE sq_cust SET name = 'zed' WHERE id = 2");
+    TH_ASSERT(refresh(conn, "sq_open") > 0, "the rename is refreshed into sq_open");
+    TH_ASSERT(refresh(conn, "sq_orders") > 0, "and into sq_orders");
+    expect_text(th_sql_text(conn, "SELECT string_agg(DISTINCT last_refresh_mode, ',') FROM "
+                                  "sluice.stream_table_catalog WHERE name IN ('sq_open', "
+                                  "'sq_orders')"),
+                "differential", "both refreshed differentially");
+    expect_text(deltas_since(conn, "sq_open", before),
+                "insert|null|{\"id\": 3}\ninsert|null|{\"id\": 4}",
+                "order 3's customer is no longer named b..., and no customer is");
+    expect_text(deltas_since(conn, "sq_orders", before),
+                "update|{\"id\": 3, \"name\": \"bea\", \"items\": 0}|{\"id\": 3, \"name\": "
+                "\"zed\", \"items\": 0}",
+                "order 3's customer is renamed");
+    TH_ASSERT(diff_from_query(conn, "sq_open", "id", wq) == 0, "sq_open equals its query");
     th_sql(conn, "SELECT sluice.drop_stream_table('sq_orders');"
+                 "SELECT sluice.drop_stream_table('sq_open');"
                  "DROP TABLE sq_ord, sq_cust, sq_item");
 }
 

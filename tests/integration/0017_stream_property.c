@@ -251,6 +251,12 @@ static const st_def_t sts[] = {
      "SELECT a.id, (SELECT count(*) FROM b WHERE b.a_k = a.k) AS n, (SELECT max(c.z) FROM c "
      "WHERE c.b_id = a.id) AS top FROM a",
      NULL},
+    /* Anywhere in WHERE (migration 25): NOT IN over a column with NULLs,
+     * under OR with a comparison against a correlated aggregate. */
+    {"p_not_in_or", "id, v",
+     "SELECT a.id, a.v FROM a WHERE a.k NOT IN (SELECT b.a_k FROM b WHERE b.w > 2) OR a.v > "
+     "(SELECT max(c.z) FROM c WHERE c.b_id = a.id)",
+     NULL},
     {"p_left_scalar", "aid, bid, last",
      "SELECT a.id AS aid, b.id AS bid, (SELECT c.z FROM c WHERE c.b_id = b.id ORDER BY c.id "
      "DESC LIMIT 1) AS last FROM a LEFT JOIN b ON b.a_k = a.k",

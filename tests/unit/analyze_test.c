@@ -292,23 +292,29 @@ static const analyze_row_t rows[] = {
      "customers.name\n           FROM public.customers\n          WHERE (customers.id = "
      "orders.customer_id)) AS name\n   FROM public.orders\n  GROUP BY orders.customer_id",
      KEYS("customer_id"), .mode = FULL, .field = REASON,
-     .want = "or in the select list of a query that neither groups nor aggregates"},
+     .want = "in the select list of a query that neither groups nor aggregates"},
     {"scalar_one_row_aggregate_full",
      " SELECT count(*) AS n,\n    ( SELECT count(*) AS count\n           FROM public.refunds) "
      "AS r\n   FROM public.orders",
      .keys = NULL, .nkeys = 0, .mode = FULL, .field = REASON,
-     .want = "^subqueries in expressions are refreshed differentially only as EXISTS"},
+     .want =
+         "^subqueries in expressions are refreshed differentially in the WHERE clause, and in the "
+         "select list"},
     {"scalar_join_in_subquery_full",
      " SELECT orders.id,\n    ( SELECT count(*) AS count\n           FROM (public.refunds\n     "
      "        JOIN public.customers ON ((customers.id = refunds.order_id)))\n          WHERE "
      "(refunds.order_id = orders.id)) AS n\n   FROM public.orders",
      KEYS("id"), .mode = FULL, .field = REASON,
-     .want = "^subqueries in expressions are refreshed differentially only as EXISTS"},
+     .want =
+         "^subqueries in expressions are refreshed differentially in the WHERE clause, and in the "
+         "select list"},
     {"scalar_nested_full",
      " SELECT orders.id,\n    ( SELECT count(*) AS count\n           FROM public.refunds\n     "
      "     WHERE (refunds.amount > ( SELECT 1))) AS n\n   FROM public.orders",
      KEYS("id"), .mode = FULL, .field = REASON,
-     .want = "^subqueries in expressions are refreshed differentially only as EXISTS"},
+     .want =
+         "^subqueries in expressions are refreshed differentially in the WHERE clause, and in the "
+         "select list"},
     {"scalar_with_subquery_in_from_full",
      " SELECT s.id,\n    ( SELECT count(*) AS count\n           FROM public.refunds\n        "
      "  WHERE (refunds.order_id = s.id)) AS n\n   FROM (( SELECT orders.id,\n            "
@@ -421,32 +427,54 @@ static const analyze_row_t rows[] = {
          {"SELECT refunds.id\n   FROM public.refunds", (const char *const[]){"id"}, 1}})),
      .mode = DIFF, .field = BRANCHES, .want = "__sluice_chg_16403"},
     /* Refused, with the reason. */
-    {"not_in_full",
+    {"not_in_differential",
      " SELECT orders.id\n   FROM public.orders\n  WHERE (NOT (orders.customer_id IN ( SELECT "
      "customers.id\n           FROM public.customers)))",
-     KEYS("id"), .mode = FULL, .field = REASON, .want = "NOT IN is refreshed in full"},
-    {"exists_under_or_full",
+     KEYS("id"), .mode = DIFF, .field = AFFECTED,
+     .want = "WHERE (true) AND EXISTS (SELECT FROM pg_temp.\"__sluice_chg_16402\" AS "
+             "\"customers\"))"},
+    {"not_in_tree",
+     " SELECT orders.id\n   FROM public.orders\n  WHERE (NOT (orders.customer_id IN ( SELECT "
+     "customers.id\n           FROM public.customers)))",
+     KEYS("id"), .mode = DIFF, .field = TREE,
+     .want = "^Project (1 column)\n  Filter (WHERE)\n    Subquery (IN/ANY)\n      Project (1 "
+             "column)\n        Scan public.customers\n    Scan public.orders\n"},
+    /* A comparison with a correlated aggregate: the rows whose group of
+     * refunds a change reaches. */
+    {"scalar_compare_in_where",
+     " SELECT orders.id\n   FROM public.orders\n  WHERE (orders.amount > ( SELECT "
+     "avg(refunds.amount) AS avg\n           FROM public.refunds\n          WHERE "
+     "(refunds.order_id = orders.customer_id)))",
+     KEYS("id"), .mode = DIFF, .field = AFFECTED,
+     .want = "WHERE (true) AND EXISTS (SELECT FROM pg_temp.\"__sluice_chg_16403\" AS "
+             "\"refunds\"\n          WHERE (refunds.order_id = orders.customer_id)))"},
+    {"exists_under_or_differential",
      " SELECT orders.id\n   FROM public.orders\n  WHERE ((orders.amount > (5)::numeric) OR "
      "(EXISTS ( SELECT 1\n           FROM public.refunds\n          WHERE (refunds.order_id = "
      "orders.id))))",
-     KEYS("id"), .mode = FULL, .field = REASON,
-     .want = "^subqueries in expressions are refreshed differentially only as EXISTS"},
-    {"in_aggregate_full",
+     KEYS("id"), .mode = DIFF, .field = AFFECTED,
+     .want = "WHERE (true) AND EXISTS (SELECT FROM pg_temp.\"__sluice_chg_16403\" AS "
+             "\"refunds\"\n          WHERE (refunds.order_id = orders.id)))"},
+    {"in_aggregate_differential",
      " SELECT orders.id\n   FROM public.orders\n  WHERE (orders.amount IN ( SELECT "
      "max(refunds.amount) AS max\n           FROM public.refunds))",
-     KEYS("id"), .mode = FULL, .field = REASON,
-     .want = "^subqueries in expressions are refreshed differentially only as EXISTS"},
-    {"exists_group_by_full",
+     KEYS("id"), .mode = DIFF, .field = AFFECTED,
+     .want = "WHERE (true) AND EXISTS (SELECT FROM pg_temp.\"__sluice_chg_16403\" AS "
+             "\"refunds\"))"},
+    {"exists_group_by_differential",
      " SELECT orders.id\n   FROM public.orders\n  WHERE (EXISTS ( SELECT refunds.order_id\n     "
      "      FROM public.refunds\n          GROUP BY refunds.order_id))",
-     KEYS("id"), .mode = FULL, .field = REASON,
-     .want = "^subqueries in expressions are refreshed differentially only as EXISTS"},
+     KEYS("id"), .mode = DIFF, .field = AFFECTED,
+     .want = "WHERE (true) AND EXISTS (SELECT FROM pg_temp.\"__sluice_chg_16403\" AS "
+             "\"refunds\"\n          ))"},
     {"exists_join_in_subquery_full",
      " SELECT orders.id\n   FROM public.orders\n  WHERE (EXISTS ( SELECT 1\n           FROM "
      "(public.refunds\n             JOIN public.customers ON ((customers.id = "
      "refunds.order_id)))\n          WHERE (refunds.order_id = orders.id)))",
      KEYS("id"), .mode = FULL, .field = REASON,
-     .want = "^subqueries in expressions are refreshed differentially only as EXISTS"},
+     .want =
+         "^subqueries in expressions are refreshed differentially in the WHERE clause, and in the "
+         "select list"},
     /* In a LEFT JOIN chain (units: the first table's rows), the units of
      * the combinations for which the subquery finds a changed row; by
      * identity, the keys built from the units with the subquery masked. */
