@@ -336,32 +336,31 @@ location(const cJSON *n)
     return cJSON_IsNumber(loc) ? loc->valueint : -1;
 }
 
-/* True when any node below n is of `type` (e.g. "SubLink"). */
+/* True when any node below n is of `type` (e.g. "SubLink"); with own, not
+ * looking inside subqueries in expressions. */
 static bool
-has_node(const cJSON *n, const char *type)
+find_node(const cJSON *n, const char *type, bool own)
 {
-    if (n == NULL)
+    if (n == NULL || (own && n->string != NULL && strcmp(n->string, "SubLink") == 0))
         return false;
     if (n->string != NULL && strcmp(n->string, type) == 0)
         return true;
     for (const cJSON *c = n->child; c != NULL; c = c->next)
-        if (has_node(c, type))
+        if (find_node(c, type, own))
             return true;
     return false;
 }
 
-/* has_node, not looking inside subqueries in expressions. */
+static bool
+has_node(const cJSON *n, const char *type)
+{
+    return find_node(n, type, false);
+}
+
 static bool
 has_own_node(const cJSON *n, const char *type)
 {
-    if (n == NULL || (n->string != NULL && strcmp(n->string, "SubLink") == 0))
-        return false;
-    if (n->string != NULL && strcmp(n->string, type) == 0)
-        return true;
-    for (const cJSON *c = n->child; c != NULL; c = c->next)
-        if (has_own_node(c, type))
-            return true;
-    return false;
+    return find_node(n, type, true);
 }
 
 /* True when a FuncCall below n has an OVER clause (a window function). */
