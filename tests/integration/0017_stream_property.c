@@ -245,8 +245,10 @@ static const st_def_t sts[] = {
      "SELECT c.id, c.z AS x FROM c WHERE EXISTS (SELECT FROM b WHERE b.id = c.b_id) UNION ALL "
      "SELECT a.id, a.v FROM a WHERE NOT EXISTS (SELECT FROM c WHERE c.z = a.v)",
      NULL},
-    /* Subqueries in the select list (migration 25): correlated on a
-     * column with NULLs, and on a LEFT JOIN's NULL-extended side. */
+    /* Subqueries in the select list (migration 25), correlated on a
+     * column with NULLs. (One over a LEFT JOIN's NULL-extended side was
+     * the costliest shape of the run, about 58 s of 750 in CI, and is left
+     * out: analyze_test checks the SQL of that term.) */
     {"p_scalar", "id, n, top",
      "SELECT a.id, (SELECT count(*) FROM b WHERE b.a_k = a.k) AS n, (SELECT max(c.z) FROM c "
      "WHERE c.b_id = a.id) AS top FROM a",
@@ -256,10 +258,6 @@ static const st_def_t sts[] = {
     {"p_not_in_or", "id, v",
      "SELECT a.id, a.v FROM a WHERE a.k NOT IN (SELECT b.a_k FROM b WHERE b.w > 2) OR a.v > "
      "(SELECT max(c.z) FROM c WHERE c.b_id = a.id)",
-     NULL},
-    {"p_left_scalar", "aid, bid, last",
-     "SELECT a.id AS aid, b.id AS bid, (SELECT c.z FROM c WHERE c.b_id = b.id ORDER BY c.id "
-     "DESC LIMIT 1) AS last FROM a LEFT JOIN b ON b.a_k = a.k",
      NULL},
 };
 #define NSTS (sizeof sts / sizeof sts[0])
