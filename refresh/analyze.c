@@ -857,8 +857,9 @@ full_reason(const cJSON *sel, const sl_analyze_in_t *in)
     if (has_long_colref(sel))
         return "a column written as schema.table.column cannot be rebound to the change rows";
     if (!in->has_keys)
-        return "the rows have no identity: the select list lacks every table's primary key "
-               "(or the GROUP BY keys); add them for differential refresh";
+        return "the rows have no identity: the select list lacks the primary key of a table "
+               "that the joins do not pin to one row (or the GROUP BY keys); add it for "
+               "differential refresh";
     return NULL;
 }
 

@@ -397,7 +397,36 @@ check_key_columns(PGconn *conn)
                 "SELECT o.id AS order_id, c.id AS cust, c.name FROM orders o "
                 "JOIN customers c ON c.id = o.customer_id",
                 "{order_id,cust}");
+    /* Since migration 26 a table whose whole primary key a join's
+     * condition equates with columns of keyed tables (or constants) is
+     * left out: each order meets at most one customer. */
     expect_keys(conn, "SELECT o.id, c.name FROM orders o JOIN customers c ON c.id = o.customer_id",
+                "{id}");
+    expect_keys(conn,
+                "SELECT o.id, c.name FROM orders o LEFT JOIN customers c ON c.id = o.customer_id",
+                "{id}");
+    expect_keys(conn, "SELECT o.id, c.name FROM orders o, customers c WHERE c.id = o.customer_id",
+                "{id}");
+    expect_keys(conn, "SELECT o.id, c.name FROM orders o JOIN customers c ON c.id = 1", "{id}");
+    expect_keys(conn, "SELECT e.id, m.amount FROM orders e JOIN orders m ON m.id = e.customer_id",
+                "{id}");
+    /* Not the side a LEFT JOIN keeps: its rows that meet nothing repeat. */
+    expect_keys(conn, "SELECT c.name FROM orders o LEFT JOIN customers c ON o.id = c.id",
+                "content");
+    /* Not when each is pinned only by the other. */
+    expect_keys(conn, "SELECT o.amount FROM orders o JOIN customers c ON c.id = o.id", "content");
+    /* Not through a FULL JOIN, an expression, or an OR (a BitmapOr's arms
+     * are not conditions of the join; before migration 26 the second
+     * query got the identity oid, which two of its rows share). */
+    expect_keys(conn,
+                "SELECT o.id, c.name FROM orders o FULL JOIN customers c ON c.id = o.customer_id",
+                "content");
+    expect_keys(conn,
+                "SELECT o.id, c.name FROM orders o JOIN customers c ON c.id = o.customer_id + 1",
+                "content");
+    expect_keys(conn,
+                "SELECT o.id AS oid, o.customer_id FROM orders o JOIN customers c "
+                "ON c.id = o.customer_id OR c.id = o.id",
                 "content");
     expect_keys(conn, "SELECT amount FROM orders", "content");
     expect_keys(conn, "SELECT id, unnest(ARRAY[1, 2]) AS x FROM orders", "content");
@@ -2050,6 +2079,92 @@ check_select_subqueries(const char *url, PGconn *conn)
                  "DROP TABLE sq_ord, sq_cust, sq_item");
 }
 
+/* Joins whose row identity leaves out tables that their conditions pin to
+ * one row (migration 26): the orders with their customer's name, keyed by
+ * the order alone, refreshed differentially with exact deltas. */
+static void
+check_determined_keys(const char *url, PGconn *conn)
+{
+    TH_LOG("joins keyed without the keys their conditions determine (migration 26)");
+    const char *q = "SELECT o.id, o.amount, c.name FROM dk_ord o JOIN dk_cust c ON c.id = o.cust";
+    const char *lq = "SELECT o.id, c.name, r.name AS region FROM dk_ord o LEFT JOIN dk_cust c ON "
+                     "c.id = o.cust LEFT JOIN dk_region r ON r.id = c.region";
+    th_sql(conn, "CREATE TABLE dk_region (id int PRIMARY KEY, name text);"
+                 "CREATE TABLE dk_cust (id int PRIMARY KEY, name text, region int);"
+                 "CREATE TABLE dk_ord (id int PRIMARY KEY, cust int, amount int);"
+                 "INSERT INTO dk_region VALUES (1, 'north'), (2, 'south');"
+                 "INSERT INTO dk_cust VALUES (1, 'ann', 1), (2, 'bob', 2);"
+                 "INSERT INTO dk_ord VALUES (1, 1, 10), (2, 1, 20), (3, 2, 30), (4, NULL, 40)");
+    th_sql(conn, "SELECT sluice.create_stream_table('dk_orders', $q$%s$q$)", q);
+    th_sql(conn, "SELECT sluice.create_stream_table('dk_chain', $q$%s$q$)", lq);
+    th_sql(conn, "UPDATE sluice.stream_table_catalog SET full_refresh_fraction = 1000 "
+                 "WHERE name IN ('dk_orders', 'dk_chain')");
+    analyse_differential(url, conn, "dk_orders");
+    analyse_differential(url, conn, "dk_chain");
+    expect_text(th_sql_text(conn, "SELECT string_agg(name || '=' || key_columns::text, ' ' ORDER "
+                                  "BY name) FROM sluice.stream_table_catalog WHERE name IN "
+                                  "('dk_orders', 'dk_chain')"),
+                "dk_chain={id} dk_orders={id}", "both keyed by the order alone");
+    expect_text(th_sql_text(conn, "SELECT count(*) FILTER (WHERE __sluice_row_id = "
+                                  "md5(jsonb_build_array(id)::text)::uuid) || '/' || count(*) "
+                                  "FROM dk_orders"),
+                "3/3", "a row's id is its order's key hashed");
+
+    /* Ann is renamed (two orders), order 3 moves to her, region 2 is
+     * renamed (no order of the inner join sees it; order 3 had it in the
+     * chain), order 4 keeps no customer. */
+    long long before = max_outbox_id(conn);
+    th_sql(conn, "UPDATE dk_cust SET name = 'amy' WHERE id = 1;"
+                 "UPDATE dk_ord SET cust = 1 WHERE id = 3;"
+                 "UPDATE dk_region SET name = 'west' WHERE id = 2");
+    TH_ASSERT(refresh(conn, "dk_orders") > 0, "the changes are refreshed into dk_orders");
+    TH_ASSERT(refresh(conn, "dk_chain") > 0, "and into dk_chain");
+    expect_text(th_sql_text(conn, "SELECT string_agg(DISTINCT last_refresh_mode, ',') FROM "
+                                  "sluice.stream_table_catalog WHERE name IN ('dk_orders', "
+                                  "'dk_chain')"),
+                "differential", "both refreshed differentially");
+    expect_text(deltas_since(conn, "dk_orders", before),
+                "update|{\"id\": 1, \"name\": \"ann\", \"amount\": 10}|{\"id\": 1, "
+                "\"name\": \"amy\", \"amount\": 10}\n"
+                "update|{\"id\": 2, \"name\": \"ann\", \"amount\": 20}|{\"id\": 2, "
+                "\"name\": \"amy\", \"amount\": 20}\n"
+                "update|{\"id\": 3, \"name\": \"bob\", \"amount\": 30}|{\"id\": 3, "
+                "\"name\": \"amy\", \"amount\": 30}",
+                "three orders updated, each once, under its order's key");
+    expect_text(deltas_since(conn, "dk_chain", before),
+                "update|{\"id\": 1, \"name\": \"ann\", \"region\": \"north\"}|{\"id\": "
+                "1, \"name\": \"amy\", \"region\": \"north\"}\n"
+                "update|{\"id\": 2, \"name\": \"ann\", \"region\": \"north\"}|{\"id\": "
+                "2, \"name\": \"amy\", \"region\": \"north\"}\n"
+                "update|{\"id\": 3, \"name\": \"bob\", \"region\": \"south\"}|{\"id\": "
+                "3, \"name\": \"amy\", \"region\": \"north\"}",
+                "the chain: the same three orders");
+
+    /* Bob leaves: no order of the inner join had him any more; a new
+     * order of nobody appears in the chain alone. */
+    before = max_outbox_id(conn);
+    th_sql(conn, "DELETE FROM dk_cust WHERE id = 2; INSERT INTO dk_ord VALUES (5, 2, 50)");
+    th_sql(conn, "SELECT sluice.refresh_stream_table('dk_orders')");
+    TH_ASSERT(th_sql_int(conn,
+                         "SELECT count(*) FROM sluice.outbox WHERE topic = 'dk_orders' AND "
+                         "id > %lld",
+                         before) == 0,
+              "an order of a missing customer is no row of the inner join");
+    TH_ASSERT(refresh(conn, "dk_chain") > 0, "the chain has a new row");
+    expect_text(deltas_since(conn, "dk_chain", before),
+                "insert|null|{\"id\": 5, \"name\": null, \"region\": null}",
+                "order 5 with no customer");
+    TH_ASSERT(diff_from_query(conn, "dk_orders", "id, amount, name", q) == 0,
+              "dk_orders equals its query");
+    TH_ASSERT(diff_from_query(conn, "dk_chain", "id, name, region", lq) == 0,
+              "dk_chain equals its query");
+    TH_ASSERT(diff_from_replay(conn, "dk_orders") == 0 && diff_from_replay(conn, "dk_chain") == 0,
+              "replaying the deltas rebuilds both");
+    th_sql(conn, "SELECT sluice.drop_stream_table('dk_orders');"
+                 "SELECT sluice.drop_stream_table('dk_chain');"
+                 "DROP TABLE dk_ord, dk_cust, dk_region");
+}
+
 static void
 check_left_join_identity(const char *url, PGconn *conn)
 {
@@ -2507,6 +2622,7 @@ main(void)
     check_left_join_identity(env.pg_url, conn);
     check_where_subqueries(env.pg_url, conn);
     check_select_subqueries(env.pg_url, conn);
+    check_determined_keys(env.pg_url, conn);
     check_source_ddl(env.pg_url, conn);
 
     PQfinish(conn);

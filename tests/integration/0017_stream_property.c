@@ -225,8 +225,10 @@ static const st_def_t sts[] = {
      "SELECT a.id, a.k, a.v FROM a WHERE EXISTS (SELECT 1 FROM b WHERE b.a_k = a.k AND b.w IS "
      "DISTINCT FROM 2) AND a.v IS DISTINCT FROM 5",
      NULL},
-    {"p_not_exists_join", "bid, cid, z",
-     "SELECT b.id AS bid, c.id AS cid, c.z FROM b JOIN c ON c.b_id = b.id WHERE NOT EXISTS "
+    /* b's key is not selected: c.b_id = b.id pins each c row's b
+     * (migration 26), so c.id alone is the row identity. */
+    {"p_not_exists_join", "cid, w, z",
+     "SELECT c.id AS cid, b.w, c.z FROM b JOIN c ON c.b_id = b.id WHERE NOT EXISTS "
      "(SELECT FROM a WHERE a.k = b.a_k AND a.v > 5)",
      NULL},
     {"p_in_group", "k, n, sv",
@@ -244,6 +246,12 @@ static const st_def_t sts[] = {
     {"p_union_exists", "id, x",
      "SELECT c.id, c.z AS x FROM c WHERE EXISTS (SELECT FROM b WHERE b.id = c.b_id) UNION ALL "
      "SELECT a.id, a.v FROM a WHERE NOT EXISTS (SELECT FROM c WHERE c.z = a.v)",
+     NULL},
+    /* A LEFT JOIN chain keyed by its first table alone (migration 26):
+     * b.id = c.b_id pins c's b, a.id = b.a_k pins b's a. */
+    {"p_left_pinned", "cid, z, w, v",
+     "SELECT c.id AS cid, c.z, b.w, a.v FROM c LEFT JOIN b ON b.id = c.b_id LEFT JOIN a ON a.id = "
+     "b.a_k",
      NULL},
     /* Subqueries in the select list (migration 25), correlated on a
      * column with NULLs. (One over a LEFT JOIN's NULL-extended side was
