@@ -282,9 +282,36 @@ check_create_errors(PGconn *conn)
                  "SELECT sluice.create_stream_table('t_bad', 'SELECT 1', 'auto', '0')");
     expect_error(conn, "42809", "which is a view",
                  "SELECT sluice.create_stream_table('t_bad', 'SELECT * FROM orders_view')");
-    expect_error(conn, "0A000", "refresh_mode differential is not possible for t_bad",
+    expect_error(conn, "0A000",
+                 "refresh_mode differential is not possible for t_bad: rows have no key (content "
+                 "identity): the select list lacks the primary key of public.orders (orders.id), "
+                 "which no join condition pins to one row; select it",
                  "SELECT sluice.create_stream_table('t_bad', 'SELECT amount FROM orders', "
                  "'differential')");
+    /* Since migration 26 the reason names the keys to select: only the
+     * orders' here (the join pins each order's customer); and a construct
+     * that is always FULL comes first, since keys would not help. */
+    expect_error(conn, "0A000",
+                 "lacks the primary key of public.orders (o.id), which no join condition pins to "
+                 "one row; select it for a keyed, differential refresh",
+                 "SELECT sluice.create_stream_table('t_bad', 'SELECT c.name, o.amount FROM orders "
+                 "o JOIN customers c ON c.id = o.customer_id', 'differential')");
+    expect_error(conn, "0A000", "lacks a GROUP BY key; select orders.customer_id as grouped",
+                 "SELECT sluice.create_stream_table('t_bad', 'SELECT sum(amount) AS s FROM orders "
+                 "GROUP BY customer_id', 'differential')");
+    expect_error(conn, "0A000",
+                 "refresh_mode differential is not possible for t_bad: window functions are "
+                 "refreshed in full",
+                 "SELECT sluice.create_stream_table('t_bad', 'SELECT amount, rank() OVER (ORDER BY "
+                 "amount) AS r FROM orders', 'differential')");
+    th_sql(conn, "SELECT sluice.create_stream_table('t_nokey', 'SELECT amount, rank() OVER (ORDER "
+                 "BY amount) AS r FROM orders')");
+    expect_text(th_sql_text(conn, "SELECT coalesce(key_columns::text, 'content') || ' | ' || "
+                                  "fallback_reason FROM sluice.stream_table_catalog WHERE name = "
+                                  "'t_nokey'"),
+                "content | window functions are refreshed in full",
+                "a window function's reason, not the missing key's");
+    th_sql(conn, "SELECT sluice.drop_stream_table('t_nokey')");
     expect_error(conn, "42P07", "relation public.orders already exists",
                  "SELECT sluice.create_stream_table('orders', 'SELECT 1')");
     th_sql(conn, "BEGIN ISOLATION LEVEL REPEATABLE READ");

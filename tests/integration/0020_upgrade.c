@@ -584,9 +584,22 @@ main(void)
                             "' | ' || fallback_reason || ' | ' || coalesce(key_columns::text, "
                             "'none') FROM sluice.stream_table_catalog WHERE name = 'st_jg'");
     TH_ASSERT(why != NULL &&
-                  strcmp(why, "none | full | rows have no key (content identity) | none") == 0,
-              "st_jg: migration 18 took back the reason, the content identity stays (%s)",
+                  strncmp(why, "none | full | rows have no key (content identity): ", 51) == 0 &&
+                  strstr(why, "re-validate it with sluice.alter_stream_table(name, query => <the "
+                              "same query>)") != NULL &&
+                  strstr(why, " | none") != NULL,
+              "st_jg: migration 18 took back the reason, the content identity stays, and "
+              "migration 26 says how to get a key (%s)",
               why ? why : "NULL");
+    free(why);
+    /* Doing what the reason says gives it one. */
+    th_sql(conn, "SELECT sluice.alter_stream_table('st_jg', query => (SELECT query_as_given FROM "
+                 "sluice.stream_table_catalog WHERE name = 'st_jg'))");
+    why = th_sql_text(conn, "SELECT coalesce(key_columns::text, 'none') || ' | ' || "
+                            "coalesce(fallback_reason, 'none') FROM sluice.stream_table_catalog "
+                            "WHERE name = 'st_jg'");
+    TH_ASSERT(why != NULL && strcmp(why, "{grp} | none") == 0,
+              "st_jg: re-validated, it is keyed and left to the engine (%s)", why ? why : "NULL");
     free(why);
     th_sql(conn, "SELECT sluice.drop_stream_table('st_jg')");
 
