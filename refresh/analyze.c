@@ -70,8 +70,15 @@
  *     what is run over the change images is the subquery's WHERE clause
  *     alone, since its value for a row depends only on the rows of its
  *     table that clause lets through.
- * UNION without ALL, subqueries elsewhere, WITH, window functions, LIMIT and
- * the rest are refreshed in full, and the reason says so. docs/stream-tables.md
+ *   - window functions over one table, every window partitioned (PARTITION
+ *     BY) by columns the select list has as they are: refreshed by
+ *     partition, the unit being those columns (like a LEFT JOIN chain's
+ *     first table): the partitions of the window's change images, before
+ *     and after, recomputed whole, since a row's window values depend only
+ *     on the rows of its partition.
+ * UNION without ALL, subqueries elsewhere, WITH, window functions without
+ * PARTITION BY, LIMIT and the rest are refreshed in full, and the reason
+ * says so. docs/stream-tables.md
  * ("What is refreshed differentially") has the argument in prose.
  *
  * Text handling: the generated SQL is spliced from the user's own query
@@ -375,6 +382,114 @@ has_window(const cJSON *n)
     for (const cJSON *c = n->child; c != NULL; c = c->next)
         if (has_window(c))
             return true;
+    return false;
+}
+
+#define MAX_WINDOWS 32
+
+/* Collects the OVER clauses (WindowDef fields) of the FuncCalls below n
+ * into v[k..max); returns the new count (more than max: too many). */
+static size_t
+collect_windows(const cJSON *n, const cJSON **v, size_t k, size_t max)
+{
+    if (n == NULL)
+        return k;
+    if (n->string != NULL && strcmp(n->string, "FuncCall") == 0) {
+        const cJSON *over = cJSON_GetObjectItemCaseSensitive(n, "over");
+        if (over != NULL) {
+            if (k < max)
+                v[k] = over;
+            k++;
+        }
+    }
+    for (const cJSON *c = n->child; c != NULL; c = c->next)
+        k = collect_windows(c, v, k, max);
+    return k;
+}
+
+/* The PARTITION BY list of window w (an OVER clause, or a WINDOW clause
+ * entry), following a reference to a named window (OVER w, OVER (w ORDER
+ * BY ...)) through the query's WINDOW clause; NULL when it has none. */
+static const cJSON *
+window_partition(const cJSON *sel, const cJSON *w)
+{
+    for (int hops = 0; w != NULL && hops < 8; hops++) {
+        const cJSON *p = cJSON_GetObjectItemCaseSensitive(w, "partitionClause");
+        if (cJSON_GetArraySize(p) > 0)
+            return p;
+        const char *ref = str(w, "refname") != NULL ? str(w, "refname") : str(w, "name");
+        const cJSON *next = NULL, *item;
+        cJSON_ArrayForEach (item, cJSON_GetObjectItemCaseSensitive(sel, "windowClause")) {
+            const cJSON *d = node(item, "WindowDef");
+            if (ref != NULL && d != w && str(d, "name") != NULL && strcmp(str(d, "name"), ref) == 0)
+                next = d;
+        }
+        w = next;
+    }
+    return NULL;
+}
+
+/* The windows of sel's select list and ORDER BY (up to MAX_WINDOWS). */
+static size_t
+query_windows(const cJSON *sel, const cJSON **v)
+{
+    size_t n =
+        collect_windows(cJSON_GetObjectItemCaseSensitive(sel, "targetList"), v, 0, MAX_WINDOWS);
+    return collect_windows(cJSON_GetObjectItemCaseSensitive(sel, "sortClause"), v, n, MAX_WINDOWS);
+}
+
+static const char *const why_window =
+    "window functions are refreshed differentially over one table when every window has a "
+    "PARTITION BY and the query neither groups, aggregates, removes duplicates nor has "
+    "subqueries; this one is refreshed in full";
+
+/* Why sel's window functions make it FULL whatever its FROM, or NULL. */
+static const char *
+window_reason(const cJSON *sel)
+{
+    const cJSON *w[MAX_WINDOWS];
+    size_t n = query_windows(sel, w);
+    if (n > MAX_WINDOWS)
+        return "a query with more than 32 window functions is refreshed in full";
+    if (cJSON_GetObjectItemCaseSensitive(sel, "groupClause") != NULL ||
+        cJSON_GetObjectItemCaseSensitive(sel, "havingClause") != NULL ||
+        cJSON_GetObjectItemCaseSensitive(sel, "distinctClause") != NULL)
+        return why_window;
+    for (size_t i = 0; i < n; i++)
+        if (window_partition(sel, w[i]) == NULL)
+            return "window functions without PARTITION BY are refreshed in full (a change can "
+                   "move every row's value)";
+    return NULL;
+}
+
+/* The column of table alias that partition item p is (alias.col, or col
+ * alone), or NULL. */
+static const char *
+partition_column(const cJSON *p, const char *alias)
+{
+    const cJSON *fields = cJSON_GetObjectItemCaseSensitive(node(p, "ColumnRef"), "fields");
+    int nf = cJSON_GetArraySize(fields);
+    const char *c = str(node(cJSON_GetArrayItem(fields, nf - 1), "String"), "sval");
+    if (c == NULL || nf > 2)
+        return NULL;
+    if (nf == 2) {
+        const char *t = str(node(cJSON_GetArrayItem(fields, 0), "String"), "sval");
+        if (t == NULL || strcmp(t, alias) != 0)
+            return NULL;
+    }
+    return c;
+}
+
+/* True when partition list p has column col of table alias. */
+static bool
+partition_has(const cJSON *p, const char *alias, const char *col)
+{
+    const cJSON *item;
+    cJSON_ArrayForEach (item, p) {
+        const char *c = partition_column(item, alias);
+        if (c != NULL && strcmp(c, col) == 0)
+            return true;
+    }
     return false;
 }
 
@@ -758,6 +873,12 @@ tree_select(out_t *o, const cJSON *sel, int depth)
          cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(sel, "targetList")) == 1 ? "" : "s");
     /* The select list's subqueries, then the Project's input. */
     tree_sublinks(o, cJSON_GetObjectItemCaseSensitive(sel, "targetList"), d);
+    const cJSON *wv[MAX_WINDOWS];
+    size_t nwin = query_windows(sel, wv);
+    if (nwin > 0) {
+        indent(o, d++);
+        outf(o, "Window (%zu function%s)\n", nwin, nwin == 1 ? "" : "s");
+    }
     if (cJSON_GetObjectItemCaseSensitive(sel, "havingClause") != NULL) {
         indent(o, d++);
         outf(o, "Filter (HAVING)\n");
@@ -766,7 +887,7 @@ tree_select(out_t *o, const cJSON *sel, int depth)
     if (group != NULL ||
         has_own_node(cJSON_GetObjectItemCaseSensitive(sel, "targetList"), "FuncCall")) {
         int ng = cJSON_GetArraySize(group);
-        if (group != NULL || has_own_node(sel, "agg_star") ||
+        if (group != NULL || (nwin == 0 && has_own_node(sel, "agg_star")) ||
             has_own_node(cJSON_GetObjectItemCaseSensitive(sel, "havingClause"), "FuncCall")) {
             indent(o, d++);
             if (ng > 0)
@@ -836,8 +957,9 @@ full_reason(const cJSON *sel, const sl_analyze_in_t *in)
         return "FOR UPDATE/SHARE has no meaning in a stream table";
     if (cJSON_GetObjectItemCaseSensitive(sel, "intoClause") != NULL)
         return "SELECT INTO is not a query";
-    if (has_window(sel))
-        return "window functions are refreshed in full";
+    const char *wwhy = has_window(sel) ? window_reason(sel) : NULL;
+    if (wwhy != NULL)
+        return wwhy;
     const char *why = sublink_reason(sel, in);
     if (why != NULL)
         return why;
@@ -2569,6 +2691,48 @@ map_units(const cJSON *sel, const sl_analyze_in_t *in, const rel_t *root, keyexp
     return true;
 }
 
+#define MAX_WINDOW_UNITS 8
+
+/* The units of a query with window functions over table rel (window_reason
+ * passed): the columns of rel that every window is partitioned by and that
+ * the select list has as they are, each named as its stream-table column.
+ * A row's window values depend only on the rows of its partition, and a
+ * partition lies within one unit (its columns include the unit's), so a
+ * unit recomputed whole gives exactly its rows. NULL, or why not. */
+static const char *
+window_units(const cJSON *sel, const rel_t *rel, keyexpr_t *units, size_t *nunits)
+{
+    const cJSON *w[MAX_WINDOWS];
+    size_t nw = query_windows(sel, w);
+    *nunits = 0;
+    if (nw == 0 || nw > MAX_WINDOWS)
+        return why_window;
+    const cJSON *item;
+    cJSON_ArrayForEach (item, window_partition(sel, w[0])) {
+        const char *col = partition_column(item, rel->alias);
+        bool all = col != NULL && *nunits < MAX_WINDOW_UNITS;
+        for (size_t i = 0; i < *nunits && all; i++)
+            all = strcmp(units[i].src, col) != 0;
+        for (size_t i = 1; i < nw && all; i++)
+            all = partition_has(window_partition(sel, w[i]), rel->alias, col);
+        if (!all)
+            continue;
+        const char *out = NULL;
+        const cJSON *tgt;
+        cJSON_ArrayForEach (tgt, cJSON_GetObjectItemCaseSensitive(sel, "targetList"))
+            if ((out = target_column(tgt, rel->alias, col, true)) != NULL)
+                break;
+        if (out != NULL)
+            units[(*nunits)++] =
+                (keyexpr_t){.from = -1, .alias = rel->alias, .src = col, .col = out};
+    }
+    if (*nunits == 0)
+        return "window functions are refreshed differentially by partition: the select list must "
+               "have, as they are, the columns that every window is partitioned by (PARTITION BY "
+               "a column, not an expression); this query's do not";
+    return NULL;
+}
+
 /* The text[] literal of the units' column names. */
 static void
 out_units_literal(out_t *o, const keyexpr_t *units, size_t n)
@@ -3832,6 +3996,20 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
     if ((f.n > 1 || f.v[0].subquery || nsubs > 0) && f.grouping < 0 &&
         (reason = check_join(in->query, &t, &f, why, sizeof why)) != NULL)
         goto full;
+    size_t nwunits = 0; /* window functions: the partition columns that are units */
+    if (has_window(sel)) {
+        if (f.n != 1 || f.v[0].subquery || f.grouping >= 0 || nsubs > 0) {
+            reason = why_window;
+            goto full;
+        }
+        units = calloc(MAX_WINDOW_UNITS, sizeof *units);
+        if (units == NULL) {
+            rc = sl_err_nomem(err, "the unit list");
+            goto done;
+        }
+        if ((reason = window_units(sel, &f.v[0], units, &nwunits)) != NULL)
+            goto full;
+    }
     if (f.outer) {
         if (!f.left_deep || !f.equi) {
             reason = "a LEFT JOIN is refreshed differentially only in a chain of equi-joins "
@@ -3875,7 +4053,23 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
     out_t o = {.rc = SL_OK, .err = err};
     out_t r = {.rc = SL_OK, .err = err};
     out_t u = {.rc = SL_OK, .err = err};
-    if (f.outer && !by_keys) {
+    if (nwunits > 0) {
+        /* By partition: the partitions of the changed rows (before and
+         * after), recomputed whole; a partition whose columns are NULL is
+         * found through filter_null. */
+        sl_analyze_in_t unit_in = *in;
+        unit_in.nkeys = nwunits;
+        gen_affected(&o, in->query, &t, &c, &unit_in, units, &f.v[0]);
+        outf(&r, "(");
+        gen_restricted(&r, in->query, &t, &c, filter_nonnull, &unit_in, units, NULL);
+        outf(&r, ") UNION ALL (");
+        gen_restricted(&r, in->query, &t, &c, filter_null, &unit_in, units, NULL);
+        outf(&r, ")");
+        out_units_literal(&u, units, nwunits);
+        a->unit_columns = out_take(&u);
+        if (a->unit_columns == NULL)
+            rc = sl_err_nomem(err, "the generated SQL");
+    } else if (f.outer && !by_keys) {
         sl_analyze_in_t unit_in = *in;
         unit_in.nkeys = f.v[0].src->npk;
         gen_affected_rooted(&o, in->query, &t, &c, &f, units, subs, nsubs);

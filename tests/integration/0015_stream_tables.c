@@ -300,8 +300,8 @@ check_create_errors(PGconn *conn)
                  "SELECT sluice.create_stream_table('t_bad', 'SELECT sum(amount) AS s FROM orders "
                  "GROUP BY customer_id', 'differential')");
     expect_error(conn, "0A000",
-                 "refresh_mode differential is not possible for t_bad: window functions are "
-                 "refreshed in full",
+                 "refresh_mode differential is not possible for t_bad: window functions without "
+                 "PARTITION BY are refreshed in full",
                  "SELECT sluice.create_stream_table('t_bad', 'SELECT amount, rank() OVER (ORDER BY "
                  "amount) AS r FROM orders', 'differential')");
     th_sql(conn, "SELECT sluice.create_stream_table('t_nokey', 'SELECT amount, rank() OVER (ORDER "
@@ -309,7 +309,8 @@ check_create_errors(PGconn *conn)
     expect_text(th_sql_text(conn, "SELECT coalesce(key_columns::text, 'content') || ' | ' || "
                                   "fallback_reason FROM sluice.stream_table_catalog WHERE name = "
                                   "'t_nokey'"),
-                "content | window functions are refreshed in full",
+                "content | window functions without PARTITION BY are refreshed in full (a change "
+                "can move every row's value)",
                 "a window function's reason, not the missing key's");
     th_sql(conn, "SELECT sluice.drop_stream_table('t_nokey')");
     expect_error(conn, "42P07", "relation public.orders already exists",
@@ -599,9 +600,21 @@ static void
 check_query_fallback(const char *url, PGconn *conn)
 {
     TH_LOG("creation: what is refreshed in full, decided from PostgreSQL's analysis");
-    static const char window_reason[] = "window functions are refreshed in full";
+    static const char window_reason[] = "window functions without PARTITION BY are refreshed in "
+                                        "full";
     expect_fallback(conn, "SELECT id, rank() OVER (ORDER BY amount) AS r FROM orders",
                     window_reason);
+    /* Partitioned windows over one table are the engine's (migration 26):
+     * by partition when the select list has the partition columns. */
+    expect_fallback(conn,
+                    "SELECT id, customer_id, rank() OVER (PARTITION BY customer_id ORDER BY "
+                    "amount) AS r FROM orders",
+                    NULL);
+    expect_fallback(conn,
+                    "SELECT o.id, c.id AS cid, rank() OVER (PARTITION BY o.customer_id) AS r FROM "
+                    "orders o JOIN customers c ON c.id = o.customer_id",
+                    "window functions are refreshed differentially over one table when every "
+                    "window has a PARTITION BY");
     expect_fallback(conn, "SELECT id FROM orders UNION SELECT id FROM customers",
                     "UNION (without ALL), INTERSECT and EXCEPT are refreshed in full");
     expect_fallback(conn, "SELECT id FROM orders EXCEPT SELECT id FROM customers",
@@ -841,7 +854,8 @@ check_query_fallback(const char *url, PGconn *conn)
     expect_fallback(conn,
                     "SELECT id, amount FROM orders UNION ALL SELECT id, rank() OVER (ORDER BY "
                     "id) FROM customers",
-                    "UNION ALL branch 2: window functions are refreshed in full");
+                    "UNION ALL branch 2: window functions without PARTITION BY are refreshed in "
+                    "full");
     expect_fallback(conn,
                     "SELECT id FROM customers UNION ALL SELECT s.id FROM (SELECT id FROM orders "
                     "LIMIT 5) s",
@@ -871,7 +885,8 @@ check_query_fallback(const char *url, PGconn *conn)
     expect_fallback(conn,
                     "SELECT s.customer_id, s.r FROM (SELECT customer_id, rank() OVER (ORDER BY "
                     "customer_id) AS r FROM orders GROUP BY customer_id) s",
-                    "the subquery in FROM: window functions are refreshed in full");
+                    "the subquery in FROM: window functions without PARTITION BY are refreshed in "
+                    "full");
     expect_fallback(conn,
                     "SELECT s.n, count(*) AS k FROM (SELECT customer_id, count(*) AS n FROM orders "
                     "GROUP BY customer_id) s GROUP BY s.n",
@@ -1092,12 +1107,14 @@ check_query_fallback(const char *url, PGconn *conn)
     PQsetNoticeReceiver(conn, old, NULL);
     TH_ASSERT(strstr(seen.text,
                      "stream table ranked created: 6 rows; refresh mode auto, "
-                     "refreshed in full: window functions are refreshed in full") != NULL,
+                     "refreshed in full: window functions without PARTITION BY are refreshed in "
+                     "full") != NULL,
               "the NOTICE gives the reason, got: %s", seen.text);
     expect_text(th_sql_text(conn, "SELECT string_agg(coalesce(value, 'NULL'), ' | ' ORDER BY "
                                   "property) FROM sluice.explain_stream_table('ranked') WHERE "
                                   "property IN ('effective mode', 'fallback reason')"),
-                "full | window functions are refreshed in full",
+                "full | window functions without PARTITION BY are refreshed in full (a change can "
+                "move every row's value)",
                 "explain_stream_table shows FULL and why, before any engine ran");
     TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice.stream_table_catalog WHERE name = "
                                "'ranked' AND analyzed_query = query") == 1,
@@ -1105,8 +1122,8 @@ check_query_fallback(const char *url, PGconn *conn)
 
     /* differential: refused at once, nothing created. */
     expect_error(conn, "0A000",
-                 "refresh_mode differential is not possible for ranked_d: window functions are "
-                 "refreshed in full",
+                 "refresh_mode differential is not possible for ranked_d: window functions without "
+                 "PARTITION BY are refreshed in full",
                  "SELECT sluice.create_stream_table('ranked_d', 'SELECT id, amount, rank() OVER "
                  "(ORDER BY amount) AS r FROM orders', 'differential')");
     TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice.stream_table_catalog WHERE name = "
@@ -1114,15 +1131,16 @@ check_query_fallback(const char *url, PGconn *conn)
                   th_sql_int(conn, "SELECT count(*) FROM pg_class WHERE relname = 'ranked_d'") == 0,
               "the refused creation left no catalog row and no table");
     expect_error(conn, "0A000",
-                 "refresh_mode differential is not possible for ranked: window functions are "
-                 "refreshed in full",
+                 "refresh_mode differential is not possible for ranked: window functions without "
+                 "PARTITION BY are refreshed in full",
                  "SELECT sluice.alter_stream_table('ranked', refresh_mode => 'differential')");
     th_sql(conn, "SELECT sluice.alter_stream_table('ranked', refresh_mode => 'full')");
     th_sql(conn, "SELECT sluice.alter_stream_table('ranked', refresh_mode => 'auto')");
     expect_text(th_sql_text(conn, "SELECT requested_mode || ' ' || effective_mode || ' ' || "
                                   "fallback_reason FROM sluice.stream_table_catalog WHERE name = "
                                   "'ranked' AND analyzed_query = query"),
-                "auto full window functions are refreshed in full",
+                "auto full window functions without PARTITION BY are refreshed in full (a change "
+                "can move every row's value)",
                 "back to auto, the query's reason decides again");
     th_sql(conn, "SELECT sluice.drop_stream_table('ranked')");
 
@@ -1752,6 +1770,19 @@ analyse_differential(const char *url, PGconn *conn, const char *name)
     free(mode);
 }
 
+/* Creates stream table `name` of `query`, never FULL for its size (its
+ * sources are small), and has the engine analyse it as differential. */
+static void
+create_differential(const char *url, PGconn *conn, const char *name, const char *query)
+{
+    th_sql(conn, "SELECT sluice.create_stream_table('%s', $q$%s$q$)", name, query);
+    th_sql(conn,
+           "UPDATE sluice.stream_table_catalog SET full_refresh_fraction = 1000 "
+           "WHERE name = '%s'",
+           name);
+    analyse_differential(url, conn, name);
+}
+
 /* The one message of shapes_st's refresh `rid`: "op|before|after". */
 static char *
 shapes_message(PGconn *conn, long long rid)
@@ -1933,10 +1964,7 @@ check_where_subqueries(const char *url, PGconn *conn)
                  "INSERT INTO ws_ord SELECT i, i %% 3, 10 * i FROM generate_series(1, 6) i;"
                  "INSERT INTO ws_vip VALUES (1, 1), (2, 2), (3, NULL);"
                  "INSERT INTO ws_ref VALUES (1, 2)");
-    th_sql(conn, "SELECT sluice.create_stream_table('ws_open', $q$%s$q$)", q);
-    th_sql(conn, "UPDATE sluice.stream_table_catalog SET full_refresh_fraction = 1000 "
-                 "WHERE name = 'ws_open'");
-    analyse_differential(url, conn, "ws_open");
+    create_differential(url, conn, "ws_open", q);
     expect_text(th_sql_text(conn, "SELECT key_columns::text FROM sluice.stream_table_catalog "
                                   "WHERE name = 'ws_open'"),
                 "{id}", "keyed by the order, not by the subqueries' tables");
@@ -2029,10 +2057,7 @@ check_select_subqueries(const char *url, PGconn *conn)
                  "INSERT INTO sq_ord VALUES (1, 1), (2, 1), (3, 2), (4, NULL);"
                  "INSERT INTO sq_cust VALUES (1, 'ann'), (2, 'bob');"
                  "INSERT INTO sq_item VALUES (1, 1), (2, 1), (3, 2)");
-    th_sql(conn, "SELECT sluice.create_stream_table('sq_orders', $q$%s$q$)", q);
-    th_sql(conn, "UPDATE sluice.stream_table_catalog SET full_refresh_fraction = 1000 "
-                 "WHERE name = 'sq_orders'");
-    analyse_differential(url, conn, "sq_orders");
+    create_differential(url, conn, "sq_orders", q);
     expect_text(th_sql_text(conn, "SELECT key_columns::text FROM sluice.stream_table_catalog "
                                   "WHERE name = 'sq_orders'"),
                 "{id}", "keyed by the order, not by the subqueries' tables");
@@ -2079,10 +2104,7 @@ check_select_subqueries(const char *url, PGconn *conn)
     const char *wq = "SELECT o.id FROM sq_ord o WHERE o.cust NOT IN (SELECT c.id FROM sq_cust c "
                      "WHERE c.name LIKE 'b%%') AND (SELECT count(*) FROM sq_item i WHERE "
                      "i.order_id = o.id) < 2";
-    th_sql(conn, "SELECT sluice.create_stream_table('sq_open', $q$%s$q$)", wq);
-    th_sql(conn, "UPDATE sluice.stream_table_catalog SET full_refresh_fraction = 1000 "
-                 "WHERE name = 'sq_open'");
-    analyse_differential(url, conn, "sq_open");
+    create_differential(url, conn, "sq_open", wq);
     expect_text(th_sql_text(conn, "SELECT string_agg(id::text, ',' ORDER BY id) FROM sq_open"), "2",
                 "order 2 alone");
     before = max_outbox_id(conn);
@@ -2122,12 +2144,8 @@ check_determined_keys(const char *url, PGconn *conn)
                  "INSERT INTO dk_region VALUES (1, 'north'), (2, 'south');"
                  "INSERT INTO dk_cust VALUES (1, 'ann', 1), (2, 'bob', 2);"
                  "INSERT INTO dk_ord VALUES (1, 1, 10), (2, 1, 20), (3, 2, 30), (4, NULL, 40)");
-    th_sql(conn, "SELECT sluice.create_stream_table('dk_orders', $q$%s$q$)", q);
-    th_sql(conn, "SELECT sluice.create_stream_table('dk_chain', $q$%s$q$)", lq);
-    th_sql(conn, "UPDATE sluice.stream_table_catalog SET full_refresh_fraction = 1000 "
-                 "WHERE name IN ('dk_orders', 'dk_chain')");
-    analyse_differential(url, conn, "dk_orders");
-    analyse_differential(url, conn, "dk_chain");
+    create_differential(url, conn, "dk_orders", q);
+    create_differential(url, conn, "dk_chain", lq);
     expect_text(th_sql_text(conn, "SELECT string_agg(name || '=' || key_columns::text, ' ' ORDER "
                                   "BY name) FROM sluice.stream_table_catalog WHERE name IN "
                                   "('dk_orders', 'dk_chain')"),
@@ -2190,6 +2208,90 @@ check_determined_keys(const char *url, PGconn *conn)
     th_sql(conn, "SELECT sluice.drop_stream_table('dk_orders');"
                  "SELECT sluice.drop_stream_table('dk_chain');"
                  "DROP TABLE dk_ord, dk_cust, dk_region");
+}
+
+/* Window functions refreshed by partition (migration 26): a change
+ * recomputes the partitions of its rows, before and after, the one of
+ * NULLs included, with exact deltas. */
+static void
+check_window_partitions(const char *url, PGconn *conn)
+{
+    TH_LOG("window functions refreshed by partition (migration 26)");
+    const char *q = "SELECT o.id, o.cust, row_number() OVER (PARTITION BY o.cust ORDER BY o.amount "
+                    "DESC, o.id) AS rn, sum(o.amount) OVER (PARTITION BY o.cust) AS total FROM "
+                    "wp_ord o";
+    th_sql(conn, "CREATE TABLE wp_ord (id int PRIMARY KEY, cust int, amount int);"
+                 "INSERT INTO wp_ord VALUES (1, 1, 10), (2, 1, 20), (3, 2, 5), (4, NULL, 7),"
+                 "  (5, NULL, 3)");
+    create_differential(url, conn, "wp_rank", q);
+    expect_text(th_sql_text(conn, "SELECT string_agg(property || ': ' || value, ' | ' ORDER BY "
+                                  "property) FROM sluice.explain_stream_table('wp_rank') WHERE "
+                                  "property IN ('row identity', 'refresh unit')"),
+                "refresh unit: all rows with the same (cust) | row identity: key (id)",
+                "keyed by the order, refreshed by partition");
+
+    /* Order 1 overtakes order 2 in partition 1; order 6 joins the
+     * partition of NULLs at its top. Partition 2 is left alone. */
+    long long before = max_outbox_id(conn);
+    th_sql(conn,
+           "UPDATE wp_ord SET amount = 25 WHERE id = 1; INSERT INTO wp_ord VALUES (6, NULL, 8)");
+    TH_ASSERT(refresh(conn, "wp_rank") > 0, "the changes are refreshed");
+    expect_text(th_sql_text(conn, "SELECT last_refresh_mode FROM sluice.stream_table_catalog "
+                                  "WHERE name = 'wp_rank'"),
+                "differential", "refreshed differentially");
+    expect_text(deltas_since(conn, "wp_rank", before),
+                "insert|null|{\"id\": 6, \"rn\": 1, \"cust\": null, \"total\": 18}\n"
+                "update|{\"id\": 1, \"rn\": 2, \"cust\": 1, \"total\": 30}|{\"id\": 1, "
+                "\"rn\": 1, \"cust\": 1, \"total\": 45}\n"
+                "update|{\"id\": 2, \"rn\": 1, \"cust\": 1, \"total\": 30}|{\"id\": 2, "
+                "\"rn\": 2, \"cust\": 1, \"total\": 45}\n"
+                "update|{\"id\": 4, \"rn\": 1, \"cust\": null, \"total\": 10}|{\"id\": 4, "
+                "\"rn\": 2, \"cust\": null, \"total\": 18}\n"
+                "update|{\"id\": 5, \"rn\": 2, \"cust\": null, \"total\": 10}|{\"id\": 5, "
+                "\"rn\": 3, \"cust\": null, \"total\": 18}",
+                "partition 1 reordered and its total updated, order 6 ranked first of the NULLs");
+
+    /* Order 3 moves from partition 2, which empties, to partition 1. */
+    before = max_outbox_id(conn);
+    th_sql(conn, "UPDATE wp_ord SET cust = 1 WHERE id = 3");
+    TH_ASSERT(refresh(conn, "wp_rank") > 0, "the move is refreshed");
+    expect_text(deltas_since(conn, "wp_rank", before),
+                "update|{\"id\": 1, \"rn\": 1, \"cust\": 1, \"total\": 45}|{\"id\": 1, "
+                "\"rn\": 1, \"cust\": 1, \"total\": 50}\n"
+                "update|{\"id\": 2, \"rn\": 2, \"cust\": 1, \"total\": 45}|{\"id\": 2, "
+                "\"rn\": 2, \"cust\": 1, \"total\": 50}\n"
+                "update|{\"id\": 3, \"rn\": 1, \"cust\": 2, \"total\": 5}|{\"id\": 3, "
+                "\"rn\": 3, \"cust\": 1, \"total\": 50}",
+                "both partitions of the moved order");
+    TH_ASSERT(diff_from_query(conn, "wp_rank", "id, cust, rn, total", q) == 0,
+              "wp_rank equals its query");
+    TH_ASSERT(diff_from_replay(conn, "wp_rank") == 0, "replaying the deltas rebuilds it");
+
+    /* Without PARTITION BY, and partitioned by a column left out: FULL,
+     * each with its reason. */
+    th_sql(conn, "SELECT sluice.create_stream_table('wp_all', 'SELECT o.id, row_number() OVER "
+                 "(ORDER BY o.amount) AS rn FROM wp_ord o')");
+    expect_text(th_sql_text(conn, "SELECT effective_mode || ': ' || fallback_reason FROM "
+                                  "sluice.stream_table_catalog WHERE name = 'wp_all'"),
+                "full: window functions without PARTITION BY are refreshed in full (a change can "
+                "move every row's value)",
+                "no PARTITION BY: FULL, decided at creation");
+    th_sql(conn, "SELECT sluice.create_stream_table('wp_hidden', 'SELECT o.id, row_number() OVER "
+                 "(PARTITION BY o.cust ORDER BY o.amount) AS rn FROM wp_ord o')");
+    const char *const once[] = {SLUICE_BIN, "engine", "--db", url, "--once", "-l", "warn", NULL};
+    TH_ASSERT(th_run(once, NULL, RUN_MS) == 0, "sluice engine --once analyses wp_hidden");
+    char *why = th_sql_text(conn, "SELECT effective_mode || ': ' || fallback_reason FROM "
+                                  "sluice.stream_table_catalog WHERE name = 'wp_hidden'");
+    TH_ASSERT(why != NULL && strncmp(why,
+                                     "full: window functions are refreshed differentially by "
+                                     "partition: the select list must have",
+                                     83) == 0,
+              "a partition column left out: FULL, by the engine (%s)", why ? why : "NULL");
+    free(why);
+    th_sql(conn, "SELECT sluice.drop_stream_table('wp_rank');"
+                 "SELECT sluice.drop_stream_table('wp_all');"
+                 "SELECT sluice.drop_stream_table('wp_hidden');"
+                 "DROP TABLE wp_ord");
 }
 
 static void
@@ -2650,6 +2752,7 @@ main(void)
     check_where_subqueries(env.pg_url, conn);
     check_select_subqueries(env.pg_url, conn);
     check_determined_keys(env.pg_url, conn);
+    check_window_partitions(env.pg_url, conn);
     check_source_ddl(env.pg_url, conn);
 
     PQfinish(conn);

@@ -253,6 +253,13 @@ static const st_def_t sts[] = {
      "SELECT c.id AS cid, c.z, b.w, a.v FROM c LEFT JOIN b ON b.id = c.b_id LEFT JOIN a ON a.id = "
      "b.a_k",
      NULL},
+    /* Window functions by partition (migration 26), a.k having NULLs: a
+     * named window, one that refines it, a filter. */
+    {"p_window", "id, k, rn, sv, prev",
+     "SELECT a.id, a.k, row_number() OVER (PARTITION BY a.k ORDER BY a.v, a.id) AS rn, sum(a.v) "
+     "OVER w AS sv, lag(a.v) OVER (w ORDER BY a.id) AS prev FROM a WHERE a.v IS DISTINCT FROM 4 "
+     "WINDOW w AS (PARTITION BY a.k)",
+     NULL},
     /* Subqueries in the select list (migration 25), correlated on a
      * column with NULLs. (One over a LEFT JOIN's NULL-extended side was
      * the costliest shape of the run, about 58 s of 750 in CI, and is left

@@ -114,6 +114,12 @@ typedef struct analyze_row {
 #define REGION_LEFT                                                                              \
     "SELECT customers.region,\n    count(orders.id) AS n\n   FROM (public.customers\n     LEFT " \
     "JOIN public.orders ON ((orders.customer_id = customers.id)))\n  GROUP BY customers.region"
+/* Window functions partitioned by a selected column (and another). */
+#define WINDOW_Q                                                                                   \
+    " SELECT orders.id,\n    orders.customer_id,\n    rank() OVER (PARTITION BY "                  \
+    "orders.customer_id ORDER BY orders.amount) AS r,\n    sum(orders.amount) OVER (PARTITION BY " \
+    "orders.customer_id, orders.status) AS s\n   FROM public.orders\n  WHERE (orders.amount > "    \
+    "(0)::numeric)"
 #define REGION_LEFT_WHERE                                                                        \
     "SELECT customers.region,\n    count(orders.id) AS n\n   FROM (public.customers\n     LEFT " \
     "JOIN public.orders ON ((orders.customer_id = customers.id)))\n  WHERE (orders.amount > "    \
@@ -204,7 +210,58 @@ static const analyze_row_t rows[] = {
      KEYS("id"), .mode = FULL, .field = REASON, .want = "^LIMIT/OFFSET"},
     {"window_function_full",
      " SELECT orders.id,\n    rank() OVER (ORDER BY orders.amount) AS r\n   FROM public.orders",
-     KEYS("id"), .mode = FULL, .field = REASON, .want = "window functions"},
+     KEYS("id"), .mode = FULL, .field = REASON, .want = "^window functions without PARTITION BY"},
+    /* Window functions by partition (migration 26): the unit is the
+     * partition columns every window has, selected as they are. */
+    {"window_partition_units", WINDOW_Q, KEYS("id"), .mode = DIFF, .field = UNITS,
+     .want = "{\"customer_id\"}"},
+    {"window_partition_affected", WINDOW_Q, KEYS("id"), .mode = DIFF, .field = AFFECTED,
+     .want = "SELECT DISTINCT \"orders\".\"customer_id\" AS \"customer_id\" FROM "
+             "pg_temp.\"__sluice_chg_16401\" AS \"orders\" WHERE  (orders.amount > (0)::numeric)"},
+    /* Recomputed restricted before the windows run, NULL partitions too. */
+    {"window_partition_recompute", WINDOW_Q, KEYS("id"), .mode = DIFF, .field = RECOMPUTE,
+     .want = "WHERE ( (orders.amount > (0)::numeric)) AND \"orders\".\"customer_id\" = ANY "
+             "(ARRAY(SELECT \"customer_id\" FROM pg_temp.\"__sluice_aff\" WHERE \"customer_id\" "
+             "IS NOT NULL))"},
+    {"window_partition_null", WINDOW_Q, KEYS("id"), .mode = DIFF, .field = RECOMPUTE,
+     .want = "(\"orders\".\"customer_id\" IS NULL) AND md5(jsonb_build_array("
+             "\"orders\".\"customer_id\")::text)"},
+    {"window_partition_tree", WINDOW_Q, KEYS("id"), .mode = DIFF, .field = TREE,
+     .want = "Project (4 columns)\n  Window (2 functions)\n    Filter (WHERE)\n"},
+    /* A named window is followed to its PARTITION BY. */
+    {"window_named",
+     " SELECT orders.id,\n    orders.customer_id,\n    sum(orders.amount) OVER w AS s\n   FROM "
+     "public.orders\n  WINDOW w AS (PARTITION BY orders.customer_id ORDER BY orders.id)",
+     KEYS("id"), .mode = DIFF, .field = UNITS, .want = "{\"customer_id\"}"},
+    /* Refused: the partition column not selected, an expression, no
+     * common column, over a join, with GROUP BY. */
+    {"window_partition_unselected",
+     " SELECT orders.id,\n    rank() OVER (PARTITION BY orders.customer_id ORDER BY "
+     "orders.amount) AS r\n   FROM public.orders",
+     KEYS("id"), .mode = FULL, .field = REASON,
+     .want = "^window functions are refreshed "
+             "differentially by partition: the select"},
+    {"window_partition_expression",
+     " SELECT orders.id,\n    orders.customer_id,\n    rank() OVER (PARTITION BY "
+     "(orders.customer_id % 3)) AS r\n   FROM public.orders",
+     KEYS("id"), .mode = FULL, .field = REASON, .want = "PARTITION BY a column, not an expression"},
+    {"window_partition_disjoint",
+     " SELECT orders.id,\n    orders.customer_id,\n    orders.status,\n    rank() OVER (PARTITION "
+     "BY orders.customer_id) AS r,\n    rank() OVER (PARTITION BY orders.status) AS q\n   FROM "
+     "public.orders",
+     KEYS("id"), .mode = FULL, .field = REASON, .want = "every window is partitioned by"},
+    {"window_join_full",
+     " SELECT orders.id,\n    customers.id AS cid,\n    orders.customer_id,\n    rank() OVER "
+     "(PARTITION BY orders.customer_id) AS r\n   FROM (public.orders\n     JOIN public.customers "
+     "ON ((customers.id = orders.customer_id)))",
+     KEYS("id", "cid"), .mode = FULL, .field = REASON,
+     .want = "^window functions are refreshed "
+             "differentially over one table"},
+    {"window_group_full",
+     " SELECT orders.customer_id,\n    sum(orders.amount) AS s,\n    rank() OVER (PARTITION BY "
+     "orders.customer_id) AS r\n   FROM public.orders\n  GROUP BY orders.customer_id",
+     KEYS("customer_id"), .mode = FULL, .field = REASON,
+     .want = "^window functions are refreshed differentially over one table"},
     {"with_full",
      " WITH big AS (\n         SELECT orders.id,\n            orders.amount\n           FROM "
      "public.orders\n          WHERE (orders.amount > (100)::numeric)\n        )\n SELECT "

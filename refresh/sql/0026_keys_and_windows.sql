@@ -1,6 +1,7 @@
--- refresh/sql/0026_determined_keys.sql - migration 26: a join has a row
+-- refresh/sql/0026_keys_and_windows.sql - migration 26: a join has a row
 -- identity without the primary keys of tables that its conditions pin to
--- one row.
+-- one row; a stream table without one says which keys to select; window
+-- functions partitioned by selected columns are refreshed by partition.
 --
 -- Until now a query over tables had a row identity (and could be refreshed
 -- differentially) only when its select list had the primary key of every
@@ -42,6 +43,24 @@
 -- row identity it is given, whichever columns make it up: the affected
 -- rows of a join are found through each table's changes and named by
 -- that identity.
+--
+-- Window functions. Until now any window function made a stream table
+-- FULL. A query over one table whose windows are all partitioned is now
+-- left to the engine (sluice._st_query_fallback, restated from migration
+-- 25), which refreshes it by partition when the select list has, as they
+-- are, columns that every window is partitioned by: those columns are the
+-- refresh unit (unit_columns, as a LEFT JOIN chain's first table), the
+-- affected units are the partition columns of the window's change images,
+-- and those partitions are recomputed whole (refresh/analyze.c,
+-- window_units). A row's window values depend only on its partition, and
+-- each window's partition lies inside one unit, so that is exact. Such a
+-- partition may be NULL, which the driver's `(units) IN (...)` did not
+-- find: sluice._refresh (restated from migration 24) also reads the stored
+-- rows of units with a NULL part. sluice._st_identity passes through the
+-- WindowAgg at the top of the plan (and the wrapper above it), so such a
+-- query is keyed by its table's primary key. Still FULL: windows without
+-- PARTITION BY (at creation), over a join or subquery, with grouping,
+-- aggregates, DISTINCT or subqueries, in a branch or a subquery.
 --
 -- When the rows still have no key, the reason now says what to select
 -- (sluice._st_identity returns it beside the key columns, and
@@ -255,9 +274,18 @@ BEGIN
     node := plan -> 0 -> 'Plan';
     top_out := ARRAY(SELECT jsonb_array_elements_text(coalesce(node -> 'Output', '[]')));
     top_out := top_out[1:cardinality(names)];
+    -- The wrapper above a query with window functions stays when the
+    -- windows read columns the query does not select (PARTITION BY a
+    -- column left out): its outputs are the query's, which are the first
+    -- outputs of the WindowAgg below it.
+    IF node ->> 'Node Type' = 'Subquery Scan' AND node ->> 'Alias' = '__sluice_q'
+       AND node -> 'Plans' -> 0 ->> 'Node Type' = 'WindowAgg' AND jsonb_array_length(node -> 'Plans') = 1 THEN
+        node := node -> 'Plans' -> 0;
+        top_out := (ARRAY(SELECT jsonb_array_elements_text(coalesce(node -> 'Output', '[]'))))[1:cardinality(names)];
+    END IF;
     LOOP
         WHILE node ->> 'Node Type' IN ('Sort', 'Incremental Sort', 'Limit', 'Result', 'Gather',
-                                       'Gather Merge', 'Materialize')
+                                       'Gather Merge', 'Materialize', 'WindowAgg')
               AND node ? 'Plans' AND jsonb_array_length(node -> 'Plans') = 1 LOOP
             node := node -> 'Plans' -> 0;
         END LOOP;
@@ -608,6 +636,738 @@ $fn$;
 
 REVOKE ALL ON FUNCTION sluice._st_no_key_reason(text, oid) FROM PUBLIC;
 
+-- sluice._st_query_fallback(view) -> reason or NULL
+--
+-- As in migration 25, but window functions are left to the engine when
+-- they can be refreshed by partition (see the file header). Migration 25's
+-- text:
+--
+-- As in migration 24, with the rules above: in the outer query and in
+-- UNION ALL branches, a SubLink of type EXISTS (0), ALL (1), ANY (2), EXPR
+-- (4, scalar) or ARRAY (6) whose query reads one table and has no
+-- subquery of its own, anywhere in WHERE (not in a join's ON) and in the
+-- select list of a query that neither groups nor aggregates, in a query
+-- without a subquery in FROM; elsewhere refused.
+CREATE OR REPLACE FUNCTION sluice._st_query_fallback(view regclass)
+RETURNS text
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    tree   text := (SELECT r.ev_action::text FROM pg_rewrite r
+                     WHERE r.ev_class = view AND r.rulename = '_RETURN');
+    why_sublink constant text :=
+        'subqueries in expressions are refreshed differentially in the WHERE clause, and in the '
+        'select list of a query that neither groups nor aggregates, each reading one table with '
+        'no join or subquery of its own; this one is refreshed in full';
+    why_sublink_nested constant text :=
+        'subqueries in expressions are refreshed differentially in the WHERE clause or the select '
+        'list of the stream table''s query or of a UNION ALL branch, not inside a subquery in FROM';
+    why_shape constant text :=
+        'a subquery in FROM is refreshed differentially when it filters and projects one table and '
+        'selects that table''s primary key, when it is the whole FROM of a query that only filters '
+        'and projects its rows, or when it groups (GROUP BY or DISTINCT) and is joined by its key '
+        'columns (no LATERAL, no column aliases)';
+    piece  text;
+    own    text[] := '{}'; -- own[q]: query q's text, its nested queries replaced by {Q<n>}
+    up     int[] := '{}';  -- up[q]: the query that q is nested in (0: q is the outer query)
+    via    text[] := '{}'; -- via[q]: the field of up[q] that holds q
+    opens  int[] := '{}';  -- per open brace: the query it opened, or 0
+    cur    int := 0;
+    n      int := 0;
+    q      int;
+    kind   text;
+    pre    text[] := '{}'; -- pre[q]: the start of q's reasons (its UNION ALL branch, its subquery)
+    kinds  text[] := '{}'; -- kinds[q]: what q is (below)
+    prefix text;
+    chk    record;
+    vol    text;
+    first  int;    -- a LEFT JOIN chain's first table: its range table index
+    rel    oid;    -- and its oid
+    grouped boolean; -- the chain joins a subquery that groups
+    why    text;
+    typ    text;   -- a subquery in an expression: its SubLinkType (0 EXISTS, 2 ANY, 4 EXPR)
+    tl     int;    -- where a query's select list starts in own[]
+BEGIN
+    IF tree IS NULL OR tree !~ '^\(\{QUERY ' THEN
+        RETURN NULL;
+    END IF;
+    -- Cut the tree into its queries (see the file header).
+    FOR piece IN SELECT s.p
+                   FROM regexp_split_to_table(regexp_replace(tree, '\\.', '__', 'g'), '(?=[{}])')
+                        WITH ORDINALITY AS s(p, i)
+                  ORDER BY s.i LOOP
+        IF left(piece, 7) = '{QUERY ' THEN
+            n := n + 1;
+            up[n] := cur;
+            IF cur > 0 THEN
+                via[n] := substring(own[cur] FROM ' :([A-Za-z]+) $');
+                own[cur] := own[cur] || '{Q' || n || '}';
+            END IF;
+            own[n] := piece;
+            opens := opens || n;
+            cur := n;
+        ELSIF cur = 0 THEN
+            CONTINUE; -- the list's parentheses around the outer query
+        ELSIF left(piece, 1) = '{' THEN
+            opens := opens || 0;
+            own[cur] := own[cur] || piece;
+        ELSIF coalesce(opens[cardinality(opens)], 0) > 0 THEN
+            own[cur] := own[cur] || '}';
+            opens := opens[1:cardinality(opens) - 1];
+            cur := up[cur];
+            IF cur > 0 THEN
+                own[cur] := own[cur] || substr(piece, 2);
+            END IF;
+        ELSIF cardinality(opens) > 0 THEN
+            opens := opens[1:cardinality(opens) - 1];
+            own[cur] := own[cur] || piece;
+        ELSE
+            RETURN NULL; -- unbalanced: not a tree this function understands
+        END IF;
+    END LOOP;
+    IF n = 0 OR cur <> 0 THEN
+        RETURN NULL;
+    END IF;
+
+    FOR q IN 1..n LOOP
+        -- A subquery in FROM is 'derived' when it is the one item of the
+        -- FROM of a query that only filters and projects it (the engine
+        -- analyses it as a query of its own), else 'from' (it must be a
+        -- table seen through a projection). One RangeTblRef and no join in
+        -- the parent's join tree: its range table also lists a view's OLD
+        -- and NEW (PostgreSQL 15), which FROM does not.
+        kind := CASE WHEN q = 1 THEN 'outer'
+                     WHEN via[q] IS DISTINCT FROM 'subquery' THEN 'other'
+                     WHEN own[up[q]] ~ ' :setOperations \{SETOPERATIONSTMT ' THEN 'branch'
+                     WHEN kinds[up[q]] IN ('outer', 'branch', 'derived')
+                          AND regexp_count(own[up[q]], '\{RANGETBLREF ') = 1
+                          AND own[up[q]] !~ '\{JOINEXPR '
+                          AND own[up[q]] !~ (' :(hasAggs|hasWindowFuncs) true '
+                                             '| :(groupClause|groupingSets|havingQual|distinctClause) [^<]')
+                          AND own[up[q]] ~ (':alias \{ALIAS :aliasname [^ ]+ :colnames <>\} :eref \{ALIAS [^}]*\} '
+                                            ':rtekind 1 :subquery \{Q' || q || '\}[^{}]* :lateral false ')
+                     THEN 'derived'
+                     -- A subquery that groups, joined (the engine's
+                     -- analyze_joined).
+                     WHEN kinds[up[q]] IN ('outer', 'branch', 'derived')
+                          AND regexp_count(own[up[q]], '\{RANGETBLREF ') > 1
+                          AND own[q] ~ ' :(groupClause|distinctClause) [^<]'
+                          AND own[q] !~ ' :setOperations [^<]'
+                          AND own[up[q]] ~ (':alias \{ALIAS :aliasname [^ ]+ :colnames <>\} :eref \{ALIAS [^}]*\} '
+                                            ':rtekind 1 :subquery \{Q' || q || '\}[^{}]* :lateral false ')
+                     THEN 'joined'
+                     ELSE 'from' END;
+        kinds[q] := kind;
+        -- A branch's reasons, and those of the queries nested in it, name
+        -- the branch (its place among its set operation's branches).
+        pre[q] := CASE WHEN kind = 'branch'
+                       THEN format('UNION ALL branch %s: ',
+                                   (SELECT count(*) FROM generate_subscripts(up, 1) AS b(i)
+                                     WHERE up[b.i] = up[q] AND via[b.i] = 'subquery' AND b.i <= q))
+                       WHEN kind IN ('derived', 'joined') THEN coalesce(pre[up[q]], '') || 'the subquery in FROM: '
+                       WHEN q > 1 THEN coalesce(pre[up[q]], '')
+                       ELSE '' END;
+        prefix := pre[q];
+        -- A subquery in an expression of a query that may have them (see
+        -- the file header): one table, no subquery of its own, giving a
+        -- value (EXISTS, ALL, ANY, a scalar, ARRAY).
+        IF kind = 'other' AND via[q] = 'subselect' AND kinds[up[q]] IN ('outer', 'branch') THEN
+            typ := substring(substr(own[up[q]], 1, position(' :subselect {Q' || q || '}' IN own[up[q]]))
+                             FROM '.*\{SUBLINK :subLinkType ([0-9]) ');
+            IF typ NOT IN ('0', '1', '2', '4', '6')
+               OR own[q] ~ (' :(hasSubLinks|hasForUpdate) true | :(cteList|setOperations) [^<]')
+               OR regexp_count(own[q], '\{RANGETBLENTRY ') <> 1
+               OR own[q] !~ ' :rtekind 0 .* :inh true ' THEN
+                RETURN prefix || why_sublink;
+            END IF;
+        END IF;
+        -- A query in an expression or in WITH: the query it is in has
+        -- already given the reason (subqueries in expressions, WITH).
+        CONTINUE WHEN kind = 'other';
+        IF kind = 'joined' THEN
+            -- The join around it (the engine's order: one such subquery, a
+            -- query that neither groups nor aggregates).
+            IF (SELECT count(*) FROM generate_subscripts(up, 1) AS b(i)
+                 WHERE up[b.i] = up[q] AND via[b.i] = 'subquery'
+                   AND own[b.i] ~ ' :(groupClause|distinctClause) [^<]') > 1 THEN
+                RETURN coalesce(pre[up[q]], '') || 'a join with more than one subquery that groups (GROUP BY or DISTINCT) '
+                       || 'is refreshed in full';
+            END IF;
+            -- Next to a LEFT JOIN, not as the chain's first relation (the
+            -- leftmost leaf of the join tree: see the chain's rules below).
+            IF own[up[q]] ~ '\{JOINEXPR :jointype 1 '
+               AND (regexp_split_to_array(own[up[q]], '\{RANGETBLENTRY '))[
+                       substring(substr(own[up[q]], position(' :jointree ' IN own[up[q]]))
+                                 FROM '\{RANGETBLREF :rtindex ([0-9]+)\}')::int + 1]
+                   ~ (' :rtekind 1 :subquery \{Q' || q || '\}') THEN
+                RETURN coalesce(pre[up[q]], '') || 'a subquery that groups (GROUP BY or DISTINCT) is joined '
+                       || 'differentially by inner joins, or as the right side of a LEFT JOIN, not as the first '
+                       || 'relation of a chain of LEFT JOINs';
+            END IF;
+            IF own[up[q]] ~ (' :hasAggs true | :(groupClause|havingQual|distinctClause) [^<]') THEN
+                RETURN coalesce(pre[up[q]], '') || 'a query that groups, aggregates or removes duplicates over a join '
+                       || 'with a subquery that groups is refreshed in full';
+            END IF;
+            -- Refreshed by its groups: a whole query, or one that a query
+            -- around filters, but not a UNION ALL branch (nor a join's
+            -- subquery, which is 'from' above).
+            IF kinds[up[q]] = 'branch' OR pre[up[q]] LIKE 'UNION ALL branch %' THEN
+                RETURN substring(pre[up[q]] FROM '^UNION ALL branch [0-9]+') || ' has a subquery that groups joined '
+                       || 'with tables, which is refreshed differentially as a whole query but not inside a UNION ALL';
+            END IF;
+        END IF;
+        IF kind IN ('outer', 'branch', 'derived', 'joined') THEN
+            FOR chk IN
+                SELECT v.bad, v.why
+                  FROM (VALUES
+                    (1, '\{SETOPERATIONSTMT :op (?!1 :all true )',
+                     'UNION (without ALL), INTERSECT and EXCEPT are refreshed in full'),
+                    (2, ' :cteList [^<]', 'WITH (common table expressions) is refreshed in full'),
+                    (3, ' :hasForUpdate true ', 'FOR UPDATE/SHARE has no meaning in a stream table'),
+                    -- (Window functions: see below.)
+                    (5, CASE WHEN kind IN ('derived', 'joined') THEN ' :hasSubLinks true ' ELSE '^$' END,
+                     why_sublink_nested),
+                    (6, ' :limit(Offset|Count) [^<]',
+                     'LIMIT/OFFSET makes the result depend on rows outside any change; it is refreshed in full'),
+                    (7, ' :groupingSets [^<]', 'GROUPING SETS, ROLLUP and CUBE are refreshed in full'),
+                    (8, ' :hasDistinctOn true ', 'DISTINCT ON is refreshed in full'))
+                    AS v(n, bad, why)
+                 ORDER BY v.n
+            LOOP
+                IF own[q] ~ chk.bad THEN
+                    RETURN prefix || chk.why;
+                END IF;
+            END LOOP;
+            -- Window functions (since migration 26): by partition, in the
+            -- outer query over one table, every window partitioned (an
+            -- empty PARTITION BY prints as <>), nothing that groups,
+            -- aggregates or removes duplicates, no subquery; the engine
+            -- then checks that the select list has the partition columns.
+            IF own[q] ~ ' :hasWindowFuncs true ' THEN
+                IF own[q] ~ ' :partitionClause <> ' THEN
+                    RETURN prefix || 'window functions without PARTITION BY are refreshed in full (a change '
+                                  || 'can move every row''s value)';
+                END IF;
+                IF kind <> 'outer'
+                   OR own[q] ~ (' :(hasAggs|hasSubLinks|hasDistinctOn) true '
+                                '| :(groupClause|havingQual|distinctClause) [^<]')
+                   -- (one table in FROM: the view's own query also has
+                   -- the view's OLD and NEW entries in its range table)
+                   OR regexp_count(own[q], '\{RANGETBLREF ') <> 1 OR own[q] ~ '\{JOINEXPR '
+                   OR own[q] ~ ' :rtekind [1-9]' THEN
+                    RETURN prefix || 'window functions are refreshed differentially over one table when every '
+                                  || 'window has a PARTITION BY and the query neither groups, aggregates, removes '
+                                  || 'duplicates nor has subqueries; this one is refreshed in full';
+                END IF;
+            END IF;
+        END IF;
+        -- Subqueries in expressions (the engine's sublink_reason), each
+        -- giving a value (checked with its query, above): anywhere in WHERE
+        -- (and ON: both are printed before the select list); in the select
+        -- list and what follows it, in a query that neither groups nor
+        -- aggregates; and over tables only (the rules of joins and LEFT
+        -- JOIN chains below).
+        IF kind IN ('outer', 'branch') AND own[q] ~ ' :hasSubLinks true ' THEN
+            tl := position(' :targetList ' IN own[q]);
+            IF substr(own[q], 1, tl) ~ '\{SUBLINK :subLinkType [^01246] '
+               -- (in a join's ON: its text runs from :quals to the join's :alias)
+               OR EXISTS (SELECT FROM regexp_matches(own[q], ' :join_using_alias <> :quals (.*?) :alias ', 'g') j
+                           WHERE j[1] ~ '\{SUBLINK ')
+               OR (substr(own[q], tl) ~ '\{SUBLINK '
+                   AND (substr(own[q], tl) ~ '\{SUBLINK :subLinkType [^01246] '
+                        OR own[q] ~ ' :hasAggs true | :(groupClause|havingQual|distinctClause) [^<]')) THEN
+                RETURN prefix || why_sublink;
+            END IF;
+            IF own[q] ~ ' :rtekind 1 ' THEN
+                RETURN prefix || 'a query with a subquery in its WHERE clause (EXISTS, NOT EXISTS, IN) or in its '
+                              || 'select list is refreshed differentially when its FROM has only tables (joined, or '
+                              || 'in a LEFT JOIN chain), no subquery in FROM';
+            END IF;
+        END IF;
+        IF q = 1 THEN
+            -- Anywhere in the query. rtekind 3 and 4 are RTE_FUNCTION and
+            -- RTE_TABLEFUNC: a function or XMLTABLE in FROM.
+            IF tree ~ ' :hasTargetSRFs true' OR tree ~ ' :rtekind [34] ' THEN
+                RETURN 'set-returning functions are refreshed in full';
+            END IF;
+            SELECT string_agg(DISTINCT p.oid::regprocedure::text, ', ') INTO vol
+              FROM (SELECT m[1]::oid AS f FROM regexp_matches(tree, '\{FUNCEXPR :funcid ([0-9]+) ', 'g') m
+                    UNION
+                    SELECT o.oprcode::oid FROM regexp_matches(tree, ' :opno ([0-9]+) ', 'g') m
+                      JOIN pg_operator o ON o.oid = m[1]::oid) f
+              JOIN pg_proc p ON p.oid = f.f
+             WHERE p.provolatile = 'v';
+            IF vol IS NOT NULL THEN
+                RETURN format('volatile functions (%s) may give another result at every run, so the query is refreshed in full '
+                              '(a function of your own that is not volatile can be declared IMMUTABLE or STABLE)', vol);
+            END IF;
+        END IF;
+        IF kind IN ('outer', 'branch', 'derived', 'joined') THEN
+            -- JoinType: 2 is JOIN_FULL, 3 JOIN_RIGHT.
+            IF own[q] ~ '\{JOINEXPR :jointype [23] ' THEN
+                RETURN prefix || 'RIGHT and FULL joins are refreshed in full (write a RIGHT JOIN as a LEFT '
+                              || 'JOIN with the tables swapped)';
+            END IF;
+            -- A join (more than one item in the join tree) finds every
+            -- table's changed rows by its primary key, and reads the whole
+            -- table (FROM ONLY is not followed). :inFromCl leaves out a
+            -- view's OLD and NEW.
+            IF regexp_count(own[q], '\{RANGETBLREF ') > 1 THEN
+                why := sluice._st_join_table_reason(own[q]);
+                IF why IS NOT NULL THEN
+                    RETURN prefix || why;
+                END IF;
+            END IF;
+            -- JoinType 1 is JOIN_LEFT. A chain: one item in FROM (a tree of
+            -- binary joins has one leaf more than it has joins), no join
+            -- on a right side, ON rather than USING or NATURAL, and every
+            -- join's ON (the text between a join's :quals and its :alias;
+            -- no expression node has an alias) only equalities of columns
+            -- (sluice._st_equi_quals).
+            IF own[q] ~ '\{JOINEXPR :jointype 1 '
+               AND (own[q] ~ ' :rarg \{JOINEXPR | :isNatural true | :usingClause [^<]'
+                    OR regexp_count(own[q], '\{RANGETBLREF ') <> regexp_count(own[q], '\{JOINEXPR ') + 1
+                    OR EXISTS (SELECT
+                                 FROM regexp_matches(own[q], ' :join_using_alias <> :quals (.*?) :alias ', 'g') j
+                                WHERE NOT sluice._st_equi_quals(j[1]))) THEN
+                RETURN prefix || 'a LEFT JOIN is refreshed differentially only in a chain of equi-joins '
+                              || 'whose right sides are tables (a LEFT JOIN b ON b.x = a.y LEFT JOIN c ON '
+                              || 'c.z = b.w ...)';
+            END IF;
+            -- A chain's rows (or groups) carry the primary key of its first
+            -- table, the leftmost leaf (the first RangeTblRef printed in the
+            -- join tree), as plain columns of the select list. A first item
+            -- that is not a table is the engine's to judge.
+            IF own[q] ~ '\{JOINEXPR :jointype 1 ' THEN
+                first := substring(substr(own[q], position(' :jointree ' IN own[q]))
+                                   FROM '\{RANGETBLREF :rtindex ([0-9]+)\}')::int;
+                rel := substring((regexp_split_to_array(own[q], '\{RANGETBLENTRY '))[first + 1]
+                                 FROM '^[^{]*(?:\{ALIAS [^}]*\}[^{]*)* :rtekind 0 :relid ([0-9]+) ')::oid;
+                -- A chain of tables is refreshed by its first table's rows
+                -- when its rows carry that table's key, else (and in a
+                -- UNION ALL branch) by its row identity. A chain with a
+                -- subquery that groups only by the first table's rows.
+                grouped := EXISTS (SELECT FROM generate_subscripts(up, 1) AS b(i)
+                                    WHERE up[b.i] = q AND via[b.i] = 'subquery'
+                                      AND own[b.i] ~ ' :(groupClause|distinctClause) [^<]');
+                IF grouped AND NOT sluice._st_tree_has_key(own[q], first, rel) THEN
+                    RETURN prefix || format('with a LEFT JOIN and a subquery that groups, every row (or group) must '
+                                            'include the primary key of the first table (%s) for differential refresh',
+                                            rel::regclass);
+                END IF;
+                -- A chain is differential as the whole query, or as the
+                -- one subquery of queries that only filter and project it,
+                -- which keep its refresh unit; with a subquery that groups,
+                -- not in a UNION ALL branch; not joined.
+                IF grouped AND (kind = 'branch' OR (kind = 'derived' AND prefix LIKE 'UNION ALL branch %')) THEN
+                    RETURN substring(prefix FROM '^UNION ALL branch [0-9]+')
+                           || ' has a LEFT JOIN, which is refreshed differentially as a '
+                           || 'whole query but not inside a UNION ALL';
+                END IF;
+                IF kind = 'joined' THEN
+                    RETURN rtrim(prefix, ': ') || ' has a LEFT JOIN, which is refreshed differentially as a '
+                                               || 'whole query but not inside a subquery';
+                END IF;
+            END IF;
+        ELSE
+            IF own[q] ~ ' :hasSubLinks true ' THEN
+                RETURN prefix || why_sublink_nested;
+            END IF;
+            -- One relation (rtekind 0) and nothing that groups, removes or
+            -- limits rows; in the parent, an alias without column names
+            -- and no LATERAL (later versions print more fields, without
+            -- braces, between :subquery and :lateral).
+            IF own[q] ~ (' :(hasAggs|hasWindowFuncs|hasDistinctOn) true '
+                         '| :(cteList|groupClause|groupingSets|havingQual|distinctClause|limitOffset|limitCount|setOperations) [^<]')
+               OR regexp_count(own[q], '\{RANGETBLENTRY ') <> 1
+               OR own[q] !~ ' :eref \{ALIAS [^}]*\} :rtekind 0 '
+               OR own[up[q]] !~ (':alias \{ALIAS :aliasname [^ ]+ :colnames <>\} :eref \{ALIAS [^}]*\} '
+                                 ':rtekind 1 :subquery \{Q' || q || '\}[^{}]* :lateral false ') THEN
+                RETURN prefix || why_shape;
+            END IF;
+            -- Its table takes part in a join (the engine's rules for one).
+            why := sluice._st_join_table_reason(own[q]);
+            IF why IS NOT NULL THEN
+                RETURN prefix || why;
+            END IF;
+            -- Its select list has every primary-key column of that table
+            -- (its one relation, range-table entry 1).
+            IF NOT sluice._st_tree_has_key(own[q], 1, substring(own[q] FROM ' :rtekind 0 :relid ([0-9]+) ')::oid) THEN
+                RETURN prefix || why_shape;
+            END IF;
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END
+$fn$;
+
+REVOKE ALL ON FUNCTION sluice._st_query_fallback(regclass) FROM PUBLIC;
+
+-- sluice._refresh(id, force_full): migration 24's driver, and the stored
+-- rows of units with a NULL part are found too (see the comment in it).
+CREATE OR REPLACE FUNCTION sluice._refresh(id bigint, force_full boolean DEFAULT false)
+RETURNS bigint
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    started  timestamptz := clock_timestamp();
+    st       sluice.stream_table_catalog;
+    snap     pg_snapshot;
+    cur      pg_snapshot;
+    next_fr  pg_snapshot;
+    src      record;
+    -- The window predicate of cdc/sql/0004_cdc.sql, over buffer alias b,
+    -- plus txid < xmax(cur), implied, for the index range.
+    win      constant text := 'b.txid >= pg_snapshot_xmin($1) AND b.txid < pg_snapshot_xmax($2) AND NOT pg_visible_in_snapshot(b.txid, $1) AND pg_visible_in_snapshot(b.txid, $2)';
+    changed  boolean := false;
+    has      boolean;
+    nchg     bigint;
+    ntrunc   boolean;
+    diff_ok  boolean;
+    mode     text;
+    storage  text;
+    old_rel  text;
+    cols     text;
+    ucols    text;
+    nimg     bigint;
+    uaff     text;
+    rid      bigint;
+    nrows    bigint;
+    ins      bigint;
+    del      bigint;
+    br       record;
+    sets     text;
+    scols    text;
+    rcols    text;
+    old_wm   text := current_setting('work_mem');
+    old_jit  text := current_setting('jit');
+    old_par  text := current_setting('max_parallel_workers_per_gather');
+    pkcols   text;
+    joined   boolean;
+    joins    boolean := false;
+    sshape   text;
+    stshape  text;
+    old_n    text := '__sluice_old_' || id;
+    new_n    text := '__sluice_new_' || id;
+    new_rel  text;
+    kept     text[] := '{}';
+BEGIN
+    -- 1. Serialise refreshes of this stream table.
+    SELECT * INTO st FROM sluice.stream_table_catalog c WHERE c.id = _refresh.id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'undefined_object',
+            MESSAGE = format('sluice._refresh: no stream table has id %s', _refresh.id),
+            HINT = 'Stream tables and their ids are in sluice.stream_table_catalog.';
+    END IF;
+    IF st.status = 'error' THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = format('stream table %s is in error: %s', st.name, st.last_error),
+            HINT = format('Fix the cause, then re-validate it with SELECT sluice.alter_stream_table(%L, query => ...) (the same query is fine), or drop it.',
+                          st.name);
+    END IF;
+
+    -- 2. One state of the sources. A stream table over several tables must
+    -- hold exactly their state at the frontier it stores: a join's next
+    -- refresh rebuilds that state from the change buffers (old rows of
+    -- changed keys), and a row the table holds from a later state could be
+    -- missed. Under REPEATABLE READ (the engine's refreshes) every statement
+    -- below sees the snapshot taken here. Under READ COMMITTED each statement
+    -- would see later commits, so writers of the sources are held off for
+    -- the refresh (SHARE lock, until commit) and the snapshot is taken once
+    -- none is in progress. The same holds for aggregates kept from the
+    -- changes (version 20): the groups its statement recomputes from the
+    -- table must not include a later change, which the next refresh would
+    -- then add to them a second time. And for one table read twice, in a
+    -- self-join or by a subquery in WHERE (version 24): its state before
+    -- the window is rebuilt like a join's.
+    IF current_setting('transaction_isolation') = 'read committed'
+       AND ((SELECT count(*) FROM sluice.stream_table_sources s WHERE s.stream_table_id = st.id) > 1
+            OR starts_with(st.recompute_sql, 'WITH "__sluice_dg"')
+            OR concat(st.affected_sql, st.branch_analysis::text) ~ '__sluice_before_[0-9]') THEN
+        FOR src IN
+            SELECT s.relid FROM sluice.stream_table_sources s
+              JOIN pg_class k ON k.oid = s.relid
+             WHERE s.stream_table_id = st.id ORDER BY s.relid
+        LOOP
+            EXECUTE format('LOCK TABLE %s IN SHARE MODE', src.relid::regclass);
+        END LOOP;
+    END IF;
+
+    -- 3. The window (frontier, cur] and whether anything is in it.
+    snap := pg_current_snapshot();
+    cur := sluice._snap_own(snap, true);
+    next_fr := sluice._snap_own(snap, false);
+    diff_ok := NOT force_full AND st.effective_mode = 'differential' AND st.analyzed_query = st.query
+               AND st.key_columns IS NOT NULL AND st.requested_mode <> 'full';
+    mode := CASE WHEN diff_ok THEN 'differential' ELSE 'full' END;
+    FOR src IN
+        SELECT s.relid, s.relname, k.oid IS NULL AS gone, b.buffer, k.reltuples
+          FROM sluice.stream_table_sources s
+          LEFT JOIN pg_class k ON k.oid = s.relid
+          LEFT JOIN sluice.cdc_sources b ON b.relid = s.relid
+         WHERE s.stream_table_id = st.id
+    LOOP
+        IF src.gone OR src.buffer IS NULL THEN
+            RAISE EXCEPTION USING
+                ERRCODE = 'undefined_table',
+                MESSAGE = format('source %s of stream table %s no longer exists%s', src.relname, st.name,
+                                 CASE WHEN src.gone THEN '' ELSE ' (its change capture is gone)' END),
+                HINT = format('Recreate it and re-validate with SELECT sluice.alter_stream_table(%L, query => ...), or drop the stream table.',
+                              st.name);
+        END IF;
+        CONTINUE WHEN force_full OR (changed AND mode = 'full');
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s b WHERE %s)', src.buffer, win)
+           INTO has USING st.frontier, cur;
+        CONTINUE WHEN NOT has;
+        changed := true;
+        IF mode = 'differential' THEN
+            -- Too many changes, or a TRUNCATE: FULL for this cycle.
+            EXECUTE format('SELECT count(*), coalesce(bool_or(b.op = ''T''), false) FROM %s b WHERE %s',
+                           src.buffer, win)
+               INTO nchg, ntrunc USING st.frontier, cur;
+            IF ntrunc OR (src.reltuples >= 0 AND nchg > st.full_refresh_fraction * greatest(src.reltuples, 1)) THEN
+                mode := 'full';
+            END IF;
+        END IF;
+    END LOOP;
+    IF NOT changed AND NOT force_full THEN
+        UPDATE sluice.stream_table_catalog c
+           SET frontier = next_fr, last_refresh_at = clock_timestamp()
+         WHERE c.id = st.id;
+        RETURN NULL;
+    END IF;
+
+    -- 4. Old and new rows. The statements below sort and hash sets of the
+    -- size of the delta: at least 64 MB of work_mem (back to the caller's
+    -- at the end).
+    IF pg_size_bytes(old_wm) < 64 * 1024 * 1024 THEN
+        PERFORM set_config('work_mem', '64MB', true);
+    END IF;
+    storage := st.relid::regclass::text;
+    -- The stored columns, and the SET list of an update in step 6.
+    SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum),
+           string_agg(format('%I = __sluice_n.%I', a.attname, a.attname), ', ' ORDER BY a.attnum)
+               FILTER (WHERE a.attname <> '__sluice_row_id')
+      INTO cols, sets
+      FROM pg_attribute a WHERE a.attrelid = st.relid AND a.attnum > 0 AND NOT a.attisdropped;
+    -- The tables made for one refresh (a refresh earlier in this
+    -- transaction leaves them until commit), and the delta's kept table.
+    PERFORM sluice._st_drop_temps(ARRAY['__sluice_new', '__sluice_aff']);
+    PERFORM sluice._st_scratch('__sluice_delta', 'row_id uuid, op text, before jsonb, after jsonb, tid tid', false);
+    kept := kept || '__sluice_delta'::text;
+    IF mode = 'full' THEN
+        EXECUTE format('CREATE TEMP TABLE __sluice_new ON COMMIT DROP AS %s',
+                       sluice._st_rows_sql(st.relid, st.query, st.key_columns, st.branches));
+        old_rel := storage;
+        new_rel := 'pg_temp.__sluice_new';
+    ELSE
+        FOR src IN
+            SELECT s.relid, b.buffer FROM sluice.stream_table_sources s
+              JOIN sluice.cdc_sources b ON b.relid = s.relid
+             WHERE s.stream_table_id = st.id
+        LOOP
+            -- Read from the chunks (cdc/sql/0010_cdc_chunks.sql), a chunk's
+            -- images in one call, with the view's seq (chunk * 1024 + position).
+            -- (Source columns may be called like the chunk table's: r.x.)
+            SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum),
+                   string_agg('r.' || quote_ident(a.attname), ', ' ORDER BY a.attnum)
+              INTO scols, rcols
+              FROM pg_attribute a WHERE a.attrelid = src.relid AND a.attnum > 0 AND NOT a.attisdropped;
+            sshape := sluice._st_shape(src.relid);
+            PERFORM sluice._st_scratch('__sluice_chg_' || src.relid, sshape || ', __sluice_op "char", __sluice_seq bigint', false);
+            kept := kept || ('__sluice_chg_' || src.relid);
+            EXECUTE format('INSERT INTO pg_temp.%I (%s, __sluice_op, __sluice_seq) SELECT %s, b.op, b.seq * 1024 + r.__sluice_pos - 1 FROM sluice_changes.%I b CROSS JOIN LATERAL json_populate_recordset(NULL::%s, array_to_json(b.imgs)) WITH ORDINALITY AS r(%s, __sluice_pos) WHERE b.op <> ''T'' AND %s',
+                           '__sluice_chg_' || src.relid, scols, rcols, 'c_' || src.relid || '_chunks', src.relid::regclass,
+                           scols,
+                           replace(replace(win, '$1', quote_literal(st.frontier::text) || '::pg_snapshot'),
+                                   '$2', quote_literal(cur::text) || '::pg_snapshot'));
+            GET DIAGNOSTICS nimg = ROW_COUNT;
+            -- The old images of the touched keys, when the analysis joins
+            -- this table with others (analyze.c, out_old_state): for every
+            -- key, its first image if its first change removed a row.
+            joined := concat(st.affected_sql, st.branch_analysis::text) ~ ('__sluice_before_' || src.relid || '\D');
+            -- Statistics for many changes; a few are cheaper than an
+            -- ANALYZE (the generated SQL reads this table's keys through
+            -- = ANY and NOT IN, where estimates matter little).
+            IF nimg >= 1000 THEN
+                EXECUTE format('ANALYZE pg_temp.%I', '__sluice_chg_' || src.relid);
+            END IF;
+            CONTINUE WHEN NOT joined;
+            joins := true;
+            SELECT string_agg(quote_ident(a.attname), ', ') INTO pkcols
+              FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+             WHERE i.indrelid = src.relid AND i.indisprimary;
+            IF pkcols IS NULL THEN
+                RAISE EXCEPTION USING
+                    ERRCODE = 'object_not_in_prerequisite_state',
+                    MESSAGE = format('source %s of stream table %s has no primary key any more', src.relid::regclass, st.name),
+                    HINT = format('Add it back, or re-validate the stream table with SELECT sluice.alter_stream_table(%L, query => ...).',
+                                  st.name);
+            END IF;
+            PERFORM sluice._st_scratch('__sluice_before_' || src.relid, sshape, true);
+            kept := kept || ('__sluice_before_' || src.relid);
+            EXECUTE format('INSERT INTO pg_temp.%I (%s) SELECT %s FROM (SELECT DISTINCT ON (%s) * FROM pg_temp.%I ORDER BY %s, __sluice_seq) __sluice_f WHERE __sluice_op = ''D''',
+                           '__sluice_before_' || src.relid, scols, scols, pkcols, '__sluice_chg_' || src.relid, pkcols);
+            -- Always: the terms over the old state start from these rows (a
+            -- temporary table without statistics is taken to have hundreds
+            -- of rows, and the join from it would read a whole source).
+            EXECUTE format('ANALYZE pg_temp.%I', '__sluice_before_' || src.relid);
+        END LOOP;
+        -- The generated statements are cheap but their estimates can be
+        -- large; JIT compilation would cost more than running them, and
+        -- parallel workers would start for nothing (see the file header).
+        PERFORM set_config('jit', 'off', true), set_config('max_parallel_workers_per_gather', '0', true);
+        -- The stored rows of the affected units (with their tuple ids) and
+        -- their recomputed rows, typed like the stream table.
+        stshape := sluice._st_shape(st.relid);
+        PERFORM sluice._st_scratch(old_n, '__sluice_tid tid, ' || stshape, false),
+                sluice._st_scratch(new_n, stshape, false);
+        kept := kept || old_n || new_n;
+        old_rel := format('pg_temp.%I', old_n);
+        new_rel := format('pg_temp.%I', new_n);
+        IF st.branch_analysis IS NOT NULL THEN
+            -- A UNION ALL: each branch's affected rows, stored and
+            -- recomputed, with the branch's own row ids, into one old and
+            -- one new set (typed like the stream table: a branch's columns
+            -- may have narrower types than the union's).
+            FOR br IN
+                SELECT a.v AS sql, ARRAY(SELECT jsonb_array_elements_text(st.branches -> (a.n::int - 1) -> 'keys')) AS keys,
+                       a.n::int AS n
+                  FROM jsonb_array_elements(st.branch_analysis) WITH ORDINALITY AS a(v, n)
+                 ORDER BY a.n
+            LOOP
+                IF to_regclass('pg_temp.__sluice_aff') IS NOT NULL THEN
+                    DROP TABLE pg_temp.__sluice_aff;
+                END IF;
+                EXECUTE format('CREATE TEMP TABLE __sluice_aff ON COMMIT DROP AS %s', br.sql ->> 'affected');
+                IF joins THEN
+                    ANALYZE pg_temp.__sluice_aff;
+                END IF;
+                EXECUTE format('INSERT INTO %s SELECT __sluice_s.ctid, __sluice_s.* FROM %s __sluice_s WHERE __sluice_s.__sluice_row_id = ANY (ARRAY(SELECT %s FROM pg_temp.__sluice_aff __sluice_a))',
+                               old_rel, storage, sluice._st_branch_identity_sql(st.relid, br.keys, '__sluice_a', br.n));
+                EXECUTE format('INSERT INTO %s SELECT %s, __sluice_r.* FROM (%s) __sluice_r',
+                               new_rel, sluice._st_branch_identity_sql(st.relid, br.keys, '__sluice_r', br.n),
+                               br.sql ->> 'recompute');
+            END LOOP;
+        ELSE
+            EXECUTE format('CREATE TEMP TABLE __sluice_aff ON COMMIT DROP AS %s', st.affected_sql);
+            -- A join's recompute_sql is driven from these keys too.
+            IF joins THEN
+                ANALYZE pg_temp.__sluice_aff;
+            END IF;
+            IF st.unit_columns IS NULL THEN
+                -- Units are rows or groups: the stored rows of those identities.
+                EXECUTE format('INSERT INTO %s SELECT __sluice_s.ctid, __sluice_s.* FROM %s __sluice_s WHERE __sluice_s.__sluice_row_id = ANY (ARRAY(SELECT %s FROM pg_temp.__sluice_aff __sluice_a))',
+                               old_rel, storage, sluice._st_identity_sql(st.relid, st.key_columns, '__sluice_a'));
+            ELSE
+                -- Units are the first table's rows of a LEFT JOIN: every stored
+                -- row of those (indexed by _set_analysis).
+                SELECT string_agg(format('__sluice_s.%I', u), ', '), string_agg(format('%I', u), ', ')
+                  INTO ucols, uaff
+                  FROM unnest(st.unit_columns) u;
+                EXECUTE format('INSERT INTO %s SELECT __sluice_s.ctid, __sluice_s.* FROM %s __sluice_s WHERE (%s) IN (SELECT %s FROM pg_temp.__sluice_aff)',
+                               old_rel, storage, ucols, uaff);
+                -- Units with a NULL part (a window's partition by a column
+                -- with NULLs, since migration 26), which IN does not find:
+                -- the stored rows with a NULL part, compared whole.
+                EXECUTE format('INSERT INTO %1$s SELECT __sluice_s.ctid, __sluice_s.* FROM %2$s __sluice_s '
+                               'WHERE (%3$s) AND EXISTS (SELECT FROM pg_temp.__sluice_aff __sluice_a WHERE (%4$s) IS NOT DISTINCT FROM (%5$s)) '
+                               'AND (SELECT count(*) > 0 FROM pg_temp.__sluice_aff WHERE %6$s)',
+                               old_rel, storage,
+                               (SELECT string_agg(format('__sluice_s.%I IS NULL', u), ' OR ') FROM unnest(st.unit_columns) u),
+                               (SELECT 'ROW(' || string_agg(format('__sluice_a.%I', u), ', ') || ')' FROM unnest(st.unit_columns) u),
+                               (SELECT 'ROW(' || string_agg(format('__sluice_s.%I', u), ', ') || ')' FROM unnest(st.unit_columns) u),
+                               (SELECT string_agg(format('%I IS NULL', u), ' OR ') FROM unnest(st.unit_columns) u));
+            END IF;
+            EXECUTE format('INSERT INTO %s (%s) SELECT %s AS __sluice_row_id, __sluice_r.* FROM (%s) __sluice_r',
+                           new_rel, cols, sluice._st_identity_sql(st.relid, st.key_columns, '__sluice_r'), st.recompute_sql);
+        END IF;
+    END IF;
+
+    -- 5. The delta, by identity. Rows whose columns are identical byte for
+    -- byte are unchanged; the others get their images, built once (OFFSET
+    -- 0 keeps the subquery, so its image expressions are not copied into
+    -- the outer filter), and are compared as jsonb: column types without
+    -- an equality operator (json, point, ...) work too. Images are built
+    -- column by column (sluice._st_image_sql), never from a temporary
+    -- table's whole row: see migration 9.
+    EXECUTE format($q$
+        INSERT INTO pg_temp.__sluice_delta (row_id, op, before, after, tid)
+        SELECT __sluice_x.row_id, __sluice_x.op, __sluice_x.before, __sluice_x.after, __sluice_x.tid
+          FROM (SELECT coalesce(__sluice_n.__sluice_row_id, __sluice_o.__sluice_row_id) AS row_id,
+                       __sluice_o.%s AS tid,
+                       CASE WHEN __sluice_o.__sluice_row_id IS NULL THEN 'insert'
+                            WHEN __sluice_n.__sluice_row_id IS NULL THEN 'delete'
+                            ELSE 'update' END AS op,
+                       CASE WHEN __sluice_o.__sluice_row_id IS NOT NULL THEN %s END AS before,
+                       CASE WHEN __sluice_n.__sluice_row_id IS NOT NULL THEN %s END AS after
+                  FROM %s __sluice_o
+                  FULL JOIN %s __sluice_n ON __sluice_n.__sluice_row_id = __sluice_o.__sluice_row_id
+                 WHERE __sluice_o.__sluice_row_id IS NULL OR __sluice_n.__sluice_row_id IS NULL
+                    OR NOT (%s)
+                OFFSET 0) __sluice_x
+         WHERE __sluice_x.op <> 'update' OR __sluice_x.before IS DISTINCT FROM __sluice_x.after$q$,
+        CASE WHEN mode = 'full' THEN 'ctid' ELSE '__sluice_tid' END,
+        sluice._st_image_sql(st.relid, '__sluice_o'), sluice._st_image_sql(st.relid, '__sluice_n'), old_rel, new_rel,
+        sluice._st_same_sql(st.relid, '__sluice_o', '__sluice_n'));
+
+    -- 6. Apply it: deleted rows, updated rows in place, new rows. Stored
+    -- rows are found by the tuple ids read in step 4 (this transaction
+    -- holds the stream table's catalog row, so no other refresh moved
+    -- them): a TID scan, not a second index lookup.
+    -- "= ANY (ARRAY(...))": whatever the planner would guess of a join
+    -- with the temp table.
+    EXECUTE format('DELETE FROM %s __sluice_s WHERE __sluice_s.ctid = ANY (ARRAY(SELECT __sluice_d.tid FROM pg_temp.__sluice_delta __sluice_d WHERE __sluice_d.op = ''delete''))',
+                   storage);
+    GET DIAGNOSTICS del = ROW_COUNT;
+    IF sets IS NOT NULL THEN
+        EXECUTE format('UPDATE %s __sluice_s SET %s FROM %s __sluice_n WHERE __sluice_s.ctid = ANY (ARRAY(SELECT __sluice_d.tid FROM pg_temp.__sluice_delta __sluice_d WHERE __sluice_d.op = ''update'')) AND __sluice_n.__sluice_row_id = __sluice_s.__sluice_row_id',
+                       storage, sets, new_rel);
+    END IF;
+    EXECUTE format('INSERT INTO %s (%s) SELECT %s FROM %s __sluice_n WHERE __sluice_n.__sluice_row_id IN (SELECT __sluice_d.row_id FROM pg_temp.__sluice_delta __sluice_d WHERE __sluice_d.op = ''insert'')',
+                   storage, cols, cols, new_rel);
+    GET DIAGNOSTICS ins = ROW_COUNT;
+    IF mode = 'full' THEN
+        SELECT count(*) INTO nrows FROM pg_temp.__sluice_new;
+    ELSE
+        nrows := coalesce(st.rows, 0) + ins - del;
+    END IF;
+
+    -- 7. Outbox, history, notifications.
+    rid := sluice._st_publish(st, mode, started);
+
+    -- 8. Advance; prune what every reader of each source has seen.
+    UPDATE sluice.stream_table_catalog c
+       SET frontier = next_fr, last_refresh_at = clock_timestamp(),
+           last_refresh_ms = 1000 * extract(epoch FROM clock_timestamp() - started),
+           last_refresh_mode = mode, rows = nrows, consecutive_failures = 0
+     WHERE c.id = st.id;
+    FOR src IN
+        SELECT s.relid,
+               sluice._snap_intersect(ARRAY(SELECT c.frontier FROM sluice.stream_table_sources s2
+                                              JOIN sluice.stream_table_catalog c ON c.id = s2.stream_table_id
+                                             WHERE s2.relid = s.relid)) AS horizon
+          FROM sluice.stream_table_sources s
+         WHERE s.stream_table_id = st.id
+    LOOP
+        PERFORM sluice.cdc_prune(src.relid::regclass, src.horizon);
+    END LOOP;
+    PERFORM sluice._st_drop_temps(ARRAY['__sluice_new', '__sluice_aff']);
+    PERFORM sluice._st_scratch_release(kept);
+    PERFORM set_config('work_mem', old_wm, true), set_config('jit', old_jit, true),
+            set_config('max_parallel_workers_per_gather', old_par, true);
+    RETURN rid;
+END
+$fn$;
+
+REVOKE ALL ON FUNCTION sluice._refresh(bigint, boolean) FROM PUBLIC;
+
 -- sluice._create_stream_table and sluice._alter_stream_table, as in
 -- migration 15, but a construct that is always FULL is the reason given
 -- (and the error with refresh_mode 'differential') before a missing key,
@@ -873,6 +1633,10 @@ BEGIN
     PERFORM sluice._refresh(st.id, true);
 END
 $fn$;
+
+-- Stored creation reasons these rules no longer give (window functions
+-- by partition) are cleared; the engine analyses those stream tables again.
+SELECT sluice._st_recheck_stored_fallbacks();
 
 -- Existing stream tables without a row identity get the reasons above: a
 -- construct's when they have one, else what to select; and one whose
