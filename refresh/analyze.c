@@ -3073,6 +3073,9 @@ derived_units(const sl_analyze_in_t *in, const cJSON *sel, const char *alias, sl
                      sa->grouped_units
                          ? "the subquery in FROM is refreshed by the groups of a subquery joined "
                            "in it: select its column %s unchanged"
+                     : sa->window_units
+                         ? "the subquery in FROM is refreshed by the partitions of its window "
+                           "functions: select its column %s unchanged"
                          : "the subquery in FROM has a LEFT JOIN, refreshed by the rows of its "
                            "first table: select its column %s unchanged",
                      iu[j]);
@@ -3245,6 +3248,7 @@ analyze_derived(const sl_analyze_in_t *in, const cJSON *sel, const cJSON *rs, co
                 out_units_literal(&u, units, ncols);
                 a->unit_columns = out_take(&u);
                 a->grouped_units = use->grouped_units;
+                a->window_units = use->window_units;
             }
             a->affected_sql = out_take(&o);
             a->recompute_sql = out_take(&r);
@@ -4002,6 +4006,14 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
             reason = why_window;
             goto full;
         }
+        if (in->rooted_keys) {
+            /* A UNION ALL branch (or a subquery in one): refreshed by its
+             * row identity, never by units. */
+            reason = "window functions are refreshed differentially by partition, which a UNION "
+                     "ALL branch cannot be (its rows are refreshed by row identity); this one is "
+                     "refreshed in full";
+            goto full;
+        }
         units = calloc(MAX_WINDOW_UNITS, sizeof *units);
         if (units == NULL) {
             rc = sl_err_nomem(err, "the unit list");
@@ -4067,6 +4079,7 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
         outf(&r, ")");
         out_units_literal(&u, units, nwunits);
         a->unit_columns = out_take(&u);
+        a->window_units = true;
         if (a->unit_columns == NULL)
             rc = sl_err_nomem(err, "the generated SQL");
     } else if (f.outer && !by_keys) {

@@ -84,6 +84,7 @@ typedef struct sl_analysis {
                           * one per branch, in place of affected_sql and recompute_sql */
     bool grouped_units;  /* unit_columns name the groups of a subquery joined with tables
                           * (not the first table's rows of a LEFT JOIN) */
+    bool window_units;   /* unit_columns name the partitions of window functions */
 } sl_analysis_t;
 
 /*

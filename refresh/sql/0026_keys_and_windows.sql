@@ -58,9 +58,13 @@
 -- find: sluice._refresh (restated from migration 24) also reads the stored
 -- rows of units with a NULL part. sluice._st_identity passes through the
 -- WindowAgg at the top of the plan (and the wrapper above it), so such a
--- query is keyed by its table's primary key. Still FULL: windows without
--- PARTITION BY (at creation), over a join or subquery, with grouping,
--- aggregates, DISTINCT or subqueries, in a branch or a subquery.
+-- query is keyed by its table's primary key. The same holds for such a
+-- query as the subquery in FROM of one that only filters and projects it
+-- (top-N per group: ... FROM (SELECT ..., row_number() OVER (PARTITION BY
+-- ...) AS rn FROM t) s WHERE s.rn <= 3), refreshed by the subquery's
+-- partitions. Still FULL: windows without PARTITION BY (at creation), over
+-- a join or subquery, with grouping, aggregates, DISTINCT or subqueries,
+-- in a UNION ALL branch or in any other subquery.
 --
 -- When the rows still have no key, the reason now says what to select
 -- (sluice._st_identity returns it beside the key columns, and
@@ -841,16 +845,19 @@ BEGIN
                 END IF;
             END LOOP;
             -- Window functions (since migration 26): by partition, in the
-            -- outer query over one table, every window partitioned (an
-            -- empty PARTITION BY prints as <>), nothing that groups,
-            -- aggregates or removes duplicates, no subquery; the engine
-            -- then checks that the select list has the partition columns.
+            -- outer query or the subquery that is the whole FROM of a
+            -- query that filters and projects it (top-N per group), not
+            -- in a UNION ALL branch (refreshed by row identity); over one
+            -- table, every window partitioned (an empty PARTITION BY
+            -- prints as <>), nothing that groups, aggregates or removes
+            -- duplicates, no subquery. The engine then checks that the
+            -- select list has the partition columns.
             IF own[q] ~ ' :hasWindowFuncs true ' THEN
                 IF own[q] ~ ' :partitionClause <> ' THEN
                     RETURN prefix || 'window functions without PARTITION BY are refreshed in full (a change '
                                   || 'can move every row''s value)';
                 END IF;
-                IF kind <> 'outer'
+                IF NOT (kind = 'outer' OR (kind = 'derived' AND prefix NOT LIKE 'UNION ALL branch %'))
                    OR own[q] ~ (' :(hasAggs|hasSubLinks|hasDistinctOn) true '
                                 '| :(groupClause|havingQual|distinctClause) [^<]')
                    -- (one table in FROM: the view's own query also has

@@ -2224,6 +2224,12 @@ check_window_partitions(const char *url, PGconn *conn)
                  "INSERT INTO wp_ord VALUES (1, 1, 10), (2, 1, 20), (3, 2, 5), (4, NULL, 7),"
                  "  (5, NULL, 3)");
     create_differential(url, conn, "wp_rank", q);
+    /* Top-N per group: the biggest order of each customer, a filter of
+     * the window's subquery (refreshed by its partitions). */
+    const char *tq = "SELECT s.id, s.cust, s.amount FROM (SELECT o.id, o.cust, o.amount, "
+                     "row_number() OVER (PARTITION BY o.cust ORDER BY o.amount DESC, o.id) AS rn "
+                     "FROM wp_ord o) s WHERE s.rn = 1";
+    create_differential(url, conn, "wp_top", tq);
     expect_text(th_sql_text(conn, "SELECT string_agg(property || ': ' || value, ' | ' ORDER BY "
                                   "property) FROM sluice.explain_stream_table('wp_rank') WHERE "
                                   "property IN ('row identity', 'refresh unit')"),
@@ -2250,6 +2256,13 @@ check_window_partitions(const char *url, PGconn *conn)
                 "update|{\"id\": 5, \"rn\": 2, \"cust\": null, \"total\": 10}|{\"id\": 5, "
                 "\"rn\": 3, \"cust\": null, \"total\": 18}",
                 "partition 1 reordered and its total updated, order 6 ranked first of the NULLs");
+    TH_ASSERT(refresh(conn, "wp_top") > 0, "the changes are refreshed into wp_top");
+    expect_text(deltas_since(conn, "wp_top", before),
+                "delete|{\"id\": 2, \"cust\": 1, \"amount\": 20}|null\n"
+                "delete|{\"id\": 4, \"cust\": null, \"amount\": 7}|null\n"
+                "insert|null|{\"id\": 1, \"cust\": 1, \"amount\": 25}\n"
+                "insert|null|{\"id\": 6, \"cust\": null, \"amount\": 8}",
+                "new biggest orders of customer 1 and of no customer");
 
     /* Order 3 moves from partition 2, which empties, to partition 1. */
     before = max_outbox_id(conn);
@@ -2263,6 +2276,17 @@ check_window_partitions(const char *url, PGconn *conn)
                 "update|{\"id\": 3, \"rn\": 1, \"cust\": 2, \"total\": 5}|{\"id\": 3, "
                 "\"rn\": 3, \"cust\": 1, \"total\": 50}",
                 "both partitions of the moved order");
+    TH_ASSERT(refresh(conn, "wp_top") > 0, "the move is refreshed into wp_top");
+    expect_text(deltas_since(conn, "wp_top", before),
+                "delete|{\"id\": 3, \"cust\": 2, \"amount\": 5}|null",
+                "customer 2 has no order left; customer 1's biggest stays");
+    expect_text(th_sql_text(conn, "SELECT string_agg(DISTINCT last_refresh_mode, ',') FROM "
+                                  "sluice.stream_table_catalog WHERE name IN ('wp_rank', "
+                                  "'wp_top')"),
+                "differential", "both refreshed differentially");
+    TH_ASSERT(diff_from_query(conn, "wp_top", "id, cust, amount", tq) == 0,
+              "wp_top equals its query");
+    TH_ASSERT(diff_from_replay(conn, "wp_top") == 0, "replaying wp_top's deltas rebuilds it");
     TH_ASSERT(diff_from_query(conn, "wp_rank", "id, cust, rn, total", q) == 0,
               "wp_rank equals its query");
     TH_ASSERT(diff_from_replay(conn, "wp_rank") == 0, "replaying the deltas rebuilds it");
@@ -2289,6 +2313,7 @@ check_window_partitions(const char *url, PGconn *conn)
               "a partition column left out: FULL, by the engine (%s)", why ? why : "NULL");
     free(why);
     th_sql(conn, "SELECT sluice.drop_stream_table('wp_rank');"
+                 "SELECT sluice.drop_stream_table('wp_top');"
                  "SELECT sluice.drop_stream_table('wp_all');"
                  "SELECT sluice.drop_stream_table('wp_hidden');"
                  "DROP TABLE wp_ord");

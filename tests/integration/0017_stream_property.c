@@ -260,6 +260,11 @@ static const st_def_t sts[] = {
      "OVER w AS sv, lag(a.v) OVER (w ORDER BY a.id) AS prev FROM a WHERE a.v IS DISTINCT FROM 4 "
      "WINDOW w AS (PARTITION BY a.k)",
      NULL},
+    /* Top-N per group: a filter of a window's subquery (migration 26). */
+    {"p_top", "id, k, v",
+     "SELECT t.id, t.k, t.v FROM (SELECT a.id, a.k, a.v, row_number() OVER (PARTITION BY a.k "
+     "ORDER BY a.v DESC NULLS LAST, a.id) AS rn FROM a) t WHERE t.rn <= 2",
+     NULL},
     /* Subqueries in the select list (migration 25), correlated on a
      * column with NULLs. (One over a LEFT JOIN's NULL-extended side was
      * the costliest shape of the run, about 58 s of 750 in CI, and is left

@@ -228,6 +228,21 @@ static const analyze_row_t rows[] = {
              "\"orders\".\"customer_id\")::text)"},
     {"window_partition_tree", WINDOW_Q, KEYS("id"), .mode = DIFF, .field = TREE,
      .want = "Project (4 columns)\n  Window (2 functions)\n    Filter (WHERE)\n"},
+    /* Top-N per group: the subquery's partitions are the query's units. */
+    {"window_top_n",
+     " SELECT s.id,\n    s.customer_id,\n    s.amount\n   FROM ( SELECT orders.id,\n            "
+     "orders.customer_id,\n            orders.amount,\n            row_number() OVER (PARTITION BY "
+     "orders.customer_id ORDER BY orders.amount DESC) AS rn\n           FROM public.orders) s\n  "
+     "WHERE (s.rn <= 3)",
+     KEYS("id"), .mode = DIFF, .field = UNITS, .want = "{\"customer_id\"}"},
+    {"window_top_n_unit_unselected",
+     " SELECT s.id,\n    s.amount\n   FROM ( SELECT orders.id,\n            "
+     "orders.customer_id,\n            orders.amount,\n            row_number() OVER (PARTITION BY "
+     "orders.customer_id ORDER BY orders.amount DESC) AS rn\n           FROM public.orders) s\n  "
+     "WHERE (s.rn <= 3)",
+     KEYS("id"), .mode = FULL, .field = REASON,
+     .want = "the subquery in FROM is refreshed by the partitions of its window functions: select "
+             "its column customer_id unchanged"},
     /* A named window is followed to its PARTITION BY. */
     {"window_named",
      " SELECT orders.id,\n    orders.customer_id,\n    sum(orders.amount) OVER w AS s\n   FROM "
