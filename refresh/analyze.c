@@ -70,12 +70,14 @@
  *     what is run over the change images is the subquery's WHERE clause
  *     alone, since its value for a row depends only on the rows of its
  *     table that clause lets through.
- *   - window functions over one table, every window partitioned (PARTITION
- *     BY) by columns the select list has as they are: refreshed by
- *     partition, the unit being those columns (like a LEFT JOIN chain's
- *     first table): the partitions of the window's change images, before
- *     and after, recomputed whole, since a row's window values depend only
- *     on the rows of its partition.
+ *   - window functions over one table or an inner join, every window
+ *     partitioned (PARTITION BY) by columns the select list has as they
+ *     are: refreshed by partition, the unit being those columns (like a
+ *     LEFT JOIN chain's first table): the partitions of the rows the
+ *     window's changes touch (a table's change images; for a join, its
+ *     rows that involve a changed row, as for keys), before and after,
+ *     recomputed whole, since a row's window values depend only on the
+ *     rows of its partition.
  * UNION without ALL, subqueries elsewhere, WITH, window functions without
  * PARTITION BY, LIMIT and the rest are refreshed in full, and the reason
  * says so. docs/stream-tables.md
@@ -439,9 +441,9 @@ query_windows(const cJSON *sel, const cJSON **v)
 }
 
 static const char *const why_window =
-    "window functions are refreshed differentially over one table when every window has a "
-    "PARTITION BY and the query neither groups, aggregates, removes duplicates nor has "
-    "subqueries; this one is refreshed in full";
+    "window functions are refreshed differentially over one table or tables joined by inner "
+    "joins, when every window has a PARTITION BY and the query neither groups, aggregates, "
+    "removes duplicates nor has subqueries; this one is refreshed in full";
 
 /* Why sel's window functions make it FULL whatever its FROM, or NULL. */
 static const char *
@@ -2693,14 +2695,15 @@ map_units(const cJSON *sel, const sl_analyze_in_t *in, const rel_t *root, keyexp
 
 #define MAX_WINDOW_UNITS 8
 
-/* The units of a query with window functions over table rel (window_reason
- * passed): the columns of rel that every window is partitioned by and that
- * the select list has as they are, each named as its stream-table column.
- * A row's window values depend only on the rows of its partition, and a
- * partition lies within one unit (its columns include the unit's), so a
- * unit recomputed whole gives exactly its rows. NULL, or why not. */
+/* The units of a query with window functions over the tables of f
+ * (window_reason passed): the columns of those tables that every window is
+ * partitioned by and that the select list has as they are, each named as
+ * its stream-table column. A row's window values depend only on the rows
+ * of its partition, and a partition lies within one unit (its columns
+ * include the unit's), so a unit recomputed whole gives exactly its rows.
+ * NULL, or why not. */
 static const char *
-window_units(const cJSON *sel, const rel_t *rel, keyexpr_t *units, size_t *nunits)
+window_units(const cJSON *sel, const from_t *f, keyexpr_t *units, size_t *nunits)
 {
     const cJSON *w[MAX_WINDOWS];
     size_t nw = query_windows(sel, w);
@@ -2709,10 +2712,14 @@ window_units(const cJSON *sel, const rel_t *rel, keyexpr_t *units, size_t *nunit
         return why_window;
     const cJSON *item;
     cJSON_ArrayForEach (item, window_partition(sel, w[0])) {
-        const char *col = partition_column(item, rel->alias);
+        const rel_t *rel = NULL;
+        const char *col = NULL;
+        for (size_t r = 0; r < f->n && col == NULL; r++)
+            if ((col = partition_column(item, f->v[r].alias)) != NULL)
+                rel = &f->v[r];
         bool all = col != NULL && *nunits < MAX_WINDOW_UNITS;
         for (size_t i = 0; i < *nunits && all; i++)
-            all = strcmp(units[i].src, col) != 0;
+            all = strcmp(units[i].alias, rel->alias) != 0 || strcmp(units[i].src, col) != 0;
         for (size_t i = 1; i < nw && all; i++)
             all = partition_has(window_partition(sel, w[i]), rel->alias, col);
         if (!all)
@@ -4002,7 +4009,10 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
         goto full;
     size_t nwunits = 0; /* window functions: the partition columns that are units */
     if (has_window(sel)) {
-        if (f.n != 1 || f.v[0].subquery || f.grouping >= 0 || nsubs > 0) {
+        bool tables = !f.outer && f.grouping < 0 && nsubs == 0;
+        for (size_t i = 0; i < f.n && tables; i++)
+            tables = !f.v[i].subquery;
+        if (!tables) {
             reason = why_window;
             goto full;
         }
@@ -4019,7 +4029,7 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
             rc = sl_err_nomem(err, "the unit list");
             goto done;
         }
-        if ((reason = window_units(sel, &f.v[0], units, &nwunits)) != NULL)
+        if ((reason = window_units(sel, &f, units, &nwunits)) != NULL)
             goto full;
     }
     if (f.outer) {
@@ -4071,7 +4081,10 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
          * found through filter_null. */
         sl_analyze_in_t unit_in = *in;
         unit_in.nkeys = nwunits;
-        gen_affected(&o, in->query, &t, &c, &unit_in, units, &f.v[0]);
+        if (f.n == 1)
+            gen_affected(&o, in->query, &t, &c, &unit_in, units, &f.v[0]);
+        else /* the partitions of the join's rows that involve a changed row */
+            gen_affected_inner(&o, in->query, &t, &c, &unit_in, units, &f);
         outf(&r, "(");
         gen_restricted(&r, in->query, &t, &c, filter_nonnull, &unit_in, units, NULL);
         outf(&r, ") UNION ALL (");

@@ -45,13 +45,15 @@
 -- that identity.
 --
 -- Window functions. Until now any window function made a stream table
--- FULL. A query over one table whose windows are all partitioned is now
+-- FULL. A query over one table, or tables joined by inner joins, whose
+-- windows are all partitioned is now
 -- left to the engine (sluice._st_query_fallback, restated from migration
 -- 25), which refreshes it by partition when the select list has, as they
 -- are, columns that every window is partitioned by: those columns are the
 -- refresh unit (unit_columns, as a LEFT JOIN chain's first table), the
--- affected units are the partition columns of the window's change images,
--- and those partitions are recomputed whole (refresh/analyze.c,
+-- affected units are the partition columns of the window's change images
+-- (over a join: of the join's rows that involve a changed row, before and
+-- after), and those partitions are recomputed whole (refresh/analyze.c,
 -- window_units). A row's window values depend only on its partition, and
 -- each window's partition lies inside one unit, so that is exact. Such a
 -- partition may be NULL, which the driver's `(units) IN (...)` did not
@@ -63,8 +65,8 @@
 -- (top-N per group: ... FROM (SELECT ..., row_number() OVER (PARTITION BY
 -- ...) AS rn FROM t) s WHERE s.rn <= 3), refreshed by the subquery's
 -- partitions. Still FULL: windows without PARTITION BY (at creation), over
--- a join or subquery, with grouping, aggregates, DISTINCT or subqueries,
--- in a UNION ALL branch or in any other subquery.
+-- an outer join or a subquery, with grouping, aggregates, DISTINCT or
+-- subqueries, in a UNION ALL branch or in any other subquery.
 --
 -- When the rows still have no key, the reason now says what to select
 -- (sluice._st_identity returns it beside the key columns, and
@@ -860,13 +862,13 @@ BEGIN
                 IF NOT (kind = 'outer' OR (kind = 'derived' AND prefix NOT LIKE 'UNION ALL branch %'))
                    OR own[q] ~ (' :(hasAggs|hasSubLinks|hasDistinctOn) true '
                                 '| :(groupClause|havingQual|distinctClause) [^<]')
-                   -- (one table in FROM: the view's own query also has
-                   -- the view's OLD and NEW entries in its range table)
-                   OR regexp_count(own[q], '\{RANGETBLREF ') <> 1 OR own[q] ~ '\{JOINEXPR '
-                   OR own[q] ~ ' :rtekind [1-9]' THEN
-                    RETURN prefix || 'window functions are refreshed differentially over one table when every '
-                                  || 'window has a PARTITION BY and the query neither groups, aggregates, removes '
-                                  || 'duplicates nor has subqueries; this one is refreshed in full';
+                   -- (tables, joined by inner joins: jointype 0; rtekind 2
+                   -- is a join's own entry)
+                   OR own[q] ~ '\{JOINEXPR :jointype [1-9]' OR own[q] ~ ' :rtekind [13-9]' THEN
+                    RETURN prefix || 'window functions are refreshed differentially over one table or tables '
+                                  || 'joined by inner joins, when every window has a PARTITION BY and the query '
+                                  || 'neither groups, aggregates, removes duplicates nor has subqueries; this one '
+                                  || 'is refreshed in full';
                 END IF;
             END IF;
         END IF;

@@ -611,10 +611,15 @@ check_query_fallback(const char *url, PGconn *conn)
                     "amount) AS r FROM orders",
                     NULL);
     expect_fallback(conn,
-                    "SELECT o.id, c.id AS cid, rank() OVER (PARTITION BY o.customer_id) AS r FROM "
-                    "orders o JOIN customers c ON c.id = o.customer_id",
-                    "window functions are refreshed differentially over one table when every "
-                    "window has a PARTITION BY");
+                    "SELECT o.id, o.customer_id, c.name, rank() OVER (PARTITION BY o.customer_id "
+                    "ORDER BY o.amount) AS r FROM orders o JOIN customers c ON c.id = "
+                    "o.customer_id",
+                    NULL);
+    expect_fallback(conn,
+                    "SELECT o.id, o.customer_id, c.name, rank() OVER (PARTITION BY o.customer_id) "
+                    "AS r FROM orders o LEFT JOIN customers c ON c.id = o.customer_id",
+                    "window functions are refreshed differentially over one table or tables "
+                    "joined by inner joins, when every window has a PARTITION BY");
     expect_fallback(conn, "SELECT id FROM orders UNION SELECT id FROM customers",
                     "UNION (without ALL), INTERSECT and EXCEPT are refreshed in full");
     expect_fallback(conn, "SELECT id FROM orders EXCEPT SELECT id FROM customers",

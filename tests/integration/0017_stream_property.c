@@ -260,6 +260,13 @@ static const st_def_t sts[] = {
      "OVER w AS sv, lag(a.v) OVER (w ORDER BY a.id) AS prev FROM a WHERE a.v IS DISTINCT FROM 4 "
      "WINDOW w AS (PARTITION BY a.k)",
      NULL},
+    /* A window over an inner join, partitioned by a's column: a change
+     * of either table recomputes the partitions of the joined rows it
+     * touches (migration 26). */
+    {"p_window_join", "aid, bid, k, rk",
+     "SELECT a.id AS aid, b.id AS bid, a.k, rank() OVER (PARTITION BY a.k ORDER BY b.w, b.id, "
+     "a.id) AS rk FROM a JOIN b ON b.a_k = a.k",
+     NULL},
     /* Top-N per group: a filter of a window's subquery (migration 26). */
     {"p_top", "id, k, v",
      "SELECT t.id, t.k, t.v FROM (SELECT a.id, a.k, a.v, row_number() OVER (PARTITION BY a.k "

@@ -114,6 +114,12 @@ typedef struct analyze_row {
 #define REGION_LEFT                                                                              \
     "SELECT customers.region,\n    count(orders.id) AS n\n   FROM (public.customers\n     LEFT " \
     "JOIN public.orders ON ((orders.customer_id = customers.id)))\n  GROUP BY customers.region"
+/* Window functions over an inner join, partitioned by the joined table's column. */
+#define WINDOW_JOIN_Q                                                                            \
+    " SELECT orders.id,\n    customers.id AS cid,\n    customers.region,\n    rank() OVER "      \
+    "(PARTITION BY customers.region ORDER BY orders.amount) AS r\n   FROM (public.orders\n     " \
+    "JOIN "                                                                                      \
+    "public.customers ON ((customers.id = orders.customer_id)))"
 /* Window functions partitioned by a selected column (and another). */
 #define WINDOW_Q                                                                                   \
     " SELECT orders.id,\n    orders.customer_id,\n    rank() OVER (PARTITION BY "                  \
@@ -265,13 +271,22 @@ static const analyze_row_t rows[] = {
      "BY orders.customer_id) AS r,\n    rank() OVER (PARTITION BY orders.status) AS q\n   FROM "
      "public.orders",
      KEYS("id"), .mode = FULL, .field = REASON, .want = "every window is partitioned by"},
-    {"window_join_full",
+    /* Over an inner join: the partitions of the join's rows that involve
+     * a changed row of either table, now and before the window. */
+    {"window_join_units", WINDOW_JOIN_Q, KEYS("id", "cid"), .mode = DIFF, .field = UNITS,
+     .want = "{\"region\"}"},
+    {"window_join_affected", WINDOW_JOIN_Q, KEYS("id", "cid"), .mode = DIFF, .field = AFFECTED,
+     .want =
+         "(SELECT \"customers\".\"region\" AS \"region\" FROM  (public.orders\n     JOIN "
+         "public.customers ON ((customers.id = orders.customer_id))) WHERE \"customers\".\"id\" "
+         "= ANY (ARRAY(SELECT \"id\" FROM pg_temp.\"__sluice_chg_16402\")))"},
+    {"window_left_join_full",
      " SELECT orders.id,\n    customers.id AS cid,\n    orders.customer_id,\n    rank() OVER "
-     "(PARTITION BY orders.customer_id) AS r\n   FROM (public.orders\n     JOIN public.customers "
-     "ON ((customers.id = orders.customer_id)))",
+     "(PARTITION BY orders.customer_id) AS r\n   FROM (public.orders\n     LEFT JOIN "
+     "public.customers ON ((customers.id = orders.customer_id)))",
      KEYS("id", "cid"), .mode = FULL, .field = REASON,
-     .want = "^window functions are refreshed "
-             "differentially over one table"},
+     .want = "^window functions are refreshed differentially over one table or tables joined by "
+             "inner joins"},
     {"window_group_full",
      " SELECT orders.customer_id,\n    sum(orders.amount) AS s,\n    rank() OVER (PARTITION BY "
      "orders.customer_id) AS r\n   FROM public.orders\n  GROUP BY orders.customer_id",
