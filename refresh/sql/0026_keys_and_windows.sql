@@ -16,11 +16,11 @@
 -- equates the customers' whole primary key with a column of orders, so each
 -- order meets at most one customer.
 --
--- sluice._st_select_keys (restated from migration 25) now leaves out of
--- the row identity every table whose primary-key columns each equal a
--- constant or a column of a table that is part of the identity (or, in
--- turn, is left out this way), through a condition that holds wherever the
--- table's rows appear:
+-- sluice._st_select_keys (now a wrapper of sluice._st_identity, which
+-- restates its rules from migration 25) leaves out of the row identity
+-- every table whose primary-key columns each equal a constant or a column
+-- of a table that is part of the identity (or, in turn, is left out this
+-- way), through a condition that holds wherever the table's rows appear:
 --
 --   - the conditions of inner joins and WHERE, anywhere;
 --   - a LEFT JOIN's own condition, for the tables on its NULL-extended side
@@ -39,16 +39,16 @@
 -- the query then keeps content identity as before. A query that selected
 -- every key gets the same identity as before.
 --
--- Nothing else changes: the engine (refresh/analyze.c) already follows the
--- row identity it is given, whichever columns make it up: the affected
--- rows of a join are found through each table's changes and named by
--- that identity.
+-- For this, nothing else changes: the engine (refresh/analyze.c) already
+-- follows the row identity it is given, whichever columns make it up: the
+-- affected rows of a join are found through each table's changes and
+-- named by that identity.
 --
 -- Window functions. Until now any window function made a stream table
 -- FULL. A query over one table, or tables joined by inner joins, whose
--- windows are all partitioned is now
--- left to the engine (sluice._st_query_fallback, restated from migration
--- 25), which refreshes it by partition when the select list has, as they
+-- windows are all partitioned is now left to the engine
+-- (sluice._st_query_fallback, restated from migration 25), which
+-- refreshes it by partition when the select list has, as they
 -- are, columns that every window is partitioned by: those columns are the
 -- refresh unit (unit_columns, as a LEFT JOIN chain's first table), the
 -- affected units are the partition columns of the window's change images
@@ -60,7 +60,7 @@
 -- find: sluice._refresh (restated from migration 24) also reads the stored
 -- rows of units with a NULL part. sluice._st_identity passes through the
 -- WindowAgg at the top of the plan (and the wrapper above it), so such a
--- query is keyed by its table's primary key. The same holds for such a
+-- query is keyed by its tables' primary keys. The same holds for such a
 -- query as the subquery in FROM of one that only filters and projects it
 -- (top-N per group: ... FROM (SELECT ..., row_number() OVER (PARTITION BY
 -- ...) AS rn FROM t) s WHERE s.rn <= 3), refreshed by the subquery's
