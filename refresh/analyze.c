@@ -548,9 +548,9 @@ static const char *const why_sublink_nested =
     "subqueries in expressions are refreshed differentially in the WHERE clause or the select "
     "list of the stream table's query or of a UNION ALL branch, not inside a subquery in FROM";
 static const char *const why_sublink_from =
-    "a query with a subquery in its WHERE clause (EXISTS, NOT EXISTS, IN) or in its select list "
-    "is refreshed differentially when its FROM has only tables (joined, or in a LEFT JOIN "
-    "chain), no subquery in FROM";
+    "a query with a subquery in an expression (in its WHERE clause or its select list) is "
+    "refreshed differentially when its FROM has only tables (joined, or in a LEFT JOIN chain), "
+    "no subquery in FROM";
 
 #define MAX_SUBLINKS 16
 
@@ -4053,8 +4053,8 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
         if (!mapped && !by_keys) {
             snprintf(why, sizeof why,
                      "with a LEFT JOIN and a subquery that groups, every row (or group) must "
-                     "include the primary key of the first table (%s) for differential refresh",
-                     f.v[0].alias);
+                     "include the primary key of the first table (%s.%s) for differential refresh",
+                     f.v[0].src->schema, f.v[0].src->name);
             reason = why;
             goto full;
         }

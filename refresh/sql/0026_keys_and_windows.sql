@@ -890,9 +890,9 @@ BEGIN
                 RETURN prefix || why_sublink;
             END IF;
             IF own[q] ~ ' :rtekind 1 ' THEN
-                RETURN prefix || 'a query with a subquery in its WHERE clause (EXISTS, NOT EXISTS, IN) or in its '
-                              || 'select list is refreshed differentially when its FROM has only tables (joined, or '
-                              || 'in a LEFT JOIN chain), no subquery in FROM';
+                RETURN prefix || 'a query with a subquery in an expression (in its WHERE clause or its select '
+                              || 'list) is refreshed differentially when its FROM has only tables (joined, or in a '
+                              || 'LEFT JOIN chain), no subquery in FROM';
             END IF;
         END IF;
         IF q = 1 THEN

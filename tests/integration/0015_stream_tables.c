@@ -704,8 +704,8 @@ check_query_fallback(const char *url, PGconn *conn)
     expect_fallback(conn,
                     "SELECT s.id, (SELECT c.name FROM customers c WHERE c.id = s.customer_id) "
                     "AS name FROM (SELECT id, customer_id FROM orders) s",
-                    "a query with a subquery in its WHERE clause (EXISTS, NOT EXISTS, IN) or in "
-                    "its select list is refreshed differentially when its FROM has only tables");
+                    "a query with a subquery in an expression (in its WHERE clause or its "
+                    "select list) is refreshed differentially when its FROM has only tables");
     expect_fallback(conn, "SELECT id FROM orders WHERE amount IN (SELECT max(amount) FROM orders)",
                     NULL);
     expect_fallback(conn,
@@ -728,8 +728,8 @@ check_query_fallback(const char *url, PGconn *conn)
                     "SELECT s.id, c.name FROM (SELECT id, customer_id FROM orders) s JOIN "
                     "customers c ON c.id = s.customer_id WHERE EXISTS (SELECT FROM orders x "
                     "WHERE x.id = s.id)",
-                    "a query with a subquery in its WHERE clause (EXISTS, NOT EXISTS, IN) or in "
-                    "its select list is refreshed differentially when its FROM has only tables");
+                    "a query with a subquery in an expression (in its WHERE clause or its "
+                    "select list) is refreshed differentially when its FROM has only tables");
     expect_fallback(conn,
                     "SELECT id FROM customers UNION ALL SELECT o.id FROM orders o WHERE "
                     "o.customer_id NOT IN (SELECT id FROM customers)",

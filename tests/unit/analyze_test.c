@@ -408,8 +408,8 @@ static const analyze_row_t rows[] = {
      "orders.customer_id\n           FROM public.orders) s\n     JOIN public.customers ON "
      "((customers.id = s.customer_id)))",
      KEYS("id"), .mode = FULL, .field = REASON,
-     .want = "^a query with a subquery in its WHERE clause (EXISTS, NOT EXISTS, IN) or in its "
-             "select list is refreshed differentially when its FROM has only tables"},
+     .want = "^a query with a subquery in an expression (in its WHERE clause or its select "
+             "list) is refreshed differentially when its FROM has only tables"},
     {"scalar_over_table_without_key_full",
      " SELECT audit.at,\n    ( SELECT orders.amount\n           FROM public.orders\n          "
      "WHERE (orders.id = audit.order_id)) AS amount\n   FROM public.audit",
@@ -587,8 +587,8 @@ static const analyze_row_t rows[] = {
      "((customers.id = s.customer_id)))\n  WHERE (EXISTS ( SELECT 1\n           FROM "
      "public.refunds\n          WHERE (refunds.order_id = s.id)))",
      KEYS("id"), .mode = FULL, .field = REASON,
-     .want = "^a query with a subquery in its WHERE clause (EXISTS, NOT EXISTS, IN) or in its "
-             "select list is refreshed differentially when its FROM has only tables"},
+     .want = "^a query with a subquery in an expression (in its WHERE clause or its select "
+             "list) is refreshed differentially when its FROM has only tables"},
     {"exists_in_derived_full",
      " SELECT s.id\n   FROM ( SELECT orders.id\n           FROM public.orders\n          WHERE "
      "(EXISTS ( SELECT 1\n                   FROM public.refunds\n                  WHERE "
@@ -923,7 +923,7 @@ static const analyze_row_t rows[] = {
      " SELECT c.name,\n    t.total\n   FROM " LEFT_JOINED_SUB, KEYS("name"), .mode = FULL,
      .field = REASON,
      .want = "^with a LEFT JOIN and a subquery that groups, every row (or group) must include the "
-             "primary key of the first table (c)"},
+             "primary key of the first table (public.customers)"},
 
     /* UNION ALL. */
     {"union_all_without_branches_full", " " ORDERS_BRANCH "\nUNION ALL\n " REFUNDS_BRANCH,
