@@ -949,8 +949,6 @@ full_reason(const cJSON *sel, const sl_analyze_in_t *in)
                "nothing (ORDER BY, LIMIT, WITH) applies to the whole union; this one has not";
     if (op != NULL && strcmp(op, "SETOP_NONE") != 0)
         return "UNION (without ALL), INTERSECT and EXCEPT are refreshed in full";
-    if (cJSON_GetObjectItemCaseSensitive(sel, "withClause") != NULL)
-        return "WITH (common table expressions) is refreshed in full";
     if (cJSON_GetObjectItemCaseSensitive(sel, "limitCount") != NULL ||
         cJSON_GetObjectItemCaseSensitive(sel, "limitOffset") != NULL)
         return "LIMIT/OFFSET makes the result depend on rows outside any change; it is "
@@ -3871,6 +3869,241 @@ out:
     return rc;
 }
 
+/* ------------------------------------------------------------------------ */
+/* WITH, written in place                                                    */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * A WITH of the whole query (not RECURSIVE) names queries that the query
+ * reads like tables. Each one read once is the same as its query written
+ * where it is read, as a subquery in FROM: `WITH t AS (q) SELECT ... FROM
+ * t` is `SELECT ... FROM (q) AS t` (MATERIALIZED changes how PostgreSQL
+ * runs it, not its result, and a volatile function is refused anyway).
+ * The query is analysed in that form; create_stream_table's check
+ * (refresh/sql/0027_with_queries.sql) reads PostgreSQL's tree the same way.
+ */
+
+#define MAX_CTES 16
+#define MAX_CTE_REFS 64
+
+static const char *const why_with_nested =
+    "a WITH inside a query that has a WITH of its own is refreshed in full (move its queries "
+    "into the outer WITH)";
+
+typedef struct cte {
+    const char *name;
+    int body, end;          /* the text between its parentheses: [body, end) */
+    int name_from, name_to; /* its name as written */
+    int refs;
+} cte_t;
+
+typedef struct cte_ref {
+    int from, to; /* the name's token */
+    int cte;      /* index in the cte_t array */
+    bool aliased; /* written with an alias (FROM t AS x) */
+} cte_ref_t;
+
+typedef struct with {
+    const char *q;
+    cte_t c[MAX_CTES];
+    size_t n;
+    cte_ref_t r[MAX_CTE_REFS];
+    size_t nr;
+} with_t;
+
+/* Collects the RangeVars below n (any depth) that name one of w's queries:
+ * no schema, a name of w, and (inside the text of w's query i) a query
+ * defined before i, as PostgreSQL resolves a WITH without RECURSIVE.
+ * Returns false when there are more than MAX_CTE_REFS, or a name's token
+ * is not found. */
+static bool
+collect_cte_refs(const cJSON *n, with_t *w, const toks_t *t)
+{
+    if (n == NULL)
+        return true;
+    if (n->string != NULL && strcmp(n->string, "RangeVar") == 0 && str(n, "schemaname") == NULL &&
+        str(n, "relname") != NULL) {
+        int at = location(n);
+        size_t k = tok_at(t, at);
+        size_t lim = w->n; /* the queries this place can read */
+        for (size_t i = 0; i < w->n; i++)
+            if (at >= w->c[i].body && at < w->c[i].end)
+                lim = i;
+        for (size_t j = 0; j < lim; j++)
+            if (strcmp(w->c[j].name, str(n, "relname")) == 0) {
+                if (w->nr == MAX_CTE_REFS || k >= t->n)
+                    return false;
+                w->r[w->nr++] =
+                    (cte_ref_t){.from = t->v[k].start,
+                                .to = t->v[k].end,
+                                .cte = (int)j,
+                                .aliased = cJSON_GetObjectItemCaseSensitive(n, "alias") != NULL};
+                w->c[j].refs++;
+                break;
+            }
+    }
+    for (const cJSON *c = n->child; c != NULL; c = c->next)
+        if (!collect_cte_refs(c, w, t))
+            return false;
+    return true;
+}
+
+/* Appends the text [from, to) of w->q with every reference in it replaced
+ * by the query it names, written in place (recursively: a query reads only
+ * those defined before it). */
+static void
+out_inlined(out_t *o, const with_t *w, int from, int to)
+{
+    int at = from;
+    for (size_t i = 0; i < w->nr; i++) {
+        const cte_ref_t *r = &w->r[i];
+        if (r->from < from || r->to > to)
+            continue;
+        const cte_t *c = &w->c[r->cte];
+        outq(o, w->q, at, r->from);
+        outf(o, "(");
+        out_inlined(o, w, c->body, c->end);
+        outf(o, ")");
+        if (!r->aliased) {
+            outf(o, " AS ");
+            outq(o, w->q, c->name_from, c->name_to);
+        }
+        at = r->to;
+    }
+    outq(o, w->q, at, to);
+}
+
+static int
+ref_order(const void *a, const void *b)
+{
+    const cte_ref_t *x = a, *y = b;
+    return (x->from > y->from) - (x->from < y->from);
+}
+
+/* sel's query (q) with its WITH written in place into *out (malloc'ed),
+ * or the reason it is refreshed in full (*out NULL). */
+static const char *
+inline_with(const char *q, const cJSON *sel, char **out, char *why_buf, size_t why_n, int *rc,
+            sl_err_t *err)
+{
+    *out = NULL;
+    *rc = SL_OK;
+    const cJSON *wc = cJSON_GetObjectItemCaseSensitive(sel, "withClause");
+    const cJSON *ctes = cJSON_GetObjectItemCaseSensitive(wc, "ctes");
+    const char *op = str(sel, "op");
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(wc, "recursive")))
+        return "WITH RECURSIVE is refreshed in full";
+    if (op != NULL && strcmp(op, "SETOP_NONE") != 0)
+        return "a WITH over a UNION ALL (or another set operation) is refreshed in full";
+    if (cJSON_GetArraySize(ctes) > MAX_CTES)
+        return "a WITH of more than 16 queries is refreshed in full";
+    /* One WITH: none in its queries or in the query after it (whose names
+     * could hide those of this one). */
+    const cJSON *e;
+    for (const cJSON *c = sel->child; c != NULL; c = c->next)
+        if (strcmp(c->string, "withClause") != 0 && has_node(c, "withClause"))
+            return why_with_nested;
+    cJSON_ArrayForEach (e, ctes)
+        if (has_node(node(e, "CommonTableExpr"), "withClause"))
+            return why_with_nested;
+    toks_t t = {0};
+    with_t *w = calloc(1, sizeof *w);
+    if (w == NULL) {
+        *rc = sl_err_nomem(err, "the WITH queries");
+        return NULL;
+    }
+    w->q = q;
+    const char *why = NULL;
+    if ((*rc = scan_tokens(q, &t, err)) != SL_OK)
+        goto done;
+    int main_from = -1;
+    cJSON_ArrayForEach (e, ctes) {
+        const cJSON *cte = node(e, "CommonTableExpr");
+        cte_t *c = &w->c[w->n];
+        c->name = str(cte, "ctename");
+        if (c->name == NULL ||
+            node(cJSON_GetObjectItemCaseSensitive(cte, "ctequery"), "SelectStmt") == NULL) {
+            why = "a WITH query that is not a SELECT is refreshed in full";
+            goto done;
+        }
+        if (cJSON_GetObjectItemCaseSensitive(cte, "aliascolnames") != NULL) {
+            snprintf(why_buf, why_n,
+                     "the WITH query %s has column names (WITH %s(a, b) AS ...), which is "
+                     "refreshed in full; name the columns in its select list instead",
+                     c->name, c->name);
+            why = why_buf;
+            goto done;
+        }
+        /* Its name, then AS [NOT] MATERIALIZED, then its parenthesis. */
+        size_t k = tok_at(&t, location(cte)), open = k + 1;
+        while (open < t.n && !tok_is(q, &t.v[open], "("))
+            open++;
+        int close = open < t.n ? paren_end(q, &t, open) : -1;
+        if (k >= t.n || close < 0) {
+            why = "the WITH clause's text could not be taken apart";
+            goto done;
+        }
+        c->name_from = t.v[k].start;
+        c->name_to = t.v[k].end;
+        c->body = t.v[open].end;
+        c->end = close - 1;
+        main_from = close;
+        w->n++;
+    }
+    if (w->n == 0 || !collect_cte_refs(sel, w, &t)) {
+        why = "the WITH clause's text could not be taken apart";
+        goto done;
+    }
+    for (size_t i = 0; i < w->n; i++)
+        if (w->c[i].refs > 1) {
+            snprintf(why_buf, why_n,
+                     "the WITH query %s is read more than once, which is refreshed in full (write "
+                     "it as a subquery where it is read)",
+                     w->c[i].name);
+            why = why_buf;
+            goto done;
+        }
+    qsort(w->r, w->nr, sizeof w->r[0], ref_order);
+    out_t o = {.rc = SL_OK, .err = err};
+    out_inlined(&o, w, main_from, (int)strlen(q));
+    if ((*out = out_take(&o)) == NULL)
+        *rc = o.rc != SL_OK ? o.rc : sl_err_nomem(err, "the query with WITH written in place");
+done:
+    free(t.v);
+    free(w);
+    return why;
+}
+
+/* Puts the names of sel's WITH queries above a's tree (the tree of the
+ * query with them written in place), which moves one level down. */
+static int
+tree_with(const cJSON *sel, sl_analysis_t *a, sl_err_t *err)
+{
+    out_t o = {.rc = SL_OK, .err = err};
+    const cJSON *e;
+    const char *sep = "With ";
+    cJSON_ArrayForEach (e, cJSON_GetObjectItemCaseSensitive(
+                               cJSON_GetObjectItemCaseSensitive(sel, "withClause"), "ctes")) {
+        const char *name = str(node(e, "CommonTableExpr"), "ctename");
+        outf(&o, "%s%s", sep, name != NULL ? name : "?");
+        sep = ", ";
+    }
+    outf(&o, " (written in place)\n");
+    for (const char *l = a->tree; l != NULL && *l != '\0';) {
+        const char *nl = strchr(l, '\n');
+        size_t len = nl != NULL ? (size_t)(nl - l) + 1 : strlen(l);
+        indent(&o, 1);
+        outf(&o, "%.*s", (int)len, l);
+        l += len;
+    }
+    char *tree = out_take(&o);
+    if (tree == NULL)
+        return o.rc != SL_OK ? o.rc : sl_err_nomem(err, "the operator tree");
+    free(a->tree);
+    a->tree = tree;
+    return SL_OK;
+}
+
 void
 sl_analysis_free(sl_analysis_t *a)
 {
@@ -3929,6 +4162,22 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
     if (in->requested_full) {
         reason = "refresh_mode is 'full'";
         goto full;
+    }
+    if (cJSON_GetObjectItemCaseSensitive(sel, "withClause") != NULL) {
+        char *inl = NULL;
+        reason = inline_with(in->query, sel, &inl, uwhy, sizeof uwhy, &rc, err);
+        if (rc != SL_OK)
+            goto done;
+        if (reason != NULL)
+            goto full;
+        free(a->tree);
+        sl_analyze_in_t win = *in;
+        win.query = inl;
+        rc = sl_analyze(&win, a, err);
+        free(inl);
+        if (rc == SL_OK)
+            rc = tree_with(sel, a, err);
+        goto done;
     }
     if (in->nbranches > 0 && str(sel, "op") != NULL && strcmp(str(sel, "op"), "SETOP_UNION") == 0 &&
         cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(sel, "all"))) {

@@ -167,6 +167,15 @@ static const sl_analyze_branch_t limit_second[] = {
     {LIMIT_BRANCH, (const char *const[]){"id"}, 1},
 };
 
+/* A WITH query over orders, and a query that reads it. */
+#define BIG_BODY                                                                            \
+    "        SELECT orders.id,\n            orders.amount\n           FROM public.orders\n" \
+    "          WHERE (orders.amount > (100)::numeric)"
+#define BIG_MAIN "SELECT big.id,\n    big.amount\n   FROM big"
+#define TOTALS_BODY                                                                 \
+    "        SELECT orders.customer_id,\n            sum(orders.amount) AS total\n" \
+    "           FROM public.orders\n          GROUP BY orders.customer_id"
+
 static const analyze_row_t rows[] = {
     /* One table. */
     {"projection_pk_differential",
@@ -292,11 +301,60 @@ static const analyze_row_t rows[] = {
      "orders.customer_id) AS r\n   FROM public.orders\n  GROUP BY orders.customer_id",
      KEYS("customer_id"), .mode = FULL, .field = REASON,
      .want = "^window functions are refreshed differentially over one table"},
-    {"with_full",
-     " WITH big AS (\n         SELECT orders.id,\n            orders.amount\n           FROM "
-     "public.orders\n          WHERE (orders.amount > (100)::numeric)\n        )\n SELECT "
-     "big.id,\n    big.amount\n   FROM big",
-     KEYS("id"), .mode = FULL, .field = REASON, .want = "^WITH"},
+    /* WITH, written in place (the text as pg_get_viewdef prints it). */
+    {"with_derived_recompute_in_place", " WITH big AS (\n " BIG_BODY "\n        )\n " BIG_MAIN,
+     KEYS("id"), .mode = DIFF, .field = RECOMPUTE,
+     .want = "FROM (\n         SELECT orders.id,\n            orders.amount\n           FROM "},
+    {"with_derived_tree", " WITH big AS (\n " BIG_BODY "\n        )\n " BIG_MAIN, KEYS("id"),
+     .mode = DIFF, .field = TREE, .want = "^With big (written in place)\n  "},
+    {"with_materialized_same", " WITH big AS MATERIALIZED (\n " BIG_BODY "\n        )\n " BIG_MAIN,
+     KEYS("id"), .mode = DIFF, .field = RECOMPUTE, .want = ") AS big"},
+    {"with_joined_units",
+     " WITH t AS (\n " TOTALS_BODY "\n        )\n SELECT c.id,\n    c.name,\n    t.total\n   "
+     "FROM (public.customers c\n     JOIN t ON ((t.customer_id = c.id)))",
+     KEYS("id"), .mode = DIFF, .field = UNITS, .want = "{\"id\"}"},
+    {"with_chained_aliased",
+     " WITH t AS (\n " TOTALS_BODY "\n        ), b AS (\n         SELECT t.customer_id,\n       "
+     "     t.total\n           FROM t\n          WHERE (t.total > (5)::numeric)\n        )\n "
+     "SELECT x.customer_id,\n    x.total\n   FROM b x",
+     KEYS("customer_id"), .mode = DIFF, .field = AFFECTED,
+     .want = "FROM pg_temp.\"__sluice_chg_16401\""},
+    {"with_unread_query_ignored",
+     " WITH unused AS (\n         SELECT refunds.id\n           FROM public.refunds\n        ), "
+     "big AS (\n " BIG_BODY "\n        )\n " BIG_MAIN,
+     KEYS("id"), .mode = DIFF, .field = RECOMPUTE, .want = "^("},
+    {"with_recursive_full",
+     " WITH RECURSIVE r(n) AS (\n         VALUES (1)\n        UNION ALL\n         SELECT (r_1.n "
+     "+ 1)\n           FROM r r_1\n          WHERE (r_1.n < 3)\n        )\n SELECT orders.id\n  "
+     " FROM (public.orders\n     JOIN r ON ((r.n = orders.id)))",
+     KEYS("id"), .mode = FULL, .field = REASON, .want = "^WITH RECURSIVE is refreshed in full"},
+    {"with_read_twice_full",
+     " WITH big AS (\n " BIG_BODY "\n        )\n SELECT a.id,\n    b.amount\n   FROM (big a\n  "
+     "   JOIN big b ON ((b.id = a.id)))",
+     KEYS("id"), .mode = FULL, .field = REASON,
+     .want = "^the WITH query big is read more than once"},
+    {"with_column_names_full",
+     " WITH big(i, a) AS (\n " BIG_BODY "\n        )\n SELECT big.i,\n    big.a\n   FROM big",
+     KEYS("i"), .mode = FULL, .field = REASON,
+     .want = "^the WITH query big has column names (WITH big(a, b)"},
+    {"with_over_union_full",
+     " WITH big AS (\n " BIG_BODY "\n        )\n SELECT big.id\n   FROM big\nUNION ALL\n SELECT "
+     "refunds.id\n   FROM public.refunds",
+     KEYS("id"), .mode = FULL, .field = REASON, .want = "^a WITH over a UNION ALL"},
+    {"with_inside_derived_subquery",
+     " SELECT s.id\n   FROM ( WITH big AS (\n " BIG_BODY "\n                )\n         SELECT "
+     "big.id\n           FROM big) s",
+     KEYS("id"), .mode = DIFF, .field = RECOMPUTE, .want = "FROM (\n         SELECT orders.id,"},
+    {"with_nested_in_with_full",
+     " WITH big AS (\n         WITH inner_q AS (\n " BIG_BODY "\n                )\n         "
+     "SELECT inner_q.id,\n            inner_q.amount\n           FROM inner_q\n        "
+     ")\n " BIG_MAIN,
+     KEYS("id"), .mode = FULL, .field = REASON, .want = "^a WITH inside a query that has a WITH"},
+    {"with_read_in_where_subquery_full",
+     " WITH r AS (\n         SELECT refunds.order_id\n           FROM public.refunds\n        )\n "
+     "SELECT orders.id\n   FROM public.orders\n  WHERE (EXISTS ( SELECT 1\n           FROM r\n   "
+     "       WHERE (r.order_id = orders.id)))",
+     KEYS("id"), .mode = FULL, .field = REASON, .want = "subqueries in expressions"},
     {"union_distinct_full",
      " SELECT orders.id\n   FROM public.orders\nUNION\n SELECT refunds.id\n   FROM "
      "public.refunds",
