@@ -272,6 +272,18 @@ static const st_def_t sts[] = {
      "SELECT t.id, t.k, t.v FROM (SELECT a.id, a.k, a.v, row_number() OVER (PARTITION BY a.k "
      "ORDER BY a.v DESC NULLS LAST, a.id) AS rn FROM a) t WHERE t.rn <= 2",
      NULL},
+    /* WITH queries written in place (migration 27): one that groups,
+     * joined; a filter read by a grouping query (MATERIALIZED) that the
+     * outer query filters. */
+    {"p_with_joined", "bid, k, w, sv",
+     "WITH s AS (SELECT k, sum(v) AS sv, count(*) AS n FROM a GROUP BY k) SELECT b.id AS bid, "
+     "s.k, b.w, s.sv FROM b JOIN s ON s.k = b.a_k",
+     NULL},
+    {"p_with_chain", "k, n, sv",
+     "WITH f AS (SELECT id, k, v FROM a WHERE v IS NULL OR v % 4 <> 0), g AS MATERIALIZED (SELECT "
+     "f.k, count(*) AS n, sum(f.v) AS sv FROM f GROUP BY f.k) SELECT g.k, g.n, g.sv FROM g WHERE "
+     "g.n > 1",
+     NULL},
     /* Subqueries in the select list (migration 25), correlated on a
      * column with NULLs. (One over a LEFT JOIN's NULL-extended side was
      * the costliest shape of the run, about 58 s of 750 in CI, and is left

@@ -53,7 +53,9 @@
  *      (refresh/sql/0022_derived_left_joins.sql), and step 5 holds for it;
  *      so does a GROUP BY over a LEFT JOIN without the first table's key
  *      (st_left_group) after migration 23
- *      (refresh/sql/0023_left_join_identity.sql).
+ *      (refresh/sql/0023_left_join_identity.sql), and a WITH query
+ *      (st_with), FULL by migration 15's reason, after migration 27
+ *      (refresh/sql/0027_with_queries.sql).
  *   5. `sluice engine --once` analyses every stream table again (they are
  *      not due: their schedule is an hour, so it refreshes none); then each
  *      is refreshed by hand: DIFFERENTIAL, with a delta of exactly the size
@@ -216,6 +218,12 @@ static const st_def_t sts[] = {
      "SELECT g.label, count(i.id) AS cnt, sum(i.n) AS total FROM groups g LEFT JOIN items i ON "
      "i.grp = g.grp GROUP BY g.label",
      "label, cnt, total"},
+    /* A WITH query: migration 15 stores the reason that makes it FULL,
+     * migration 27 takes it back. */
+    {"st_with",
+     "WITH s AS (SELECT grp, sum(n) AS total FROM items GROUP BY grp) SELECT s.grp, s.total FROM "
+     "s WHERE s.total > 0",
+     "grp, total"},
 };
 #define NSTS (sizeof sts / sizeof sts[0])
 
@@ -231,8 +239,8 @@ static long long
 st_diff(PGconn *conn, const st_def_t *st)
 {
     return th_sql_int(conn,
-                      "SELECT (SELECT count(*) FROM (SELECT %s FROM %s EXCEPT ALL %s) a)"
-                      "     + (SELECT count(*) FROM (%s EXCEPT ALL SELECT %s FROM %s) b)",
+                      "SELECT (SELECT count(*) FROM (SELECT %s FROM %s EXCEPT ALL (%s)) a)"
+                      "     + (SELECT count(*) FROM ((%s) EXCEPT ALL SELECT %s FROM %s) b)",
                       st->cols, st->name, st->query, st->query, st->cols, st->name);
 }
 
@@ -621,6 +629,12 @@ main(void)
                          "'st_left_group' AND query_fallback IS NULL AND analyzed_query IS NULL "
                          "AND effective_mode IS NULL AND key_columns = '{label}'") == 1,
               "st_left_group: migration 23 took back the stored reason");
+    /* Migration 27: the same for st_with. */
+    TH_ASSERT(th_sql_int(conn,
+                         "SELECT count(*) FROM sluice.stream_table_catalog WHERE name = "
+                         "'st_with' AND query_fallback IS NULL AND analyzed_query IS NULL AND "
+                         "effective_mode IS NULL AND key_columns = '{grp}'") == 1,
+              "st_with: migration 27 took back the stored reason");
 
     /* The capture now writes chunks: one statement of 3 rows, one chunk. */
     th_sql(conn, "BEGIN;"
