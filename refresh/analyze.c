@@ -3880,7 +3880,8 @@ out:
  * t` is `SELECT ... FROM (q) AS t` (MATERIALIZED changes how PostgreSQL
  * runs it, not its result, and a volatile function is refused anyway).
  * The query is analysed in that form; create_stream_table's check
- * (refresh/sql/0027_with_queries.sql) reads PostgreSQL's tree the same way.
+ * (refresh/sql/0027_with_and_distinct_on.sql) reads PostgreSQL's tree the
+ * same way.
  */
 
 #define MAX_CTES 16
@@ -4074,8 +4075,189 @@ done:
     return why;
 }
 
+/* ------------------------------------------------------------------------ */
+/* DISTINCT ON, as the first row of each partition                           */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * SELECT DISTINCT ON (k) cols FROM ... WHERE ... ORDER BY k, x keeps, of
+ * each value of k, the first row in that order: the row numbered 1 by
+ * row_number() OVER (PARTITION BY k ORDER BY k, x). So it is analysed as
+ *
+ *   SELECT "__sluice_on".c1, ... FROM (SELECT cols, row_number() OVER
+ *     (PARTITION BY k ORDER BY k, x) AS "__sluice_rn" FROM ... WHERE ...)
+ *     AS "__sluice_on" WHERE "__sluice_on"."__sluice_rn" = 1
+ *
+ * a top-N per group, refreshed by partition (window_units) when k are
+ * columns the select list has. Rows that tie in the order are picked as
+ * PostgreSQL picks them, in either form. The stream table is keyed by k
+ * (sluice._st_select_keys of migration 27, whose sluice._st_query_fallback
+ * refuses the same shapes at creation).
+ */
+
+static const char *const why_distinct_on =
+    "DISTINCT ON is refreshed differentially (by the values of its expressions) in the stream "
+    "table's query itself, when they are columns that the select list has as they are, over one "
+    "table or tables joined by inner joins, without GROUP BY, aggregates, window functions or "
+    "subqueries; this one is refreshed in full";
+
+/* Appends the query's text [from, to) without the white space around it. */
+static void
+outq_trimmed(out_t *o, const char *q, int from, int to)
+{
+    while (from < to && isspace((unsigned char)q[from]))
+        from++;
+    while (to > from && isspace((unsigned char)q[to - 1]))
+        to--;
+    outq(o, q, from, to);
+}
+
+/* True when sel is SELECT DISTINCT ON (...). */
+static bool
+is_distinct_on(const cJSON *sel)
+{
+    const cJSON *distinct = cJSON_GetObjectItemCaseSensitive(sel, "distinctClause");
+    return distinct != NULL && cJSON_GetArrayItem(distinct, 0) != NULL &&
+           cJSON_GetArrayItem(distinct, 0)->child != NULL;
+}
+
+/* True when column reference cr is, written the same, a column of sel's
+ * select list. */
+static bool
+selected_as_is(const cJSON *sel, const cJSON *cr)
+{
+    const cJSON *tgt;
+    if (cr == NULL)
+        return false;
+    cJSON_ArrayForEach (tgt, cJSON_GetObjectItemCaseSensitive(sel, "targetList")) {
+        const cJSON *col =
+            node(cJSON_GetObjectItemCaseSensitive(node(tgt, "ResTarget"), "val"), "ColumnRef");
+        const cJSON *a = cJSON_GetObjectItemCaseSensitive(col, "fields");
+        const cJSON *b = cJSON_GetObjectItemCaseSensitive(cr, "fields");
+        bool same = a != NULL && cJSON_GetArraySize(a) == cJSON_GetArraySize(b);
+        for (int i = 0; same && i < cJSON_GetArraySize(a); i++) {
+            const char *x = str(node(cJSON_GetArrayItem(a, i), "String"), "sval");
+            const char *y = str(node(cJSON_GetArrayItem(b, i), "String"), "sval");
+            same = x != NULL && y != NULL && strcmp(x, y) == 0;
+        }
+        if (same)
+            return true;
+    }
+    return false;
+}
+
+/* sel's query (q) written as the window query above into *out
+ * (malloc'ed), or the reason it is refreshed in full (*out NULL). */
+static const char *
+distinct_on_window(const char *q, const cJSON *sel, char **out, int *rc, sl_err_t *err)
+{
+    *out = NULL;
+    *rc = SL_OK;
+    const cJSON *item;
+    static const char *const refused[] = {"groupClause", "havingClause", "windowClause",
+                                          "withClause"};
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++)
+        if (cJSON_GetObjectItemCaseSensitive(sel, refused[i]) != NULL)
+            return why_distinct_on;
+    if (has_window(sel))
+        return why_distinct_on;
+    cJSON_ArrayForEach (item, cJSON_GetObjectItemCaseSensitive(sel, "distinctClause"))
+        if (!selected_as_is(sel, node(item, "ColumnRef")))
+            return why_distinct_on;
+    /* The names of the select list's columns, unique (the outer query
+     * selects them by name). */
+    const cJSON *tl = cJSON_GetObjectItemCaseSensitive(sel, "targetList");
+    int ncols = cJSON_GetArraySize(tl);
+    const char **names = calloc(ncols > 0 ? (size_t)ncols : 1, sizeof *names);
+    if (names == NULL) {
+        *rc = sl_err_nomem(err, "the select list's names");
+        return NULL;
+    }
+    const char *why = NULL;
+    int i = 0;
+    cJSON_ArrayForEach (item, tl) {
+        const cJSON *rt = node(item, "ResTarget");
+        const char *name = str(rt, "name");
+        if (name == NULL)
+            name = figure_colname(cJSON_GetObjectItemCaseSensitive(rt, "val"));
+        for (int j = 0; j < i && name != NULL; j++)
+            if (strcmp(names[j], name) == 0)
+                name = NULL;
+        if (name == NULL || strcmp(name, "*") == 0) {
+            free(names);
+            return "DISTINCT ON is refreshed differentially when every column of the select list "
+                   "has a name of its own (AS name); this one is refreshed in full";
+        }
+        names[i++] = name;
+    }
+    toks_t t = {0};
+    if ((*rc = scan_tokens(q, &t, err)) != SL_OK) {
+        free(names);
+        return NULL;
+    }
+    clauses_t c;
+    find_clauses(q, &t, &c);
+    /* SELECT DISTINCT ON ( ... ) */
+    int on_close = t.n > 3 && tok_is(q, &t.v[1], "DISTINCT") && tok_is(q, &t.v[2], "ON") &&
+                           tok_is(q, &t.v[3], "(")
+                       ? paren_end(q, &t, 3)
+                       : -1;
+    if (c.tok[CL_SELECT] != 0 || c.tok[CL_FROM] < 0 || on_close < 0 ||
+        (c.tok[CL_ORDER] >= 0 &&
+         ((size_t)c.tok[CL_ORDER] + 1 >= t.n || !tok_is(q, &t.v[c.tok[CL_ORDER] + 1], "BY")))) {
+        why = "the query text does not start with SELECT DISTINCT ON (...) ... FROM";
+        goto done;
+    }
+    int from = t.v[c.tok[CL_FROM]].start;
+    int rest_end =
+        c.tok[CL_ORDER] >= 0 ? t.v[c.tok[CL_ORDER]].start : clause_end(q, &t, &c, CL_ORDER);
+    out_t o = {.rc = SL_OK, .err = err};
+    outf(&o, "SELECT ");
+    for (int j = 0; j < i; j++) {
+        outf(&o, "%s\"__sluice_on\".", j > 0 ? ", " : "");
+        outid(&o, names[j]);
+    }
+    outf(&o, " FROM (SELECT ");
+    outq_trimmed(&o, q, on_close, from);
+    outf(&o, ", row_number() OVER (PARTITION BY ");
+    outq_trimmed(&o, q, t.v[3].end, on_close - 1);
+    if (c.tok[CL_ORDER] >= 0) {
+        outf(&o, " ORDER BY ");
+        outq_trimmed(&o, q, t.v[c.tok[CL_ORDER] + 1].end, clause_end(q, &t, &c, CL_ORDER));
+    }
+    outf(&o, ") AS \"__sluice_rn\" ");
+    outq(&o, q, from, rest_end);
+    outf(&o, ") AS \"__sluice_on\" WHERE \"__sluice_on\".\"__sluice_rn\" = 1");
+    if ((*out = out_take(&o)) == NULL)
+        *rc = o.rc != SL_OK ? o.rc : sl_err_nomem(err, "the query of DISTINCT ON as a window");
+done:
+    free(t.v);
+    free(names);
+    return why;
+}
+
+/* Puts the line held by head (taken) above a's tree, which moves one
+ * level down. */
+static int
+tree_below(out_t *head, sl_analysis_t *a, sl_err_t *err)
+{
+    for (const char *l = a->tree; l != NULL && *l != '\0';) {
+        const char *nl = strchr(l, '\n');
+        size_t len = nl != NULL ? (size_t)(nl - l) + 1 : strlen(l);
+        indent(head, 1);
+        outf(head, "%.*s", (int)len, l);
+        l += len;
+    }
+    char *tree = out_take(head);
+    if (tree == NULL)
+        return head->rc != SL_OK ? head->rc : sl_err_nomem(err, "the operator tree");
+    free(a->tree);
+    a->tree = tree;
+    return SL_OK;
+}
+
 /* Puts the names of sel's WITH queries above a's tree (the tree of the
- * query with them written in place), which moves one level down. */
+ * query with them written in place). */
 static int
 tree_with(const cJSON *sel, sl_analysis_t *a, sl_err_t *err)
 {
@@ -4089,19 +4271,7 @@ tree_with(const cJSON *sel, sl_analysis_t *a, sl_err_t *err)
         sep = ", ";
     }
     outf(&o, " (written in place)\n");
-    for (const char *l = a->tree; l != NULL && *l != '\0';) {
-        const char *nl = strchr(l, '\n');
-        size_t len = nl != NULL ? (size_t)(nl - l) + 1 : strlen(l);
-        indent(&o, 1);
-        outf(&o, "%.*s", (int)len, l);
-        l += len;
-    }
-    char *tree = out_take(&o);
-    if (tree == NULL)
-        return o.rc != SL_OK ? o.rc : sl_err_nomem(err, "the operator tree");
-    free(a->tree);
-    a->tree = tree;
-    return SL_OK;
+    return tree_below(&o, a, err);
 }
 
 void
@@ -4177,6 +4347,34 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
         free(inl);
         if (rc == SL_OK)
             rc = tree_with(sel, a, err);
+        goto done;
+    }
+    if (is_distinct_on(sel) && cJSON_GetObjectItemCaseSensitive(sel, "limitCount") == NULL &&
+        cJSON_GetObjectItemCaseSensitive(sel, "limitOffset") == NULL &&
+        cJSON_GetObjectItemCaseSensitive(sel, "lockingClause") == NULL) {
+        char *win_q = NULL;
+        reason = distinct_on_window(in->query, sel, &win_q, &rc, err);
+        if (rc != SL_OK)
+            goto done;
+        if (reason != NULL)
+            goto full;
+        free(a->tree);
+        sl_analyze_in_t din = *in;
+        din.query = win_q;
+        rc = sl_analyze(&din, a, err);
+        free(win_q);
+        if (rc == SL_OK && a->reason != NULL && strstr(a->reason, "window functions") != NULL) {
+            /* Said of the window this query is analysed as: say it of
+             * DISTINCT ON. */
+            free(a->reason);
+            if ((a->reason = strdup(why_distinct_on)) == NULL)
+                rc = sl_err_nomem(err, "the analysis");
+        }
+        if (rc == SL_OK) {
+            out_t h = {.rc = SL_OK, .err = err};
+            outf(&h, "Distinct On (the first row of each, as a window's row number 1)\n");
+            rc = tree_below(&h, a, err);
+        }
         goto done;
     }
     if (in->nbranches > 0 && str(sel, "op") != NULL && strcmp(str(sel, "op"), "SETOP_UNION") == 0 &&

@@ -176,6 +176,12 @@ static const sl_analyze_branch_t limit_second[] = {
     "        SELECT orders.customer_id,\n            sum(orders.amount) AS total\n" \
     "           FROM public.orders\n          GROUP BY orders.customer_id"
 
+/* The rest of a DISTINCT ON query after its parentheses. */
+#define DON_REST                                                                              \
+    "orders.customer_id,\n    orders.id,\n    orders.amount\n   FROM public.orders\n  WHERE " \
+    "(orders.status <> 'void'::text)\n  ORDER BY orders.customer_id, orders.amount DESC, "    \
+    "orders.id"
+
 static const analyze_row_t rows[] = {
     /* One table. */
     {"projection_pk_differential",
@@ -474,10 +480,48 @@ static const analyze_row_t rows[] = {
      KEYS("at"), .mode = FULL, .field = REASON,
      .want = "table public.audit has no primary key: a query over it with a subquery in WHERE "
              "or in the select list"},
-    {"distinct_on_full",
+    /* DISTINCT ON, as the first row of each partition (migration 27). */
+    {"distinct_on_units", " SELECT DISTINCT ON (orders.customer_id) " DON_REST, KEYS("customer_id"),
+     .mode = DIFF, .field = UNITS, .want = "{\"customer_id\"}"},
+    {"distinct_on_recompute_numbers_rows", " SELECT DISTINCT ON (orders.customer_id) " DON_REST,
+     KEYS("customer_id"), .mode = DIFF, .field = RECOMPUTE,
+     .want = ", row_number() OVER (PARTITION BY orders.customer_id ORDER BY orders.customer_id, "
+             "orders.amount DESC, orders.id) AS \"__sluice_rn\" FROM public.orders\n   WHERE "},
+    {"distinct_on_recompute_keeps_first", " SELECT DISTINCT ON (orders.customer_id) " DON_REST,
+     KEYS("customer_id"), .mode = DIFF, .field = RECOMPUTE,
+     .want = "WHERE \"__sluice_on\".\"__sluice_rn\" = 1"},
+    {"distinct_on_tree", " SELECT DISTINCT ON (orders.customer_id) " DON_REST, KEYS("customer_id"),
+     .mode = DIFF, .field = TREE, .want = "^Distinct On (the first row of each"},
+    {"distinct_on_without_order",
      " SELECT DISTINCT ON (orders.customer_id) orders.customer_id,\n    orders.amount\n   FROM "
      "public.orders",
-     KEYS("customer_id"), .mode = FULL, .field = REASON, .want = "DISTINCT ON"},
+     KEYS("customer_id"), .mode = DIFF, .field = RECOMPUTE,
+     .want = "row_number() OVER (PARTITION BY orders.customer_id) AS"},
+    {"distinct_on_join_units",
+     " SELECT DISTINCT ON (c.region) c.region,\n    o.id,\n    o.amount\n   FROM (public.orders o\n"
+     "     JOIN public.customers c ON ((c.id = o.customer_id)))\n  ORDER BY c.region, o.amount "
+     "DESC",
+     KEYS("region"), .mode = DIFF, .field = UNITS, .want = "{\"region\"}"},
+    {"distinct_on_not_selected_full",
+     " SELECT DISTINCT ON (orders.status) orders.customer_id,\n    orders.amount\n   FROM "
+     "public.orders\n  ORDER BY orders.status, orders.amount",
+     KEYS("customer_id"), .mode = FULL, .field = REASON,
+     .want = "^DISTINCT ON is refreshed differentially (by the values of its expressions) in"},
+    {"distinct_on_expression_full",
+     " SELECT DISTINCT ON ((lower(orders.status))) lower(orders.status) AS s,\n    orders.amount\n"
+     "   FROM public.orders\n  ORDER BY (lower(orders.status)), orders.amount",
+     KEYS("s"), .mode = FULL, .field = REASON, .want = "^DISTINCT ON is refreshed differentially"},
+    {"distinct_on_left_join_full",
+     " SELECT DISTINCT ON (o.customer_id) o.customer_id,\n    c.name\n   FROM (public.orders o\n   "
+     "  LEFT JOIN public.customers c ON ((c.id = o.customer_id)))\n  ORDER BY o.customer_id, "
+     "c.name",
+     KEYS("customer_id"), .mode = FULL, .field = REASON, .want = "^DISTINCT ON is refreshed"},
+    {"distinct_on_group_full",
+     " SELECT DISTINCT ON (orders.customer_id) orders.customer_id,\n    count(*) AS n\n   FROM "
+     "public.orders\n  GROUP BY orders.customer_id, orders.status\n  ORDER BY orders.customer_id",
+     KEYS("customer_id"), .mode = FULL, .field = REASON, .want = "^DISTINCT ON is refreshed"},
+    {"distinct_on_limit_full", " SELECT DISTINCT ON (orders.customer_id) " DON_REST "\n LIMIT 3",
+     KEYS("customer_id"), .mode = FULL, .field = REASON, .want = "^LIMIT/OFFSET"},
     {"uncaptured_source_full", " SELECT invoices.id\n   FROM public.invoices", KEYS("id"),
      .mode = FULL, .field = REASON, .want = "not among the stream table's captured sources"},
     {"key_not_in_select_list_full", " SELECT orders.amount\n   FROM public.orders", KEYS("id"),
