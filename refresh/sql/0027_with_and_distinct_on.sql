@@ -1,5 +1,6 @@
--- refresh/sql/0027_with_queries.sql - migration 27: a WITH of a stream
--- table's query is refreshed as the subqueries it stands for.
+-- refresh/sql/0027_with_and_distinct_on.sql - migration 27: a WITH of a stream
+-- table's query is refreshed as the subqueries it stands for, and DISTINCT
+-- ON as the first row of each partition.
 --
 -- Until now any WITH made a stream table FULL ("WITH (common table
 -- expressions) is refreshed in full"), even the plainest one:
@@ -36,6 +37,20 @@
 --     hide the outer ones).
 --
 -- A WITH query nobody reads is ignored: PostgreSQL does not run it.
+--
+-- DISTINCT ON. SELECT DISTINCT ON (k) ... ORDER BY k, x keeps the first
+-- row of each k in that order: row number 1 of row_number() OVER
+-- (PARTITION BY k ORDER BY k, x). The engine (distinct_on_window) analyses
+-- the query in that form, a top-N per group refreshed by partition, when
+-- k are columns the select list has as they are, over one table or tables
+-- joined by inner joins, without GROUP BY, aggregates, window functions or
+-- subqueries; sluice._st_query_fallback lets such a query through (only
+-- the stream table's query itself, not a branch or a subquery) and gives
+-- the rest one reason. Its row identity is k (sluice._st_select_keys):
+-- one row per value, so when a later row takes over, consumers see an
+-- update of k's row. Ties in the order are broken as PostgreSQL breaks
+-- them, which a refresh of one partition may do otherwise than a full
+-- run; an order that ends with the table's key has none.
 --
 -- Row identities: sluice._st_identity reads the plan, in which PostgreSQL
 -- has already written a WITH query read once in place, as a Subquery Scan
@@ -119,13 +134,51 @@ REVOKE ALL ON FUNCTION sluice._st_unmaterialized(text) FROM PUBLIC;
 -- sluice._st_select_keys(query, relid) -> text[] or NULL
 --
 -- As in migration 26, from the plan of the query as sluice._st_unmaterialized
--- writes it.
+-- writes it; and a query SELECT DISTINCT ON (k, ...) over tables (no
+-- subquery, aggregate or window function), whose select list has each of
+-- its expressions as a column of a plain name, is keyed by those columns:
+-- DISTINCT ON keeps one row per value of them (the plan's Unique node
+-- does not say how many of its sort keys are DISTINCT ON's, so the query
+-- tree is read).
 CREATE OR REPLACE FUNCTION sluice._st_select_keys(query text, relid oid)
 RETURNS text[]
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $fn$
+DECLARE
+    tree text;
+    refs int[];
+    keys text[];
 BEGIN
+    IF query ~* '^\s*SELECT\s+DISTINCT\s+ON\M' THEN
+        BEGIN
+            IF to_regclass('pg_temp.__sluice_distinct_on') IS NOT NULL THEN
+                DROP VIEW pg_temp.__sluice_distinct_on;
+            END IF;
+            EXECUTE 'CREATE TEMP VIEW __sluice_distinct_on AS ' || query;
+            tree := (SELECT r.ev_action::text FROM pg_rewrite r
+                      WHERE r.ev_class = 'pg_temp.__sluice_distinct_on'::regclass AND r.rulename = '_RETURN');
+            DROP VIEW pg_temp.__sluice_distinct_on;
+        EXCEPTION WHEN OTHERS THEN
+            tree := NULL;
+        END;
+        IF tree ~ ' :hasDistinctOn true ' AND regexp_count(tree, '\{QUERY ') = 1
+           AND tree !~ ' :(hasAggs|hasWindowFuncs|hasSubLinks) true ' THEN
+            refs := ARRAY(SELECT m[1]::int
+                            FROM regexp_matches(substring(tree FROM ' :distinctClause \((.*?)\) :sortClause '),
+                                                ':tleSortGroupRef ([0-9]+) ', 'g') m);
+            keys := ARRAY(SELECT m[1]
+                            FROM regexp_matches(tree, ':resname ([^ ]+) :ressortgroupref ([0-9]+) '
+                                                      ':resorigtbl [0-9]+ :resorigcol [0-9]+ :resjunk false',
+                                                'g') WITH ORDINALITY AS r(m, o)
+                           WHERE r.m[2]::int = ANY (refs)
+                           ORDER BY array_position(refs, r.m[2]::int));
+            IF cardinality(refs) > 0 AND cardinality(keys) = cardinality(refs)
+               AND NOT EXISTS (SELECT FROM unnest(keys) k WHERE k !~ '^[a-z_][a-z0-9_]*$') THEN
+                RETURN keys;
+            END IF;
+        END IF;
+    END IF;
     RETURN (sluice._st_identity(sluice._st_unmaterialized(query), relid)).key_columns;
 END
 $fn$;
@@ -191,6 +244,11 @@ DECLARE
     why_sublink_nested constant text :=
         'subqueries in expressions are refreshed differentially in the WHERE clause or the select '
         'list of the stream table''s query or of a UNION ALL branch, not inside a subquery in FROM';
+    why_distinct_on constant text :=
+        'DISTINCT ON is refreshed differentially (by the values of its expressions) in the stream '
+        'table''s query itself, when they are columns that the select list has as they are, over one '
+        'table or tables joined by inner joins, without GROUP BY, aggregates, window functions or '
+        'subqueries; this one is refreshed in full';
     why_shape constant text :=
         'a subquery in FROM is refreshed differentially when it filters and projects one table and '
         'selects that table''s primary key, when it is the whole FROM of a query that only filters '
@@ -450,8 +508,7 @@ BEGIN
                      why_sublink_nested),
                     (6, ' :limit(Offset|Count) [^<]',
                      'LIMIT/OFFSET makes the result depend on rows outside any change; it is refreshed in full'),
-                    (7, ' :groupingSets [^<]', 'GROUPING SETS, ROLLUP and CUBE are refreshed in full'),
-                    (8, ' :hasDistinctOn true ', 'DISTINCT ON is refreshed in full'))
+                    (7, ' :groupingSets [^<]', 'GROUPING SETS, ROLLUP and CUBE are refreshed in full'))
                     AS v(n, bad, why)
                  ORDER BY v.n
             LOOP
@@ -459,6 +516,25 @@ BEGIN
                     RETURN prefix || chk.why;
                 END IF;
             END LOOP;
+            -- DISTINCT ON (since migration 27): the first row of each
+            -- partition of its expressions (the engine's
+            -- distinct_on_window), in the outer query, over tables joined
+            -- by inner joins, nothing that groups, aggregates, has window
+            -- functions or subqueries. The engine then checks that the
+            -- select list has its columns.
+            IF own[q] ~ ' :hasDistinctOn true '
+               AND (kind <> 'outer'
+                    OR own[q] ~ (' :(hasAggs|hasWindowFuncs|hasSubLinks) true | :(groupClause|havingQual) [^<]')
+                    OR own[q] ~ '\{JOINEXPR :jointype [1-9]' OR own[q] ~ ' :rtekind [13-9]'
+                    -- each of its expressions a column the select list has
+                    -- (a target entry that is a Var and not resjunk)
+                    OR EXISTS (SELECT
+                                 FROM regexp_matches(substring(own[q] FROM ' :distinctClause \((.*?)\) :sortClause '),
+                                                     ':tleSortGroupRef ([0-9]+) ', 'g') r
+                                WHERE own[q] !~ ('\{TARGETENTRY :expr \{VAR [^{}]*\} :resno [0-9]+ :resname [^ ]+ '
+                                                 ':ressortgroupref ' || r[1] || ' [^{}]* :resjunk false\}'))) THEN
+                RETURN prefix || why_distinct_on;
+            END IF;
             -- Window functions (since migration 26): by partition, in the
             -- outer query or the subquery that is the whole FROM of a
             -- query that filters and projects it (top-N per group), not

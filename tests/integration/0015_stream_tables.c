@@ -663,6 +663,38 @@ check_query_fallback(const char *url, PGconn *conn)
                     "WITH o AS (WITH p AS (SELECT id, amount FROM orders) SELECT * FROM p) "
                     "SELECT o.id, o.amount FROM o",
                     "a WITH inside a query that has a WITH of its own is refreshed in full");
+    /* DISTINCT ON (migration 27): the first row of each partition, when
+     * its expressions are selected columns; the rest stays FULL. */
+    static const char distinct_on_reason[] = "DISTINCT ON is refreshed differentially (by the "
+                                             "values of its expressions) in the stream table's";
+    expect_fallback(conn,
+                    "SELECT DISTINCT ON (customer_id) customer_id, id, amount FROM orders ORDER BY "
+                    "customer_id, amount DESC, id",
+                    NULL);
+    expect_fallback(conn,
+                    "SELECT DISTINCT ON (c.name) c.name, o.id, o.amount FROM orders o JOIN "
+                    "customers c ON c.id = o.customer_id ORDER BY c.name, o.amount DESC",
+                    NULL);
+    expect_fallback(conn,
+                    "SELECT DISTINCT ON (amount) customer_id, id FROM orders ORDER BY amount, id",
+                    distinct_on_reason);
+    expect_fallback(conn,
+                    "SELECT DISTINCT ON (lower(c.name)) lower(c.name) AS n, c.id FROM customers c "
+                    "ORDER BY lower(c.name), c.id",
+                    distinct_on_reason);
+    expect_fallback(conn,
+                    "SELECT DISTINCT ON (o.customer_id) o.customer_id, c.name FROM orders o LEFT "
+                    "JOIN customers c ON c.id = o.customer_id ORDER BY o.customer_id, c.name",
+                    distinct_on_reason);
+    expect_fallback(conn,
+                    "SELECT DISTINCT ON (customer_id) customer_id, count(*) AS n FROM orders "
+                    "GROUP BY customer_id, amount ORDER BY customer_id",
+                    distinct_on_reason);
+    expect_fallback(conn,
+                    "SELECT id, amount FROM orders UNION ALL SELECT * FROM (SELECT DISTINCT ON "
+                    "(customer_id) customer_id, amount FROM orders ORDER BY customer_id, amount) "
+                    "s",
+                    "UNION ALL branch 2: the subquery in FROM: DISTINCT ON is refreshed");
     expect_fallback(conn, "SELECT id, amount FROM orders ORDER BY id LIMIT 3",
                     "LIMIT/OFFSET makes the result depend on rows outside any change");
     expect_fallback(conn, "SELECT id, amount FROM orders OFFSET 1",
@@ -782,8 +814,8 @@ check_query_fallback(const char *url, PGconn *conn)
                     "GROUPING SETS, ROLLUP and CUBE are refreshed in full");
     expect_fallback(conn,
                     "SELECT DISTINCT ON (customer_id) customer_id, id FROM orders ORDER BY "
-                    "customer_id, id",
-                    "DISTINCT ON is refreshed in full");
+                    "customer_id, id LIMIT 5",
+                    "LIMIT/OFFSET makes the result depend on rows outside any change");
     /* Facts the engine's raw parse tree does not have. */
     expect_fallback_creation_only(conn,
                                   "SELECT DISTINCT id, generate_series(1, 2) AS g FROM orders",
@@ -2422,6 +2454,49 @@ check_with_queries(const char *url, PGconn *conn)
                  "sluice.drop_stream_table('wq_big'); DROP TABLE wq_ord, wq_cust");
 }
 
+/* DISTINCT ON as the first row of each partition (migration 27): the
+ * latest status of each entity, keyed by the entity. */
+static void
+check_distinct_on(const char *url, PGconn *conn)
+{
+    TH_LOG("DISTINCT ON, refreshed by its values (migration 27)");
+    const char *q =
+        "SELECT DISTINCT ON (e.ent) e.ent, e.status, e.at FROM don_ev e ORDER BY e.ent, "
+        "e.at DESC, e.id";
+    th_sql(conn, "CREATE TABLE don_ev (id int PRIMARY KEY, ent int, status text, at int);"
+                 "INSERT INTO don_ev VALUES (1, 1, 'new', 1), (2, 1, 'paid', 2), (3, 2, 'new', 1),"
+                 "  (4, NULL, 'lost', 5), (5, 3, 'new', 4)");
+    create_differential(url, conn, "don_latest", q);
+    expect_text(th_sql_text(conn, "SELECT string_agg(property || ': ' || value, ' | ' ORDER BY "
+                                  "property) FROM sluice.explain_stream_table('don_latest') WHERE "
+                                  "property IN ('row identity', 'refresh unit')"),
+                "refresh unit: all rows with the same (ent) | row identity: key (ent)",
+                "keyed and refreshed by the entity");
+
+    /* Entity 1 gets a later event, entity 2 a later one that is then
+     * deleted (no change), entity 3 loses its only event, the NULL
+     * entity gains one. */
+    long long before = max_outbox_id(conn);
+    th_sql(conn, "INSERT INTO don_ev VALUES (6, 1, 'shipped', 3), (7, 2, 'paid', 9),"
+                 "  (8, NULL, 'found', 6);"
+                 "DELETE FROM don_ev WHERE id IN (5, 7)");
+    TH_ASSERT(refresh(conn, "don_latest") > 0, "the changes are refreshed");
+    expect_text(th_sql_text(conn, "SELECT last_refresh_mode FROM sluice.stream_table_catalog "
+                                  "WHERE name = 'don_latest'"),
+                "differential", "refreshed differentially");
+    expect_text(deltas_since(conn, "don_latest", before),
+                "delete|{\"at\": 4, \"ent\": 3, \"status\": \"new\"}|null\n"
+                "update|{\"at\": 2, \"ent\": 1, \"status\": \"paid\"}|{\"at\": 3, "
+                "\"ent\": 1, \"status\": \"shipped\"}\n"
+                "update|{\"at\": 5, \"ent\": null, \"status\": \"lost\"}|{\"at\": 6, "
+                "\"ent\": null, \"status\": \"found\"}",
+                "entity 1 and the NULL entity updated, entity 3 gone, entity 2 unchanged");
+    TH_ASSERT(diff_from_query(conn, "don_latest", "ent, status, at", q) == 0,
+              "don_latest equals its query");
+    TH_ASSERT(diff_from_replay(conn, "don_latest") == 0, "replaying the deltas rebuilds it");
+    th_sql(conn, "SELECT sluice.drop_stream_table('don_latest'); DROP TABLE don_ev");
+}
+
 static void
 check_left_join_identity(const char *url, PGconn *conn)
 {
@@ -2882,6 +2957,7 @@ main(void)
     check_determined_keys(env.pg_url, conn);
     check_window_partitions(env.pg_url, conn);
     check_with_queries(env.pg_url, conn);
+    check_distinct_on(env.pg_url, conn);
     check_source_ddl(env.pg_url, conn);
 
     PQfinish(conn);

@@ -272,6 +272,11 @@ static const st_def_t sts[] = {
      "SELECT t.id, t.k, t.v FROM (SELECT a.id, a.k, a.v, row_number() OVER (PARTITION BY a.k "
      "ORDER BY a.v DESC NULLS LAST, a.id) AS rn FROM a) t WHERE t.rn <= 2",
      NULL},
+    /* DISTINCT ON (migration 27): the row with the biggest v of each k
+     * (NULLs among both). */
+    {"p_latest", "k, id, v",
+     "SELECT DISTINCT ON (a.k) a.k, a.id, a.v FROM a ORDER BY a.k, a.v DESC NULLS LAST, a.id",
+     NULL},
     /* WITH queries written in place (migration 27): one that groups,
      * joined; a filter read by a grouping query (MATERIALIZED) that the
      * outer query filters. */

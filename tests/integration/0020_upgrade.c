@@ -55,7 +55,7 @@
  *      (st_left_group) after migration 23
  *      (refresh/sql/0023_left_join_identity.sql), and a WITH query
  *      (st_with), FULL by migration 15's reason, after migration 27
- *      (refresh/sql/0027_with_queries.sql).
+ *      (refresh/sql/0027_with_and_distinct_on.sql).
  *   5. `sluice engine --once` analyses every stream table again (they are
  *      not due: their schedule is an hour, so it refreshes none); then each
  *      is refreshed by hand: DIFFERENTIAL, with a delta of exactly the size
