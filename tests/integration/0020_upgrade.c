@@ -55,7 +55,9 @@
  *      (st_left_group) after migration 23
  *      (refresh/sql/0023_left_join_identity.sql), and a WITH query
  *      (st_with), FULL by migration 15's reason, after migration 27
- *      (refresh/sql/0027_with_and_distinct_on.sql).
+ *      (refresh/sql/0027_with_and_distinct_on.sql). A DISTINCT ON (st_don)
+ *      loses that reason too, keeps the identity it was created with, and
+ *      is keyed by its DISTINCT ON column once re-validated.
  *   5. `sluice engine --once` analyses every stream table again (they are
  *      not due: their schedule is an hour, so it refreshes none); then each
  *      is refreshed by hand: DIFFERENTIAL, with a delta of exactly the size
@@ -412,6 +414,8 @@ main(void)
     th_sql(conn, "SELECT sluice.create_stream_table('st_jg', 'SELECT g.grp, g.label, s.total FROM "
                  "groups g JOIN (SELECT grp, sum(n) AS total FROM items GROUP BY grp) s ON s.grp = "
                  "g.grp', schedule => '1 hour')");
+    th_sql(conn, "SELECT sluice.create_stream_table('st_don', 'SELECT DISTINCT ON (grp) grp, id, "
+                 "n FROM items ORDER BY grp, n DESC, id', schedule => '1 hour')");
 
     /* Changes no refresh consumes before the upgrade. */
     th_sql(conn, "INSERT INTO items SELECT i, mod(i, 20) + 1, i, 'o' || i "
@@ -610,6 +614,29 @@ main(void)
               "st_jg: re-validated, it is keyed and left to the engine (%s)", why ? why : "NULL");
     free(why);
     th_sql(conn, "SELECT sluice.drop_stream_table('st_jg')");
+
+    /* Migration 27: st_don, a DISTINCT ON, FULL by migration 15's reason,
+     * loses it and is the engine's, with the identity it was created with
+     * (every column); re-validated, it is keyed by the DISTINCT ON column. */
+    why = th_sql_text(conn, "SELECT coalesce(query_fallback, 'none') || ' | ' || "
+                            "coalesce(effective_mode, 'none') || ' | ' || "
+                            "coalesce(fallback_reason, 'none') || ' | ' || "
+                            "coalesce(key_columns::text, 'none') FROM sluice.stream_table_catalog "
+                            "WHERE name = 'st_don'");
+    TH_ASSERT(why != NULL && strcmp(why, "none | none | none | {grp,id,n}") == 0,
+              "st_don: migration 27 took back the reason, the identity stays (%s)",
+              why ? why : "NULL");
+    free(why);
+    th_sql(conn, "SELECT sluice.alter_stream_table('st_don', query => (SELECT query_as_given FROM "
+                 "sluice.stream_table_catalog WHERE name = 'st_don'))");
+    why = th_sql_text(conn, "SELECT coalesce(key_columns::text, 'none') || ' | ' || "
+                            "coalesce(fallback_reason, 'none') FROM sluice.stream_table_catalog "
+                            "WHERE name = 'st_don'");
+    TH_ASSERT(why != NULL && strcmp(why, "{grp} | none") == 0,
+              "st_don: re-validated, it is keyed by grp and left to the engine (%s)",
+              why ? why : "NULL");
+    free(why);
+    th_sql(conn, "SELECT sluice.drop_stream_table('st_don')");
 
     /* Migration 17: st_derived, which 16 decided FULL, is the engine's again. */
     TH_ASSERT(th_sql_int(conn,
