@@ -1298,6 +1298,7 @@ typedef struct keyexpr {
     const char *col;   /* the key column (output name) */
     const char *alias; /* the table's name in the query, for from < 0 */
     const char *src;   /* that table's column, for from < 0 (NULL: col) */
+    const cJSON *tree; /* a window's partition expression that it is (window_units) */
 } keyexpr_t;
 
 /* Appends key expression i. */
@@ -1328,21 +1329,19 @@ out_keys_as(out_t *o, const char *q, const keyexpr_t *keys, size_t n)
     }
 }
 
-/* Maps every key column to an expression of the select list. */
-static const char *
-map_keys(const char *q, const toks_t *t, const clauses_t *c, const cJSON *sel,
-         const sl_analyze_in_t *in, keyexpr_t *keys)
+#define MAX_TARGETS 256
+
+/* The token spans [spans[i][0], spans[i][1]) of the select list's entries,
+ * split at depth-0 commas; returns how many (at most MAX_TARGETS). */
+static int
+target_spans(const char *q, const toks_t *t, const clauses_t *c, int (*spans)[2])
 {
-    const cJSON *targets = cJSON_GetObjectItemCaseSensitive(sel, "targetList");
-    int ntargets = cJSON_GetArraySize(targets);
-    /* Spans of the select-list entries: split at depth-0 commas. */
     int first = c->tok[CL_SELECT] + 1;
     if (first < (int)t->n && tok_is(q, &t->v[first], "DISTINCT"))
         first++;
     int last = c->tok[CL_FROM]; /* exclusive token index */
-    int spans[256][2];
     int nspans = 0, depth = 0, s = first;
-    for (int i = first; i <= last && nspans < 256; i++) {
+    for (int i = first; i <= last && nspans < MAX_TARGETS; i++) {
         bool at_end = i == last;
         if (!at_end) {
             if (tok_is(q, &t->v[i], "("))
@@ -1357,7 +1356,35 @@ map_keys(const char *q, const toks_t *t, const clauses_t *c, const cJSON *sel,
             s = i + 1;
         }
     }
-    if (nspans != ntargets)
+    return nspans;
+}
+
+/* The expression of select-list entry i (spans of target_spans) as key k
+ * named col: its text without the alias of an entry written AS name. */
+static void
+target_key(const char *q, const toks_t *t, const int *span, bool named, const char *col,
+           keyexpr_t *k)
+{
+    int a = span[0], b = span[1];
+    if (named && b - 1 > a) {
+        b--; /* the alias */
+        if (b - 1 > a && tok_is(q, &t->v[b - 1], "AS"))
+            b--;
+    }
+    k->col = col;
+    k->from = t->v[a].start;
+    k->to = t->v[b - 1].end;
+}
+
+/* Maps every key column to an expression of the select list. */
+static const char *
+map_keys(const char *q, const toks_t *t, const clauses_t *c, const cJSON *sel,
+         const sl_analyze_in_t *in, keyexpr_t *keys)
+{
+    const cJSON *targets = cJSON_GetObjectItemCaseSensitive(sel, "targetList");
+    int ntargets = cJSON_GetArraySize(targets);
+    int spans[MAX_TARGETS][2];
+    if (target_spans(q, t, c, spans) != ntargets)
         return "the select list could not be matched with the parse tree";
     bool star = false;
     for (size_t k = 0; k < in->nkeys; k++) {
@@ -1375,14 +1402,7 @@ map_keys(const char *q, const toks_t *t, const clauses_t *c, const cJSON *sel,
             const char *col = name != NULL ? name : figure_colname(val);
             if (col == NULL || strcmp(col, in->keys[k]) != 0)
                 continue;
-            int a = spans[i][0], b = spans[i][1];
-            if (name != NULL && b - 1 > a) {
-                b--; /* the alias */
-                if (b - 1 > a && tok_is(q, &t->v[b - 1], "AS"))
-                    b--;
-            }
-            keys[k].from = t->v[a].start;
-            keys[k].to = t->v[b - 1].end;
+            target_key(q, t, spans[i], name != NULL, in->keys[k], &keys[k]);
             break;
         }
         if (keys[k].from == -2) {
@@ -2693,38 +2713,109 @@ map_units(const cJSON *sel, const sl_analyze_in_t *in, const rel_t *root, keyexp
 
 #define MAX_WINDOW_UNITS 8
 
+/* True when parse trees a and b are the same but for their locations: the
+ * same expression, however it is spaced. */
+static bool
+same_tree(const cJSON *a, const cJSON *b)
+{
+    if (a == NULL || b == NULL)
+        return a == b;
+    if (cJSON_IsNumber(a) || cJSON_IsString(a) || cJSON_IsBool(a) || cJSON_IsNull(a))
+        return cJSON_Compare(a, b, true);
+    if ((a->type & 0xFF) != (b->type & 0xFF))
+        return false;
+    const cJSON *x = a->child, *y = b->child;
+    for (;;) {
+        while (x != NULL && x->string != NULL && strcmp(x->string, "location") == 0)
+            x = x->next;
+        while (y != NULL && y->string != NULL && strcmp(y->string, "location") == 0)
+            y = y->next;
+        if (x == NULL || y == NULL)
+            return x == y;
+        if ((x->string == NULL) != (y->string == NULL) ||
+            (x->string != NULL && strcmp(x->string, y->string) != 0) || !same_tree(x, y))
+            return false;
+        x = x->next;
+        y = y->next;
+    }
+}
+
+/* True when partition list p has an expression that is the same tree as e. */
+static bool
+partition_has_tree(const cJSON *p, const cJSON *e)
+{
+    const cJSON *item;
+    cJSON_ArrayForEach (item, p)
+        if (same_tree(item, e))
+            return true;
+    return false;
+}
+
 /* The units of a query with window functions over the tables of f
- * (window_reason passed): the columns of those tables that every window is
- * partitioned by and that the select list has as they are, each named as
- * its stream-table column. A row's window values depend only on the rows
- * of its partition, and a partition lies within one unit (its columns
- * include the unit's), so a unit recomputed whole gives exactly its rows.
- * NULL, or why not. */
+ * (window_reason passed): the columns of those tables, or expressions,
+ * that every window is partitioned by and that the select list has as
+ * they are, each named as its stream-table column. A row's window values
+ * depend only on the rows of its partition, and a partition lies within
+ * one unit (its values include the unit's), so a unit recomputed whole
+ * gives exactly its rows. NULL, or why not. */
 static const char *
-window_units(const cJSON *sel, const from_t *f, keyexpr_t *units, size_t *nunits)
+window_units(const char *q, const toks_t *t, const clauses_t *c, const cJSON *sel, const from_t *f,
+             keyexpr_t *units, size_t *nunits)
 {
     const cJSON *w[MAX_WINDOWS];
     size_t nw = query_windows(sel, w);
     *nunits = 0;
     if (nw == 0 || nw > MAX_WINDOWS)
         return why_window;
+    const cJSON *targets = cJSON_GetObjectItemCaseSensitive(sel, "targetList");
+    int spans[MAX_TARGETS][2];
+    int nspans = target_spans(q, t, c, spans);
     const cJSON *item;
     cJSON_ArrayForEach (item, window_partition(sel, w[0])) {
+        if (*nunits == MAX_WINDOW_UNITS)
+            break;
+        if (node(item, "ColumnRef") == NULL) {
+            /* An expression: a unit when every window has it and an entry
+             * of the select list is that expression. */
+            bool all = true;
+            for (size_t i = 1; i < nw && all; i++)
+                all = partition_has_tree(window_partition(sel, w[i]), item);
+            for (size_t i = 0; i < *nunits && all; i++)
+                all = units[i].from < 0 || !same_tree(units[i].tree, item);
+            int i = 0;
+            const cJSON *tgt;
+            cJSON_ArrayForEach (tgt, targets) {
+                const cJSON *rt = node(tgt, "ResTarget");
+                const char *name = str(rt, "name");
+                const char *out = name != NULL
+                                      ? name
+                                      : figure_colname(cJSON_GetObjectItemCaseSensitive(rt, "val"));
+                if (all && out != NULL && i < nspans && nspans == cJSON_GetArraySize(targets) &&
+                    same_tree(cJSON_GetObjectItemCaseSensitive(rt, "val"), item)) {
+                    units[*nunits].tree = item;
+                    target_key(q, t, spans[i], name != NULL, out, &units[(*nunits)++]);
+                    break;
+                }
+                i++;
+            }
+            continue;
+        }
         const rel_t *rel = NULL;
         const char *col = NULL;
         for (size_t r = 0; r < f->n && col == NULL; r++)
             if ((col = partition_column(item, f->v[r].alias)) != NULL)
                 rel = &f->v[r];
-        bool all = col != NULL && *nunits < MAX_WINDOW_UNITS;
+        bool all = col != NULL;
         for (size_t i = 0; i < *nunits && all; i++)
-            all = strcmp(units[i].alias, rel->alias) != 0 || strcmp(units[i].src, col) != 0;
+            all = units[i].from >= 0 || strcmp(units[i].alias, rel->alias) != 0 ||
+                  strcmp(units[i].src, col) != 0;
         for (size_t i = 1; i < nw && all; i++)
             all = partition_has(window_partition(sel, w[i]), rel->alias, col);
         if (!all)
             continue;
         const char *out = NULL;
         const cJSON *tgt;
-        cJSON_ArrayForEach (tgt, cJSON_GetObjectItemCaseSensitive(sel, "targetList"))
+        cJSON_ArrayForEach (tgt, targets)
             if ((out = target_column(tgt, rel->alias, col, true)) != NULL)
                 break;
         if (out != NULL)
@@ -2733,8 +2824,8 @@ window_units(const cJSON *sel, const from_t *f, keyexpr_t *units, size_t *nunits
     }
     if (*nunits == 0)
         return "window functions are refreshed differentially by partition: the select list must "
-               "have, as they are, the columns that every window is partitioned by (PARTITION BY "
-               "a column, not an expression); this query's do not";
+               "have, as they are, the columns or expressions that every window is partitioned "
+               "by; this query's do not";
     return NULL;
 }
 
@@ -4088,8 +4179,8 @@ done:
  *     (PARTITION BY k ORDER BY k, x) AS "__sluice_rn" FROM ... WHERE ...)
  *     AS "__sluice_on" WHERE "__sluice_on"."__sluice_rn" = 1
  *
- * a top-N per group, refreshed by partition (window_units) when k are
- * columns the select list has. Rows that tie in the order are picked as
+ * a top-N per group, refreshed by partition (window_units) when the select
+ * list has k (columns or expressions). Rows that tie in the order are picked as
  * PostgreSQL picks them, in either form. The stream table is keyed by k
  * (sluice._st_select_keys of migration 27, whose sluice._st_query_fallback
  * refuses the same shapes at creation).
@@ -4097,9 +4188,9 @@ done:
 
 static const char *const why_distinct_on =
     "DISTINCT ON is refreshed differentially (by the values of its expressions) in the stream "
-    "table's query itself, when they are columns that the select list has as they are, over one "
-    "table or tables joined by inner joins, without GROUP BY, aggregates, window functions or "
-    "subqueries; this one is refreshed in full";
+    "table's query itself, when the select list has them as they are, over one table or tables "
+    "joined by inner joins, without GROUP BY, aggregates, window functions or subqueries; this "
+    "one is refreshed in full";
 
 /* Appends the query's text [from, to) without the white space around it. */
 static void
@@ -4121,28 +4212,15 @@ is_distinct_on(const cJSON *sel)
            cJSON_GetArrayItem(distinct, 0)->child != NULL;
 }
 
-/* True when column reference cr is, written the same, a column of sel's
- * select list. */
+/* True when expression e is, written the same, an entry of sel's select
+ * list. */
 static bool
-selected_as_is(const cJSON *sel, const cJSON *cr)
+selected_as_is(const cJSON *sel, const cJSON *e)
 {
     const cJSON *tgt;
-    if (cr == NULL)
-        return false;
-    cJSON_ArrayForEach (tgt, cJSON_GetObjectItemCaseSensitive(sel, "targetList")) {
-        const cJSON *col =
-            node(cJSON_GetObjectItemCaseSensitive(node(tgt, "ResTarget"), "val"), "ColumnRef");
-        const cJSON *a = cJSON_GetObjectItemCaseSensitive(col, "fields");
-        const cJSON *b = cJSON_GetObjectItemCaseSensitive(cr, "fields");
-        bool same = a != NULL && cJSON_GetArraySize(a) == cJSON_GetArraySize(b);
-        for (int i = 0; same && i < cJSON_GetArraySize(a); i++) {
-            const char *x = str(node(cJSON_GetArrayItem(a, i), "String"), "sval");
-            const char *y = str(node(cJSON_GetArrayItem(b, i), "String"), "sval");
-            same = x != NULL && y != NULL && strcmp(x, y) == 0;
-        }
-        if (same)
+    cJSON_ArrayForEach (tgt, cJSON_GetObjectItemCaseSensitive(sel, "targetList"))
+        if (same_tree(cJSON_GetObjectItemCaseSensitive(node(tgt, "ResTarget"), "val"), e))
             return true;
-    }
     return false;
 }
 
@@ -4162,7 +4240,7 @@ distinct_on_window(const char *q, const cJSON *sel, char **out, int *rc, sl_err_
     if (has_window(sel))
         return why_distinct_on;
     cJSON_ArrayForEach (item, cJSON_GetObjectItemCaseSensitive(sel, "distinctClause"))
-        if (!selected_as_is(sel, node(item, "ColumnRef")))
+        if (!selected_as_is(sel, item))
             return why_distinct_on;
     /* The names of the select list's columns, unique (the outer query
      * selects them by name). */
@@ -4476,7 +4554,7 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
             rc = sl_err_nomem(err, "the unit list");
             goto done;
         }
-        if ((reason = window_units(sel, &f, units, &nwunits)) != NULL)
+        if ((reason = window_units(in->query, &t, &c, sel, &f, units, &nwunits)) != NULL)
             goto full;
     }
     if (f.outer) {

@@ -126,6 +126,11 @@ typedef struct analyze_row {
     "orders.customer_id ORDER BY orders.amount) AS r,\n    sum(orders.amount) OVER (PARTITION BY " \
     "orders.customer_id, orders.status) AS s\n   FROM public.orders\n  WHERE (orders.amount > "    \
     "(0)::numeric)"
+/* A window partitioned by an expression that the select list has. */
+#define WINDOW_EXPR_Q                                                                          \
+    " SELECT orders.id,\n    (orders.customer_id % 3) AS bucket,\n    rank() OVER (PARTITION " \
+    "BY (orders.customer_id % 3) ORDER BY orders.amount) AS r,\n    sum(orders.amount) OVER "  \
+    "(PARTITION BY (orders.customer_id % 3), orders.status) AS s\n   FROM public.orders"
 #define REGION_LEFT_WHERE                                                                        \
     "SELECT customers.region,\n    count(orders.id) AS n\n   FROM (public.customers\n     LEFT " \
     "JOIN public.orders ON ((orders.customer_id = customers.id)))\n  WHERE (orders.amount > "    \
@@ -277,10 +282,26 @@ static const analyze_row_t rows[] = {
      KEYS("id"), .mode = FULL, .field = REASON,
      .want = "^window functions are refreshed "
              "differentially by partition: the select"},
-    {"window_partition_expression",
+    {"window_partition_expression_unselected",
      " SELECT orders.id,\n    orders.customer_id,\n    rank() OVER (PARTITION BY "
      "(orders.customer_id % 3)) AS r\n   FROM public.orders",
-     KEYS("id"), .mode = FULL, .field = REASON, .want = "PARTITION BY a column, not an expression"},
+     KEYS("id"), .mode = FULL, .field = REASON,
+     .want = "the select list must have, as they are, the columns or expressions"},
+    /* Partitioned by an expression the select list has (engine only). */
+    {"window_partition_expression_units", WINDOW_EXPR_Q, KEYS("id"), .mode = DIFF, .field = UNITS,
+     .want = "{\"bucket\"}"},
+    {"window_partition_expression_affected", WINDOW_EXPR_Q, KEYS("id"), .mode = DIFF,
+     .field = AFFECTED,
+     .want = "^SELECT DISTINCT ((orders.customer_id % 3)) AS \"bucket\" FROM "
+             "pg_temp.\"__sluice_chg_16401\" AS \"orders\""},
+    {"window_partition_expression_recompute", WINDOW_EXPR_Q, KEYS("id"), .mode = DIFF,
+     .field = RECOMPUTE,
+     .want = "WHERE ((orders.customer_id % 3)) = ANY (ARRAY(SELECT \"bucket\" FROM"},
+    {"window_partition_expression_other_window",
+     " SELECT orders.id,\n    (orders.customer_id % 3) AS bucket,\n    rank() OVER (PARTITION BY "
+     "(orders.customer_id % 3) ORDER BY orders.amount) AS r,\n    count(*) OVER (PARTITION BY "
+     "orders.status) AS n\n   FROM public.orders",
+     KEYS("id"), .mode = FULL, .field = REASON, .want = "the columns or expressions that every"},
     {"window_partition_disjoint",
      " SELECT orders.id,\n    orders.customer_id,\n    orders.status,\n    rank() OVER (PARTITION "
      "BY orders.customer_id) AS r,\n    rank() OVER (PARTITION BY orders.status) AS q\n   FROM "
@@ -507,10 +528,10 @@ static const analyze_row_t rows[] = {
      "public.orders\n  ORDER BY orders.status, orders.amount",
      KEYS("customer_id"), .mode = FULL, .field = REASON,
      .want = "^DISTINCT ON is refreshed differentially (by the values of its expressions) in"},
-    {"distinct_on_expression_full",
+    {"distinct_on_expression_units",
      " SELECT DISTINCT ON ((lower(orders.status))) lower(orders.status) AS s,\n    orders.amount\n"
      "   FROM public.orders\n  ORDER BY (lower(orders.status)), orders.amount",
-     KEYS("s"), .mode = FULL, .field = REASON, .want = "^DISTINCT ON is refreshed differentially"},
+     KEYS("s"), .mode = DIFF, .field = UNITS, .want = "{\"s\"}"},
     {"distinct_on_left_join_full",
      " SELECT DISTINCT ON (o.customer_id) o.customer_id,\n    c.name\n   FROM (public.orders o\n   "
      "  LEFT JOIN public.customers c ON ((c.id = o.customer_id)))\n  ORDER BY o.customer_id, "
