@@ -1,6 +1,7 @@
 -- refresh/sql/0027_with_and_distinct_on.sql - migration 27: a WITH of a stream
--- table's query is refreshed as the subqueries it stands for, and DISTINCT
--- ON as the first row of each partition.
+-- table's query is refreshed as the subqueries it stands for, DISTINCT ON
+-- as the first row of each partition, and windows partitioned by
+-- expressions by partition.
 --
 -- Until now any WITH made a stream table FULL ("WITH (common table
 -- expressions) is refreshed in full"), even the plainest one:
@@ -42,7 +43,8 @@
 -- row of each k in that order: row number 1 of row_number() OVER
 -- (PARTITION BY k ORDER BY k, x). The engine (distinct_on_window) analyses
 -- the query in that form, a top-N per group refreshed by partition, when
--- k are columns the select list has as they are, over one table or tables
+-- the select list has k as they are (columns or expressions; windows are
+-- partitioned by expressions since this version too), over one table or tables
 -- joined by inner joins, without GROUP BY, aggregates, window functions or
 -- subqueries; sluice._st_query_fallback lets such a query through (only
 -- the stream table's query itself, not a branch or a subquery) and gives
@@ -51,6 +53,13 @@
 -- update of k's row. Ties in the order are broken as PostgreSQL breaks
 -- them, which a refresh of one partition may do otherwise than a full
 -- run; an order that ends with the table's key has none.
+--
+-- Window functions partitioned by an expression (PARTITION BY
+-- date_trunc('day', at)) are refreshed by partition too when the select
+-- list has that expression (the same parse tree, whatever its spacing):
+-- the unit is that output column, the affected units the expression's
+-- values over the change images. Only the engine decides this; stream
+-- tables it had made FULL for it are analysed again (below).
 --
 -- Row identities: sluice._st_identity reads the plan, in which PostgreSQL
 -- has already written a WITH query read once in place, as a Subquery Scan
@@ -136,7 +145,7 @@ REVOKE ALL ON FUNCTION sluice._st_unmaterialized(text) FROM PUBLIC;
 -- As in migration 26, from the plan of the query as sluice._st_unmaterialized
 -- writes it; and a query SELECT DISTINCT ON (k, ...) over tables (no
 -- subquery, aggregate or window function), whose select list has each of
--- its expressions as a column of a plain name, is keyed by those columns:
+-- its expressions, under a plain name, is keyed by those columns:
 -- DISTINCT ON keeps one row per value of them (the plan's Unique node
 -- does not say how many of its sort keys are DISTINCT ON's, so the query
 -- tree is read).
@@ -246,9 +255,9 @@ DECLARE
         'list of the stream table''s query or of a UNION ALL branch, not inside a subquery in FROM';
     why_distinct_on constant text :=
         'DISTINCT ON is refreshed differentially (by the values of its expressions) in the stream '
-        'table''s query itself, when they are columns that the select list has as they are, over one '
-        'table or tables joined by inner joins, without GROUP BY, aggregates, window functions or '
-        'subqueries; this one is refreshed in full';
+        'table''s query itself, when the select list has them as they are, over one table or tables '
+        'joined by inner joins, without GROUP BY, aggregates, window functions or subqueries; this '
+        'one is refreshed in full';
     why_shape constant text :=
         'a subquery in FROM is refreshed differentially when it filters and projects one table and '
         'selects that table''s primary key, when it is the whole FROM of a query that only filters '
@@ -526,13 +535,13 @@ BEGIN
                AND (kind <> 'outer'
                     OR own[q] ~ (' :(hasAggs|hasWindowFuncs|hasSubLinks) true | :(groupClause|havingQual) [^<]')
                     OR own[q] ~ '\{JOINEXPR :jointype [1-9]' OR own[q] ~ ' :rtekind [13-9]'
-                    -- each of its expressions a column the select list has
-                    -- (a target entry that is a Var and not resjunk)
+                    -- each of its expressions one the select list has (a
+                    -- target entry that is not resjunk)
                     OR EXISTS (SELECT
                                  FROM regexp_matches(substring(own[q] FROM ' :distinctClause \((.*?)\) :sortClause '),
                                                      ':tleSortGroupRef ([0-9]+) ', 'g') r
-                                WHERE own[q] !~ ('\{TARGETENTRY :expr \{VAR [^{}]*\} :resno [0-9]+ :resname [^ ]+ '
-                                                 ':ressortgroupref ' || r[1] || ' [^{}]* :resjunk false\}'))) THEN
+                                WHERE own[q] !~ (' :resname [^ ]+ :ressortgroupref ' || r[1]
+                                                 || ' :resorigtbl [0-9]+ :resorigcol [0-9]+ :resjunk false\}'))) THEN
                 RETURN prefix || why_distinct_on;
             END IF;
             -- Window functions (since migration 26): by partition, in the
@@ -704,6 +713,16 @@ $fn$;
 REVOKE ALL ON FUNCTION sluice._st_query_fallback(regclass) FROM PUBLIC;
 
 SELECT sluice._st_recheck_stored_fallbacks();
+
+-- Window functions partitioned by an expression that the select list has
+-- are refreshed by partition since this version (the engine's
+-- window_units): the engine's stored decision against them is forgotten,
+-- so it analyses them again.
+UPDATE sluice.stream_table_catalog
+   SET analyzed_query = NULL, effective_mode = NULL, fallback_reason = NULL, operator_tree = NULL,
+       affected_sql = NULL, recompute_sql = NULL, unit_columns = NULL, branch_analysis = NULL
+ WHERE query_fallback IS NULL AND key_columns IS NOT NULL AND requested_mode <> 'full'
+   AND fallback_reason LIKE 'window functions are refreshed differentially by partition: the select list must have%';
 
 -- A stream table whose creation reason was cleared above but that has no
 -- row identity is still refreshed in full: it gets migration 26's reason

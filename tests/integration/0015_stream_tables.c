@@ -523,7 +523,7 @@ collect_notice(void *arg, const PGresult *res)
 }
 
 /* The cases of check_query_fallback that the engine judges too. */
-#define MAX_FALLBACK_CASES 128
+#define MAX_FALLBACK_CASES 192
 static struct {
     const char *query;
     bool full; /* the creation check gave a reason */
@@ -615,6 +615,11 @@ check_query_fallback(const char *url, PGconn *conn)
                     "ORDER BY o.amount) AS r FROM orders o JOIN customers c ON c.id = "
                     "o.customer_id",
                     NULL);
+    /* Partitioned by an expression the select list has (migration 27). */
+    expect_fallback(conn,
+                    "SELECT o.id, o.customer_id % 3 AS b, rank() OVER (PARTITION BY o.customer_id "
+                    "% 3 ORDER BY o.amount) AS r FROM orders o",
+                    NULL);
     expect_fallback(conn,
                     "SELECT o.id, o.customer_id, c.name, rank() OVER (PARTITION BY o.customer_id) "
                     "AS r FROM orders o LEFT JOIN customers c ON c.id = o.customer_id",
@@ -681,6 +686,10 @@ check_query_fallback(const char *url, PGconn *conn)
     expect_fallback(conn,
                     "SELECT DISTINCT ON (lower(c.name)) lower(c.name) AS n, c.id FROM customers c "
                     "ORDER BY lower(c.name), c.id",
+                    NULL);
+    expect_fallback(conn,
+                    "SELECT DISTINCT ON (lower(c.name)) c.id FROM customers c ORDER BY "
+                    "lower(c.name), c.id",
                     distinct_on_reason);
     expect_fallback(conn,
                     "SELECT DISTINCT ON (o.customer_id) o.customer_id, c.name FROM orders o LEFT "

@@ -272,18 +272,21 @@ static const st_def_t sts[] = {
      "SELECT t.id, t.k, t.v FROM (SELECT a.id, a.k, a.v, row_number() OVER (PARTITION BY a.k "
      "ORDER BY a.v DESC NULLS LAST, a.id) AS rn FROM a) t WHERE t.rn <= 2",
      NULL},
+    /* A window partitioned by an expression (migration 27), NULL for the
+     * NULLs of k. */
+    {"p_window_expr", "id, b, sv, rn",
+     "SELECT a.id, a.k % 3 AS b, sum(a.v) OVER (PARTITION BY a.k % 3) AS sv, row_number() OVER "
+     "(PARTITION BY a.k % 3 ORDER BY a.v NULLS FIRST, a.id) AS rn FROM a",
+     NULL},
     /* DISTINCT ON (migration 27): the row with the biggest v of each k
      * (NULLs among both). */
     {"p_latest", "k, id, v",
      "SELECT DISTINCT ON (a.k) a.k, a.id, a.v FROM a ORDER BY a.k, a.v DESC NULLS LAST, a.id",
      NULL},
-    /* WITH queries written in place (migration 27): one that groups,
-     * joined; a filter read by a grouping query (MATERIALIZED) that the
-     * outer query filters. */
-    {"p_with_joined", "bid, k, w, sv",
-     "WITH s AS (SELECT k, sum(v) AS sv, count(*) AS n FROM a GROUP BY k) SELECT b.id AS bid, "
-     "s.k, b.w, s.sv FROM b JOIN s ON s.k = b.a_k",
-     NULL},
+    /* WITH queries written in place (migration 27): a filter read by a
+     * grouping query (MATERIALIZED) that the outer query filters. (One that
+     * groups joined with a table is p_joined written in place: 0015 checks
+     * its deltas.) */
     {"p_with_chain", "k, n, sv",
      "WITH f AS (SELECT id, k, v FROM a WHERE v IS NULL OR v % 4 <> 0), g AS MATERIALIZED (SELECT "
      "f.k, count(*) AS n, sum(f.v) AS sv FROM f GROUP BY f.k) SELECT g.k, g.n, g.sv FROM g WHERE "
