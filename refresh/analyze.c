@@ -3022,10 +3022,16 @@ static const cJSON *
 derived_from(const cJSON *sel)
 {
     const cJSON *from = cJSON_GetObjectItemCaseSensitive(sel, "fromClause");
+    /* (Window functions of its own compute over rows of many of the
+     * subquery's units: not a filter. Those inside the subquery are in
+     * its FROM item.) */
     if (cJSON_GetArraySize(from) != 1 ||
         cJSON_GetObjectItemCaseSensitive(sel, "groupClause") != NULL ||
         cJSON_GetObjectItemCaseSensitive(sel, "havingClause") != NULL ||
-        cJSON_GetObjectItemCaseSensitive(sel, "distinctClause") != NULL)
+        cJSON_GetObjectItemCaseSensitive(sel, "distinctClause") != NULL ||
+        cJSON_GetObjectItemCaseSensitive(sel, "windowClause") != NULL ||
+        has_window(cJSON_GetObjectItemCaseSensitive(sel, "targetList")) ||
+        has_window(cJSON_GetObjectItemCaseSensitive(sel, "sortClause")))
         return NULL;
     return node(cJSON_GetArrayItem(from, 0), "RangeSubselect");
 }
@@ -4534,9 +4540,9 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
         goto full;
     size_t nwunits = 0; /* window functions: the partition columns that are units */
     if (has_window(sel)) {
+        /* Tables, or subqueries that filter and project one (walk_from
+         * took them as their table: a WITH query written in place). */
         bool tables = !f.outer && f.grouping < 0 && nsubs == 0;
-        for (size_t i = 0; i < f.n && tables; i++)
-            tables = !f.v[i].subquery;
         if (!tables) {
             reason = why_window;
             goto full;
@@ -4606,9 +4612,9 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
          * found through filter_null. */
         sl_analyze_in_t unit_in = *in;
         unit_in.nkeys = nwunits;
-        if (f.n == 1)
+        if (f.n == 1 && !f.v[0].subquery)
             gen_affected(&o, in->query, &t, &c, &unit_in, units, &f.v[0]);
-        else /* the partitions of the join's rows that involve a changed row */
+        else /* the partitions of the rows that involve a changed row */
             gen_affected_inner(&o, in->query, &t, &c, &unit_in, units, &f);
         outf(&r, "(");
         gen_restricted(&r, in->query, &t, &c, filter_nonnull, &unit_in, units, NULL);

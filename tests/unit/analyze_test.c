@@ -297,6 +297,26 @@ static const analyze_row_t rows[] = {
     {"window_partition_expression_recompute", WINDOW_EXPR_Q, KEYS("id"), .mode = DIFF,
      .field = RECOMPUTE,
      .want = "WHERE ((orders.customer_id % 3)) = ANY (ARRAY(SELECT \"bucket\" FROM"},
+    /* Over a subquery that filters and projects one table (a WITH query
+     * written in place): as over its table. */
+    {"window_over_filter_subquery_affected",
+     " WITH o AS (\n         SELECT orders.id,\n            orders.customer_id,\n            "
+     "orders.amount\n           FROM public.orders\n          WHERE (orders.amount > "
+     "(10)::numeric)\n        )\n SELECT o.id,\n    o.customer_id,\n    rank() OVER (PARTITION "
+     "BY o.customer_id ORDER BY o.amount) AS r\n   FROM o",
+     KEYS("id"), .mode = DIFF, .field = AFFECTED, .want = "FROM pg_temp.\"__sluice_before_16401\""},
+    {"distinct_on_over_with_units",
+     " WITH o AS (\n         SELECT orders.id,\n            orders.customer_id,\n            "
+     "orders.amount\n           FROM public.orders\n        )\n SELECT DISTINCT ON "
+     "(o.customer_id) o.customer_id,\n    o.amount\n   FROM o\n  ORDER BY o.customer_id, "
+     "o.amount DESC",
+     KEYS("customer_id"), .mode = DIFF, .field = UNITS, .want = "{\"customer_id\"}"},
+    {"window_over_grouping_subquery_full",
+     " SELECT t.customer_id,\n    rank() OVER (PARTITION BY (t.customer_id % 2) ORDER BY t.n) AS "
+     "r,\n    (t.customer_id % 2) AS half\n   FROM ( SELECT orders.customer_id,\n            "
+     "count(*) AS n\n           FROM public.orders\n          GROUP BY orders.customer_id) t",
+     KEYS("customer_id"), .mode = FULL, .field = REASON,
+     .want = "^a subquery in FROM is refreshed differentially when it filters"},
     {"window_partition_expression_other_window",
      " SELECT orders.id,\n    (orders.customer_id % 3) AS bucket,\n    rank() OVER (PARTITION BY "
      "(orders.customer_id % 3) ORDER BY orders.amount) AS r,\n    count(*) OVER (PARTITION BY "
