@@ -44,8 +44,8 @@
 -- (PARTITION BY k ORDER BY k, x). The engine (distinct_on_window) analyses
 -- the query in that form, a top-N per group refreshed by partition, when
 -- the select list has k as they are (columns or expressions; windows are
--- partitioned by expressions since this version too), over one table or tables
--- joined by inner joins, without GROUP BY, aggregates, window functions or
+-- partitioned by expressions since this version too), over one table or
+-- tables joined by inner joins, without GROUP BY, aggregates, window functions or
 -- subqueries; sluice._st_query_fallback lets such a query through (only
 -- the stream table's query itself, not a branch or a subquery) and gives
 -- the rest one reason. Its row identity is k (sluice._st_select_keys):
@@ -59,7 +59,11 @@
 -- list has that expression (the same parse tree, whatever its spacing):
 -- the unit is that output column, the affected units the expression's
 -- values over the change images. Only the engine decides this; stream
--- tables it had made FULL for it are analysed again (below).
+-- tables it had made FULL for it are analysed again (below). Windows (and
+-- so DISTINCT ON) also read subqueries in FROM that filter and project one
+-- table as that table, which is what most WITH queries written in place
+-- are (WITH o AS (SELECT ... FROM orders WHERE ...) SELECT DISTINCT ON
+-- (o.customer_id) ... FROM o).
 --
 -- Row identities: sluice._st_identity reads the plan, in which PostgreSQL
 -- has already written a WITH query read once in place, as a Subquery Scan
@@ -74,10 +78,15 @@
 --     rows are the same. sluice._st_select_keys and sluice._st_no_key_reason
 --     are restated for it.
 --
--- Upgrade: stream tables whose stored creation reason was the WITH are
--- checked again (sluice._st_recheck_stored_fallbacks); the engine analyses
--- those that have a row identity. One without (content identity) keeps
--- being refreshed in full and is given the reason of migration 26.
+-- Upgrade: stream tables whose stored creation reason was the WITH or the
+-- DISTINCT ON are checked again (sluice._st_recheck_stored_fallbacks); the
+-- engine analyses those that have a row identity, which stays the one they
+-- were created with (a DISTINCT ON's was often every column: re-validating
+-- with sluice.alter_stream_table(name, query => <the same query>) keys it
+-- by its DISTINCT ON columns). One without (content identity) keeps being
+-- refreshed in full and is given the reason of migration 26. The engine's
+-- own FULL decisions for windows partitioned by expressions are cleared,
+-- so it analyses those stream tables again.
 
 -- sluice._st_subquery_columns(query, alias) -> text[] or NULL
 --
@@ -143,9 +152,10 @@ REVOKE ALL ON FUNCTION sluice._st_unmaterialized(text) FROM PUBLIC;
 -- sluice._st_select_keys(query, relid) -> text[] or NULL
 --
 -- As in migration 26, from the plan of the query as sluice._st_unmaterialized
--- writes it; and a query SELECT DISTINCT ON (k, ...) over tables (no
--- subquery, aggregate or window function), whose select list has each of
--- its expressions, under a plain name, is keyed by those columns:
+-- writes it; and a query SELECT DISTINCT ON (k, ...) (after a WITH or not)
+-- with no aggregate, window function or subquery in an expression, whose
+-- select list has each of its expressions, under a plain name, is keyed by
+-- those columns:
 -- DISTINCT ON keeps one row per value of them (the plan's Unique node
 -- does not say how many of its sort keys are DISTINCT ON's, so the query
 -- tree is read).
@@ -159,7 +169,7 @@ DECLARE
     refs int[];
     keys text[];
 BEGIN
-    IF query ~* '^\s*SELECT\s+DISTINCT\s+ON\M' THEN
+    IF query ~* '\mDISTINCT\s+ON\M' THEN
         BEGIN
             IF to_regclass('pg_temp.__sluice_distinct_on') IS NOT NULL THEN
                 DROP VIEW pg_temp.__sluice_distinct_on;
@@ -171,15 +181,21 @@ BEGIN
         EXCEPTION WHEN OTHERS THEN
             tree := NULL;
         END;
-        IF tree ~ ' :hasDistinctOn true ' AND regexp_count(tree, '\{QUERY ') = 1
-           AND tree !~ ' :(hasAggs|hasWindowFuncs|hasSubLinks) true ' THEN
+        -- The outer query's select list and what follows it: the text
+        -- after the last :targetList (subqueries in FROM print before it;
+        -- none in expressions).
+        tree := CASE WHEN tree !~ ' :(hasAggs|hasWindowFuncs|hasSubLinks) true '
+                          -- (the outer query's fields print first)
+                          AND substring(tree FROM ' :hasDistinctOn ([a-z]+) ') = 'true'
+                     THEN substring(tree FROM '^.* :targetList (.*)$') END;
+        IF tree ~ ' :distinctClause \(' THEN
             refs := ARRAY(SELECT m[1]::int
                             FROM regexp_matches(substring(tree FROM ' :distinctClause \((.*?)\) :sortClause '),
                                                 ':tleSortGroupRef ([0-9]+) ', 'g') m);
-            keys := ARRAY(SELECT m[1]
+            keys := ARRAY(SELECT r.m[1]
                             FROM regexp_matches(tree, ':resname ([^ ]+) :ressortgroupref ([0-9]+) '
                                                       ':resorigtbl [0-9]+ :resorigcol [0-9]+ :resjunk false',
-                                                'g') WITH ORDINALITY AS r(m, o)
+                                                'g') AS r(m)
                            WHERE r.m[2]::int = ANY (refs)
                            ORDER BY array_position(refs, r.m[2]::int));
             IF cardinality(refs) > 0 AND cardinality(keys) = cardinality(refs)
@@ -236,7 +252,8 @@ REVOKE ALL ON FUNCTION sluice._st_no_key_reason(text, oid) FROM PUBLIC;
 -- sluice._st_query_fallback(view) -> reason or NULL
 --
 -- As in migration 26, with the queries of a WITH moved to where they are
--- read (see the file header).
+-- read, and DISTINCT ON let through where the engine refreshes it by its
+-- values (see the file header).
 CREATE OR REPLACE FUNCTION sluice._st_query_fallback(view regclass)
 RETURNS text
 LANGUAGE plpgsql
@@ -528,13 +545,14 @@ BEGIN
             -- DISTINCT ON (since migration 27): the first row of each
             -- partition of its expressions (the engine's
             -- distinct_on_window), in the outer query, over tables joined
-            -- by inner joins, nothing that groups, aggregates, has window
-            -- functions or subqueries. The engine then checks that the
-            -- select list has its columns.
+            -- by inner joins (or subqueries that filter and project one,
+            -- checked below), nothing that groups, aggregates, has window
+            -- functions or subqueries in expressions, and the select list
+            -- has its expressions.
             IF own[q] ~ ' :hasDistinctOn true '
                AND (kind <> 'outer'
                     OR own[q] ~ (' :(hasAggs|hasWindowFuncs|hasSubLinks) true | :(groupClause|havingQual) [^<]')
-                    OR own[q] ~ '\{JOINEXPR :jointype [1-9]' OR own[q] ~ ' :rtekind [13-9]'
+                    OR own[q] ~ '\{JOINEXPR :jointype [1-9]' OR own[q] ~ ' :rtekind [3-9]'
                     -- each of its expressions one the select list has (a
                     -- target entry that is not resjunk)
                     OR EXISTS (SELECT
@@ -561,8 +579,10 @@ BEGIN
                    OR own[q] ~ (' :(hasAggs|hasSubLinks|hasDistinctOn) true '
                                 '| :(groupClause|havingQual|distinctClause) [^<]')
                    -- (tables, joined by inner joins: jointype 0; rtekind 2
-                   -- is a join's own entry)
-                   OR own[q] ~ '\{JOINEXPR :jointype [1-9]' OR own[q] ~ ' :rtekind [13-9]' THEN
+                   -- is a join's own entry; since migration 27 subqueries,
+                   -- rtekind 1, that filter and project a table, which
+                   -- their own rules below check, as a WITH query is)
+                   OR own[q] ~ '\{JOINEXPR :jointype [1-9]' OR own[q] ~ ' :rtekind [3-9]' THEN
                     RETURN prefix || 'window functions are refreshed differentially over one table or tables '
                                   || 'joined by inner joins, when every window has a PARTITION BY and the query '
                                   || 'neither groups, aggregates, removes duplicates nor has subqueries; this one '

@@ -615,6 +615,23 @@ check_query_fallback(const char *url, PGconn *conn)
                     "ORDER BY o.amount) AS r FROM orders o JOIN customers c ON c.id = "
                     "o.customer_id",
                     NULL);
+    /* Over a WITH query that filters and projects a table, as over the
+     * table; not over one that groups (migration 27). */
+    expect_fallback(conn,
+                    "WITH o AS (SELECT id, customer_id, amount FROM orders WHERE amount > 1) "
+                    "SELECT o.id, o.customer_id, rank() OVER (PARTITION BY o.customer_id ORDER BY "
+                    "o.amount) AS r FROM o",
+                    NULL);
+    expect_fallback(conn,
+                    "WITH o AS (SELECT id, customer_id, amount FROM orders) SELECT DISTINCT ON "
+                    "(o.customer_id) o.customer_id, o.amount FROM o ORDER BY o.customer_id, "
+                    "o.amount DESC",
+                    NULL);
+    expect_fallback(conn,
+                    "WITH t AS (SELECT customer_id, count(*) AS n FROM orders GROUP BY "
+                    "customer_id) SELECT t.customer_id, rank() OVER (PARTITION BY t.customer_id "
+                    "% 2 ORDER BY t.n) AS r, t.customer_id % 2 AS half FROM t",
+                    "the WITH query t: a subquery in FROM is refreshed differentially when it");
     /* Partitioned by an expression the select list has (migration 27). */
     expect_fallback(conn,
                     "SELECT o.id, o.customer_id % 3 AS b, rank() OVER (PARTITION BY o.customer_id "

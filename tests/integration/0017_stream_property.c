@@ -272,11 +272,13 @@ static const st_def_t sts[] = {
      "SELECT t.id, t.k, t.v FROM (SELECT a.id, a.k, a.v, row_number() OVER (PARTITION BY a.k "
      "ORDER BY a.v DESC NULLS LAST, a.id) AS rn FROM a) t WHERE t.rn <= 2",
      NULL},
-    /* A window partitioned by an expression (migration 27), NULL for the
-     * NULLs of k. */
+    /* Windows partitioned by an expression (migration 27), NULL for the
+     * NULLs of k, over a WITH query that filters a (a subquery of one
+     * table, as the table). */
     {"p_window_expr", "id, b, sv, rn",
-     "SELECT a.id, a.k % 3 AS b, sum(a.v) OVER (PARTITION BY a.k % 3) AS sv, row_number() OVER "
-     "(PARTITION BY a.k % 3 ORDER BY a.v NULLS FIRST, a.id) AS rn FROM a",
+     "WITH f AS (SELECT id, k, v FROM a WHERE v IS DISTINCT FROM 3) SELECT f.id, f.k % 3 AS b, "
+     "sum(f.v) OVER (PARTITION BY f.k % 3) AS sv, row_number() OVER (PARTITION BY f.k % 3 ORDER "
+     "BY f.v NULLS FIRST, f.id) AS rn FROM f",
      NULL},
     /* DISTINCT ON (migration 27): the row with the biggest v of each k
      * (NULLs among both). */
