@@ -4373,6 +4373,20 @@ sl_analysis_free(sl_analysis_t *a)
     memset(a, 0, sizeof *a);
 }
 
+/* Analyses query (malloc'ed, taken), which stands for in->query, into *a
+ * (whose tree, of in->query, is replaced). */
+static int
+analyze_as(const sl_analyze_in_t *in, char *query, sl_analysis_t *a, sl_err_t *err)
+{
+    free(a->tree);
+    a->tree = NULL;
+    sl_analyze_in_t as = *in;
+    as.query = query;
+    int rc = sl_analyze(&as, a, err);
+    free(query);
+    return rc;
+}
+
 int
 sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
 {
@@ -4424,11 +4438,7 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
             goto done;
         if (reason != NULL)
             goto full;
-        free(a->tree);
-        sl_analyze_in_t win = *in;
-        win.query = inl;
-        rc = sl_analyze(&win, a, err);
-        free(inl);
+        rc = analyze_as(in, inl, a, err);
         if (rc == SL_OK)
             rc = tree_with(sel, a, err);
         goto done;
@@ -4442,11 +4452,7 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
             goto done;
         if (reason != NULL)
             goto full;
-        free(a->tree);
-        sl_analyze_in_t din = *in;
-        din.query = win_q;
-        rc = sl_analyze(&din, a, err);
-        free(win_q);
+        rc = analyze_as(in, win_q, a, err);
         if (rc == SL_OK && a->reason != NULL && strstr(a->reason, "window functions") != NULL) {
             /* Said of the window this query is analysed as: say it of
              * DISTINCT ON. */
