@@ -334,11 +334,11 @@ static const char *const source_ddl[] = {
  * few hundred candidate runs of a short history, short against the cost of
  * a human bisecting statements.sql by hand. */
 #define SHRINK_BUDGET_S 120
-/* ctest ends this test after 900 s (TIMEOUT in CMakeLists.txt), and a
+/* ctest ends this test after 1200 s (TIMEOUT in CMakeLists.txt), and a
  * killed test prints no reproduction: unless SLUICE_PROPERTY_SHRINK_S is
  * set, shrinking also stops this many seconds after the test started, but
  * gets at least SHRINK_MIN_S. */
-#define SHRINK_END_S 880
+#define SHRINK_END_S 1180
 #define SHRINK_MIN_S 10
 
 /* The line of repro.sql where `sluice engine --once` must run. */
