@@ -78,6 +78,11 @@
 --     rows are the same. sluice._st_select_keys and sluice._st_no_key_reason
 --     are restated for it.
 --
+-- Also, for refreshes of a few rows: a refresh checks the columns of the
+-- work tables its session keeps (migration 13) against a session setting
+-- instead of the catalog (sluice._st_scratch, restated), and two helpers
+-- it calls per source keep one plan (below).
+--
 -- Upgrade: stream tables whose stored creation reason was the WITH or the
 -- DISTINCT ON are checked again (sluice._st_recheck_stored_fallbacks); the
 -- engine analyses those that have a row identity, which stays the one they
@@ -248,6 +253,73 @@ END
 $fn$;
 
 REVOKE ALL ON FUNCTION sluice._st_no_key_reason(text, oid) FROM PUBLIC;
+
+-- sluice._st_scratch(name, shape, analysed)
+--
+-- As in migration 13, but a kept table's columns are compared with the
+-- wanted ones through the session setting sluice.scratch.<name>, the shape
+-- this session last created or checked the table with, and read from the
+-- catalog (sluice._st_shape) only when that differs. Reading the shape was
+-- the largest cost of a refresh of a few rows after the driver's own
+-- statements: sluice._st_shape ran about 9 times per refresh (0.13 ms each
+-- here, about a tenth of such a refresh; pg_stat_user_functions over 200
+-- refreshes of a join with one changed row). Only this session's refreshes
+-- touch its temporary tables, and the setting follows them through
+-- rollbacks (a setting made in a transaction that rolls back is undone, as
+-- is the table it made) and DISCARD ALL (which drops both); after DISCARD
+-- TEMP alone the table is missing and made again.
+CREATE OR REPLACE FUNCTION sluice._st_scratch(name text, shape text, analysed boolean)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    rel   oid := to_regclass(format('pg_temp.%I', name));
+    stale text;
+BEGIN
+    IF rel IS NOT NULL AND current_setting('sluice.scratch.' || name, true) IS DISTINCT FROM shape
+       AND sluice._st_shape(rel) IS DISTINCT FROM shape THEN
+        EXECUTE format('DROP TABLE pg_temp.%I', name);
+        rel := NULL;
+    END IF;
+    IF rel IS NULL THEN
+        FOR stale IN
+            SELECT k.relname FROM pg_class k
+             WHERE k.relnamespace = pg_my_temp_schema() AND k.relkind = 'r'
+               AND CASE WHEN k.relname ~ '^__sluice_(old|new)_[0-9]+$'
+                        THEN NOT EXISTS (SELECT 1 FROM sluice.stream_table_catalog c
+                                          WHERE c.id = substring(k.relname FROM '[0-9]+$')::bigint)
+                        WHEN k.relname ~ '^__sluice_(chg|before)_[0-9]+$'
+                        THEN NOT EXISTS (SELECT 1 FROM sluice.cdc_sources b
+                                          WHERE b.relid = substring(k.relname FROM '[0-9]+$')::oid)
+                        ELSE false END
+        LOOP
+            EXECUTE format('DROP TABLE pg_temp.%I', stale);
+            PERFORM set_config('sluice.scratch.' || stale, '', false);
+        END LOOP;
+        EXECUTE format('CREATE TEMP TABLE %I (%s)', name, shape);
+    ELSIF pg_relation_size(rel) > 8 * current_setting('block_size')::bigint
+          OR (NOT analysed AND (SELECT k.reltuples >= 0 FROM pg_class k WHERE k.oid = rel)) THEN
+        EXECUTE format('TRUNCATE pg_temp.%I', name);
+    ELSE
+        EXECUTE format('DELETE FROM pg_temp.%I', name);
+    END IF;
+    PERFORM set_config('sluice.scratch.' || name, shape, false);
+END
+$fn$;
+
+REVOKE ALL ON FUNCTION sluice._st_scratch(text, text, boolean) FROM PUBLIC;
+
+-- Two catalog lookups every refresh makes per source (its columns as a
+-- table's shape, and the check that they are those recorded) were planned
+-- again at each call: PL/pgSQL keeps a custom plan for a statement whose
+-- parameter (the table) changes from call to call. Their generic plans are
+-- the same index lookups; with them, 300 refreshes of a join with one
+-- changed row took 7.6-9.5 ms each against 8.7-10.8 ms (three interleaved
+-- rounds, scripts/dev-env, by hand).
+ALTER FUNCTION sluice._st_shape(oid) SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION sluice._st_check_columns(bigint, text) SET plan_cache_mode = force_generic_plan;
 
 -- sluice._st_query_fallback(view) -> reason or NULL
 --
