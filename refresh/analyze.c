@@ -372,6 +372,15 @@ has_own_node(const cJSON *n, const char *type)
     return find_node(n, type, true);
 }
 
+/* True when sel is SELECT DISTINCT ON (...). */
+static bool
+is_distinct_on(const cJSON *sel)
+{
+    const cJSON *distinct = cJSON_GetObjectItemCaseSensitive(sel, "distinctClause");
+    return distinct != NULL && cJSON_GetArrayItem(distinct, 0) != NULL &&
+           cJSON_GetArrayItem(distinct, 0)->child != NULL;
+}
+
 /* True when a FuncCall below n has an OVER clause (a window function). */
 static bool
 has_window(const cJSON *n)
@@ -606,7 +615,6 @@ sublink_select(const cJSON *s)
     const cJSON *sel = node(cJSON_GetObjectItemCaseSensitive(s, "subselect"), "SelectStmt");
     const cJSON *from = cJSON_GetObjectItemCaseSensitive(sel, "fromClause");
     const cJSON *rv = node(cJSON_GetArrayItem(from, 0), "RangeVar");
-    const cJSON *distinct = cJSON_GetObjectItemCaseSensitive(sel, "distinctClause");
     const char *op = str(sel, "op");
     static const char *const refused[] = {"groupClause",   "havingClause", "windowClause",
                                           "limitCount",    "limitOffset",  "withClause",
@@ -614,8 +622,7 @@ sublink_select(const cJSON *s)
     if (sel == NULL || (op != NULL && strcmp(op, "SETOP_NONE") != 0) ||
         cJSON_GetArraySize(from) != 1 || rv == NULL ||
         !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(rv, "inh")) || has_window(sel) ||
-        has_node(sel, "SubLink") || has_long_colref(sel) ||
-        (cJSON_GetArrayItem(distinct, 0) != NULL && cJSON_GetArrayItem(distinct, 0)->child != NULL))
+        has_node(sel, "SubLink") || has_long_colref(sel) || is_distinct_on(sel))
         return NULL;
     for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++)
         if (cJSON_GetObjectItemCaseSensitive(sel, refused[i]) != NULL)
@@ -860,14 +867,9 @@ tree_select(out_t *o, const cJSON *sel, int depth)
         indent(o, d++);
         outf(o, "Sort\n");
     }
-    const cJSON *distinct = cJSON_GetObjectItemCaseSensitive(sel, "distinctClause");
-    if (distinct != NULL) {
+    if (cJSON_GetObjectItemCaseSensitive(sel, "distinctClause") != NULL) {
         indent(o, d++);
-        outf(o, "%s\n",
-             cJSON_GetArrayItem(distinct, 0) != NULL &&
-                     cJSON_GetArrayItem(distinct, 0)->child != NULL
-                 ? "Distinct On"
-                 : "Distinct");
+        outf(o, "%s\n", is_distinct_on(sel) ? "Distinct On" : "Distinct");
     }
     indent(o, d++);
     outf(o, "Project (%d column%s)\n",
@@ -965,9 +967,7 @@ full_reason(const cJSON *sel, const sl_analyze_in_t *in)
         return why;
     if (has_node(cJSON_GetObjectItemCaseSensitive(sel, "groupClause"), "GroupingSet"))
         return "GROUPING SETS, ROLLUP and CUBE are refreshed in full";
-    const cJSON *distinct = cJSON_GetObjectItemCaseSensitive(sel, "distinctClause");
-    if (distinct != NULL && cJSON_GetArrayItem(distinct, 0) != NULL &&
-        cJSON_GetArrayItem(distinct, 0)->child != NULL)
+    if (is_distinct_on(sel))
         return "DISTINCT ON is refreshed in full";
     /* A raw parse tree cannot tell a set-returning function in the select
      * list from any other call: create_stream_table's check finds those in
@@ -4207,15 +4207,6 @@ outq_trimmed(out_t *o, const char *q, int from, int to)
     while (to > from && isspace((unsigned char)q[to - 1]))
         to--;
     outq(o, q, from, to);
-}
-
-/* True when sel is SELECT DISTINCT ON (...). */
-static bool
-is_distinct_on(const cJSON *sel)
-{
-    const cJSON *distinct = cJSON_GetObjectItemCaseSensitive(sel, "distinctClause");
-    return distinct != NULL && cJSON_GetArrayItem(distinct, 0) != NULL &&
-           cJSON_GetArrayItem(distinct, 0)->child != NULL;
 }
 
 /* True when expression e is, written the same, an entry of sel's select

@@ -93,11 +93,36 @@
 -- own FULL decisions for windows partitioned by expressions are cleared,
 -- so it analyses those stream tables again.
 
+-- sluice._st_query_tree(query) -> text or NULL
+--
+-- PostgreSQL's analysed tree of query (the _RETURN rule of a temporary view
+-- of it, in node-tree text form), or NULL when PostgreSQL makes no view of
+-- it. For the two functions below, which read it.
+CREATE FUNCTION sluice._st_query_tree(query text)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    tree text;
+BEGIN
+    EXECUTE 'CREATE TEMP VIEW __sluice_query_tree AS ' || query;
+    tree := (SELECT r.ev_action::text FROM pg_rewrite r
+              WHERE r.ev_class = 'pg_temp.__sluice_query_tree'::regclass AND r.rulename = '_RETURN');
+    DROP VIEW pg_temp.__sluice_query_tree;
+    RETURN tree;
+EXCEPTION WHEN OTHERS THEN
+    RETURN NULL; -- (the view, if made, goes with the block)
+END
+$fn$;
+
+REVOKE ALL ON FUNCTION sluice._st_query_tree(text) FROM PUBLIC;
+
 -- sluice._st_subquery_columns(query, alias) -> text[] or NULL
 --
--- As in migration 17, and a WITH query's entry (rtekind 6, RTE_CTE) is
--- named the same way as a subquery's (rtekind 1): by the name it is read
--- under, its columns in order.
+-- As in migration 17 (the tree read by sluice._st_query_tree), and a WITH
+-- query's entry (rtekind 6, RTE_CTE) is named the same way as a subquery's
+-- (rtekind 1): by the name it is read under, its columns in order.
 CREATE OR REPLACE FUNCTION sluice._st_subquery_columns(query text, alias text)
 RETURNS text[]
 LANGUAGE plpgsql
@@ -110,14 +135,10 @@ BEGIN
     IF alias IS NULL OR alias !~ '^[a-z_][a-z0-9_]*$' THEN
         RETURN NULL;
     END IF;
-    BEGIN
-        EXECUTE 'CREATE TEMP VIEW __sluice_subquery_columns AS ' || query;
-        tree := (SELECT r.ev_action::text FROM pg_rewrite r
-                  WHERE r.ev_class = 'pg_temp.__sluice_subquery_columns'::regclass AND r.rulename = '_RETURN');
-        DROP VIEW pg_temp.__sluice_subquery_columns;
-    EXCEPTION WHEN OTHERS THEN
+    tree := sluice._st_query_tree(query);
+    IF tree IS NULL THEN
         RETURN NULL; -- not a view PostgreSQL makes: no identity found this way
-    END;
+    END IF;
     -- The names print as "..." separated by spaces, with a backslash before
     -- every space, brace, parenthesis and backslash in them (not before a
     -- double quote).
@@ -175,17 +196,7 @@ DECLARE
     keys text[];
 BEGIN
     IF query ~* '\mDISTINCT\s+ON\M' THEN
-        BEGIN
-            IF to_regclass('pg_temp.__sluice_distinct_on') IS NOT NULL THEN
-                DROP VIEW pg_temp.__sluice_distinct_on;
-            END IF;
-            EXECUTE 'CREATE TEMP VIEW __sluice_distinct_on AS ' || query;
-            tree := (SELECT r.ev_action::text FROM pg_rewrite r
-                      WHERE r.ev_class = 'pg_temp.__sluice_distinct_on'::regclass AND r.rulename = '_RETURN');
-            DROP VIEW pg_temp.__sluice_distinct_on;
-        EXCEPTION WHEN OTHERS THEN
-            tree := NULL;
-        END;
+        tree := sluice._st_query_tree(query);
         -- The outer query's select list and what follows it: the text
         -- after the last :targetList (subqueries in FROM print before it;
         -- none in expressions).
