@@ -78,7 +78,12 @@
  *     rows that involve a changed row, as for keys), before and after,
  *     recomputed whole, since a row's window values depend only on the
  *     rows of its partition.
- * UNION without ALL, subqueries elsewhere, WITH, window functions without
+ *   - a chain of UNIONs (without ALL) of queries that are any of the above
+ *     but a refresh by units (a LEFT JOIN chain's first table, a joined
+ *     subquery that groups, windows): keyed by all of its columns, each
+ *     query analysed alone with those keys, the affected rows and the
+ *     recomputed ones united (analyze_union_distinct).
+ * INTERSECT, EXCEPT, subqueries elsewhere, window functions without
  * PARTITION BY, LIMIT and the rest are refreshed in full, and the reason
  * says so. docs/stream-tables.md
  * ("What is refreshed differentially") has the argument in prose.
@@ -950,7 +955,7 @@ full_reason(const cJSON *sel, const sl_analyze_in_t *in)
                "its own (its tables' primary keys, or its GROUP BY keys, in its select list) and "
                "nothing (ORDER BY, LIMIT, WITH) applies to the whole union; this one has not";
     if (op != NULL && strcmp(op, "SETOP_NONE") != 0)
-        return "UNION (without ALL), INTERSECT and EXCEPT are refreshed in full";
+        return "INTERSECT and EXCEPT are refreshed in full";
     if (cJSON_GetObjectItemCaseSensitive(sel, "limitCount") != NULL ||
         cJSON_GetObjectItemCaseSensitive(sel, "limitOffset") != NULL)
         return "LIMIT/OFFSET makes the result depend on rows outside any change; it is "
@@ -3013,6 +3018,251 @@ analyze_union(const sl_analyze_in_t *in, const cJSON *sel, sl_analysis_t *a, cha
 }
 
 /* ------------------------------------------------------------------------ */
+/* UNION (without ALL)                                                       */
+/* ------------------------------------------------------------------------ */
+
+static const char *const why_union =
+    "UNION (without ALL) is refreshed differentially in the stream table's query itself, as a "
+    "chain of UNIONs of queries (no UNION ALL, INTERSECT or EXCEPT among them, nothing such as "
+    "ORDER BY applied to the whole); this one is refreshed in full";
+
+/* A format: the branch's number. */
+static const char *const why_union_groups =
+    "UNION branch %zu groups or aggregates (GROUP BY, HAVING or an aggregate, in it or in a "
+    "subquery in its FROM): inside a UNION a query is refreshed by the values of its rows, "
+    "which a group's aggregates are not; this one is refreshed in full";
+
+static bool
+is_union_distinct(const cJSON *sel)
+{
+    const char *op = str(sel, "op");
+    return op != NULL && strcmp(op, "SETOP_UNION") == 0 &&
+           !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(sel, "all"));
+}
+
+/* The number of queries of `a UNION b UNION c ...` (PostgreSQL parses it
+ * left-deep), 0 when something else is in the chain: another set operation,
+ * a UNION ALL, a set operation in parentheses on the right. */
+static size_t
+union_distinct_branches(const cJSON *sel)
+{
+    size_t nb = 1;
+    for (const cJSON *s = sel; is_union_distinct(s); s = setop_side(s, "larg")) {
+        const char *rop = str(setop_side(s, "rarg"), "op");
+        const char *lop = str(setop_side(s, "larg"), "op");
+        if ((rop != NULL && strcmp(rop, "SETOP_NONE") != 0) ||
+            (lop != NULL && strcmp(lop, "SETOP_NONE") != 0 &&
+             !is_union_distinct(setop_side(s, "larg"))))
+            return 0;
+        nb++;
+    }
+    return nb;
+}
+
+/* True when n, outside subqueries in expressions, groups (GROUP BY,
+ * HAVING) or has a call that looks like an aggregate: one of PostgreSQL's
+ * own by name, or one written with an aggregate's syntax (count(*),
+ * DISTINCT, ORDER BY or FILTER in its parentheses). The creation check
+ * (sluice._st_query_fallback), which reads PostgreSQL's analysis, is what
+ * refuses every aggregate in a UNION's query, user-defined ones included;
+ * this keeps the engine from taking one for a key where it can tell. */
+static bool
+groups_or_aggregates(const cJSON *n)
+{
+    /* (Space-separated, with a space at each end.) */
+    static const char names[] =
+        " count sum avg min max array_agg string_agg bool_and bool_or every json_agg jsonb_agg "
+        "json_object_agg jsonb_object_agg bit_and bit_or bit_xor stddev stddev_pop stddev_samp "
+        "variance var_pop var_samp xmlagg range_agg range_intersect_agg mode percentile_cont "
+        "percentile_disc corr covar_pop covar_samp regr_avgx regr_avgy regr_count regr_intercept "
+        "regr_r2 regr_slope regr_sxx regr_sxy regr_syy ";
+    if (!cJSON_IsObject(n) && !cJSON_IsArray(n))
+        return false;
+    if (node(n, "SubLink") != NULL)
+        return false;
+    if (cJSON_GetObjectItemCaseSensitive(n, "groupClause") != NULL ||
+        cJSON_GetObjectItemCaseSensitive(n, "havingClause") != NULL)
+        return true;
+    const cJSON *fc = node(n, "FuncCall");
+    if (fc != NULL) {
+        if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(fc, "agg_star")) ||
+            cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(fc, "agg_distinct")) ||
+            cJSON_GetObjectItemCaseSensitive(fc, "agg_order") != NULL ||
+            cJSON_GetObjectItemCaseSensitive(fc, "agg_filter") != NULL)
+            return true;
+        const cJSON *fn = cJSON_GetObjectItemCaseSensitive(fc, "funcname");
+        const char *name =
+            str(node(cJSON_GetArrayItem(fn, cJSON_GetArraySize(fn) - 1), "String"), "sval");
+        char word[80];
+        if (name != NULL && strlen(name) + 3 <= sizeof word) {
+            snprintf(word, sizeof word, " %s ", name);
+            if (strstr(names, word) != NULL)
+                return true;
+        }
+    }
+    for (const cJSON *c = n->child; c != NULL; c = c->next)
+        if (groups_or_aggregates(c))
+            return true;
+    return false;
+}
+
+/* Cuts q at its top-level UNIONs into at most max [from, to) ranges of
+ * byte offsets (each query's text); returns their number. */
+static size_t
+split_unions(const char *q, const toks_t *t, int (*at)[2], size_t max)
+{
+    size_t n = 0;
+    int depth = 0, from = 0;
+    for (size_t k = 0; k < t->n; k++) {
+        if (tok_is(q, &t->v[k], "("))
+            depth++;
+        else if (tok_is(q, &t->v[k], ")"))
+            depth--;
+        else if (depth == 0 && t->v[k].keyword && tok_is(q, &t->v[k], "UNION")) {
+            if (n == max)
+                return 0;
+            at[n][0] = from;
+            at[n++][1] = t->v[k].start;
+            if (k + 1 < t->n && tok_is(q, &t->v[k + 1], "DISTINCT"))
+                k++;
+            from = t->v[k].end;
+        }
+    }
+    if (n == max)
+        return 0;
+    at[n][0] = from;
+    at[n++][1] = (int)strlen(q);
+    for (size_t i = 0; i < n; i++) { /* (the whitespace around each) */
+        while (at[i][0] < at[i][1] && isspace((unsigned char)q[at[i][0]]))
+            at[i][0]++;
+        while (at[i][1] > at[i][0] && isspace((unsigned char)q[at[i][1] - 1]))
+            at[i][1]--;
+    }
+    return n;
+}
+
+/*
+ * A UNION without ALL: its rows are distinct, so the stream table is keyed
+ * by all of its columns (sluice._st_select_keys says so), and a row is in it
+ * when some query of the union gives it. Each query is analysed on its own
+ * as one keyed by those columns (the stored text names every query's
+ * columns as the stream table's). The affected rows are those of every
+ * query; a row is recomputed by running every query restricted to the
+ * affected rows, united again, so a row that one query stops giving stays
+ * when another still gives it.
+ */
+static int
+analyze_union_distinct(const sl_analyze_in_t *in, const cJSON *sel, sl_analysis_t *a, char *why,
+                       size_t n, const char **reason, sl_err_t *err)
+{
+    enum { MAX_UNION = 32 };
+    size_t nb = union_distinct_branches(sel);
+    if (nb == 0 || nb > MAX_UNION || in->in_subquery || in->aff_rel != NULL || in->rooted_keys ||
+        cJSON_GetObjectItemCaseSensitive(sel, "sortClause") != NULL ||
+        cJSON_GetObjectItemCaseSensitive(sel, "limitCount") != NULL ||
+        cJSON_GetObjectItemCaseSensitive(sel, "limitOffset") != NULL ||
+        cJSON_GetObjectItemCaseSensitive(sel, "withClause") != NULL ||
+        cJSON_GetObjectItemCaseSensitive(sel, "lockingClause") != NULL) {
+        *reason = why_union;
+        return SL_OK;
+    }
+    if (!in->has_keys || in->nkeys == 0) {
+        *reason = "rows have no key (content identity): a UNION's rows are keyed by all of its "
+                  "columns, which this stream table was not given";
+        return SL_OK;
+    }
+    /* The queries, in order (the chain is left-deep: each right side is
+     * one, the leftmost leaf the first). */
+    const cJSON *leaf[MAX_UNION];
+    size_t nl = nb;
+    const cJSON *s = sel;
+    for (; is_union_distinct(s); s = setop_side(s, "larg"))
+        leaf[--nl] = setop_side(s, "rarg");
+    leaf[0] = s;
+    for (size_t i = 0; i < nb; i++)
+        if (groups_or_aggregates(leaf[i])) {
+            snprintf(why, n, why_union_groups, i + 1);
+            *reason = why;
+            return SL_OK;
+        }
+    toks_t t = {0};
+    int rc = scan_tokens(in->query, &t, err);
+    if (rc != SL_OK)
+        return rc;
+    int at[MAX_UNION][2];
+    if (split_unions(in->query, &t, at, MAX_UNION) != nb) {
+        free(t.v);
+        *reason = why_union;
+        return SL_OK;
+    }
+    free(t.v);
+    out_t o = {.rc = SL_OK, .err = err};
+    out_t r = {.rc = SL_OK, .err = err};
+    for (size_t i = 0; i < nb && rc == SL_OK && *reason == NULL; i++) {
+        char *part = strndup(in->query + at[i][0], (size_t)(at[i][1] - at[i][0]));
+        if (part == NULL) {
+            rc = sl_err_nomem(err, "a UNION's query");
+            break;
+        }
+        sl_analyze_in_t bin = {.query = part,
+                               .keys = in->keys,
+                               .nkeys = in->nkeys,
+                               .has_keys = true,
+                               .sources = in->sources,
+                               .nsources = in->nsources,
+                               .rooted_keys = true};
+        sl_analysis_t ba;
+        sl_err_t e;
+        sl_err_clear(&e);
+        int brc = sl_analyze(&bin, &ba, &e);
+        free(part);
+        if (brc == SL_EUSAGE) {
+            snprintf(why, n, "UNION branch %zu: %s", i + 1, e.msg);
+            *reason = why;
+            continue;
+        }
+        if (brc != SL_OK) {
+            *err = e;
+            rc = brc;
+            continue;
+        }
+        if (strcmp(ba.mode, "differential") != 0) {
+            snprintf(why, n, "UNION branch %zu: %s", i + 1, ba.reason);
+            *reason = why;
+        } else if (ba.unit_columns != NULL) {
+            snprintf(why, n,
+                     ba.grouped_units
+                         ? "UNION branch %zu has a subquery that groups joined with tables, which "
+                           "is refreshed differentially as a whole query but not inside a UNION"
+                         : "UNION branch %zu has a LEFT JOIN, which is refreshed differentially as "
+                           "a whole query but not inside a UNION",
+                     i + 1);
+            *reason = why;
+        } else {
+            /* Each query's affected rows, by the key columns' names. */
+            outf(&o, "%sSELECT ", i ? " UNION " : "");
+            for (size_t k = 0; k < in->nkeys; k++) {
+                outf(&o, "%s\"__sluice_b\".", k ? ", " : "");
+                outid(&o, in->keys[k]);
+            }
+            outf(&o, " FROM (%s) AS \"__sluice_b\"", ba.affected_sql);
+            outf(&r, "%s(%s)", i ? " UNION " : "", ba.recompute_sql);
+        }
+        sl_analysis_free(&ba);
+    }
+    if (rc == SL_OK && *reason == NULL) {
+        a->affected_sql = out_take(&o);
+        a->recompute_sql = out_take(&r);
+        a->mode = strdup("differential");
+        if (a->affected_sql == NULL || a->recompute_sql == NULL || a->mode == NULL)
+            rc = sl_err_nomem(err, "the generated SQL");
+    }
+    sl_buf_free(&o.b);
+    sl_buf_free(&r.b);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------ */
 /* A subquery in FROM that the query only filters and projects              */
 /* ------------------------------------------------------------------------ */
 
@@ -4461,6 +4711,12 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
     if (in->nbranches > 0 && str(sel, "op") != NULL && strcmp(str(sel, "op"), "SETOP_UNION") == 0 &&
         cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(sel, "all"))) {
         rc = analyze_union(in, sel, a, uwhy, sizeof uwhy, &reason, err);
+        if (rc != SL_OK || reason == NULL)
+            goto done;
+        goto full;
+    }
+    if (is_union_distinct(sel)) {
+        rc = analyze_union_distinct(in, sel, a, uwhy, sizeof uwhy, &reason, err);
         if (rc != SL_OK || reason == NULL)
             goto done;
         goto full;

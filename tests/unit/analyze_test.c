@@ -187,6 +187,14 @@ static const sl_analyze_branch_t limit_second[] = {
     "(orders.status <> 'void'::text)\n  ORDER BY orders.customer_id, orders.amount DESC, "    \
     "orders.id"
 
+/* A UNION (without ALL) of two queries, as pg_get_viewdef prints it (every
+ * query's columns named as the view's). */
+#define UNION_Q                                                                               \
+    " SELECT orders.customer_id AS id,\n    orders.status AS what\n   FROM public.orders\n  " \
+    "WHERE "                                                                                  \
+    "(orders.amount > (10)::numeric)\nUNION\n SELECT customers.id,\n    customers.name AS "   \
+    "what\n   FROM public.customers"
+
 static const analyze_row_t rows[] = {
     /* One table. */
     {"projection_pk_differential",
@@ -402,10 +410,89 @@ static const analyze_row_t rows[] = {
      "SELECT orders.id\n   FROM public.orders\n  WHERE (EXISTS ( SELECT 1\n           FROM r\n   "
      "       WHERE (r.order_id = orders.id)))",
      KEYS("id"), .mode = FULL, .field = REASON, .want = "subqueries in expressions"},
-    {"union_distinct_full",
-     " SELECT orders.id\n   FROM public.orders\nUNION\n SELECT refunds.id\n   FROM "
+    {"intersect_full",
+     " SELECT orders.id\n   FROM public.orders\nINTERSECT\n SELECT refunds.id\n   FROM "
      "public.refunds",
-     KEYS("id"), .mode = FULL, .field = REASON, .want = "^UNION (without ALL)"},
+     KEYS("id"), .mode = FULL, .field = REASON,
+     .want = "^INTERSECT and EXCEPT are refreshed in full"},
+    /* UNION (without ALL): keyed by all its columns, each query analysed
+     * with those keys, affected rows and recomputed rows united. */
+    {"union_affected_each_query", UNION_Q, KEYS("id", "what"), .mode = DIFF, .field = AFFECTED,
+     .want =
+         "^SELECT \"__sluice_b\".\"id\", \"__sluice_b\".\"what\" FROM (SELECT DISTINCT "
+         "(orders.customer_id) AS \"id\", (orders.status) AS \"what\" FROM "
+         "pg_temp.\"__sluice_chg_16401\" AS \"orders\" WHERE  (orders.amount > (10)::numeric)) AS "
+         "\"__sluice_b\" UNION SELECT \"__sluice_b\".\"id\", \"__sluice_b\".\"what\" FROM "
+         "(SELECT DISTINCT (customers.id) AS \"id\", (customers.name) AS \"what\" FROM "
+         "pg_temp.\"__sluice_chg_16402\" AS \"customers\") AS \"__sluice_b\""},
+    {"union_recompute_united", UNION_Q, KEYS("id", "what"), .mode = DIFF, .field = RECOMPUTE,
+     .want = "WHERE ((customers.id), (customers.name)) IN (SELECT \"id\", \"what\" FROM "
+             "pg_temp.\"__sluice_aff\")"},
+    {"union_recompute_second_query", UNION_Q, KEYS("id", "what"), .mode = DIFF, .field = RECOMPUTE,
+     .want = ")) UNION ((SELECT customers.id,"},
+    {"union_tree", UNION_Q, KEYS("id", "what"), .mode = DIFF, .field = TREE, .want = "^Union\n"},
+    {"union_three_queries",
+     UNION_Q
+     "\nUNION\n SELECT refunds.order_id AS id,\n    'refund'::text AS what\n   FROM public.refunds",
+     KEYS("id", "what"), .mode = DIFF, .field = AFFECTED,
+     .want = "(SELECT DISTINCT (refunds.order_id) AS \"id\", ('refund'::text) AS \"what\" FROM "
+             "pg_temp.\"__sluice_chg_16403\" AS \"refunds\")"},
+    {"union_left_join_by_keys",
+     " SELECT o.id,\n    c.name AS what\n   FROM (public.orders o\n     LEFT JOIN public.customers "
+     "c "
+     "ON ((c.id = o.customer_id)))\nUNION\n SELECT customers.id,\n    customers.name AS what\n   "
+     "FROM public.customers",
+     KEYS("id", "what"), .mode = DIFF, .field = RECOMPUTE, .want = "LEFT JOIN public.customers c"},
+    {"union_after_union_all_full",
+     "(\n SELECT orders.id\n   FROM public.orders\nUNION ALL\n SELECT refunds.id\n   FROM "
+     "public.refunds\n) UNION\n SELECT customers.id\n   FROM public.customers",
+     KEYS("id"), .mode = FULL, .field = REASON,
+     .want = "^UNION (without ALL) is refreshed differentially in the stream table's query itself"},
+    {"union_order_by_full", UNION_Q "\n  ORDER BY 1", KEYS("id", "what"), .mode = FULL,
+     .field = REASON, .want = "^UNION (without ALL) is refreshed differentially"},
+    {"union_query_groups_full",
+     UNION_Q "\nUNION\n SELECT refunds.order_id AS id,\n    (count(*))::text AS what\n   FROM "
+             "public.refunds\n  GROUP BY refunds.order_id",
+     KEYS("id", "what"), .mode = FULL, .field = REASON,
+     .want = "^UNION branch 3 groups or aggregates"},
+    {"union_query_aggregates_full",
+     " SELECT (max(orders.id))::integer AS id,\n    'max'::text AS what\n   FROM "
+     "public.orders\nUNION\n"
+     " SELECT customers.id,\n    customers.name AS what\n   FROM public.customers",
+     KEYS("id", "what"), .mode = FULL, .field = REASON,
+     .want = "^UNION branch 1 groups or aggregates"},
+    {"union_query_grouping_subquery_full",
+     " SELECT g.id,\n    'g'::text AS what\n   FROM ( SELECT orders.customer_id AS id\n           "
+     "FROM "
+     "public.orders\n          GROUP BY orders.customer_id) g\nUNION\n SELECT customers.id,\n    "
+     "customers.name AS what\n   FROM public.customers",
+     KEYS("id", "what"), .mode = FULL, .field = REASON,
+     .want = "^UNION branch 1 groups or aggregates"},
+    {"union_aggregate_in_subquery_expression",
+     " SELECT orders.id,\n    orders.status AS what\n   FROM public.orders\n  WHERE (orders.amount "
+     "> ( "
+     "SELECT avg(refunds.amount) AS avg\n           FROM public.refunds\n          WHERE "
+     "(refunds.order_id = orders.id)))\nUNION\n SELECT customers.id,\n    customers.name AS what\n "
+     "  "
+     "FROM public.customers",
+     KEYS("id", "what"), .mode = DIFF, .field = AFFECTED, .want = "__sluice_chg_16403"},
+    {"union_query_window_full",
+     " SELECT orders.id,\n    (rank() OVER (PARTITION BY orders.customer_id ORDER BY "
+     "orders.amount))::text "
+     "AS what\n   FROM public.orders\nUNION\n SELECT customers.id,\n    customers.name AS what\n   "
+     "FROM "
+     "public.customers",
+     KEYS("id", "what"), .mode = FULL, .field = REASON,
+     .want = "^UNION branch 1: window functions"},
+    {"union_in_subquery_full",
+     " SELECT u.id\n   FROM ( SELECT orders.id\n           FROM public.orders\n        UNION\n     "
+     "    "
+     "SELECT refunds.id\n           FROM public.refunds) u",
+     KEYS("id"), .mode = FULL, .field = REASON,
+     .want = "UNION (without ALL) is refreshed differentially in the stream table's query itself"},
+    {"union_without_identity_full", UNION_Q, .no_identity = true, .mode = FULL, .field = REASON,
+     .want =
+         "^rows have no key (content identity): a UNION's rows are keyed by all of its columns"},
     {"requested_full",
      " SELECT orders.customer_id,\n    sum(orders.amount) AS total\n   FROM public.orders\n  "
      "GROUP BY orders.customer_id",
