@@ -294,6 +294,17 @@ static const st_def_t sts[] = {
      "f.k, count(*) AS n, sum(f.v) AS sv FROM f GROUP BY f.k) SELECT g.k, g.n, g.sv FROM g WHERE "
      "g.n > 1",
      NULL},
+    /* UNION without ALL (migration 28), keyed by all its columns: the same
+     * values come from several tables and several rows (NULLs among them). */
+    {"p_distinct_union", "k, v",
+     "SELECT a.k, a.v FROM a WHERE a.v IS DISTINCT FROM 1 UNION SELECT b.a_k, b.w FROM b UNION "
+     "SELECT c.b_id % 4, c.z FROM c WHERE c.z > 2",
+     NULL},
+    /* A join and a table with EXISTS, united. */
+    {"p_distinct_union_join", "k, w",
+     "SELECT a.k, b.w FROM a JOIN b ON b.a_k = a.k UNION SELECT a.k, a.v FROM a WHERE EXISTS "
+     "(SELECT FROM c WHERE c.b_id = a.id)",
+     NULL},
     /* Subqueries in the select list (migration 25), correlated on a
      * column with NULLs. (One over a LEFT JOIN's NULL-extended side was
      * the costliest shape of the run, about 58 s of 750 in CI, and is left
