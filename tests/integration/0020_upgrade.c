@@ -57,7 +57,9 @@
  *      (st_with), FULL by migration 15's reason, after migration 27
  *      (refresh/sql/0027_with_and_distinct_on.sql). A DISTINCT ON (st_don)
  *      loses that reason too, keeps the identity it was created with, and
- *      is keyed by its DISTINCT ON column once re-validated.
+ *      is keyed by its DISTINCT ON column once re-validated. A UNION
+ *      without ALL (st_union), FULL by migration 15's reason, has none
+ *      after migration 28 (refresh/sql/0028_union.sql).
  *   5. `sluice engine --once` analyses every stream table again (they are
  *      not due: their schedule is an hour, so it refreshes none); then each
  *      is refreshed by hand: DIFFERENTIAL, with a delta of exactly the size
@@ -226,6 +228,9 @@ static const st_def_t sts[] = {
      "WITH s AS (SELECT grp, sum(n) AS total FROM items GROUP BY grp) SELECT s.grp, s.total FROM "
      "s WHERE s.total > 0",
      "grp, total"},
+    /* A UNION (without ALL): migration 15 stores the reason that makes it
+     * FULL, migration 28 takes it back. */
+    {"st_union", "SELECT grp, n FROM items WHERE n > 5 UNION SELECT grp, o FROM groups", "grp, n"},
 };
 #define NSTS (sizeof sts / sizeof sts[0])
 
@@ -662,6 +667,12 @@ main(void)
                          "'st_with' AND query_fallback IS NULL AND analyzed_query IS NULL AND "
                          "effective_mode IS NULL AND key_columns = '{grp}'") == 1,
               "st_with: migration 27 took back the stored reason");
+    /* Migration 28: the same for st_union, keyed by all its columns. */
+    TH_ASSERT(th_sql_int(conn,
+                         "SELECT count(*) FROM sluice.stream_table_catalog WHERE name = "
+                         "'st_union' AND query_fallback IS NULL AND analyzed_query IS NULL AND "
+                         "effective_mode IS NULL AND key_columns = '{grp,n}'") == 1,
+              "st_union: migration 28 took back the stored reason");
 
     /* The capture now writes chunks: one statement of 3 rows, one chunk. */
     th_sql(conn, "BEGIN;"
