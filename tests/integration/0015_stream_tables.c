@@ -2627,6 +2627,61 @@ check_union(const char *url, PGconn *conn)
     th_sql(conn, "SELECT sluice.drop_stream_table('un_list'); DROP TABLE un_cust, un_sign");
 }
 
+/* A stream table is computed with the settings of the session that made
+ * it (migration 29): one refreshed from a session in another time zone
+ * gives the same days, ids and images, and that session keeps its zone. */
+static void
+check_session_settings(const char *url, PGconn *conn)
+{
+    TH_LOG("refreshes run with the creator's settings (migration 29)");
+    const char *q = "SELECT date_trunc('day', e.at) AS day, count(*) AS n FROM ss_ev e GROUP BY "
+                    "date_trunc('day', e.at)";
+    th_sql(conn, "SET TimeZone = 'UTC';"
+                 "CREATE TABLE ss_ev (id int PRIMARY KEY, at timestamptz);"
+                 "INSERT INTO ss_ev VALUES (1, '2026-11-01 20:00+00'), (2, '2026-11-02 09:00+00')");
+    create_differential(url, conn, "ss_days", q);
+
+    /* In Asia/Kolkata (+05:30) 21:00 UTC is already the next day; the
+     * stream table's day is still UTC's. */
+    long long before = max_outbox_id(conn);
+    th_sql(conn, "SET TimeZone = 'Asia/Kolkata';"
+                 "INSERT INTO ss_ev VALUES (3, '2026-11-01 21:00+00')");
+    th_sql(conn, "BEGIN; SET LOCAL TimeZone = 'America/New_York'");
+    TH_ASSERT(refresh(conn, "ss_days") > 0, "the change is refreshed");
+    expect_text(th_sql_text(conn, "SHOW TimeZone"), "America/New_York",
+                "the caller's zone is back after the refresh, inside its transaction");
+    th_sql(conn, "COMMIT");
+    expect_text(th_sql_text(conn, "SHOW TimeZone"), "Asia/Kolkata",
+                "and the session's after the transaction");
+    expect_text(deltas_since(conn, "ss_days", before),
+                "update|{\"n\": 1, \"day\": \"2026-11-01T00:00:00+00:00\"}|{\"n\": 2, \"day\": "
+                "\"2026-11-01T00:00:00+00:00\"}",
+                "one update of UTC's 1 November, its images printed in UTC");
+    th_sql(conn, "SET TimeZone = 'UTC'");
+    TH_ASSERT(diff_from_query(conn, "ss_days", "day, n", q) == 0,
+              "ss_days equals its query run in UTC");
+    TH_ASSERT(diff_from_replay(conn, "ss_days") == 0, "replaying the deltas rebuilds it");
+    expect_text(th_sql_text(conn, "SELECT settings->>'TimeZone' FROM sluice.stream_table_catalog "
+                                  "WHERE name = 'ss_days'"),
+                "UTC", "the catalog has the zone it was made in");
+
+    /* alter_stream_table with the same query takes the caller's settings:
+     * repopulated by Kolkata's days (20:00, 21:00 and 09:00 UTC are 01:30,
+     * 02:30 and 14:30 there, on 2 November). */
+    th_sql(conn,
+           "SET TimeZone = 'Asia/Kolkata'; SELECT sluice.alter_stream_table('ss_days', "
+           "query => $q$%s$q$)",
+           q);
+    expect_text(th_sql_text(conn, "SELECT settings->>'TimeZone' || ' ' || (SELECT "
+                                  "string_agg(n::text, ',' ORDER BY day) FROM ss_days) FROM "
+                                  "sluice.stream_table_catalog WHERE name = 'ss_days'"),
+                "Asia/Kolkata 3",
+                "re-validated in Kolkata: its zone, and the three events on Kolkata's 2 November");
+    TH_ASSERT(diff_from_query(conn, "ss_days", "day, n", q) == 0,
+              "ss_days equals its query run in Kolkata");
+    th_sql(conn, "RESET TimeZone; SELECT sluice.drop_stream_table('ss_days'); DROP TABLE ss_ev");
+}
+
 static void
 check_left_join_identity(const char *url, PGconn *conn)
 {
@@ -3089,6 +3144,7 @@ main(void)
     check_with_queries(env.pg_url, conn);
     check_distinct_on(env.pg_url, conn);
     check_union(env.pg_url, conn);
+    check_session_settings(env.pg_url, conn);
     check_source_ddl(env.pg_url, conn);
 
     PQfinish(conn);

@@ -59,7 +59,9 @@
  *      loses that reason too, keeps the identity it was created with, and
  *      is keyed by its DISTINCT ON column once re-validated. A UNION
  *      without ALL (st_union), FULL by migration 15's reason, has none
- *      after migration 28 (refresh/sql/0028_union.sql).
+ *      after migration 28 (refresh/sql/0028_union.sql). Migration 29
+ *      (refresh/sql/0029_session_settings.sql) records the settings every
+ *      stream table is refreshed with.
  *   5. `sluice engine --once` analyses every stream table again (they are
  *      not due: their schedule is an hour, so it refreshes none); then each
  *      is refreshed by hand: DIFFERENTIAL, with a delta of exactly the size
@@ -673,6 +675,14 @@ main(void)
                          "'st_union' AND query_fallback IS NULL AND analyzed_query IS NULL AND "
                          "effective_mode IS NULL AND key_columns = '{grp,n}'") == 1,
               "st_union: migration 28 took back the stored reason");
+    /* Migration 29: every stream table has the settings it is refreshed
+     * with, those of the session that ran the upgrade. */
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice.stream_table_catalog WHERE settings "
+                               "->> 'TimeZone' = current_setting('TimeZone') AND settings ? "
+                               "'DateStyle'") == th_sql_int(conn, "SELECT count(*) FROM "
+                                                                  "sluice.stream_table_catalog") &&
+                  th_sql_int(conn, "SELECT count(*) FROM sluice.stream_table_catalog") > 0,
+              "migration 29 recorded the upgrading session's settings for every stream table");
 
     /* The capture now writes chunks: one statement of 3 rows, one chunk. */
     th_sql(conn, "BEGIN;"
