@@ -3026,12 +3026,6 @@ static const char *const why_union =
     "chain of UNIONs of queries (no UNION ALL, INTERSECT or EXCEPT among them, nothing such as "
     "ORDER BY applied to the whole); this one is refreshed in full";
 
-/* A format: the branch's number. */
-static const char *const why_union_groups =
-    "UNION branch %zu groups or aggregates (GROUP BY, HAVING or an aggregate, in it or in a "
-    "subquery in its FROM): inside a UNION a query is refreshed by the values of its rows, "
-    "which a group's aggregates are not; this one is refreshed in full";
-
 static bool
 is_union_distinct(const cJSON *sel)
 {
@@ -3181,7 +3175,12 @@ analyze_union_distinct(const sl_analyze_in_t *in, const cJSON *sel, sl_analysis_
     leaf[0] = s;
     for (size_t i = 0; i < nb; i++)
         if (groups_or_aggregates(leaf[i])) {
-            snprintf(why, n, why_union_groups, i + 1);
+            snprintf(why, n,
+                     "UNION branch %zu groups or aggregates (GROUP BY, HAVING or an aggregate, in "
+                     "it or in a subquery in its FROM): inside a UNION a query is refreshed by the "
+                     "values of its rows, which a group's aggregates are not; this one is "
+                     "refreshed in full",
+                     i + 1);
             *reason = why;
             return SL_OK;
         }
