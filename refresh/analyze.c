@@ -4800,11 +4800,11 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
             goto full;
         }
         if (in->rooted_keys) {
-            /* A UNION ALL branch (or a subquery in one): refreshed by its
-             * row identity, never by units. */
-            reason = "window functions are refreshed differentially by partition, which a UNION "
-                     "ALL branch cannot be (its rows are refreshed by row identity); this one is "
-                     "refreshed in full";
+            /* A branch of a UNION ALL or a UNION (or a subquery in one):
+             * refreshed by its row identity, never by units. */
+            reason = "window functions are refreshed differentially by partition, which a branch "
+                     "of a UNION ALL or a UNION cannot be (its rows are refreshed by row "
+                     "identity); this one is refreshed in full";
             goto full;
         }
         units = calloc(MAX_WINDOW_UNITS, sizeof *units);
