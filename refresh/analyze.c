@@ -3022,9 +3022,10 @@ analyze_union(const sl_analyze_in_t *in, const cJSON *sel, sl_analysis_t *a, cha
 /* ------------------------------------------------------------------------ */
 
 static const char *const why_union =
-    "UNION (without ALL) is refreshed differentially in the stream table's query itself, as a "
-    "chain of UNIONs of queries (no UNION ALL, INTERSECT or EXCEPT among them, nothing such as "
-    "ORDER BY applied to the whole); this one is refreshed in full";
+    "UNION (without ALL) is refreshed differentially as a chain of UNIONs of queries (no UNION "
+    "ALL, INTERSECT or EXCEPT among them, nothing such as ORDER BY applied to the whole), in the "
+    "stream table's query or in the subquery that a query only filters and projects; this one "
+    "is refreshed in full";
 
 static bool
 is_union_distinct(const cJSON *sel)
@@ -3135,15 +3136,80 @@ split_unions(const char *q, const toks_t *t, int (*at)[2], size_t max)
     return n;
 }
 
+static char *renamed_aff(const sl_analyze_in_t *in, const char *const *from, const char *const *to,
+                         size_t n, sl_err_t *err);
+
+/* The name of each select-list entry of sel (ResTarget name, or the name
+ * PostgreSQL gives a column or function call; NULL: none it can tell) into
+ * names[0..max); returns their number, or -1 when there are more. */
+static int
+target_names(const cJSON *sel, const char **names, int max)
+{
+    int n = 0;
+    const cJSON *tgt;
+    cJSON_ArrayForEach (tgt, cJSON_GetObjectItemCaseSensitive(sel, "targetList")) {
+        if (n == max)
+            return -1;
+        const cJSON *rt = node(tgt, "ResTarget");
+        names[n++] = str(rt, "name") != NULL
+                         ? str(rt, "name")
+                         : figure_colname(cJSON_GetObjectItemCaseSensitive(rt, "val"));
+    }
+    return n;
+}
+
+/* *out: part (malloc'ed, taken unless false is returned), a query of a
+ * UNION, with `AS "__sluice_c<n>"` after each entry n of its select list
+ * that has no name (own[n-1] NULL), which then names it (gen: the names'
+ * storage). false: its select list could not be cut into ncols entries
+ * (part and *out untouched); *out NULL: an error (err set). */
+static bool
+name_union_columns(char *part, const char **own, int ncols, char (*gen)[24], char **out,
+                   sl_err_t *err)
+{
+    toks_t t = {0};
+    if (scan_tokens(part, &t, err) != SL_OK) {
+        free(part);
+        *out = NULL;
+        return true;
+    }
+    clauses_t c;
+    find_clauses(part, &t, &c);
+    int spans[MAX_TARGETS][2];
+    if (c.tok[CL_SELECT] != 0 || c.tok[CL_FROM] < 0 || target_spans(part, &t, &c, spans) != ncols) {
+        free(t.v);
+        return false;
+    }
+    out_t o = {.rc = SL_OK, .err = err};
+    int from = 0;
+    for (int i = 0; i < ncols; i++) {
+        if (own[i] != NULL)
+            continue;
+        int end = t.v[spans[i][1] - 1].end;
+        outq(&o, part, from, end);
+        snprintf(gen[i], sizeof gen[i], "__sluice_c%d", i + 1);
+        outf(&o, " AS \"%s\"", gen[i]);
+        own[i] = gen[i];
+        from = end;
+    }
+    outq(&o, part, from, (int)strlen(part));
+    free(t.v);
+    free(part);
+    *out = out_take(&o);
+    return true;
+}
+
 /*
- * A UNION without ALL: its rows are distinct, so the stream table is keyed
- * by all of its columns (sluice._st_select_keys says so), and a row is in it
- * when some query of the union gives it. Each query is analysed on its own
- * as one keyed by those columns (the stored text names every query's
- * columns as the stream table's). The affected rows are those of every
- * query; a row is recomputed by running every query restricted to the
- * affected rows, united again, so a row that one query stops giving stays
- * when another still gives it.
+ * A UNION without ALL: its rows are distinct, so it is keyed by all of its
+ * columns (sluice._st_select_keys says so of a stream table's query), and a
+ * row is in it when some query of the union gives it. Each query is
+ * analysed on its own as one keyed by its columns at the keys' places (the
+ * first query names the union's columns; a stream table's stored text
+ * names every query's columns so, a subquery's keeps each query's own
+ * names, and an entry without one is given one). The affected rows are
+ * those of every query, under the union's names; a row is recomputed by
+ * running every query restricted to the affected rows, united again, so a
+ * row that one query stops giving stays when another still gives it.
  */
 static int
 analyze_union_distinct(const sl_analyze_in_t *in, const cJSON *sel, sl_analysis_t *a, char *why,
@@ -3151,18 +3217,13 @@ analyze_union_distinct(const sl_analyze_in_t *in, const cJSON *sel, sl_analysis_
 {
     enum { MAX_UNION = 32 };
     size_t nb = union_distinct_branches(sel);
-    if (nb == 0 || nb > MAX_UNION || in->in_subquery || in->aff_rel != NULL || in->rooted_keys ||
+    if (nb == 0 || nb > MAX_UNION || in->rooted_keys ||
         cJSON_GetObjectItemCaseSensitive(sel, "sortClause") != NULL ||
         cJSON_GetObjectItemCaseSensitive(sel, "limitCount") != NULL ||
         cJSON_GetObjectItemCaseSensitive(sel, "limitOffset") != NULL ||
         cJSON_GetObjectItemCaseSensitive(sel, "withClause") != NULL ||
         cJSON_GetObjectItemCaseSensitive(sel, "lockingClause") != NULL) {
         *reason = why_union;
-        return SL_OK;
-    }
-    if (!in->has_keys || in->nkeys == 0) {
-        *reason = "rows have no key (content identity): a UNION's rows are keyed by all of its "
-                  "columns, which this stream table was not given";
         return SL_OK;
     }
     /* The queries, in order (the chain is left-deep: each right side is
@@ -3184,37 +3245,114 @@ analyze_union_distinct(const sl_analyze_in_t *in, const cJSON *sel, sl_analysis_
             *reason = why;
             return SL_OK;
         }
+    /* Every column is a key: each key's place among the first query's
+     * columns. */
+    const char *first[MAX_TARGETS];
+    int ncols = target_names(leaf[0], first, MAX_TARGETS);
+    if (!in->has_keys || in->nkeys == 0 || ncols != (int)in->nkeys) {
+        *reason = "rows have no key (content identity): a UNION's rows are keyed by all of its "
+                  "columns, which this stream table was not given";
+        return SL_OK;
+    }
+    int pos[MAX_TARGETS];
+    for (size_t k = 0; k < in->nkeys; k++) {
+        pos[k] = -1;
+        for (int c = 0; c < ncols && pos[k] < 0; c++)
+            if (first[c] != NULL && strcmp(first[c], in->keys[k]) == 0)
+                pos[k] = c;
+        if (pos[k] < 0) {
+            *reason = why_union;
+            return SL_OK;
+        }
+    }
     toks_t t = {0};
     int rc = scan_tokens(in->query, &t, err);
     if (rc != SL_OK)
         return rc;
     int at[MAX_UNION][2];
-    if (split_unions(in->query, &t, at, MAX_UNION) != nb) {
-        free(t.v);
+    size_t nparts = split_unions(in->query, &t, at, MAX_UNION);
+    free(t.v);
+    if (nparts != nb) {
         *reason = why_union;
         return SL_OK;
     }
-    free(t.v);
+    const char **keys = calloc(in->nkeys, sizeof *keys);
+    char(*gen)[24] = calloc(MAX_TARGETS, sizeof *gen);
+    if (keys == NULL || gen == NULL) {
+        free(keys);
+        free(gen);
+        return sl_err_nomem(err, "a UNION's columns");
+    }
     out_t o = {.rc = SL_OK, .err = err};
     out_t r = {.rc = SL_OK, .err = err};
     for (size_t i = 0; i < nb && rc == SL_OK && *reason == NULL; i++) {
+        /* Its names for the columns: an entry named like another is
+         * refused, one without a name is given one. */
+        const char *own[MAX_TARGETS];
+        bool unnamed = false;
+        if (target_names(leaf[i], own, MAX_TARGETS) != ncols) {
+            *reason = why_union;
+            break;
+        }
+        for (int c = 0; c < ncols && *reason == NULL; c++) {
+            unnamed = unnamed || own[c] == NULL;
+            for (int d = 0; d < c && own[c] != NULL && *reason == NULL; d++)
+                if (own[d] != NULL && strcmp(own[c], own[d]) == 0) {
+                    snprintf(why, n,
+                             "UNION branch %zu: its columns %d and %d are both named %s; inside a "
+                             "UNION each column of a query needs a name of its own (AS ...); "
+                             "this one is refreshed in full",
+                             i + 1, d + 1, c + 1, own[c]);
+                    *reason = why;
+                }
+        }
+        if (*reason != NULL)
+            break;
         char *part = strndup(in->query + at[i][0], (size_t)(at[i][1] - at[i][0]));
         if (part == NULL) {
             rc = sl_err_nomem(err, "a UNION's query");
             break;
         }
+        if (unnamed) {
+            char *named = part;
+            if (!name_union_columns(part, own, ncols, gen, &named, err)) {
+                free(part);
+                snprintf(why, n, "UNION branch %zu: %s", i + 1,
+                         "its select list could not be matched with the parse tree");
+                *reason = why;
+                break;
+            }
+            if ((part = named) == NULL) {
+                rc = err->code != SL_OK ? err->code : sl_err_nomem(err, "a UNION's query");
+                break;
+            }
+        }
+        bool renamed = false;
+        for (size_t k = 0; k < in->nkeys; k++) {
+            keys[k] = own[pos[k]];
+            renamed = renamed || strcmp(keys[k], in->keys[k]) != 0;
+        }
+        char *aff_rel = renamed ? renamed_aff(in, in->keys, keys, in->nkeys, err) : NULL;
+        if (renamed && aff_rel == NULL) {
+            free(part);
+            rc = sl_err_nomem(err, "a UNION's query");
+            break;
+        }
         sl_analyze_in_t bin = {.query = part,
-                               .keys = in->keys,
+                               .keys = keys,
                                .nkeys = in->nkeys,
                                .has_keys = true,
                                .sources = in->sources,
                                .nsources = in->nsources,
-                               .rooted_keys = true};
+                               .aff_rel = renamed ? aff_rel : in->aff_rel,
+                               .rooted_keys = true,
+                               .in_subquery = in->in_subquery};
         sl_analysis_t ba;
         sl_err_t e;
         sl_err_clear(&e);
         int brc = sl_analyze(&bin, &ba, &e);
         free(part);
+        free(aff_rel);
         if (brc == SL_EUSAGE) {
             snprintf(why, n, "UNION branch %zu: %s", i + 1, e.msg);
             *reason = why;
@@ -3238,10 +3376,12 @@ analyze_union_distinct(const sl_analyze_in_t *in, const cJSON *sel, sl_analysis_
                      i + 1);
             *reason = why;
         } else {
-            /* Each query's affected rows, by the key columns' names. */
+            /* Each query's affected rows, under the union's names. */
             outf(&o, "%sSELECT ", i ? " UNION " : "");
             for (size_t k = 0; k < in->nkeys; k++) {
                 outf(&o, "%s\"__sluice_b\".", k ? ", " : "");
+                outid(&o, keys[k]);
+                outf(&o, " AS ");
                 outid(&o, in->keys[k]);
             }
             outf(&o, " FROM (%s) AS \"__sluice_b\"", ba.affected_sql);
@@ -3249,6 +3389,8 @@ analyze_union_distinct(const sl_analyze_in_t *in, const cJSON *sel, sl_analysis_
         }
         sl_analysis_free(&ba);
     }
+    free(keys);
+    free(gen);
     if (rc == SL_OK && *reason == NULL) {
         a->affected_sql = out_take(&o);
         a->recompute_sql = out_take(&r);

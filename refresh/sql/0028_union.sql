@@ -20,17 +20,27 @@
 -- restricted to those rows, united again; so a row that one query stops
 -- giving stays when another still gives it, and its delta is empty.
 --
+-- The same holds for a UNION that is the subquery in FROM of a query that
+-- only filters and projects it (analyze_derived around it), which is what
+-- a WITH query holding a UNION becomes once written in place. There each
+-- query of the union keeps its own column names (PostgreSQL prints the
+-- stream table's names only in the outer query): the engine maps the keys
+-- by position, and names an entry that has no name (`SELECT id, 'x' FROM
+-- t`) with `AS "__sluice_c<n>"`.
+--
 -- sluice._st_query_fallback (restated from migration 27) lets through a
--- stream table's query that is a chain of UNIONs (`a UNION b UNION c`;
--- PostgreSQL prints a mixed chain, with UNION ALL, INTERSECT or EXCEPT, or
--- a set operation in parentheses as another shape) with nothing applied to
--- the whole (ORDER BY, LIMIT), and judges each of its queries as it judges
--- a UNION ALL branch, named "UNION branch <n>". One more rule for them: a
--- query of a UNION neither groups nor aggregates, nor do the subqueries in
--- its FROM (a group's aggregates are not values of rows that a change can
--- find; subqueries in expressions may aggregate). A UNION elsewhere (in a
--- subquery, in a UNION ALL branch) is still refreshed in full, with the
--- reason; INTERSECT and EXCEPT too.
+-- chain of UNIONs (`a UNION b UNION c`; PostgreSQL prints a mixed chain,
+-- with UNION ALL, INTERSECT or EXCEPT, or a set operation in parentheses
+-- as another shape) with nothing applied to the whole (ORDER BY, LIMIT),
+-- as the stream table's query or as such a subquery, and judges each of
+-- its queries as it judges a UNION ALL branch, named "UNION branch <n>".
+-- More rules for them: a query of a UNION neither groups nor aggregates,
+-- nor do the subqueries in its FROM (a group's aggregates are not values
+-- of rows that a change can find; subqueries in its expressions may
+-- aggregate), and in a subquery it has no subquery in an expression (the
+-- engine follows none there). A UNION elsewhere (joined, in a UNION ALL
+-- branch) is still refreshed in full, with the reason; INTERSECT and
+-- EXCEPT too.
 --
 -- Upgrade: stream tables whose stored creation reason was the UNION are
 -- checked again (sluice._st_recheck_stored_fallbacks); the engine
@@ -58,9 +68,10 @@ DECLARE
         'joined by inner joins, without GROUP BY, aggregates, window functions or subqueries; this '
         'one is refreshed in full';
     why_union constant text :=
-        'UNION (without ALL) is refreshed differentially in the stream table''s query itself, as a '
-        'chain of UNIONs of queries (no UNION ALL, INTERSECT or EXCEPT among them, nothing such as '
-        'ORDER BY applied to the whole); this one is refreshed in full';
+        'UNION (without ALL) is refreshed differentially as a chain of UNIONs of queries (no UNION '
+        'ALL, INTERSECT or EXCEPT among them, nothing such as ORDER BY applied to the whole), in the '
+        'stream table''s query or in the subquery that a query only filters and projects; this one '
+        'is refreshed in full';
     why_shape constant text :=
         'a subquery in FROM is refreshed differentially when it filters and projects one table and '
         'selects that table''s primary key, when it is the whole FROM of a query that only filters '
@@ -95,7 +106,7 @@ DECLARE
     seg    text;
     marker text;
     refs   int;
-    union_distinct boolean := false; -- the outer query is a chain of UNIONs (without ALL)
+    udist  boolean[] := '{}'; -- udist[q]: q is a chain of UNIONs (without ALL) refreshed as one
 BEGIN
     IF tree IS NULL OR tree !~ '^\(\{QUERY ' THEN
         RETURN NULL;
@@ -210,16 +221,6 @@ BEGIN
         up[q] := p;
         via[q] := 'subquery';
     END LOOP;
-    -- UNION without ALL (since migration 28): the outer query may be a
-    -- chain of UNIONs, each right side one query (the engine's
-    -- analyze_union_distinct); its queries are judged as branches.
-    IF own[1] ~ ' :setOperations \{SETOPERATIONSTMT :op 1 :all false ' THEN
-        IF own[1] ~ '\{SETOPERATIONSTMT :op (?!1 :all false )' OR own[1] ~ ' :rarg \{SETOPERATIONSTMT '
-           OR own[1] ~ ' :(sortClause|limitOffset|limitCount) [^<]' THEN
-            RETURN why_union;
-        END IF;
-        union_distinct := true;
-    END IF;
     -- Each query after the one it is in (WITH queries have moved).
     ord := ARRAY[1];
     a := 1;
@@ -261,10 +262,10 @@ BEGIN
         -- A branch's reasons, and those of the queries nested in it, name
         -- the branch (its place among its set operation's branches).
         pre[q] := CASE WHEN kind = 'branch'
-                       THEN format(CASE WHEN up[q] = 1 AND union_distinct THEN 'UNION branch %s: '
-                                        ELSE 'UNION ALL branch %s: ' END,
-                                   (SELECT count(*) FROM generate_subscripts(up, 1) AS b(i)
-                                     WHERE up[b.i] = up[q] AND via[b.i] = 'subquery' AND b.i <= q))
+                       THEN coalesce(pre[up[q]], '')
+                            || format(CASE WHEN udist[up[q]] THEN 'UNION branch %s: ' ELSE 'UNION ALL branch %s: ' END,
+                                      (SELECT count(*) FROM generate_subscripts(up, 1) AS b(i)
+                                        WHERE up[b.i] = up[q] AND via[b.i] = 'subquery' AND b.i <= q))
                        WHEN kind IN ('derived', 'joined') AND cten[q] IS NOT NULL
                        THEN coalesce(pre[up[q]], '') || format('the WITH query %s: ', cten[q])
                        WHEN kind IN ('derived', 'joined') THEN coalesce(pre[up[q]], '') || 'the subquery in FROM: '
@@ -272,11 +273,29 @@ BEGIN
                        WHEN q > 1 THEN coalesce(pre[up[q]], '')
                        ELSE '' END;
         prefix := pre[q];
+        -- UNION without ALL (since migration 28): the stream table's query,
+        -- or the subquery that is the whole FROM of a query that only
+        -- filters and projects it (a WITH query written in place, often),
+        -- may be a chain of UNIONs, each right side one query (the engine's
+        -- analyze_union_distinct); its queries are judged as branches.
+        IF kind IN ('outer', 'derived') AND prefix !~ 'UNION (ALL )?branch [0-9]+: '
+           AND own[q] ~ ' :setOperations \{SETOPERATIONSTMT :op 1 :all false ' THEN
+            IF own[q] ~ '\{SETOPERATIONSTMT :op (?!1 :all false )' OR own[q] ~ ' :rarg \{SETOPERATIONSTMT '
+               OR own[q] ~ ' :(sortClause|limitOffset|limitCount) [^<]' THEN
+                RETURN prefix || why_union;
+            END IF;
+            udist[q] := true;
+        END IF;
         -- A query of a UNION (without ALL) is refreshed by the values of
         -- its rows, all of them the stream table's key: it and the
         -- subqueries in its FROM neither group nor aggregate (subqueries in
         -- its expressions may).
-        IF kind = 'branch' AND prefix LIKE 'UNION branch %' THEN
+        IF kind = 'branch' AND udist[up[q]] THEN
+            -- (In a subquery, the engine follows no subquery in an
+            -- expression.)
+            IF up[q] > 1 AND own[q] ~ ' :hasSubLinks true ' THEN
+                RETURN prefix || why_sublink_nested;
+            END IF;
             FOR a IN 1..n LOOP
                 p := a;
                 WHILE p > 0 AND p <> q AND via[p] = 'subquery' LOOP
@@ -333,10 +352,10 @@ BEGIN
             -- Refreshed by its groups: a whole query, or one that a query
             -- around filters, but not a UNION ALL branch (nor a join's
             -- subquery, which is 'from' above).
-            IF kinds[up[q]] = 'branch' OR pre[up[q]] ~ '^UNION (ALL )?branch ' THEN
-                RETURN substring(pre[up[q]] FROM '^UNION (?:ALL )?branch [0-9]+') || ' has a subquery that groups joined '
-                       || 'with tables, which is refreshed differentially as a whole query but not inside a '
-                       || substring(pre[up[q]] FROM '^(UNION(?: ALL)?) ');
+            IF kinds[up[q]] = 'branch' OR pre[up[q]] ~ 'UNION (ALL )?branch [0-9]+: ' THEN
+                RETURN substring(pre[up[q]] FROM '^(.*UNION (?:ALL )?branch [0-9]+): ') || ' has a subquery that groups '
+                       || 'joined with tables, which is refreshed differentially as a whole query but not inside a '
+                       || substring(pre[up[q]] FROM '.*(UNION(?: ALL)?) branch [0-9]+: ');
             END IF;
         END IF;
         IF kind IN ('outer', 'branch', 'derived', 'joined') THEN
@@ -344,7 +363,7 @@ BEGIN
                 SELECT v.bad, v.why
                   FROM (VALUES
                     (1, '\{SETOPERATIONSTMT :op [^1] ', 'INTERSECT and EXCEPT are refreshed in full'),
-                    (2, CASE WHEN q = 1 AND union_distinct THEN '^$' ELSE '\{SETOPERATIONSTMT :op 1 :all false ' END,
+                    (2, CASE WHEN udist[q] THEN '^$' ELSE '\{SETOPERATIONSTMT :op 1 :all false ' END,
                      why_union),
                     (3, ' :hasForUpdate true ', 'FOR UPDATE/SHARE has no meaning in a stream table'),
                     -- (Window functions: see below.)
@@ -393,7 +412,7 @@ BEGIN
                     RETURN prefix || 'window functions without PARTITION BY are refreshed in full (a change '
                                   || 'can move every row''s value)';
                 END IF;
-                IF NOT (kind = 'outer' OR (kind = 'derived' AND prefix !~ '^UNION (ALL )?branch '))
+                IF NOT (kind = 'outer' OR (kind = 'derived' AND prefix !~ 'UNION (ALL )?branch [0-9]+: '))
                    OR own[q] ~ (' :(hasAggs|hasSubLinks|hasDistinctOn) true '
                                 '| :(groupClause|havingQual|distinctClause) [^<]')
                    -- (tables, joined by inner joins: jointype 0; rtekind 2
@@ -506,10 +525,10 @@ BEGIN
                 -- one subquery of queries that only filter and project it,
                 -- which keep its refresh unit; with a subquery that groups,
                 -- not in a UNION ALL branch; not joined.
-                IF grouped AND (kind = 'branch' OR (kind = 'derived' AND prefix ~ '^UNION (ALL )?branch ')) THEN
-                    RETURN substring(prefix FROM '^UNION (?:ALL )?branch [0-9]+')
+                IF grouped AND (kind = 'branch' OR (kind = 'derived' AND prefix ~ 'UNION (ALL )?branch [0-9]+: ')) THEN
+                    RETURN substring(prefix FROM '^(.*UNION (?:ALL )?branch [0-9]+): ')
                            || ' has a LEFT JOIN, which is refreshed differentially as a '
-                           || 'whole query but not inside a ' || substring(prefix FROM '^(UNION(?: ALL)?) ');
+                           || 'whole query but not inside a ' || substring(prefix FROM '.*(UNION(?: ALL)?) branch [0-9]+: ');
                 END IF;
                 IF kind = 'joined' THEN
                     RETURN rtrim(prefix, ': ') || ' has a LEFT JOIN, which is refreshed differentially as a '

@@ -525,9 +525,10 @@ collect_notice(void *arg, const PGresult *res)
 /* The reason for a UNION (without ALL) that is not a chain of UNIONs in
  * the stream table's query (creation check and engine alike). */
 static const char union_reason[] =
-    "UNION (without ALL) is refreshed differentially in the stream table's query itself, as a "
-    "chain of UNIONs of queries (no UNION ALL, INTERSECT or EXCEPT among them, nothing such as "
-    "ORDER BY applied to the whole); this one is refreshed in full";
+    "UNION (without ALL) is refreshed differentially as a chain of UNIONs of queries (no UNION "
+    "ALL, INTERSECT or EXCEPT among them, nothing such as ORDER BY applied to the whole), in the "
+    "stream table's query or in the subquery that a query only filters and projects; this one "
+    "is refreshed in full";
 
 /* The cases of check_query_fallback that the engine judges too. */
 #define MAX_FALLBACK_CASES 192
@@ -686,9 +687,28 @@ check_query_fallback(const char *url, PGconn *conn)
                     "orders UNION SELECT id, 0 FROM customers",
                     "UNION branch 1: window functions are refreshed differentially");
     expect_fallback(conn,
-                    "SELECT x.id FROM (SELECT id FROM orders UNION SELECT id FROM customers) x",
-                    "the subquery in FROM: UNION (without ALL) is refreshed differentially in the "
-                    "stream table's query itself");
+                    "SELECT x.id FROM (SELECT id FROM orders UNION SELECT id FROM customers) x "
+                    "WHERE x.id > 1",
+                    NULL);
+    expect_fallback(conn,
+                    "WITH u AS (SELECT id, customer_id AS c FROM orders UNION SELECT id, 0 FROM "
+                    "customers) SELECT id, c FROM u WHERE c <> 5",
+                    NULL);
+    expect_fallback(conn,
+                    "SELECT x.id FROM (SELECT id FROM orders WHERE EXISTS (SELECT FROM customers "
+                    "WHERE customers.id = orders.customer_id) UNION SELECT id FROM customers) x",
+                    "the subquery in FROM: UNION branch 1: subqueries in expressions are "
+                    "refreshed differentially in the WHERE clause or the select list of the "
+                    "stream table's query");
+    expect_fallback(conn,
+                    "SELECT x.k FROM (SELECT customer_id AS k FROM orders GROUP BY customer_id "
+                    "UNION SELECT id FROM customers) x",
+                    "the subquery in FROM: UNION branch 1 groups or aggregates");
+    expect_fallback(conn,
+                    "SELECT id FROM orders UNION ALL SELECT x.id FROM (SELECT id FROM orders "
+                    "UNION SELECT id FROM customers) x",
+                    "UNION ALL branch 2: the subquery in FROM: UNION (without ALL) is refreshed "
+                    "differentially as a chain of UNIONs");
     expect_fallback(conn, "SELECT id FROM orders EXCEPT SELECT id FROM customers",
                     "INTERSECT and EXCEPT are refreshed in full");
     /* WITH (migration 27): a query read once stands for itself written in

@@ -305,6 +305,12 @@ static const st_def_t sts[] = {
      "SELECT a.k, b.w FROM a JOIN b ON b.a_k = a.k UNION SELECT a.k, a.v FROM a WHERE EXISTS "
      "(SELECT FROM c WHERE c.b_id = a.id)",
      NULL},
+    /* A UNION as a WITH query that the query filters, its last query's
+     * second column without a name (the engine names it). */
+    {"p_distinct_union_with", "k, v",
+     "WITH u AS (SELECT a.k, a.v FROM a UNION SELECT b.a_k, b.w FROM b WHERE b.w IS DISTINCT FROM "
+     "3 UNION SELECT c.b_id % 4, 7 FROM c) SELECT u.k, u.v FROM u WHERE u.k IS NULL OR u.k <> 2",
+     NULL},
     /* Subqueries in the select list (migration 25), correlated on a
      * column with NULLs. (One over a LEFT JOIN's NULL-extended side was
      * the costliest shape of the run, about 58 s of 750 in CI, and is left

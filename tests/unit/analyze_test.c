@@ -195,6 +195,12 @@ static const sl_analyze_branch_t limit_second[] = {
     "(orders.amount > (10)::numeric)\nUNION\n SELECT customers.id,\n    customers.name AS "   \
     "what\n   FROM public.customers"
 
+/* The same in a subquery in FROM, the second query's column named otherwise. */
+#define UNION_SUB                                                                           \
+    " SELECT u.k\n   FROM ( SELECT orders.id AS k\n           FROM public.orders\n        " \
+    "UNION\n "                                                                              \
+    "        SELECT refunds.order_id\n           FROM public.refunds) u\n  WHERE (u.k > 10)"
+
 static const analyze_row_t rows[] = {
     /* One table. */
     {"projection_pk_differential",
@@ -419,12 +425,12 @@ static const analyze_row_t rows[] = {
      * with those keys, affected rows and recomputed rows united. */
     {"union_affected_each_query", UNION_Q, KEYS("id", "what"), .mode = DIFF, .field = AFFECTED,
      .want =
-         "^SELECT \"__sluice_b\".\"id\", \"__sluice_b\".\"what\" FROM (SELECT DISTINCT "
-         "(orders.customer_id) AS \"id\", (orders.status) AS \"what\" FROM "
+         "^SELECT \"__sluice_b\".\"id\" AS \"id\", \"__sluice_b\".\"what\" AS \"what\" FROM "
+         "(SELECT DISTINCT (orders.customer_id) AS \"id\", (orders.status) AS \"what\" FROM "
          "pg_temp.\"__sluice_chg_16401\" AS \"orders\" WHERE  (orders.amount > (10)::numeric)) AS "
-         "\"__sluice_b\" UNION SELECT \"__sluice_b\".\"id\", \"__sluice_b\".\"what\" FROM "
-         "(SELECT DISTINCT (customers.id) AS \"id\", (customers.name) AS \"what\" FROM "
-         "pg_temp.\"__sluice_chg_16402\" AS \"customers\") AS \"__sluice_b\""},
+         "\"__sluice_b\" UNION SELECT \"__sluice_b\".\"id\" AS \"id\", \"__sluice_b\".\"what\" AS "
+         "\"what\" FROM (SELECT DISTINCT (customers.id) AS \"id\", (customers.name) AS \"what\" "
+         "FROM pg_temp.\"__sluice_chg_16402\" AS \"customers\") AS \"__sluice_b\""},
     {"union_recompute_united", UNION_Q, KEYS("id", "what"), .mode = DIFF, .field = RECOMPUTE,
      .want = "WHERE ((customers.id), (customers.name)) IN (SELECT \"id\", \"what\" FROM "
              "pg_temp.\"__sluice_aff\")"},
@@ -447,7 +453,7 @@ static const analyze_row_t rows[] = {
      "(\n SELECT orders.id\n   FROM public.orders\nUNION ALL\n SELECT refunds.id\n   FROM "
      "public.refunds\n) UNION\n SELECT customers.id\n   FROM public.customers",
      KEYS("id"), .mode = FULL, .field = REASON,
-     .want = "^UNION (without ALL) is refreshed differentially in the stream table's query itself"},
+     .want = "^UNION (without ALL) is refreshed differentially as a chain of UNIONs"},
     {"union_order_by_full", UNION_Q "\n  ORDER BY 1", KEYS("id", "what"), .mode = FULL,
      .field = REASON, .want = "^UNION (without ALL) is refreshed differentially"},
     {"union_query_groups_full",
@@ -484,12 +490,33 @@ static const analyze_row_t rows[] = {
      "public.customers",
      KEYS("id", "what"), .mode = FULL, .field = REASON,
      .want = "^UNION branch 1: window functions"},
-    {"union_in_subquery_full",
+    /* In a subquery in FROM that a query filters and projects (or a WITH
+     * query written in place), each query keeps its own column names. */
+    {"union_in_subquery",
      " SELECT u.id\n   FROM ( SELECT orders.id\n           FROM public.orders\n        UNION\n     "
-     "    "
-     "SELECT refunds.id\n           FROM public.refunds) u",
-     KEYS("id"), .mode = FULL, .field = REASON,
-     .want = "UNION (without ALL) is refreshed differentially in the stream table's query itself"},
+     "    SELECT refunds.id\n           FROM public.refunds) u",
+     KEYS("id"), .mode = DIFF, .field = AFFECTED,
+     .want = "^SELECT \"__sluice_d\".\"id\" AS \"id\" FROM (SELECT \"__sluice_b\".\"id\" AS \"id\" "
+             "FROM (SELECT DISTINCT (orders.id) AS \"id\" FROM "},
+    {"union_in_subquery_renamed_affected", UNION_SUB, KEYS("k"), .mode = DIFF, .field = AFFECTED,
+     .want = "UNION SELECT \"__sluice_b\".\"order_id\" AS \"k\" FROM (SELECT DISTINCT "
+             "(refunds.order_id) AS \"order_id\" FROM pg_temp.\"__sluice_chg_16403\""},
+    {"union_in_subquery_renamed_recompute", UNION_SUB, KEYS("k"), .mode = DIFF, .field = RECOMPUTE,
+     .want = "(SELECT \"k\" AS \"order_id\" FROM pg_temp.\"__sluice_aff\") AS \"__sluice_aff\""},
+    {"union_in_subquery_unnamed_named",
+     " SELECT u.k,\n    u.one\n   FROM ( SELECT orders.id AS k,\n            1 AS one\n           "
+     "FROM "
+     "public.orders\n        UNION\n         SELECT refunds.order_id,\n            2\n           "
+     "FROM public.refunds) u",
+     KEYS("k", "one"), .mode = DIFF, .field = RECOMPUTE, .want = "2 AS \"__sluice_c2\"\n"},
+    {"union_in_subquery_same_names_full",
+     " SELECT u.k,\n    u.one\n   FROM ( SELECT orders.id AS k,\n            1 AS one\n           "
+     "FROM "
+     "public.orders\n        UNION\n         SELECT refunds.order_id AS x,\n            refunds.id "
+     "AS x\n  "
+     "         FROM public.refunds) u",
+     KEYS("k", "one"), .mode = FULL, .field = REASON,
+     .want = "the subquery in FROM: UNION branch 2: its columns 1 and 2 are both named x"},
     {"union_without_identity_full", UNION_Q, .no_identity = true, .mode = FULL, .field = REASON,
      .want =
          "^rows have no key (content identity): a UNION's rows are keyed by all of its columns"},
