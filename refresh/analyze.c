@@ -4482,8 +4482,12 @@ inline_with(const char *q, const cJSON *sel, char **out, char *why_buf, size_t w
     const char *op = str(sel, "op");
     if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(wc, "recursive")))
         return "WITH RECURSIVE is refreshed in full";
-    if (op != NULL && strcmp(op, "SETOP_NONE") != 0)
-        return "a WITH over a UNION ALL (or another set operation) is refreshed in full";
+    /* (A chain of UNIONs is written in place like any query: its queries
+     * are then analysed one by one, analyze_union_distinct.) */
+    if (op != NULL && strcmp(op, "SETOP_NONE") != 0 &&
+        !(is_union_distinct(sel) && union_distinct_branches(sel) > 0))
+        return "a WITH over a UNION ALL (or another set operation than a chain of UNIONs) is "
+               "refreshed in full";
     if (cJSON_GetArraySize(ctes) > MAX_CTES)
         return "a WITH of more than 16 queries is refreshed in full";
     /* One WITH: none in its queries or in the query after it (whose names

@@ -162,8 +162,12 @@ BEGIN
         IF own[d] ~ ' :hasRecursive true ' THEN
             RETURN 'WITH RECURSIVE is refreshed in full';
         END IF;
-        IF own[d] ~ ' :setOperations [^<]' THEN
-            RETURN 'a WITH over a UNION ALL (or another set operation) is refreshed in full';
+        -- (Since migration 28 one over a chain of UNIONs is written in
+        -- place like the others; the chain is judged below.)
+        IF own[d] ~ ' :setOperations [^<]'
+           AND (own[d] !~ ' :setOperations \{SETOPERATIONSTMT :op 1 :all false '
+                OR own[d] ~ '\{SETOPERATIONSTMT :op (?!1 :all false )' OR own[d] ~ ' :rarg \{SETOPERATIONSTMT ') THEN
+            RETURN 'a WITH over a UNION ALL (or another set operation than a chain of UNIONs) is refreshed in full';
         END IF;
         a := up[d];
         WHILE a > 0 LOOP
@@ -308,6 +312,22 @@ BEGIN
                            || 'in full';
                 END IF;
             END LOOP;
+        END IF;
+        -- A query of a UNION that only filters and projects the subquery
+        -- in its FROM selects that subquery's columns as they are: they are
+        -- its keys, which the subquery is refreshed by (the engine's
+        -- analyze_derived). Unless the subquery is a table seen through a
+        -- projection that selects its primary key, which the engine reads
+        -- as the table (the rules of 'from' below).
+        IF kind = 'derived' AND kinds[up[q]] = 'branch' AND udist[up[up[q]]]
+           AND substring(own[up[q]] FROM ' :targetList \((.*?)\) :override ') ~ '\{TARGETENTRY :expr \{(?!VAR )'
+           AND (own[q] ~ (' :(hasAggs|hasWindowFuncs|hasDistinctOn|hasSubLinks) true '
+                          '| :(cteList|groupClause|groupingSets|havingQual|distinctClause|limitOffset|limitCount|setOperations) [^<]')
+                OR regexp_count(own[q], '\{RANGETBLENTRY ') <> 1
+                OR own[q] !~ ' :eref \{ALIAS [^}]*\} :rtekind 0 '
+                OR NOT sluice._st_tree_has_key(own[q], 1, substring(own[q] FROM ' :rtekind 0 :relid ([0-9]+) ')::oid)) THEN
+            RETURN pre[up[q]] || 'the subquery in FROM: a row-identity column must be one of its columns, '
+                   || 'selected unchanged';
         END IF;
         -- A subquery in an expression of a query that may have them (see
         -- the file header): one table, no subquery of its own, giving a

@@ -745,7 +745,27 @@ check_query_fallback(const char *url, PGconn *conn)
     expect_fallback(conn,
                     "WITH o AS (SELECT id, amount FROM orders) SELECT o.id, o.amount FROM o "
                     "UNION ALL SELECT c.id, 0 FROM customers c",
-                    "a WITH over a UNION ALL (or another set operation) is refreshed in full");
+                    "a WITH over a UNION ALL (or another set operation than a chain of UNIONs) "
+                    "is refreshed in full");
+    expect_fallback(conn,
+                    "WITH o AS (SELECT id, amount FROM orders WHERE amount > 3) SELECT o.id, "
+                    "o.amount FROM o UNION SELECT c.id, 0 FROM customers c",
+                    NULL);
+    expect_fallback(conn,
+                    "WITH o AS (SELECT customer_id, count(*) AS n FROM orders GROUP BY "
+                    "customer_id) SELECT o.customer_id, o.n FROM o UNION SELECT c.id, 0 FROM "
+                    "customers c",
+                    "UNION branch 1 groups or aggregates");
+    expect_fallback(conn,
+                    "WITH o AS (SELECT id, amount FROM orders WHERE amount > 3) SELECT c.id, 0 AS "
+                    "amount FROM customers c UNION SELECT o.id, o.amount + 1 FROM o",
+                    NULL);
+    expect_fallback(conn,
+                    "WITH o AS (SELECT customer_id, amount FROM orders WHERE amount > 3) SELECT "
+                    "c.id, 0 AS amount FROM customers c UNION SELECT o.customer_id, o.amount + 1 "
+                    "FROM o",
+                    "UNION branch 2: the subquery in FROM: a row-identity column must be one of "
+                    "its columns, selected unchanged");
     expect_fallback(conn,
                     "WITH o AS (WITH p AS (SELECT id, amount FROM orders) SELECT * FROM p) "
                     "SELECT o.id, o.amount FROM o",

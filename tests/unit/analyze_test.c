@@ -402,6 +402,11 @@ static const analyze_row_t rows[] = {
      " WITH big AS (\n " BIG_BODY "\n        )\n SELECT big.id\n   FROM big\nUNION ALL\n SELECT "
      "refunds.id\n   FROM public.refunds",
      KEYS("id"), .mode = FULL, .field = REASON, .want = "^a WITH over a UNION ALL"},
+    {"with_over_union_distinct",
+     " WITH big AS (\n " BIG_BODY "\n        )\n SELECT big.id\n   FROM big\nUNION\n SELECT "
+     "refunds.id\n   FROM public.refunds",
+     KEYS("id"), .mode = DIFF, .field = RECOMPUTE,
+     .want = "FROM (\n " BIG_BODY "\n        ) AS big"},
     {"with_inside_derived_subquery",
      " SELECT s.id\n   FROM ( WITH big AS (\n " BIG_BODY "\n                )\n         SELECT "
      "big.id\n           FROM big) s",
