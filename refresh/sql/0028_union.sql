@@ -28,6 +28,12 @@
 -- by position, and names an entry that has no name (`SELECT id, 'x' FROM
 -- t`) with `AS "__sluice_c<n>"`.
 --
+-- A WITH over a chain of UNIONs (WITH a AS (...) SELECT ... FROM a UNION
+-- SELECT ...) is written in place like any other (the engine's
+-- inline_with; the creation check's move of a WITH query to the range-table
+-- entry that reads it), where it was refused with the WITH over a UNION
+-- ALL.
+--
 -- sluice._st_query_fallback (restated from migration 27) lets through a
 -- chain of UNIONs (`a UNION b UNION c`; PostgreSQL prints a mixed chain,
 -- with UNION ALL, INTERSECT or EXCEPT, or a set operation in parentheses
@@ -37,8 +43,11 @@
 -- More rules for them: a query of a UNION neither groups nor aggregates,
 -- nor do the subqueries in its FROM (a group's aggregates are not values
 -- of rows that a change can find; subqueries in its expressions may
--- aggregate), and in a subquery it has no subquery in an expression (the
--- engine follows none there). A UNION elsewhere (joined, in a UNION ALL
+-- aggregate), in a subquery it has no subquery in an expression (the
+-- engine follows none there), and one that only filters and projects a
+-- subquery selects that subquery's columns as they are (they are the keys
+-- it is refreshed by), unless the subquery is a table seen through a
+-- projection that selects its primary key. A UNION elsewhere (joined, in a UNION ALL
 -- branch) is still refreshed in full, with the reason; INTERSECT and
 -- EXCEPT too.
 --
