@@ -2930,6 +2930,43 @@ union_all_branches(const cJSON *sel)
     return union_all_branches(setop_side(sel, "larg")) + 1;
 }
 
+/* Analyses branch i (from 1) of a set operation (setop: "UNION ALL" or
+ * "UNION") into *ba. SL_OK and *reason NULL: differential by its rows (ba
+ * to free); SL_OK and *reason set (in why): not (FULL, or refreshed by
+ * units of its own, which a branch cannot be), ba freed; else an error. */
+static int
+analyze_branch(const sl_analyze_in_t *bin, const char *setop, size_t i, sl_analysis_t *ba,
+               char *why, size_t n, const char **reason, sl_err_t *err)
+{
+    sl_err_t e;
+    sl_err_clear(&e);
+    int rc = sl_analyze(bin, ba, &e);
+    if (rc == SL_EUSAGE) {
+        snprintf(why, n, "%s branch %zu: %s", setop, i, e.msg);
+        *reason = why;
+        return SL_OK;
+    }
+    if (rc != SL_OK) {
+        *err = e;
+        return rc;
+    }
+    if (strcmp(ba->mode, "differential") != 0)
+        snprintf(why, n, "%s branch %zu: %s", setop, i, ba->reason);
+    else if (ba->unit_columns != NULL)
+        snprintf(why, n,
+                 ba->grouped_units
+                     ? "%s branch %zu has a subquery that groups joined with tables, which is "
+                       "refreshed differentially as a whole query but not inside a %s"
+                     : "%s branch %zu has a LEFT JOIN, which is refreshed differentially as a "
+                       "whole query but not inside a %s",
+                 setop, i, setop);
+    else
+        return SL_OK;
+    *reason = why;
+    sl_analysis_free(ba);
+    return SL_OK;
+}
+
 /*
  * A UNION ALL whose branches (in->branches, cut by the catalog) each have a
  * row identity: every branch is analysed as a query of its own, and the
@@ -2973,36 +3010,13 @@ analyze_union(const sl_analyze_in_t *in, const cJSON *sel, sl_analysis_t *a, cha
                                .nsources = in->nsources,
                                .rooted_keys = true};
         sl_analysis_t ba;
-        sl_err_t e;
-        sl_err_clear(&e);
-        int brc = sl_analyze(&bin, &ba, &e);
-        if (brc == SL_EUSAGE) {
-            snprintf(why, n, "UNION ALL branch %zu: %s", i + 1, e.msg);
-            *reason = why;
-            continue;
-        }
-        if (brc != SL_OK) {
-            *err = e;
-            rc = brc;
-            continue;
-        }
-        cJSON *obj = NULL;
-        if (strcmp(ba.mode, "differential") != 0) {
-            snprintf(why, n, "UNION ALL branch %zu: %s", i + 1, ba.reason);
-            *reason = why;
-        } else if (ba.unit_columns != NULL) {
-            snprintf(why, n,
-                     ba.grouped_units
-                         ? "UNION ALL branch %zu has a subquery that groups joined with tables, "
-                           "which is refreshed differentially as a whole query but not inside a "
-                           "UNION ALL"
-                         : "UNION ALL branch %zu has a LEFT JOIN, which is refreshed "
-                           "differentially as a whole query but not inside a UNION ALL",
-                     i + 1);
-            *reason = why;
-        } else if ((obj = cJSON_CreateObject()) == NULL || !cJSON_AddItemToArray(arr, obj) ||
-                   cJSON_AddStringToObject(obj, "affected", ba.affected_sql) == NULL ||
-                   cJSON_AddStringToObject(obj, "recompute", ba.recompute_sql) == NULL) {
+        rc = analyze_branch(&bin, "UNION ALL", i + 1, &ba, why, n, reason, err);
+        if (rc != SL_OK || *reason != NULL)
+            break;
+        cJSON *obj = cJSON_CreateObject();
+        if (obj == NULL || !cJSON_AddItemToArray(arr, obj) ||
+            cJSON_AddStringToObject(obj, "affected", ba.affected_sql) == NULL ||
+            cJSON_AddStringToObject(obj, "recompute", ba.recompute_sql) == NULL) {
             rc = sl_err_nomem(err, "the branch analyses");
         }
         sl_analysis_free(&ba);
@@ -3348,45 +3362,21 @@ analyze_union_distinct(const sl_analyze_in_t *in, const cJSON *sel, sl_analysis_
                                .rooted_keys = true,
                                .in_subquery = in->in_subquery};
         sl_analysis_t ba;
-        sl_err_t e;
-        sl_err_clear(&e);
-        int brc = sl_analyze(&bin, &ba, &e);
+        rc = analyze_branch(&bin, "UNION", i + 1, &ba, why, n, reason, err);
         free(part);
         free(aff_rel);
-        if (brc == SL_EUSAGE) {
-            snprintf(why, n, "UNION branch %zu: %s", i + 1, e.msg);
-            *reason = why;
-            continue;
+        if (rc != SL_OK || *reason != NULL)
+            break;
+        /* Each query's affected rows, under the union's names. */
+        outf(&o, "%sSELECT ", i ? " UNION " : "");
+        for (size_t k = 0; k < in->nkeys; k++) {
+            outf(&o, "%s\"__sluice_b\".", k ? ", " : "");
+            outid(&o, keys[k]);
+            outf(&o, " AS ");
+            outid(&o, in->keys[k]);
         }
-        if (brc != SL_OK) {
-            *err = e;
-            rc = brc;
-            continue;
-        }
-        if (strcmp(ba.mode, "differential") != 0) {
-            snprintf(why, n, "UNION branch %zu: %s", i + 1, ba.reason);
-            *reason = why;
-        } else if (ba.unit_columns != NULL) {
-            snprintf(why, n,
-                     ba.grouped_units
-                         ? "UNION branch %zu has a subquery that groups joined with tables, which "
-                           "is refreshed differentially as a whole query but not inside a UNION"
-                         : "UNION branch %zu has a LEFT JOIN, which is refreshed differentially as "
-                           "a whole query but not inside a UNION",
-                     i + 1);
-            *reason = why;
-        } else {
-            /* Each query's affected rows, under the union's names. */
-            outf(&o, "%sSELECT ", i ? " UNION " : "");
-            for (size_t k = 0; k < in->nkeys; k++) {
-                outf(&o, "%s\"__sluice_b\".", k ? ", " : "");
-                outid(&o, keys[k]);
-                outf(&o, " AS ");
-                outid(&o, in->keys[k]);
-            }
-            outf(&o, " FROM (%s) AS \"__sluice_b\"", ba.affected_sql);
-            outf(&r, "%s(%s)", i ? " UNION " : "", ba.recompute_sql);
-        }
+        outf(&o, " FROM (%s) AS \"__sluice_b\"", ba.affected_sql);
+        outf(&r, "%s(%s)", i ? " UNION " : "", ba.recompute_sql);
         sl_analysis_free(&ba);
     }
     free(keys);
