@@ -314,6 +314,11 @@ BEGIN
                 WHILE p > 0 AND p <> q AND via[p] = 'subquery' LOOP
                     p := up[p];
                 END LOOP;
+                -- (VALUES, rtekind 5, is printed as a subquery without FROM,
+                -- which the engine has nothing to capture of.)
+                IF p = q AND own[a] ~ ' :rtekind 5 ' THEN
+                    RETURN prefix || 'the subquery in FROM: a query without FROM has no source to capture';
+                END IF;
                 IF p = q AND own[a] ~ ' :hasAggs true | :(groupClause|havingQual|groupingSets) [^<]' THEN
                     RETURN rtrim(prefix, ': ') || ' groups or aggregates (GROUP BY, HAVING or an aggregate, in '
                            || 'it or in a subquery in its FROM): inside a UNION a query is refreshed by the '

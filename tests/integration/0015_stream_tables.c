@@ -709,6 +709,9 @@ check_query_fallback(const char *url, PGconn *conn)
                     "UNION SELECT id FROM customers) x",
                     "UNION ALL branch 2: the subquery in FROM: UNION (without ALL) is refreshed "
                     "differentially as a chain of UNIONs");
+    expect_fallback(conn, "SELECT id, customer_id FROM orders UNION VALUES (0, 0)",
+                    "UNION branch 2: the subquery in FROM: a query without FROM has no source to "
+                    "capture");
     expect_fallback(conn, "SELECT id FROM orders EXCEPT SELECT id FROM customers",
                     "INTERSECT and EXCEPT are refreshed in full");
     /* WITH (migration 27): a query read once stands for itself written in
