@@ -522,8 +522,8 @@ collect_notice(void *arg, const PGresult *res)
         snprintf(n->text + used, sizeof n->text - used, "%s\n", msg);
 }
 
-/* The reason for a UNION (without ALL) that is not a chain of UNIONs in
- * the stream table's query (creation check and engine alike). */
+/* The reason for a UNION (without ALL) that is not a chain of UNIONs where
+ * one is refreshed differentially (creation check and engine alike). */
 static const char union_reason[] =
     "UNION (without ALL) is refreshed differentially as a chain of UNIONs of queries (no UNION "
     "ALL, INTERSECT or EXCEPT among them, nothing such as ORDER BY applied to the whole), in the "
