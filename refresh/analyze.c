@@ -80,7 +80,9 @@
  *     rows of its partition.
  *   - a chain of UNIONs (without ALL) of queries that are any of the above
  *     but a refresh by units (a LEFT JOIN chain's first table, a joined
- *     subquery that groups, windows): keyed by all of its columns, each
+ *     subquery that groups, windows) and that neither group nor aggregate,
+ *     as the whole query or the subquery a query filters and projects (a
+ *     WITH query written in place): keyed by all of its columns, each
  *     query analysed alone with those keys, the affected rows and the
  *     recomputed ones united (analyze_union_distinct).
  * INTERSECT, EXCEPT, subqueries elsewhere, window functions without
