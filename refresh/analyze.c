@@ -84,7 +84,9 @@
  *     as the whole query or the subquery a query filters and projects (a
  *     WITH query written in place): keyed by all of its columns, each
  *     query analysed alone with those keys, the affected rows and the
- *     recomputed ones united (analyze_union_distinct).
+ *     recomputed ones united (analyze_distinct_setop); a chain of
+ *     INTERSECTs or of EXCEPTs the same, the recomputed rows combined by
+ *     it.
  * INTERSECT, EXCEPT, subqueries elsewhere, window functions without
  * PARTITION BY, LIMIT and the rest are refreshed in full, and the reason
  * says so. docs/stream-tables.md
@@ -957,7 +959,7 @@ full_reason(const cJSON *sel, const sl_analyze_in_t *in)
                "its own (its tables' primary keys, or its GROUP BY keys, in its select list) and "
                "nothing (ORDER BY, LIMIT, WITH) applies to the whole union; this one has not";
     if (op != NULL && strcmp(op, "SETOP_NONE") != 0)
-        return "INTERSECT and EXCEPT are refreshed in full";
+        return "INTERSECT ALL and EXCEPT ALL are refreshed in full";
     if (cJSON_GetObjectItemCaseSensitive(sel, "limitCount") != NULL ||
         cJSON_GetObjectItemCaseSensitive(sel, "limitOffset") != NULL)
         return "LIMIT/OFFSET makes the result depend on rows outside any change; it is "
@@ -2932,6 +2934,13 @@ union_all_branches(const cJSON *sel)
     return union_all_branches(setop_side(sel, "larg")) + 1;
 }
 
+/* The article before a set operation's name: "a UNION", "an EXCEPT". */
+static const char *
+article(const char *setop)
+{
+    return setop[0] == 'U' ? "a" : "an";
+}
+
 /* Analyses branch i (from 1) of a set operation (setop: "UNION ALL" or
  * "UNION") into *ba. SL_OK and *reason NULL: differential by its rows (ba
  * to free); SL_OK and *reason set (in why): not (FULL, or refreshed by
@@ -2958,10 +2967,10 @@ analyze_branch(const sl_analyze_in_t *bin, const char *setop, size_t i, sl_analy
         snprintf(why, n,
                  ba->grouped_units
                      ? "%s branch %zu has a subquery that groups joined with tables, which is "
-                       "refreshed differentially as a whole query but not inside a %s"
+                       "refreshed differentially as a whole query but not inside %s %s"
                      : "%s branch %zu has a LEFT JOIN, which is refreshed differentially as a "
-                       "whole query but not inside a %s",
-                 setop, i, setop);
+                       "whole query but not inside %s %s",
+                 setop, i, article(setop), setop);
     else
         return SL_OK;
     *reason = why;
@@ -3034,36 +3043,48 @@ analyze_union(const sl_analyze_in_t *in, const cJSON *sel, sl_analysis_t *a, cha
 }
 
 /* ------------------------------------------------------------------------ */
-/* UNION (without ALL)                                                       */
+/* UNION, INTERSECT and EXCEPT (without ALL)                                 */
 /* ------------------------------------------------------------------------ */
 
-static const char *const why_union =
-    "UNION (without ALL) is refreshed differentially as a chain of UNIONs of queries (no UNION "
-    "ALL, INTERSECT or EXCEPT among them, nothing such as ORDER BY applied to the whole), in the "
-    "stream table's query or in the subquery that a query only filters and projects; this one "
-    "is refreshed in full";
+static const char *const why_setop =
+    "UNION, INTERSECT and EXCEPT (without ALL) are refreshed differentially as a chain of one of "
+    "them (a UNION b UNION c; no other set operation and no ALL among them, nothing such as "
+    "ORDER BY applied to the whole), in the stream table's query or in the subquery that a query "
+    "only filters and projects; this one is refreshed in full";
 
-static bool
-is_union_distinct(const cJSON *sel)
+/* "UNION", "INTERSECT" or "EXCEPT" when sel is that set operation without
+ * ALL, else NULL. */
+static const char *
+distinct_setop(const cJSON *sel)
 {
     const char *op = str(sel, "op");
-    return op != NULL && strcmp(op, "SETOP_UNION") == 0 &&
-           !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(sel, "all"));
+    if (op == NULL || cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(sel, "all")))
+        return NULL;
+    return strcmp(op, "SETOP_UNION") == 0       ? "UNION"
+           : strcmp(op, "SETOP_INTERSECT") == 0 ? "INTERSECT"
+           : strcmp(op, "SETOP_EXCEPT") == 0    ? "EXCEPT"
+                                                : NULL;
 }
 
-/* The number of queries of `a UNION b UNION c ...` (PostgreSQL parses it
- * left-deep), 0 when something else is in the chain: another set operation,
- * a UNION ALL, a set operation in parentheses on the right. */
+/* The number of queries of `a UNION b UNION c ...` (or of a chain of
+ * INTERSECTs or of EXCEPTs; PostgreSQL parses it left-deep), 0 when
+ * something else is in the chain: another set operation, one with ALL, a
+ * set operation in parentheses on the right. */
 static size_t
-union_distinct_branches(const cJSON *sel)
+setop_chain_branches(const cJSON *sel)
 {
+    const char *word = distinct_setop(sel);
+    if (word == NULL)
+        return 0;
     size_t nb = 1;
-    for (const cJSON *s = sel; is_union_distinct(s); s = setop_side(s, "larg")) {
+    for (const cJSON *s = sel; distinct_setop(s) != NULL; s = setop_side(s, "larg")) {
         const char *rop = str(setop_side(s, "rarg"), "op");
         const char *lop = str(setop_side(s, "larg"), "op");
-        if ((rop != NULL && strcmp(rop, "SETOP_NONE") != 0) ||
+        const char *lword = distinct_setop(setop_side(s, "larg"));
+        if (strcmp(distinct_setop(s), word) != 0 ||
+            (rop != NULL && strcmp(rop, "SETOP_NONE") != 0) ||
             (lop != NULL && strcmp(lop, "SETOP_NONE") != 0 &&
-             !is_union_distinct(setop_side(s, "larg"))))
+             (lword == NULL || strcmp(lword, word) != 0)))
             return 0;
         nb++;
     }
@@ -3117,10 +3138,11 @@ groups_or_aggregates(const cJSON *n)
     return false;
 }
 
-/* Cuts q at its top-level UNIONs into at most max [from, to) ranges of
- * byte offsets (each query's text); returns their number. */
+/* Cuts q at its top-level set operations `word` (UNION, INTERSECT or
+ * EXCEPT) into at most max [from, to) ranges of byte offsets (each
+ * query's text); returns their number. */
 static size_t
-split_unions(const char *q, const toks_t *t, int (*at)[2], size_t max)
+split_setops(const char *q, const toks_t *t, const char *word, int (*at)[2], size_t max)
 {
     size_t n = 0;
     int depth = 0, from = 0;
@@ -3129,7 +3151,7 @@ split_unions(const char *q, const toks_t *t, int (*at)[2], size_t max)
             depth++;
         else if (tok_is(q, &t->v[k], ")"))
             depth--;
-        else if (depth == 0 && t->v[k].keyword && tok_is(q, &t->v[k], "UNION")) {
+        else if (depth == 0 && t->v[k].keyword && tok_is(q, &t->v[k], word)) {
             if (n == max)
                 return 0;
             at[n][0] = from;
@@ -3216,30 +3238,35 @@ name_union_columns(char *part, const char **own, int ncols, char (*gen)[24], cha
 }
 
 /*
- * A UNION without ALL: its rows are distinct, so it is keyed by all of its
- * columns (sluice._st_select_keys says so of a stream table's query), and a
- * row is in it when some query of the union gives it. Each query is
- * analysed on its own as one keyed by its columns at the keys' places (the
- * first query names the union's columns; a stream table's stored text
- * names every query's columns so, a subquery's keeps each query's own
+ * A UNION, INTERSECT or EXCEPT without ALL: its rows are distinct, so it is
+ * keyed by all of its columns (sluice._st_select_keys says so of a stream
+ * table's query). Whether a row is in it depends only on whether each query
+ * gives that row: restricting every query to some rows and applying the
+ * set operation gives the result restricted to those rows. So each query
+ * is analysed on its own as one keyed by its columns at the keys' places
+ * (the first query names the result's columns; a stream table's stored
+ * text names every query's columns so, a subquery's keeps each query's own
  * names, and an entry without one is given one). The affected rows are
- * those of every query, under the union's names; a row is recomputed by
- * running every query restricted to the affected rows, united again, so a
- * row that one query stops giving stays when another still gives it.
+ * those of every query, united, under the result's names; they are
+ * recomputed by running every query restricted to them, combined by the
+ * same set operation: a row that one query of a UNION stops giving stays
+ * when another still gives it, a row of an EXCEPT goes when the query
+ * after it starts giving it.
  */
 static int
-analyze_union_distinct(const sl_analyze_in_t *in, const cJSON *sel, sl_analysis_t *a, char *why,
+analyze_distinct_setop(const sl_analyze_in_t *in, const cJSON *sel, sl_analysis_t *a, char *why,
                        size_t n, const char **reason, sl_err_t *err)
 {
     enum { MAX_UNION = 32 };
-    size_t nb = union_distinct_branches(sel);
+    const char *word = distinct_setop(sel);
+    size_t nb = setop_chain_branches(sel);
     if (nb == 0 || nb > MAX_UNION || in->rooted_keys ||
         cJSON_GetObjectItemCaseSensitive(sel, "sortClause") != NULL ||
         cJSON_GetObjectItemCaseSensitive(sel, "limitCount") != NULL ||
         cJSON_GetObjectItemCaseSensitive(sel, "limitOffset") != NULL ||
         cJSON_GetObjectItemCaseSensitive(sel, "withClause") != NULL ||
         cJSON_GetObjectItemCaseSensitive(sel, "lockingClause") != NULL) {
-        *reason = why_union;
+        *reason = why_setop;
         return SL_OK;
     }
     /* The queries, in order (the chain is left-deep: each right side is
@@ -3247,17 +3274,17 @@ analyze_union_distinct(const sl_analyze_in_t *in, const cJSON *sel, sl_analysis_
     const cJSON *leaf[MAX_UNION];
     size_t nl = nb;
     const cJSON *s = sel;
-    for (; is_union_distinct(s); s = setop_side(s, "larg"))
+    for (; distinct_setop(s) != NULL; s = setop_side(s, "larg"))
         leaf[--nl] = setop_side(s, "rarg");
     leaf[0] = s;
     for (size_t i = 0; i < nb; i++)
         if (groups_or_aggregates(leaf[i])) {
             snprintf(why, n,
-                     "UNION branch %zu groups or aggregates (GROUP BY, HAVING or an aggregate, in "
-                     "it or in a subquery in its FROM): inside a UNION a query is refreshed by the "
+                     "%s branch %zu groups or aggregates (GROUP BY, HAVING or an aggregate, in it "
+                     "or in a subquery in its FROM): inside %s %s a query is refreshed by the "
                      "values of its rows, which a group's aggregates are not; this one is "
                      "refreshed in full",
-                     i + 1);
+                     word, i + 1, article(word), word);
             *reason = why;
             return SL_OK;
         }
@@ -3277,7 +3304,7 @@ analyze_union_distinct(const sl_analyze_in_t *in, const cJSON *sel, sl_analysis_
             if (first[c] != NULL && strcmp(first[c], in->keys[k]) == 0)
                 pos[k] = c;
         if (pos[k] < 0) {
-            *reason = why_union;
+            *reason = why_setop;
             return SL_OK;
         }
     }
@@ -3286,10 +3313,10 @@ analyze_union_distinct(const sl_analyze_in_t *in, const cJSON *sel, sl_analysis_
     if (rc != SL_OK)
         return rc;
     int at[MAX_UNION][2];
-    size_t nparts = split_unions(in->query, &t, at, MAX_UNION);
+    size_t nparts = split_setops(in->query, &t, word, at, MAX_UNION);
     free(t.v);
     if (nparts != nb) {
-        *reason = why_union;
+        *reason = why_setop;
         return SL_OK;
     }
     const char **keys = calloc(in->nkeys, sizeof *keys);
@@ -3297,7 +3324,7 @@ analyze_union_distinct(const sl_analyze_in_t *in, const cJSON *sel, sl_analysis_
     if (keys == NULL || gen == NULL) {
         free(keys);
         free(gen);
-        return sl_err_nomem(err, "a UNION's columns");
+        return sl_err_nomem(err, "a set operation's columns");
     }
     out_t o = {.rc = SL_OK, .err = err};
     out_t r = {.rc = SL_OK, .err = err};
@@ -3307,7 +3334,7 @@ analyze_union_distinct(const sl_analyze_in_t *in, const cJSON *sel, sl_analysis_
         const char *own[MAX_TARGETS];
         bool unnamed = false;
         if (target_names(leaf[i], own, MAX_TARGETS) != ncols) {
-            *reason = why_union;
+            *reason = why_setop;
             break;
         }
         for (int c = 0; c < ncols && *reason == NULL; c++) {
@@ -3315,10 +3342,10 @@ analyze_union_distinct(const sl_analyze_in_t *in, const cJSON *sel, sl_analysis_
             for (int d = 0; d < c && own[c] != NULL && *reason == NULL; d++)
                 if (own[d] != NULL && strcmp(own[c], own[d]) == 0) {
                     snprintf(why, n,
-                             "UNION branch %zu: its columns %d and %d are both named %s; inside a "
-                             "UNION each column of a query needs a name of its own (AS ...); "
-                             "this one is refreshed in full",
-                             i + 1, d + 1, c + 1, own[c]);
+                             "%s branch %zu: its columns %d and %d are both named %s; inside %s "
+                             "%s each column of a query needs a name of its own (AS ...); this "
+                             "one is refreshed in full",
+                             word, i + 1, d + 1, c + 1, own[c], article(word), word);
                     *reason = why;
                 }
         }
@@ -3326,20 +3353,20 @@ analyze_union_distinct(const sl_analyze_in_t *in, const cJSON *sel, sl_analysis_
             break;
         char *part = strndup(in->query + at[i][0], (size_t)(at[i][1] - at[i][0]));
         if (part == NULL) {
-            rc = sl_err_nomem(err, "a UNION's query");
+            rc = sl_err_nomem(err, "a set operation's query");
             break;
         }
         if (unnamed) {
             char *named = part;
             if (!name_union_columns(part, own, ncols, gen, &named, err)) {
                 free(part);
-                snprintf(why, n, "UNION branch %zu: %s", i + 1,
+                snprintf(why, n, "%s branch %zu: %s", word, i + 1,
                          "its select list could not be matched with the parse tree");
                 *reason = why;
                 break;
             }
             if ((part = named) == NULL) {
-                rc = err->code != SL_OK ? err->code : sl_err_nomem(err, "a UNION's query");
+                rc = err->code != SL_OK ? err->code : sl_err_nomem(err, "a set operation's query");
                 break;
             }
         }
@@ -3351,7 +3378,7 @@ analyze_union_distinct(const sl_analyze_in_t *in, const cJSON *sel, sl_analysis_
         char *aff_rel = renamed ? renamed_aff(in, in->keys, keys, in->nkeys, err) : NULL;
         if (renamed && aff_rel == NULL) {
             free(part);
-            rc = sl_err_nomem(err, "a UNION's query");
+            rc = sl_err_nomem(err, "a set operation's query");
             break;
         }
         sl_analyze_in_t bin = {.query = part,
@@ -3364,7 +3391,7 @@ analyze_union_distinct(const sl_analyze_in_t *in, const cJSON *sel, sl_analysis_
                                .rooted_keys = true,
                                .in_subquery = in->in_subquery};
         sl_analysis_t ba;
-        rc = analyze_branch(&bin, "UNION", i + 1, &ba, why, n, reason, err);
+        rc = analyze_branch(&bin, word, i + 1, &ba, why, n, reason, err);
         free(part);
         free(aff_rel);
         if (rc != SL_OK || *reason != NULL)
@@ -3378,7 +3405,9 @@ analyze_union_distinct(const sl_analyze_in_t *in, const cJSON *sel, sl_analysis_
             outid(&o, in->keys[k]);
         }
         outf(&o, " FROM (%s) AS \"__sluice_b\"", ba.affected_sql);
-        outf(&r, "%s(%s)", i ? " UNION " : "", ba.recompute_sql);
+        if (i > 0)
+            outf(&r, " %s ", word);
+        outf(&r, "(%s)", ba.recompute_sql);
         sl_analysis_free(&ba);
     }
     free(keys);
@@ -4475,10 +4504,11 @@ inline_with(const char *q, const cJSON *sel, char **out, char *why_buf, size_t w
     if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(wc, "recursive")))
         return "WITH RECURSIVE is refreshed in full";
     /* (A chain of UNIONs is written in place like any query: its queries
-     * are then analysed one by one, analyze_union_distinct.) */
+     * are then analysed one by one, analyze_distinct_setop.) */
     if (op != NULL && strcmp(op, "SETOP_NONE") != 0 &&
-        !(is_union_distinct(sel) && union_distinct_branches(sel) > 0))
-        return "a WITH over a UNION ALL (or another set operation than a chain of UNIONs) is "
+        !(distinct_setop(sel) != NULL && setop_chain_branches(sel) > 0))
+        return "a WITH over a UNION ALL (or a set operation other than a chain of UNIONs, "
+               "INTERSECTs or EXCEPTs) is "
                "refreshed in full";
     if (cJSON_GetArraySize(ctes) > MAX_CTES)
         return "a WITH of more than 16 queries is refreshed in full";
@@ -4852,8 +4882,8 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
             goto done;
         goto full;
     }
-    if (is_union_distinct(sel)) {
-        rc = analyze_union_distinct(in, sel, a, uwhy, sizeof uwhy, &reason, err);
+    if (distinct_setop(sel) != NULL) {
+        rc = analyze_distinct_setop(in, sel, a, uwhy, sizeof uwhy, &reason, err);
         if (rc != SL_OK || reason == NULL)
             goto done;
         goto full;

@@ -1,5 +1,5 @@
--- refresh/sql/0028_union.sql - migration 28: a UNION (without ALL) of a
--- stream table's query is refreshed differentially.
+-- refresh/sql/0028_union.sql - migration 28: a UNION, INTERSECT or EXCEPT
+-- (without ALL) of a stream table's query is refreshed differentially.
 --
 -- Until now UNION without ALL made a stream table FULL ("UNION (without
 -- ALL), INTERSECT and EXCEPT are refreshed in full"), although it is how
@@ -12,13 +12,24 @@
 -- A UNION's rows are distinct, so its row identity is all of its columns
 -- (sluice._st_select_keys already said so), and a row is in the result
 -- when at least one of the queries gives it. The engine
--- (refresh/analyze.c, analyze_union_distinct) analyses each query of the
+-- (refresh/analyze.c, analyze_distinct_setop) analyses each query of the
 -- union on its own as a query keyed by those columns (the stored text
 -- names every query's columns as the stream table's). A refresh takes the
 -- rows the window's changes touch in any of the queries (their affected
 -- rows, united) and recomputes each of them by running every query
 -- restricted to those rows, united again; so a row that one query stops
 -- giving stays when another still gives it, and its delta is empty.
+--
+-- INTERSECT and EXCEPT without ALL are refreshed the same way (the engine's
+-- analyze_distinct_setop): whether a row is in the result depends only on
+-- which queries give it, so the affected rows of every query, united, are
+-- recomputed by running every query restricted to them, combined by the
+-- same operation. Their rows are distinct too: sluice._st_select_keys
+-- (restated from 27) keys a query whose outer set operation is INTERSECT
+-- or EXCEPT without ALL by every column, which the plan (a SetOp node)
+-- does not say. Such a stream table made before keeps the content
+-- identity it was created with (FULL, with migration 26's reason: re-
+-- validate it with alter_stream_table to have it keyed).
 --
 -- The same holds for a UNION that is the subquery in FROM of a query that
 -- only filters and projects it (analyze_derived around it), which is what
@@ -76,11 +87,11 @@ DECLARE
         'table''s query itself, when the select list has them as they are, over one table or tables '
         'joined by inner joins, without GROUP BY, aggregates, window functions or subqueries; this '
         'one is refreshed in full';
-    why_union constant text :=
-        'UNION (without ALL) is refreshed differentially as a chain of UNIONs of queries (no UNION '
-        'ALL, INTERSECT or EXCEPT among them, nothing such as ORDER BY applied to the whole), in the '
-        'stream table''s query or in the subquery that a query only filters and projects; this one '
-        'is refreshed in full';
+    why_setop constant text :=
+        'UNION, INTERSECT and EXCEPT (without ALL) are refreshed differentially as a chain of one of '
+        'them (a UNION b UNION c; no other set operation and no ALL among them, nothing such as '
+        'ORDER BY applied to the whole), in the stream table''s query or in the subquery that a query '
+        'only filters and projects; this one is refreshed in full';
     why_shape constant text :=
         'a subquery in FROM is refreshed differentially when it filters and projects one table and '
         'selects that table''s primary key, when it is the whole FROM of a query that only filters '
@@ -115,7 +126,8 @@ DECLARE
     seg    text;
     marker text;
     refs   int;
-    udist  boolean[] := '{}'; -- udist[q]: q is a chain of UNIONs (without ALL) refreshed as one
+    udist  text[] := '{}'; -- udist[q]: UNION, INTERSECT or EXCEPT when q is a chain of it (without ALL)
+    opn    text;   -- the number of such a chain's operation (1 UNION, 2 INTERSECT, 3 EXCEPT)
 BEGIN
     IF tree IS NULL OR tree !~ '^\(\{QUERY ' THEN
         RETURN NULL;
@@ -171,12 +183,14 @@ BEGIN
         IF own[d] ~ ' :hasRecursive true ' THEN
             RETURN 'WITH RECURSIVE is refreshed in full';
         END IF;
-        -- (Since migration 28 one over a chain of UNIONs is written in
-        -- place like the others; the chain is judged below.)
+        -- (Since migration 28 one over a chain of UNIONs, INTERSECTs or
+        -- EXCEPTs is written in place like the others; the chain is judged
+        -- below.)
+        opn := substring(own[d] FROM ' :setOperations \{SETOPERATIONSTMT :op ([123]) :all false ');
         IF own[d] ~ ' :setOperations [^<]'
-           AND (own[d] !~ ' :setOperations \{SETOPERATIONSTMT :op 1 :all false '
-                OR own[d] ~ '\{SETOPERATIONSTMT :op (?!1 :all false )' OR own[d] ~ ' :rarg \{SETOPERATIONSTMT ') THEN
-            RETURN 'a WITH over a UNION ALL (or another set operation than a chain of UNIONs) is refreshed in full';
+           AND (opn IS NULL OR own[d] ~ ('\{SETOPERATIONSTMT :op (?!' || opn || ' :all false )')
+                OR own[d] ~ ' :rarg \{SETOPERATIONSTMT ') THEN
+            RETURN 'a WITH over a UNION ALL (or a set operation other than a chain of UNIONs, INTERSECTs or EXCEPTs) is refreshed in full';
         END IF;
         a := up[d];
         WHILE a > 0 LOOP
@@ -276,7 +290,7 @@ BEGIN
         -- the branch (its place among its set operation's branches).
         pre[q] := CASE WHEN kind = 'branch'
                        THEN coalesce(pre[up[q]], '')
-                            || format(CASE WHEN udist[up[q]] THEN 'UNION branch %s: ' ELSE 'UNION ALL branch %s: ' END,
+                            || format(coalesce(udist[up[q]], 'UNION ALL') || ' branch %s: ',
                                       (SELECT count(*) FROM generate_subscripts(up, 1) AS b(i)
                                         WHERE up[b.i] = up[q] AND via[b.i] = 'subquery' AND b.i <= q))
                        WHEN kind IN ('derived', 'joined') AND cten[q] IS NOT NULL
@@ -286,24 +300,26 @@ BEGIN
                        WHEN q > 1 THEN coalesce(pre[up[q]], '')
                        ELSE '' END;
         prefix := pre[q];
-        -- UNION without ALL (since migration 28): the stream table's query,
-        -- or the subquery that is the whole FROM of a query that only
-        -- filters and projects it (a WITH query written in place, often),
-        -- may be a chain of UNIONs, each right side one query (the engine's
-        -- analyze_union_distinct); its queries are judged as branches.
-        IF kind IN ('outer', 'derived') AND prefix !~ 'UNION (ALL )?branch [0-9]+: '
-           AND own[q] ~ ' :setOperations \{SETOPERATIONSTMT :op 1 :all false ' THEN
-            IF own[q] ~ '\{SETOPERATIONSTMT :op (?!1 :all false )' OR own[q] ~ ' :rarg \{SETOPERATIONSTMT '
+        -- UNION, INTERSECT and EXCEPT without ALL (since migration 28): the
+        -- stream table's query, or the subquery that is the whole FROM of a
+        -- query that only filters and projects it (a WITH query written in
+        -- place, often), may be a chain of one of them, each right side one
+        -- query (the engine's analyze_distinct_setop); its queries are
+        -- judged as branches.
+        opn := substring(own[q] FROM ' :setOperations \{SETOPERATIONSTMT :op ([123]) :all false ');
+        IF kind IN ('outer', 'derived') AND prefix !~ '(UNION|INTERSECT|EXCEPT)( ALL)? branch [0-9]+: '
+           AND opn IS NOT NULL THEN
+            IF own[q] ~ ('\{SETOPERATIONSTMT :op (?!' || opn || ' :all false )') OR own[q] ~ ' :rarg \{SETOPERATIONSTMT '
                OR own[q] ~ ' :(sortClause|limitOffset|limitCount) [^<]' THEN
-                RETURN prefix || why_union;
+                RETURN prefix || why_setop;
             END IF;
-            udist[q] := true;
+            udist[q] := (ARRAY['UNION', 'INTERSECT', 'EXCEPT'])[opn::int];
         END IF;
-        -- A query of a UNION (without ALL) is refreshed by the values of
-        -- its rows, all of them the stream table's key: it and the
-        -- subqueries in its FROM neither group nor aggregate (subqueries in
-        -- its expressions may).
-        IF kind = 'branch' AND udist[up[q]] THEN
+        -- A query of such a chain is refreshed by the values of its rows,
+        -- all of them the stream table's key: it and the subqueries in its
+        -- FROM neither group nor aggregate (subqueries in its expressions
+        -- may).
+        IF kind = 'branch' AND udist[up[q]] IS NOT NULL THEN
             -- (In a subquery, the engine follows no subquery in an
             -- expression.)
             IF up[q] > 1 AND own[q] ~ ' :hasSubLinks true ' THEN
@@ -321,7 +337,9 @@ BEGIN
                 END IF;
                 IF p = q AND own[a] ~ ' :hasAggs true | :(groupClause|havingQual|groupingSets) [^<]' THEN
                     RETURN rtrim(prefix, ': ') || ' groups or aggregates (GROUP BY, HAVING or an aggregate, in '
-                           || 'it or in a subquery in its FROM): inside a UNION a query is refreshed by the '
+                           || 'it or in a subquery in its FROM): inside '
+                           || CASE WHEN udist[up[q]] = 'UNION' THEN 'a ' ELSE 'an ' END || udist[up[q]]
+                           || ' a query is refreshed by the '
                            || 'values of its rows, which a group''s aggregates are not; this one is refreshed '
                            || 'in full';
                 END IF;
@@ -333,7 +351,7 @@ BEGIN
         -- analyze_derived). Unless the subquery is a table seen through a
         -- projection that selects its primary key, which the engine reads
         -- as the table (the rules of 'from' below).
-        IF kind = 'derived' AND kinds[up[q]] = 'branch' AND udist[up[up[q]]]
+        IF kind = 'derived' AND kinds[up[q]] = 'branch' AND udist[up[up[q]]] IS NOT NULL
            AND substring(own[up[q]] FROM ' :targetList \((.*?)\) :override ') ~ '\{TARGETENTRY :expr \{(?!VAR )'
            AND (own[q] ~ (' :(hasAggs|hasWindowFuncs|hasDistinctOn|hasSubLinks) true '
                           '| :(cteList|groupClause|groupingSets|havingQual|distinctClause|limitOffset|limitCount|setOperations) [^<]')
@@ -386,19 +404,20 @@ BEGIN
             -- Refreshed by its groups: a whole query, or one that a query
             -- around filters, but not a UNION ALL branch (nor a join's
             -- subquery, which is 'from' above).
-            IF kinds[up[q]] = 'branch' OR pre[up[q]] ~ 'UNION (ALL )?branch [0-9]+: ' THEN
-                RETURN substring(pre[up[q]] FROM '^(.*UNION (?:ALL )?branch [0-9]+): ') || ' has a subquery that groups '
-                       || 'joined with tables, which is refreshed differentially as a whole query but not inside a '
-                       || substring(pre[up[q]] FROM '.*(UNION(?: ALL)?) branch [0-9]+: ');
+            IF kinds[up[q]] = 'branch' OR pre[up[q]] ~ '(UNION|INTERSECT|EXCEPT)( ALL)? branch [0-9]+: ' THEN
+                typ := substring(pre[up[q]] FROM '.*((?:UNION|INTERSECT|EXCEPT)(?: ALL)?) branch [0-9]+: ');
+                RETURN substring(pre[up[q]] FROM '^(.*(?:UNION|INTERSECT|EXCEPT) (?:ALL )?branch [0-9]+): ')
+                       || ' has a subquery that groups joined with tables, which is refreshed differentially as a '
+                       || 'whole query but not inside ' || CASE WHEN typ LIKE 'U%' THEN 'a ' ELSE 'an ' END || typ;
             END IF;
         END IF;
         IF kind IN ('outer', 'branch', 'derived', 'joined') THEN
             FOR chk IN
                 SELECT v.bad, v.why
                   FROM (VALUES
-                    (1, '\{SETOPERATIONSTMT :op [^1] ', 'INTERSECT and EXCEPT are refreshed in full'),
-                    (2, CASE WHEN udist[q] THEN '^$' ELSE '\{SETOPERATIONSTMT :op 1 :all false ' END,
-                     why_union),
+                    (1, '\{SETOPERATIONSTMT :op [23] :all true ', 'INTERSECT ALL and EXCEPT ALL are refreshed in full'),
+                    (2, CASE WHEN udist[q] IS NOT NULL THEN '^$' ELSE '\{SETOPERATIONSTMT :op [123] :all false ' END,
+                     why_setop),
                     (3, ' :hasForUpdate true ', 'FOR UPDATE/SHARE has no meaning in a stream table'),
                     -- (Window functions: see below.)
                     (5, CASE WHEN kind IN ('derived', 'joined') THEN ' :hasSubLinks true ' ELSE '^$' END,
@@ -446,7 +465,7 @@ BEGIN
                     RETURN prefix || 'window functions without PARTITION BY are refreshed in full (a change '
                                   || 'can move every row''s value)';
                 END IF;
-                IF NOT (kind = 'outer' OR (kind = 'derived' AND prefix !~ 'UNION (ALL )?branch [0-9]+: '))
+                IF NOT (kind = 'outer' OR (kind = 'derived' AND prefix !~ '(UNION|INTERSECT|EXCEPT)( ALL)? branch [0-9]+: '))
                    OR own[q] ~ (' :(hasAggs|hasSubLinks|hasDistinctOn) true '
                                 '| :(groupClause|havingQual|distinctClause) [^<]')
                    -- (tables, joined by inner joins: jointype 0; rtekind 2
@@ -559,10 +578,12 @@ BEGIN
                 -- one subquery of queries that only filter and project it,
                 -- which keep its refresh unit; with a subquery that groups,
                 -- not in a UNION ALL branch; not joined.
-                IF grouped AND (kind = 'branch' OR (kind = 'derived' AND prefix ~ 'UNION (ALL )?branch [0-9]+: ')) THEN
-                    RETURN substring(prefix FROM '^(.*UNION (?:ALL )?branch [0-9]+): ')
+                IF grouped AND (kind = 'branch'
+                                OR (kind = 'derived' AND prefix ~ '(UNION|INTERSECT|EXCEPT)( ALL)? branch [0-9]+: ')) THEN
+                    typ := substring(prefix FROM '.*((?:UNION|INTERSECT|EXCEPT)(?: ALL)?) branch [0-9]+: ');
+                    RETURN substring(prefix FROM '^(.*(?:UNION|INTERSECT|EXCEPT) (?:ALL )?branch [0-9]+): ')
                            || ' has a LEFT JOIN, which is refreshed differentially as a '
-                           || 'whole query but not inside a ' || substring(prefix FROM '.*(UNION(?: ALL)?) branch [0-9]+: ');
+                           || 'whole query but not inside ' || CASE WHEN typ LIKE 'U%' THEN 'a ' ELSE 'an ' END || typ;
                 END IF;
                 IF kind = 'joined' THEN
                     RETURN rtrim(prefix, ': ') || ' has a LEFT JOIN, which is refreshed differentially as a '
@@ -603,4 +624,97 @@ $fn$;
 
 REVOKE ALL ON FUNCTION sluice._st_query_fallback(regclass) FROM PUBLIC;
 
+-- sluice._st_select_keys(query, relid) -> text[] or NULL
+--
+-- As in migration 27, and a query whose outer set operation is INTERSECT or
+-- EXCEPT without ALL is keyed by every column.
+CREATE OR REPLACE FUNCTION sluice._st_select_keys(query text, relid oid)
+RETURNS text[]
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    tree text;
+    refs int[];
+    keys text[];
+BEGIN
+    -- (Since migration 28) INTERSECT or EXCEPT without ALL as the outer
+    -- query's set operation, the last one printed (those of queries nested
+    -- in it print before): its rows are distinct, so every output column
+    -- (the plan's SetOp node names none). The storage table's columns
+    -- name the outputs.
+    IF query ~* '\m(INTERSECT|EXCEPT)\M' THEN
+        tree := sluice._st_query_tree(query);
+        IF substring(tree FROM '^.* :setOperations (\S+)') = '{SETOPERATIONSTMT'
+           AND substring(tree FROM '^.* :setOperations \{SETOPERATIONSTMT :op ([0-9] :all [a-z]+) ')
+               IN ('2 :all false', '3 :all false') THEN
+            RETURN ARRAY(SELECT a.attname::text FROM pg_attribute a
+                          WHERE a.attrelid = relid AND a.attnum > 0 AND NOT a.attisdropped
+                            AND a.attname !~ '^__sluice_'
+                          ORDER BY a.attnum);
+        END IF;
+    END IF;
+    IF query ~* '\mDISTINCT\s+ON\M' THEN
+        tree := sluice._st_query_tree(query);
+        -- The outer query's select list and what follows it: the text
+        -- after the last :targetList (subqueries in FROM print before it;
+        -- none in expressions).
+        tree := CASE WHEN tree !~ ' :(hasAggs|hasWindowFuncs|hasSubLinks) true '
+                          -- (the outer query's fields print first)
+                          AND substring(tree FROM ' :hasDistinctOn ([a-z]+) ') = 'true'
+                     THEN substring(tree FROM '^.* :targetList (.*)$') END;
+        IF tree ~ ' :distinctClause \(' THEN
+            refs := ARRAY(SELECT m[1]::int
+                            FROM regexp_matches(substring(tree FROM ' :distinctClause \((.*?)\) :sortClause '),
+                                                ':tleSortGroupRef ([0-9]+) ', 'g') m);
+            keys := ARRAY(SELECT r.m[1]
+                            FROM regexp_matches(tree, ':resname ([^ ]+) :ressortgroupref ([0-9]+) '
+                                                      ':resorigtbl [0-9]+ :resorigcol [0-9]+ :resjunk false',
+                                                'g') AS r(m)
+                           WHERE r.m[2]::int = ANY (refs)
+                           ORDER BY array_position(refs, r.m[2]::int));
+            IF cardinality(refs) > 0 AND cardinality(keys) = cardinality(refs)
+               AND NOT EXISTS (SELECT FROM unnest(keys) k WHERE k !~ '^[a-z_][a-z0-9_]*$') THEN
+                RETURN keys;
+            END IF;
+        END IF;
+    END IF;
+    RETURN (sluice._st_identity(sluice._st_unmaterialized(query), relid)).key_columns;
+END
+$fn$;
+
+REVOKE ALL ON FUNCTION sluice._st_select_keys(text, oid) FROM PUBLIC;
+
 SELECT sluice._st_recheck_stored_fallbacks();
+
+-- (As in migration 27.) A stream table whose creation reason was cleared
+-- above but that has no row identity (an INTERSECT or an EXCEPT made before
+-- this version) is still refreshed in full: it gets migration 26's reason
+-- (what to select, or to re-validate when its query has an identity now).
+DO $do$
+DECLARE
+    st  record;
+    keys_now text[];
+BEGIN
+    FOR st IN SELECT c.id, c.query, c.relid
+                FROM sluice.stream_table_catalog c
+               WHERE c.key_columns IS NULL AND c.requested_mode <> 'full'
+                 AND c.query_fallback IS NULL AND c.fallback_reason IS NULL
+               ORDER BY c.id LOOP
+        BEGIN
+            keys_now := sluice._st_key_columns(st.query, st.relid);
+        EXCEPTION WHEN OTHERS THEN
+            keys_now := NULL;
+        END;
+        UPDATE sluice.stream_table_catalog c
+           SET fallback_reason =
+                   CASE WHEN keys_now IS NOT NULL
+                        THEN 'rows have no key (content identity): the stream table was created before sluice gave '
+                             'its query a row identity; re-validate it with sluice.alter_stream_table(name, query => '
+                             '<the same query>) to have it keyed and refreshed differentially (that refresh publishes '
+                             'every row once as a delete and an insert)'
+                        ELSE sluice._st_no_key_reason(st.query, st.relid) END
+         WHERE c.id = st.id;
+    END LOOP;
+END
+$do$;

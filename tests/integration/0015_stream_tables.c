@@ -522,13 +522,14 @@ collect_notice(void *arg, const PGresult *res)
         snprintf(n->text + used, sizeof n->text - used, "%s\n", msg);
 }
 
-/* The reason for a UNION (without ALL) that is not a chain of UNIONs where
- * one is refreshed differentially (creation check and engine alike). */
+/* The reason for a UNION, INTERSECT or EXCEPT (without ALL) that is not a
+ * chain of one of them where one is refreshed differentially (creation
+ * check and engine alike). */
 static const char union_reason[] =
-    "UNION (without ALL) is refreshed differentially as a chain of UNIONs of queries (no UNION "
-    "ALL, INTERSECT or EXCEPT among them, nothing such as ORDER BY applied to the whole), in the "
-    "stream table's query or in the subquery that a query only filters and projects; this one "
-    "is refreshed in full";
+    "UNION, INTERSECT and EXCEPT (without ALL) are refreshed differentially as a chain of one of "
+    "them (a UNION b UNION c; no other set operation and no ALL among them, nothing such as "
+    "ORDER BY applied to the whole), in the stream table's query or in the subquery that a query "
+    "only filters and projects; this one is refreshed in full";
 
 /* The cases of check_query_fallback that the engine judges too. */
 #define MAX_FALLBACK_CASES 192
@@ -707,13 +708,24 @@ check_query_fallback(const char *url, PGconn *conn)
     expect_fallback(conn,
                     "SELECT id FROM orders UNION ALL SELECT x.id FROM (SELECT id FROM orders "
                     "UNION SELECT id FROM customers) x",
-                    "UNION ALL branch 2: the subquery in FROM: UNION (without ALL) is refreshed "
-                    "differentially as a chain of UNIONs");
+                    "UNION ALL branch 2: the subquery in FROM: UNION, INTERSECT and EXCEPT "
+                    "(without ALL) are refreshed differentially as a chain of one of them");
     expect_fallback(conn, "SELECT id, customer_id FROM orders UNION VALUES (0, 0)",
                     "UNION branch 2: the subquery in FROM: a query without FROM has no source to "
                     "capture");
-    expect_fallback(conn, "SELECT id FROM orders EXCEPT SELECT id FROM customers",
-                    "INTERSECT and EXCEPT are refreshed in full");
+    expect_fallback(conn, "SELECT id FROM orders EXCEPT SELECT id FROM customers", NULL);
+    expect_fallback(
+        conn, "SELECT id FROM orders INTERSECT SELECT customer_id FROM orders WHERE amount > 5",
+        NULL);
+    expect_fallback(conn, "SELECT id FROM orders INTERSECT ALL SELECT id FROM customers",
+                    "INTERSECT ALL and EXCEPT ALL are refreshed in full");
+    expect_fallback(conn,
+                    "SELECT id FROM customers EXCEPT SELECT customer_id FROM orders GROUP BY "
+                    "customer_id",
+                    "EXCEPT branch 2 groups or aggregates (GROUP BY, HAVING or an aggregate, in "
+                    "it or in a subquery in its FROM): inside an EXCEPT");
+    expect_fallback(conn, "SELECT id FROM customers EXCEPT SELECT id FROM orders UNION SELECT 0",
+                    union_reason);
     /* WITH (migration 27): a query read once stands for itself written in
      * place, as a subquery in FROM; the rest stays FULL. */
     expect_fallback(conn, "WITH o AS (SELECT * FROM orders) SELECT id, amount FROM o", NULL);
@@ -748,7 +760,8 @@ check_query_fallback(const char *url, PGconn *conn)
     expect_fallback(conn,
                     "WITH o AS (SELECT id, amount FROM orders) SELECT o.id, o.amount FROM o "
                     "UNION ALL SELECT c.id, 0 FROM customers c",
-                    "a WITH over a UNION ALL (or another set operation than a chain of UNIONs) "
+                    "a WITH over a UNION ALL (or a set operation other than a chain of UNIONs, "
+                    "INTERSECTs or EXCEPTs) "
                     "is refreshed in full");
     expect_fallback(conn,
                     "WITH o AS (SELECT id, amount FROM orders WHERE amount > 3) SELECT o.id, "
@@ -2612,13 +2625,19 @@ check_distinct_on(const char *url, PGconn *conn)
 }
 
 /* UNION without ALL (migration 28): one list made of two tables, keyed
- * by all its columns; a row stays while either table gives it. */
+ * by all its columns; a row stays while either table gives it. EXCEPT and
+ * INTERSECT of the same tables beside it. */
 static void
 check_union(const char *url, PGconn *conn)
 {
-    TH_LOG("UNION (without ALL), refreshed by its rows' values (migration 28)");
+    TH_LOG("UNION, EXCEPT and INTERSECT (without ALL), refreshed by their rows' values "
+           "(migration 28)");
     const char *q = "SELECT c.email, c.name FROM un_cust c UNION SELECT s.email, s.name FROM "
                     "un_sign s WHERE s.id > 0";
+    const char *eq = "SELECT c.email, c.name FROM un_cust c EXCEPT SELECT s.email, s.name FROM "
+                     "un_sign s";
+    const char *iq = "SELECT c.email, c.name FROM un_cust c INTERSECT SELECT s.email, s.name FROM "
+                     "un_sign s";
     th_sql(conn,
            "CREATE TABLE un_cust (id int PRIMARY KEY, email text, name text);"
            "CREATE TABLE un_sign (id int PRIMARY KEY, email text, name text);"
@@ -2626,6 +2645,8 @@ check_union(const char *url, PGconn *conn)
            "INSERT INTO un_sign VALUES (1, 'a@x', 'ann'), (2, 'd@x', 'dan'),"
            "  (3, NULL, 'nobody')");
     create_differential(url, conn, "un_list", q);
+    create_differential(url, conn, "un_except", eq);
+    create_differential(url, conn, "un_inter", iq);
     expect_text(th_sql_text(conn, "SELECT string_agg(property || ': ' || value, ' | ' ORDER BY "
                                   "property) FROM sluice.explain_stream_table('un_list') WHERE "
                                   "property IN ('row identity', 'effective mode')"),
@@ -2654,6 +2675,23 @@ check_union(const char *url, PGconn *conn)
                 "insert|null|{\"name\": \"nobody\", \"email\": \"f@x\"}",
                 "bob, dan and nobody without an address out, bobby, eve and nobody at f@x in; "
                 "ann and c@x unchanged");
+    /* Customers that are not signups: bob was (renamed), c@x stops being
+     * (a signup has it now). Both: ann stops, c@x starts. */
+    TH_ASSERT(refresh(conn, "un_except") > 0 && refresh(conn, "un_inter") > 0,
+              "the EXCEPT and the INTERSECT are refreshed");
+    expect_text(th_sql_text(conn, "SELECT string_agg(last_refresh_mode, ',' ORDER BY name) FROM "
+                                  "sluice.stream_table_catalog WHERE name IN ('un_except', "
+                                  "'un_inter')"),
+                "differential,differential", "both refreshed differentially");
+    expect_text(deltas_since(conn, "un_except", before),
+                "delete|{\"name\": \"bob\", \"email\": \"b@x\"}|null\n"
+                "delete|{\"name\": null, \"email\": \"c@x\"}|null\n"
+                "insert|null|{\"name\": \"bobby\", \"email\": \"b@x\"}",
+                "EXCEPT: bob and c@x out, bobby in");
+    expect_text(deltas_since(conn, "un_inter", before),
+                "delete|{\"name\": \"ann\", \"email\": \"a@x\"}|null\n"
+                "insert|null|{\"name\": null, \"email\": \"c@x\"}",
+                "INTERSECT: ann out, c@x in");
     TH_ASSERT(diff_from_query(conn, "un_list", "email, name", q) == 0, "un_list equals its query");
 
     /* ann's last source goes; a row of NULLs comes in. */
@@ -2667,7 +2705,16 @@ check_union(const char *url, PGconn *conn)
     TH_ASSERT(diff_from_query(conn, "un_list", "email, name", q) == 0,
               "un_list equals its query again");
     TH_ASSERT(diff_from_replay(conn, "un_list") == 0, "replaying the deltas rebuilds it");
-    th_sql(conn, "SELECT sluice.drop_stream_table('un_list'); DROP TABLE un_cust, un_sign");
+    TH_ASSERT(refresh(conn, "un_except") > 0, "the EXCEPT gains the row of NULLs");
+    expect_no_refresh(conn, "un_inter");
+    TH_ASSERT(diff_from_query(conn, "un_except", "email, name", eq) == 0 &&
+                  diff_from_query(conn, "un_inter", "email, name", iq) == 0,
+              "the EXCEPT and the INTERSECT equal their queries");
+    TH_ASSERT(diff_from_replay(conn, "un_except") == 0 && diff_from_replay(conn, "un_inter") == 0,
+              "replaying their deltas rebuilds them");
+    th_sql(conn, "SELECT sluice.drop_stream_table('un_list'); SELECT "
+                 "sluice.drop_stream_table('un_except'); SELECT "
+                 "sluice.drop_stream_table('un_inter'); DROP TABLE un_cust, un_sign");
 }
 
 /* A stream table is computed with the settings of the session that made

@@ -311,6 +311,12 @@ static const st_def_t sts[] = {
      "WITH u AS (SELECT a.k, a.v FROM a UNION SELECT b.a_k, b.w FROM b WHERE b.w IS DISTINCT FROM "
      "3 UNION SELECT c.b_id % 4, 7 FROM c) SELECT u.k, u.v FROM u WHERE u.k IS NULL OR u.k <> 2",
      NULL},
+    /* EXCEPT and INTERSECT without ALL (migration 28), keyed by all
+     * their columns like a UNION. */
+    {"p_except", "k, v", "SELECT a.k, a.v FROM a EXCEPT SELECT b.a_k, b.w FROM b", NULL},
+    {"p_intersect", "k",
+     "SELECT a.k FROM a WHERE a.v IS DISTINCT FROM 2 INTERSECT SELECT b.a_k FROM b WHERE b.w > 1",
+     NULL},
     /* Subqueries in the select list (migration 25), correlated on a
      * column with NULLs. (One over a LEFT JOIN's NULL-extended side was
      * the costliest shape of the run, about 58 s of 750 in CI, and is left

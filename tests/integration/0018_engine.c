@@ -90,7 +90,7 @@ main(void)
                  "amount, ''order'' AS kind FROM orders UNION ALL SELECT id, id, NULL::int, "
                  "''customer'' FROM customers', schedule => '100 ms')");
     th_sql(conn, "SELECT sluice.create_stream_table('who', 'SELECT customer_id FROM orders "
-                 "INTERSECT SELECT id FROM customers', schedule => '100 ms')");
+                 "INTERSECT ALL SELECT id FROM customers', schedule => '100 ms')");
     th_sql(conn, "SELECT sluice.create_stream_table('big', 'SELECT count(*) AS n, sum(amount) AS "
                  "s FROM orders WHERE amount > 100', schedule => '100 ms')");
     th_sql(conn, "SELECT sluice.create_stream_table('top_sub', 'SELECT s.id, s.amount FROM "
@@ -112,14 +112,14 @@ main(void)
     th_sql(lis, "LISTEN totals_changed");
 
     /* Decided at creation, before any engine runs: the outer query's LIMIT
-     * and INTERSECT (migration 15), a LIMIT in a subquery in FROM (16). */
+     * and INTERSECT ALL (migration 15), a LIMIT in a subquery in FROM (16). */
     char *mode = th_sql_text(conn, "SELECT string_agg(name || '|' || effective_mode || '|' || "
                                    "fallback_reason, ', ' ORDER BY name) FROM "
                                    "sluice.stream_table_catalog WHERE name IN ('top', 'top_sub', "
                                    "'who') AND analyzed_query = query");
     TH_ASSERT(mode != NULL && strncmp(mode, "top|full|LIMIT", 14) == 0 &&
                   strstr(mode, ", top_sub|full|the subquery in FROM: LIMIT") != NULL &&
-                  strstr(mode, ", who|full|INTERSECT and EXCEPT") != NULL,
+                  strstr(mode, ", who|full|INTERSECT ALL and EXCEPT ALL") != NULL,
               "the LIMIT, subquery and INTERSECT queries are FULL from creation, with the reason "
               "(%s)",
               mode ? mode : "NULL");

@@ -421,11 +421,39 @@ static const analyze_row_t rows[] = {
      "SELECT orders.id\n   FROM public.orders\n  WHERE (EXISTS ( SELECT 1\n           FROM r\n   "
      "       WHERE (r.order_id = orders.id)))",
      KEYS("id"), .mode = FULL, .field = REASON, .want = "subqueries in expressions"},
-    {"intersect_full",
+    /* INTERSECT and EXCEPT (without ALL): the same, the recomputed rows
+     * combined by the set operation; the affected rows still united. */
+    {"intersect_recompute",
      " SELECT orders.id\n   FROM public.orders\nINTERSECT\n SELECT refunds.id\n   FROM "
      "public.refunds",
+     KEYS("id"), .mode = DIFF, .field = RECOMPUTE, .want = ")) INTERSECT ((SELECT refunds.id"},
+    {"except_affected_united",
+     " SELECT orders.id\n   FROM public.orders\nEXCEPT\n SELECT refunds.order_id AS id\n   FROM "
+     "public.refunds",
+     KEYS("id"), .mode = DIFF, .field = AFFECTED,
+     .want = " UNION SELECT \"__sluice_b\".\"id\" AS \"id\" FROM (SELECT DISTINCT "
+             "(refunds.order_id) AS \"id\""},
+    {"except_recompute",
+     " SELECT orders.id\n   FROM public.orders\nEXCEPT\n SELECT refunds.order_id AS id\n   FROM "
+     "public.refunds",
+     KEYS("id"), .mode = DIFF, .field = RECOMPUTE, .want = ")) EXCEPT ((SELECT refunds.order_id"},
+    {"union_then_except_full",
+     " SELECT orders.id\n   FROM public.orders\nUNION\n SELECT customers.id\n   FROM "
+     "public.customers\nEXCEPT\n SELECT refunds.order_id AS id\n   FROM public.refunds",
      KEYS("id"), .mode = FULL, .field = REASON,
-     .want = "^INTERSECT and EXCEPT are refreshed in full"},
+     .want = "^UNION, INTERSECT and EXCEPT (without ALL) are refreshed differentially as a chain "
+             "of one of them"},
+    {"except_branch_groups_full",
+     " SELECT orders.customer_id AS id\n   FROM public.orders\nEXCEPT\n SELECT refunds.order_id "
+     "AS id\n   FROM public.refunds\n  GROUP BY refunds.order_id",
+     KEYS("id"), .mode = FULL, .field = REASON,
+     .want = "^EXCEPT branch 2 groups or aggregates (GROUP BY, HAVING or an aggregate, in it or in "
+             "a subquery in its FROM): inside an EXCEPT"},
+    {"intersect_all_full",
+     " SELECT orders.id\n   FROM public.orders\nINTERSECT ALL\n SELECT refunds.id\n   FROM "
+     "public.refunds",
+     KEYS("id"), .mode = FULL, .field = REASON,
+     .want = "^INTERSECT ALL and EXCEPT ALL are refreshed in full"},
     /* UNION (without ALL): keyed by all its columns, each query analysed
      * with those keys, affected rows and recomputed rows united. */
     {"union_affected_each_query", UNION_Q, KEYS("id", "what"), .mode = DIFF, .field = AFFECTED,
@@ -458,9 +486,10 @@ static const analyze_row_t rows[] = {
      "(\n SELECT orders.id\n   FROM public.orders\nUNION ALL\n SELECT refunds.id\n   FROM "
      "public.refunds\n) UNION\n SELECT customers.id\n   FROM public.customers",
      KEYS("id"), .mode = FULL, .field = REASON,
-     .want = "^UNION (without ALL) is refreshed differentially as a chain of UNIONs"},
+     .want = "^UNION, INTERSECT and EXCEPT (without ALL) are refreshed differentially"},
     {"union_order_by_full", UNION_Q "\n  ORDER BY 1", KEYS("id", "what"), .mode = FULL,
-     .field = REASON, .want = "^UNION (without ALL) is refreshed differentially"},
+     .field = REASON,
+     .want = "^UNION, INTERSECT and EXCEPT (without ALL) are refreshed differentially"},
     {"union_query_groups_full",
      UNION_Q "\nUNION\n SELECT refunds.order_id AS id,\n    (count(*))::text AS what\n   FROM "
              "public.refunds\n  GROUP BY refunds.order_id",
