@@ -87,7 +87,7 @@
  *     recomputed ones united (analyze_distinct_setop); a chain of
  *     INTERSECTs or of EXCEPTs the same, the recomputed rows combined by
  *     it.
- * INTERSECT, EXCEPT, subqueries elsewhere, window functions without
+ * INTERSECT ALL, EXCEPT ALL, subqueries elsewhere, window functions without
  * PARTITION BY, LIMIT and the rest are refreshed in full, and the reason
  * says so. docs/stream-tables.md
  * ("What is refreshed differentially") has the argument in prose.
@@ -2941,8 +2941,8 @@ article(const char *setop)
     return setop[0] == 'U' ? "a" : "an";
 }
 
-/* Analyses branch i (from 1) of a set operation (setop: "UNION ALL" or
- * "UNION") into *ba. SL_OK and *reason NULL: differential by its rows (ba
+/* Analyses branch i (from 1) of a set operation (setop: "UNION ALL",
+ * "UNION", "INTERSECT" or "EXCEPT") into *ba. SL_OK and *reason NULL: differential by its rows (ba
  * to free); SL_OK and *reason set (in why): not (FULL, or refreshed by
  * units of its own, which a branch cannot be), ba freed; else an error. */
 static int
