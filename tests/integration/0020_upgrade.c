@@ -59,7 +59,10 @@
  *      loses that reason too, keeps the identity it was created with, and
  *      is keyed by its DISTINCT ON column once re-validated. A UNION
  *      without ALL (st_union), FULL by migration 15's reason, has none
- *      after migration 28 (refresh/sql/0028_union.sql). Migration 29
+ *      after migration 28 (refresh/sql/0028_union.sql); an EXCEPT
+ *      (st_except) loses that reason too but keeps the content identity it
+ *      was created with (FULL, with the reason to re-validate it), and is
+ *      keyed by its column once re-validated. Migration 29
  *      (refresh/sql/0029_session_settings.sql) records the settings every
  *      stream table is refreshed with.
  *   5. `sluice engine --once` analyses every stream table again (they are
@@ -423,6 +426,8 @@ main(void)
                  "g.grp', schedule => '1 hour')");
     th_sql(conn, "SELECT sluice.create_stream_table('st_don', 'SELECT DISTINCT ON (grp) grp, id, "
                  "n FROM items ORDER BY grp, n DESC, id', schedule => '1 hour')");
+    th_sql(conn, "SELECT sluice.create_stream_table('st_except', 'SELECT grp FROM items EXCEPT "
+                 "SELECT grp FROM groups WHERE o > 2', schedule => '1 hour')");
 
     /* Changes no refresh consumes before the upgrade. */
     th_sql(conn, "INSERT INTO items SELECT i, mod(i, 20) + 1, i, 'o' || i "
@@ -542,8 +547,10 @@ main(void)
     TH_ASSERT(th_sql_int(conn,
                          "SELECT count(*) FROM sluice.stream_table_catalog WHERE "
                          "(analyzed_query IS NOT NULL AND name NOT LIKE 'st_vol%%' AND "
-                         "name NOT IN ('st_rj', 'st_lc', 'st_jg')) OR branches IS NOT NULL") == 0,
-              "migration 9 cleared the stored analysis (and no stream table has branches)");
+                         "name NOT IN ('st_rj', 'st_lc', 'st_jg', 'st_except')) OR branches IS NOT "
+                         "NULL") == 0,
+              "migration 9 cleared the stored analysis (and no stream table has branches; "
+              "st_except, without a row identity, is decided FULL)");
 
     /* Migration 15: the volatile function decides FULL without the engine. */
     char *why = th_sql_text(conn,
@@ -644,6 +651,35 @@ main(void)
               why ? why : "NULL");
     free(why);
     th_sql(conn, "SELECT sluice.drop_stream_table('st_don')");
+
+    /* Migration 28: st_except, an EXCEPT, FULL by migration 15's reason,
+     * loses it but keeps the content identity it was created with: FULL
+     * with migration 26's reason; re-validated, it is keyed by its column
+     * and left to the engine. */
+    why = th_sql_text(conn, "SELECT coalesce(query_fallback, 'none') || ' | ' || "
+                            "coalesce(effective_mode, 'none') || ' | ' || "
+                            "coalesce(key_columns::text, 'none') || ' | ' || "
+                            "coalesce(fallback_reason, 'none') FROM sluice.stream_table_catalog "
+                            "WHERE name = 'st_except'");
+    TH_ASSERT(why != NULL &&
+                  strncmp(why,
+                          "none | full | none | rows have no key (content identity): the stream "
+                          "table was created before sluice gave its query a row identity; "
+                          "re-validate it",
+                          146) == 0,
+              "st_except: migration 28 took back the reason, FULL for its identity (%s)",
+              why ? why : "NULL");
+    free(why);
+    th_sql(conn, "SELECT sluice.alter_stream_table('st_except', query => (SELECT query_as_given "
+                 "FROM sluice.stream_table_catalog WHERE name = 'st_except'))");
+    why = th_sql_text(conn, "SELECT coalesce(key_columns::text, 'none') || ' | ' || "
+                            "coalesce(fallback_reason, 'none') FROM sluice.stream_table_catalog "
+                            "WHERE name = 'st_except'");
+    TH_ASSERT(why != NULL && strcmp(why, "{grp} | none") == 0,
+              "st_except: re-validated, it is keyed by grp and left to the engine (%s)",
+              why ? why : "NULL");
+    free(why);
+    th_sql(conn, "SELECT sluice.drop_stream_table('st_except')");
 
     /* Migration 17: st_derived, which 16 decided FULL, is the engine's again. */
     TH_ASSERT(th_sql_int(conn,
