@@ -3293,8 +3293,8 @@ analyze_distinct_setop(const sl_analyze_in_t *in, const cJSON *sel, sl_analysis_
     const char *first[MAX_TARGETS];
     int ncols = target_names(leaf[0], first, MAX_TARGETS);
     if (!in->has_keys || in->nkeys == 0 || ncols != (int)in->nkeys) {
-        *reason = "rows have no key (content identity): a UNION's rows are keyed by all of its "
-                  "columns, which this stream table was not given";
+        *reason = "rows have no key (content identity): the rows of a UNION, INTERSECT or EXCEPT "
+                  "are keyed by all of its columns, which this stream table was not given";
         return SL_OK;
     }
     int pos[MAX_TARGETS];

@@ -552,8 +552,8 @@ static const analyze_row_t rows[] = {
      KEYS("k", "one"), .mode = FULL, .field = REASON,
      .want = "the subquery in FROM: UNION branch 2: its columns 1 and 2 are both named x"},
     {"union_without_identity_full", UNION_Q, .no_identity = true, .mode = FULL, .field = REASON,
-     .want =
-         "^rows have no key (content identity): a UNION's rows are keyed by all of its columns"},
+     .want = "^rows have no key (content identity): the rows of a UNION, INTERSECT or EXCEPT are "
+             "keyed by all of its columns"},
     {"requested_full",
      " SELECT orders.customer_id,\n    sum(orders.amount) AS total\n   FROM public.orders\n  "
      "GROUP BY orders.customer_id",
