@@ -548,6 +548,16 @@ figure_colname(const cJSON *val)
     return NULL;
 }
 
+/* The name of select-list entry rt (a ResTarget) in the query's output:
+ * its AS name, or the one PostgreSQL gives a column or a function call;
+ * NULL when it gives another (?column?). */
+static const char *
+target_name(const cJSON *rt)
+{
+    return str(rt, "name") != NULL ? str(rt, "name")
+                                   : figure_colname(cJSON_GetObjectItemCaseSensitive(rt, "val"));
+}
+
 /* ------------------------------------------------------------------------ */
 /* Subqueries in expressions                                                 */
 /* ------------------------------------------------------------------------ */
@@ -1408,7 +1418,7 @@ map_keys(const char *q, const toks_t *t, const clauses_t *c, const cJSON *sel,
                 continue;
             }
             const char *name = str(rt, "name");
-            const char *col = name != NULL ? name : figure_colname(val);
+            const char *col = target_name(rt);
             if (col == NULL || strcmp(col, in->keys[k]) != 0)
                 continue;
             target_key(q, t, spans[i], name != NULL, in->keys[k], &keys[k]);
@@ -1760,8 +1770,7 @@ algebraic_aggs(const cJSON *sel, const sl_analyze_in_t *in, const rel_t *rel, ag
     const cJSON *tgt;
     cJSON_ArrayForEach (tgt, cJSON_GetObjectItemCaseSensitive(sel, "targetList")) {
         const cJSON *rt = node(tgt, "ResTarget");
-        const cJSON *val = cJSON_GetObjectItemCaseSensitive(rt, "val");
-        const char *name = str(rt, "name") != NULL ? str(rt, "name") : figure_colname(val);
+        const char *name = target_name(rt);
         bool key = false;
         for (size_t k = 0; k < in->nkeys && name != NULL && !key; k++)
             key = strcmp(name, in->keys[k]) == 0;
@@ -2147,9 +2156,7 @@ gen_algebraic(out_t *o, const char *q, const toks_t *t, const clauses_t *c, cons
             outid(o, a->v[j++].out);
         } else {
             const cJSON *rt = node(tgt, "ResTarget");
-            const char *name = str(rt, "name") != NULL
-                                   ? str(rt, "name")
-                                   : figure_colname(cJSON_GetObjectItemCaseSensitive(rt, "val"));
+            const char *name = target_name(rt);
             outf(o, "\"__sluice_j\".");
             outid(o, name);
         }
@@ -2795,14 +2802,11 @@ window_units(const char *q, const toks_t *t, const clauses_t *c, const cJSON *se
             const cJSON *tgt;
             cJSON_ArrayForEach (tgt, targets) {
                 const cJSON *rt = node(tgt, "ResTarget");
-                const char *name = str(rt, "name");
-                const char *out = name != NULL
-                                      ? name
-                                      : figure_colname(cJSON_GetObjectItemCaseSensitive(rt, "val"));
+                const char *out = target_name(rt);
                 if (all && out != NULL && i < nspans && nspans == cJSON_GetArraySize(targets) &&
                     same_tree(cJSON_GetObjectItemCaseSensitive(rt, "val"), item)) {
                     units[*nunits].tree = item;
-                    target_key(q, t, spans[i], name != NULL, out, &units[(*nunits)++]);
+                    target_key(q, t, spans[i], str(rt, "name") != NULL, out, &units[(*nunits)++]);
                     break;
                 }
                 i++;
@@ -3189,9 +3193,7 @@ target_names(const cJSON *sel, const char **names, int max)
         if (n == max)
             return -1;
         const cJSON *rt = node(tgt, "ResTarget");
-        names[n++] = str(rt, "name") != NULL
-                         ? str(rt, "name")
-                         : figure_colname(cJSON_GetObjectItemCaseSensitive(rt, "val"));
+        names[n++] = target_name(rt);
     }
     return n;
 }
@@ -4063,9 +4065,7 @@ analyze_joined(const sl_analyze_in_t *in, const cJSON *sel, from_t *f, const tok
             return SL_OK;
         }
         const cJSON *rt = node(tgt, "ResTarget");
-        const char *name = str(rt, "name");
-        dcols[ndcols++] =
-            name != NULL ? name : figure_colname(cJSON_GetObjectItemCaseSensitive(rt, "val"));
+        dcols[ndcols++] = target_name(rt);
     }
     if (group != NULL) {
         cJSON_ArrayForEach (item, group) {
@@ -4669,9 +4669,7 @@ distinct_on_window(const char *q, const cJSON *sel, char **out, int *rc, sl_err_
     int i = 0;
     cJSON_ArrayForEach (item, tl) {
         const cJSON *rt = node(item, "ResTarget");
-        const char *name = str(rt, "name");
-        if (name == NULL)
-            name = figure_colname(cJSON_GetObjectItemCaseSensitive(rt, "val"));
+        const char *name = target_name(rt);
         for (int j = 0; j < i && name != NULL; j++)
             if (strcmp(names[j], name) == 0)
                 name = NULL;
