@@ -1536,27 +1536,41 @@ filter_nonnull(out_t *o, const char *q, const sl_analyze_in_t *in, const keyexpr
     outf(o, ")");
 }
 
-/* Appends md5(jsonb_build_array(<keys>)::text), from the query's expressions
- * (query = true) or from the columns of __sluice_aff. */
-static void
-out_key_hash(out_t *o, const char *q, const sl_analyze_in_t *in, const keyexpr_t *keys, bool query)
+/* The form of key column col where keys are compared as JSON (NULL: the
+ * value as it is). */
+static const sl_analyze_keyform_t *
+keyform(const sl_analyze_in_t *in, const char *col)
 {
-    outf(o, "md5(jsonb_build_array(");
+    for (size_t i = 0; i < in->nkeyforms; i++)
+        if (strcmp(in->keyforms[i].col, col) == 0)
+            return &in->keyforms[i];
+    return NULL;
+}
+
+/* Appends jsonb_build_array(<keys>), from the query's expressions (query =
+ * true) or from the columns of __sluice_aff, each in its key form: equal
+ * keys give equal JSON, NULLs included. */
+static void
+out_key_json(out_t *o, const char *q, const sl_analyze_in_t *in, const keyexpr_t *keys, bool query)
+{
+    outf(o, "jsonb_build_array(");
     for (size_t k = 0; k < in->nkeys; k++) {
-        outf(o, "%s", k ? ", " : "");
+        const sl_analyze_keyform_t *f = keyform(in, keys[k].col);
+        outf(o, "%s%s", k ? ", " : "", f != NULL ? f->open : "");
         if (query)
             out_key(o, q, &keys[k]);
         else
             outid(o, keys[k].col);
+        outf(o, "%s", f != NULL ? f->close : "");
     }
-    outf(o, ")::text)");
+    outf(o, ")");
 }
 
 static void
 filter_null(out_t *o, const char *q, const sl_analyze_in_t *in, const keyexpr_t *keys)
 {
     /* Keys with a NULL part cannot be found with = or IN. They are compared
-     * through a hash of their JSON form instead, and no key expression is
+     * as JSON instead (hashable), and no key expression is
      * written inside a subquery over __sluice_aff, where a bare column name
      * could bind to one of its columns. The first conjunct is an InitPlan:
      * when no affected key has a NULL part, PostgreSQL skips this half
@@ -1576,9 +1590,9 @@ filter_null(out_t *o, const char *q, const sl_analyze_in_t *in, const keyexpr_t 
         outf(o, " IS NULL");
     }
     outf(o, ") AND ");
-    out_key_hash(o, q, in, keys, true);
+    out_key_json(o, q, in, keys, true);
     outf(o, " = ANY (ARRAY(SELECT ");
-    out_key_hash(o, q, in, keys, false);
+    out_key_json(o, q, in, keys, false);
     outf(o, " FROM ");
     out_aff(o, in);
     outf(o, "))");
@@ -2118,7 +2132,8 @@ gen_algebraic(out_t *o, const char *q, const toks_t *t, const clauses_t *c, cons
     for (size_t k = 0; k < in->nkeys; k++)
         outf(o, "%s%zu", k ? ", " : "", k + 1);
     /* With each group's stored row (none: the group was empty). The keys
-     * are compared as JSON, which equates NULLs and can be hashed. */
+     * are compared as JSON, which equates NULLs and can be hashed, each in
+     * its key form (a stored 1.0 and a changed row's 1.00 are one group). */
     outf(o, "), \"__sluice_dk\" AS (SELECT \"__sluice_d\".*, \"__sluice_s\".\"__sluice_row_id\" "
             "IS NOT NULL AS \"__sluice_had\"");
     for (size_t j = 0; j < a->n; j++) {
@@ -2131,8 +2146,11 @@ gen_algebraic(out_t *o, const char *q, const toks_t *t, const clauses_t *c, cons
     for (int side = 0; side < 2; side++) {
         outf(o, "%sjsonb_build_array(", side ? " = " : "");
         for (size_t k = 0; k < in->nkeys; k++) {
-            outf(o, "%s%s.", k ? ", " : "", side ? "\"__sluice_d\"" : "\"__sluice_s\"");
+            const sl_analyze_keyform_t *f = keyform(in, keys[k].col);
+            outf(o, "%s%s%s.", k ? ", " : "", f != NULL ? f->open : "",
+                 side ? "\"__sluice_d\"" : "\"__sluice_s\"");
             outid(o, keys[k].col);
+            outf(o, "%s", f != NULL ? f->close : "");
         }
         outf(o, ")");
     }
@@ -3023,7 +3041,9 @@ analyze_union(const sl_analyze_in_t *in, const cJSON *sel, sl_analysis_t *a, cha
                                .has_keys = true,
                                .sources = in->sources,
                                .nsources = in->nsources,
-                               .rooted_keys = true};
+                               .rooted_keys = true,
+                               .keyforms = in->keyforms,
+                               .nkeyforms = in->nkeyforms};
         sl_analysis_t ba;
         rc = analyze_branch(&bin, "UNION ALL", i + 1, &ba, why, n, reason, err);
         if (rc != SL_OK || *reason != NULL)
@@ -3391,7 +3411,9 @@ analyze_distinct_setop(const sl_analyze_in_t *in, const cJSON *sel, sl_analysis_
                                .nsources = in->nsources,
                                .aff_rel = renamed ? aff_rel : in->aff_rel,
                                .rooted_keys = true,
-                               .in_subquery = in->in_subquery};
+                               .in_subquery = in->in_subquery,
+                               .keyforms = renamed ? NULL : in->keyforms,
+                               .nkeyforms = renamed ? 0 : in->nkeyforms};
         sl_analysis_t ba;
         rc = analyze_branch(&bin, word, i + 1, &ba, why, n, reason, err);
         free(part);
@@ -3603,9 +3625,17 @@ derived_units(const sl_analyze_in_t *in, const cJSON *sel, const char *alias, sl
     if (uaff == NULL)
         return SL_ENOMEM;
     sin->aff_rel = uaff;
+    /* Under the inner names, which may be the stream table's names of
+     * other columns: no key forms. */
+    const sl_analyze_keyform_t *forms = sin->keyforms;
+    size_t nforms = sin->nkeyforms;
+    sin->keyforms = NULL;
+    sin->nkeyforms = 0;
     sl_err_t e;
     sl_err_clear(&e);
     int rc = sl_analyze(sin, sb, &e);
+    sin->keyforms = forms;
+    sin->nkeyforms = nforms;
     if (rc != SL_OK) {
         *err = e;
     } else if (strcmp(sb->mode, "differential") != 0 || sb->unit_columns == NULL) {
@@ -3714,7 +3744,9 @@ analyze_derived(const sl_analyze_in_t *in, const cJSON *sel, const cJSON *rs, co
                            .nsources = in->nsources,
                            .aff_rel = renamed ? aff_rel : in->aff_rel,
                            .rooted_keys = in->rooted_keys,
-                           .in_subquery = true};
+                           .in_subquery = true,
+                           .keyforms = renamed ? NULL : in->keyforms,
+                           .nkeyforms = renamed ? 0 : in->nkeyforms};
     sl_analysis_t sa, sb = {0};
     sl_err_t e;
     sl_err_clear(&e);

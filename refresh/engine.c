@@ -152,7 +152,13 @@ engine_on_signal(int sig)
     "          JOIN pg_class k ON k.oid = s.relid "                                                \
     "          JOIN pg_namespace n ON n.oid = k.relnamespace "                                     \
     "         WHERE s.stream_table_id = c.id), "                                                   \
-    "       c.branches "                                                                           \
+    "       c.branches, "                                                                          \
+    "       (SELECT coalesce(json_agg(json_build_array(a.attname, split_part(f.v, chr(1), 1), "    \
+    "                                 split_part(f.v, chr(1), 2)) ORDER BY a.attnum), '[]') "      \
+    "          FROM pg_attribute a "                                                               \
+    "         CROSS JOIN LATERAL sluice._st_key_value_sql(chr(1), a.atttypid, a.atttypmod) f(v) "  \
+    "         WHERE a.attrelid = c.relid AND a.attnum > 0 AND NOT a.attisdropped "                 \
+    "           AND f.v <> chr(1)) "                                                               \
     "  FROM sluice.stream_table_catalog c "                                                        \
     " WHERE c.analyzed_query IS DISTINCT FROM c.query ORDER BY c.id"
 
@@ -420,6 +426,30 @@ parse_branches(const char *text, cJSON **json, sl_analyze_branch_t **out, size_t
     return SL_OK;
 }
 
+/* The key forms of the stream table's columns (JSON array of [column,
+ * open, close]; see sl_analyze_keyform_t); strings point into *json. */
+static int
+parse_keyforms(const char *text, cJSON **json, sl_analyze_keyform_t **out, size_t *n, sl_err_t *err)
+{
+    *out = NULL;
+    *n = 0;
+    if ((*json = cJSON_Parse(text)) == NULL || !cJSON_IsArray(*json))
+        return sl_err_set(err, SL_ERR, "unexpected key forms of the stream table's columns");
+    size_t cnt = (size_t)cJSON_GetArraySize(*json);
+    if ((*out = calloc(cnt > 0 ? cnt : 1, sizeof **out)) == NULL)
+        return sl_err_nomem(err, "the key forms");
+    const cJSON *e;
+    cJSON_ArrayForEach (e, *json) {
+        sl_analyze_keyform_t *f = &(*out)[(*n)++];
+        f->col = cJSON_GetStringValue(cJSON_GetArrayItem(e, 0));
+        f->open = cJSON_GetStringValue(cJSON_GetArrayItem(e, 1));
+        f->close = cJSON_GetStringValue(cJSON_GetArrayItem(e, 2));
+        if (f->col == NULL || f->open == NULL || f->close == NULL)
+            return sl_err_set(err, SL_ERR, "unexpected key forms of the stream table's columns");
+    }
+    return SL_OK;
+}
+
 static void
 free_branches(sl_analyze_branch_t *v, size_t n)
 {
@@ -436,14 +466,18 @@ engine_analyse_one(PGconn *conn, PGresult *res, int r, sl_err_t *err)
     const char *name = PQgetvalue(res, r, 1);
     char **keys = NULL;
     size_t nkeys = 0, nsrcs = 0, nbranches = 0;
-    cJSON *json = NULL, *bjson = NULL;
+    size_t nforms = 0;
+    cJSON *json = NULL, *bjson = NULL, *fjson = NULL;
     sl_analyze_src_t *srcs = NULL;
     sl_analyze_branch_t *branches = NULL;
+    sl_analyze_keyform_t *forms = NULL;
     int rc = parse_text_array(PQgetvalue(res, r, 4), &keys, &nkeys, err);
     if (rc == SL_OK)
         rc = parse_sources(PQgetvalue(res, r, 6), &json, &srcs, &nsrcs, err);
     if (rc == SL_OK)
         rc = parse_branches(PQgetvalue(res, r, 7), &bjson, &branches, &nbranches, err);
+    if (rc == SL_OK)
+        rc = parse_keyforms(PQgetvalue(res, r, 8), &fjson, &forms, &nforms, err);
     sl_analysis_t a = {0};
     char old_rel[64]; /* sluice._refresh's stored rows of the affected units */
     snprintf(old_rel, sizeof old_rel, "pg_temp.\"__sluice_old_%s\"", id);
@@ -459,6 +493,8 @@ engine_analyse_one(PGconn *conn, PGresult *res, int r, sl_err_t *err)
             .branches = branches,
             .nbranches = nbranches,
             .old_rel = old_rel,
+            .keyforms = forms,
+            .nkeyforms = nforms,
         };
         rc = sl_analyze(&in, &a, err);
         if (rc != SL_OK)
@@ -482,8 +518,10 @@ engine_analyse_one(PGconn *conn, PGresult *res, int r, sl_err_t *err)
     sl_analysis_free(&a);
     free_sources(srcs, nsrcs);
     free_branches(branches, nbranches);
+    free(forms);
     cJSON_Delete(json);
     cJSON_Delete(bjson);
+    cJSON_Delete(fjson);
     free_strs(keys, nkeys);
     return rc;
 }

@@ -38,6 +38,14 @@ typedef struct sl_analyze_branch {
     size_t nkeys;
 } sl_analyze_branch_t;
 
+/* How a value of a stream-table column is written where keys are compared
+ * as JSON, so that equal values print alike: open, the value, close
+ * (sluice._st_key_value_sql; trim_scale( ... ) for a numeric without a
+ * scale, justify_interval( ... ) for an interval, ...). */
+typedef struct sl_analyze_keyform {
+    const char *col, *open, *close;
+} sl_analyze_keyform_t;
+
 /* What the analyzer is told about a stream table (from the catalog). */
 typedef struct sl_analyze_in {
     const char *query;       /* the defining query */
@@ -69,6 +77,13 @@ typedef struct sl_analyze_in {
      * analyze_joined): subqueries in its expressions are refused (those
      * in WHERE are followed only in a stream table's query or a branch). */
     bool in_subquery;
+    /* The forms of the stream table's columns whose equal values can print
+     * differently (none: every column prints equal values alike). They
+     * apply to keys named like those columns: the stream table's keys, a
+     * UNION ALL branch's and the units. An analysis under other names
+     * (aff_rel renamed) is given none. */
+    const sl_analyze_keyform_t *keyforms;
+    size_t nkeyforms;
 } sl_analyze_in_t;
 
 /* The analysis, as sluice._set_analysis stores it. Strings owned. */
