@@ -317,6 +317,18 @@ static const st_def_t sts[] = {
     {"p_intersect", "k",
      "SELECT a.k FROM a WHERE a.v IS DISTINCT FROM 2 INTERSECT SELECT b.a_k FROM b WHERE b.w > 1",
      NULL},
+    /* Keys whose equal values print differently (migration 30): a numeric
+     * without a scale, 3 from one row and 3.00 from another, and intervals
+     * of 2 days and 48 hours. Compared in forms that print them alike:
+     * which of two equal values a group shows is PostgreSQL's choice. */
+    {"p_equal_numeric", "trim_scale(kn), n, sv",
+     "SELECT CASE WHEN a.id % 2 = 0 THEN a.k::numeric ELSE round(a.k::numeric, 2) END AS kn, "
+     "count(*) AS n, sum(a.v) AS sv FROM a GROUP BY 1",
+     NULL},
+    {"p_equal_interval", "justify_interval(iv)",
+     "SELECT CASE WHEN a.id % 3 = 0 THEN make_interval(days => a.v) ELSE make_interval(hours => "
+     "24 * a.v) END AS iv FROM a UNION SELECT make_interval(hours => 24 * b.w) FROM b",
+     NULL},
     /* Subqueries in the select list (migration 25), correlated on a
      * column with NULLs. (One over a LEFT JOIN's NULL-extended side was
      * the costliest shape of the run, about 58 s of 750 in CI, and is left

@@ -428,6 +428,10 @@ main(void)
                  "n FROM items ORDER BY grp, n DESC, id', schedule => '1 hour')");
     th_sql(conn, "SELECT sluice.create_stream_table('st_except', 'SELECT grp FROM items EXCEPT "
                  "SELECT grp FROM groups WHERE o > 2', schedule => '1 hour')");
+    th_sql(conn, "CREATE TABLE prices (id int PRIMARY KEY, p numeric);"
+                 "INSERT INTO prices VALUES (1, 1.50), (2, 2), (3, 3.0), (4, NULL)");
+    th_sql(conn, "SELECT sluice.create_stream_table('st_price', 'SELECT p, count(*) AS n FROM "
+                 "prices GROUP BY p', schedule => '1 hour')");
 
     /* Changes no refresh consumes before the upgrade. */
     th_sql(conn, "INSERT INTO items SELECT i, mod(i, 20) + 1, i, 'o' || i "
@@ -680,6 +684,43 @@ main(void)
               why ? why : "NULL");
     free(why);
     th_sql(conn, "SELECT sluice.drop_stream_table('st_except')");
+
+    /* Migration 30: st_price, keyed by a numeric without a scale, keeps
+     * the ids it was created with (md5 of the values as printed); every
+     * other stream table hashes keys in their equal form, which gives them
+     * the same ids. Given its query again, st_price gets that form: the
+     * rows of 1.50 and 3.0 leave under their old ids and come back under
+     * the new ones (those of 1.5 and 3); 2 and NULL keep theirs. */
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice.stream_table_catalog WHERE "
+                               "identity_version = 1") == 1 &&
+                  th_sql_int(conn, "SELECT count(*) FROM sluice.stream_table_catalog WHERE "
+                                   "name = 'st_price' AND identity_version = 1") == 1,
+              "st_price alone keeps identity version 1");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM st_price WHERE __sluice_row_id = "
+                               "md5(jsonb_build_array(p)::text)::uuid") == 4,
+              "st_price's ids are still those of its values as printed");
+    long long before_price = th_sql_int(conn, "SELECT coalesce(max(id), 0) FROM sluice.outbox");
+    th_sql(conn, "SELECT sluice.alter_stream_table('st_price', query => (SELECT query_as_given "
+                 "FROM sluice.stream_table_catalog WHERE name = 'st_price'))");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice.stream_table_catalog WHERE name = "
+                               "'st_price' AND identity_version = 2") == 1 &&
+                  th_sql_int(conn, "SELECT count(*) FROM st_price WHERE __sluice_row_id = "
+                                   "md5(jsonb_build_array(trim_scale(p))::text)::uuid") == 4,
+              "st_price, given its query again, hashes its values in their equal form");
+    why = th_sql_text(conn,
+                      "SELECT string_agg(op || ' ' || (payload->'before')::text || ' ' || "
+                      "(payload->'after')::text || ' ' || (key::uuid = md5(jsonb_build_array("
+                      "trim_scale((coalesce(payload->'after', payload->'before')->>'p')::numeric)"
+                      ")::text)::uuid)::text, '; ' ORDER BY op, payload::text) FROM sluice.outbox "
+                      "WHERE topic = 'st_price' AND id > %lld",
+                      before_price);
+    TH_ASSERT(why != NULL && strcmp(why, "delete {\"n\": 1, \"p\": 1.50} null false; "
+                                         "delete {\"n\": 1, \"p\": 3.0} null false; "
+                                         "insert null {\"n\": 1, \"p\": 1.50} true; "
+                                         "insert null {\"n\": 1, \"p\": 3.0} true") == 0,
+              "st_price: 1.50 and 3.0 published under their new ids (%s)", why ? why : "NULL");
+    free(why);
+    th_sql(conn, "SELECT sluice.drop_stream_table('st_price'); DROP TABLE prices");
 
     /* Migration 17: st_derived, which 16 decided FULL, is the engine's again. */
     TH_ASSERT(th_sql_int(conn,
