@@ -1570,9 +1570,9 @@ static void
 filter_null(out_t *o, const char *q, const sl_analyze_in_t *in, const keyexpr_t *keys)
 {
     /* Keys with a NULL part cannot be found with = or IN. They are compared
-     * as JSON instead (hashable), and no key expression is
-     * written inside a subquery over __sluice_aff, where a bare column name
-     * could bind to one of its columns. The first conjunct is an InitPlan:
+     * as JSON instead (hashable, each key in its form), and no key
+     * expression is written inside a subquery over __sluice_aff, where a
+     * bare column name could bind to one of its columns. The first conjunct is an InitPlan:
      * when no affected key has a NULL part, PostgreSQL skips this half
      * without scanning anything. */
     outf(o, "(SELECT count(*) > 0 FROM ");

@@ -42,7 +42,8 @@ COMMENT ON COLUMN sluice.stream_table_catalog.identity_version IS
 -- sluice._st_key_value_sql(value, typid, typmod) -> SQL: the expression
 -- value, of type typid(typmod), in the form a row id hashes (version 2):
 -- equal values give equal JSON. value is SQL text, already cast to the
--- column's type. A domain is judged by its base type.
+-- column's type. A domain is judged by its base type. The functions are
+-- qualified: the SQL runs under the stream table's search_path too.
 CREATE FUNCTION sluice._st_key_value_sql(value text, typid oid, typmod int)
 RETURNS text
 LANGUAGE plpgsql
@@ -60,9 +61,9 @@ BEGIN
         mod := typmod;
     END IF;
     RETURN CASE
-        WHEN base = 'numeric'::regtype AND mod < 0 THEN format('trim_scale(%s)', value)
-        WHEN base = 'interval'::regtype THEN format('justify_interval(%s)', value)
-        WHEN base = 'bpchar'::regtype AND mod < 0 THEN format('rtrim(%s, '' '')', value)
+        WHEN base = 'numeric'::regtype AND mod < 0 THEN format('pg_catalog.trim_scale(%s)', value)
+        WHEN base = 'interval'::regtype THEN format('pg_catalog.justify_interval(%s)', value)
+        WHEN base = 'bpchar'::regtype AND mod < 0 THEN format('pg_catalog.rtrim(%s, '' '')', value)
         ELSE value
     END;
 END
@@ -84,6 +85,32 @@ $fn$;
 
 REVOKE ALL ON FUNCTION sluice._st_identity_version(oid) FROM PUBLIC;
 
+-- sluice._st_key_parts(relid, keys, alias) -> the SQL of each key column
+-- of row `alias` of the stream table stored in relid, cast to its type and
+-- in the form of the stream table's identity_version, in the order of keys.
+CREATE FUNCTION sluice._st_key_parts(relid oid, keys text[], alias text)
+RETURNS text[]
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    v2 boolean := sluice._st_identity_version(relid) >= 2;
+BEGIN
+    -- (PL/pgSQL keeps the plan of this query; a SQL function with SET would
+    -- plan it at every call.)
+    RETURN ARRAY(
+        SELECT CASE WHEN v2 THEN sluice._st_key_value_sql(k.v, a.atttypid, a.atttypmod) ELSE k.v END
+          FROM unnest(keys) WITH ORDINALITY AS u(col, ord)
+          JOIN pg_attribute a ON a.attrelid = relid AND a.attname = u.col AND NOT a.attisdropped
+         CROSS JOIN LATERAL (SELECT format('(%I.%I)::%s', alias, u.col,
+                                           format_type(a.atttypid, a.atttypmod)) AS v) AS k
+         ORDER BY u.ord);
+END
+$fn$;
+
+REVOKE ALL ON FUNCTION sluice._st_key_parts(oid, text[], text) FROM PUBLIC;
+
 -- As in version 5, each key value in the form of the stream table's
 -- identity_version.
 CREATE OR REPLACE FUNCTION sluice._st_identity_sql(relid oid, key_columns text[], alias text)
@@ -92,22 +119,13 @@ LANGUAGE plpgsql
 STABLE
 SET search_path = pg_catalog, pg_temp
 AS $fn$
-DECLARE
-    parts text;
-    v2    boolean := sluice._st_identity_version(relid) >= 2;
 BEGIN
     IF key_columns IS NULL THEN
         RETURN format('md5(to_jsonb(%1$I)::text || ''#'' || row_number() OVER (PARTITION BY to_jsonb(%1$I)::text))::uuid',
                       alias);
     END IF;
-    SELECT string_agg(CASE WHEN v2 THEN sluice._st_key_value_sql(k.v, a.atttypid, a.atttypmod) ELSE k.v END, ', '
-                      ORDER BY k.ord)
-      INTO parts
-      FROM unnest(key_columns) WITH ORDINALITY AS u(col, ord)
-      JOIN pg_attribute a ON a.attrelid = relid AND a.attname = u.col AND NOT a.attisdropped
-      CROSS JOIN LATERAL (SELECT format('(%I.%I)::%s', alias, u.col, format_type(a.atttypid, a.atttypmod)) AS v,
-                                 u.ord) AS k;
-    RETURN format('md5(jsonb_build_array(%s)::text)::uuid', coalesce(parts, ''));
+    RETURN format('md5(jsonb_build_array(%s)::text)::uuid',
+                  array_to_string(sluice._st_key_parts(relid, key_columns, alias), ', '));
 END
 $fn$;
 
@@ -118,18 +136,9 @@ LANGUAGE plpgsql
 STABLE
 SET search_path = pg_catalog, pg_temp
 AS $fn$
-DECLARE
-    parts text;
-    v2    boolean := sluice._st_identity_version(relid) >= 2;
 BEGIN
-    SELECT string_agg(', ' || CASE WHEN v2 THEN sluice._st_key_value_sql(k.v, a.atttypid, a.atttypmod) ELSE k.v END, ''
-                      ORDER BY k.ord)
-      INTO parts
-      FROM unnest(keys) WITH ORDINALITY AS u(col, ord)
-      JOIN pg_attribute a ON a.attrelid = relid AND a.attname = u.col AND NOT a.attisdropped
-      CROSS JOIN LATERAL (SELECT format('(%I.%I)::%s', alias, u.col, format_type(a.atttypid, a.atttypmod)) AS v,
-                                 u.ord) AS k;
-    RETURN format('md5(jsonb_build_array(%s%s)::text)::uuid', branch, coalesce(parts, ''));
+    RETURN format('md5(jsonb_build_array(%s)::text)::uuid',
+                  array_to_string(branch::text || sluice._st_key_parts(relid, keys, alias), ', '));
 END
 $fn$;
 
@@ -181,3 +190,64 @@ UPDATE sluice.stream_table_catalog c
    AND EXISTS (SELECT 1 FROM pg_attribute a
                 WHERE a.attrelid = c.relid AND a.attnum > 0 AND NOT a.attisdropped
                   AND sluice._st_key_value_sql('v', a.atttypid, a.atttypmod) <> 'v');
+
+-- As in version 18, the row identity of a stream table that keeps version
+-- 1 says so, and how to change it.
+CREATE OR REPLACE FUNCTION sluice.explain_stream_table(name text)
+RETURNS TABLE (property text, value text)
+LANGUAGE plpgsql
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    st sluice.stream_table_catalog := sluice._st_lookup('sluice.explain_stream_table', name, false);
+    current boolean := st.analyzed_query IS NOT DISTINCT FROM st.query;
+BEGIN
+    RETURN QUERY VALUES
+        ('name', st.name),
+        ('query', st.query_as_given),
+        ('resolved query', st.query),
+        ('requested mode', st.requested_mode),
+        ('effective mode', CASE WHEN st.effective_mode IS NULL OR NOT current THEN 'full (not analysed yet)'
+                                ELSE st.effective_mode END),
+        ('fallback reason', CASE WHEN current THEN st.fallback_reason END),
+        ('row identity', CASE WHEN st.key_columns IS NULL THEN 'content'
+                              WHEN st.branches IS NOT NULL THEN
+                                  'UNION ALL branch number, then the branch''s key: '
+                                  || (SELECT string_agg(format('branch %s (%s)', b.n,
+                                                               CASE WHEN jsonb_array_length(b.v -> 'keys') = 0 THEN 'single row'
+                                                                    ELSE (SELECT string_agg(k, ', ')
+                                                                            FROM jsonb_array_elements_text(b.v -> 'keys') k) END),
+                                                        ', ' ORDER BY b.n)
+                                        FROM jsonb_array_elements(st.branches) WITH ORDINALITY AS b(v, n))
+                              WHEN cardinality(st.key_columns) = 0 THEN 'single row'
+                              ELSE 'key (' || array_to_string(st.key_columns, ', ') || ')' END
+                         || CASE WHEN st.identity_version < 2 THEN
+                                     ', its values hashed as printed (made before version 30): give the stream table '
+                                     'its query again (alter_stream_table) to hash equal values alike'
+                                 ELSE '' END),
+        ('refresh unit', CASE WHEN NOT current OR st.effective_mode IS DISTINCT FROM 'differential' THEN NULL
+                              WHEN st.unit_columns IS NULL THEN 'row identity'
+                              ELSE 'all rows with the same (' || array_to_string(st.unit_columns, ', ') || ')' END),
+        ('sources', (SELECT string_agg(s.relname || CASE WHEN s.is_stream_table THEN ' (stream table)' ELSE '' END,
+                                       ', ' ORDER BY s.relname)
+                       FROM sluice.stream_table_sources s WHERE s.stream_table_id = st.id)),
+        ('operator tree', CASE WHEN current THEN st.operator_tree END),
+        ('affected SQL', CASE WHEN NOT current THEN NULL
+                              WHEN st.branch_analysis IS NOT NULL THEN
+                                  (SELECT string_agg(format('-- branch %s%s%s', b.n, E'\n', b.v ->> 'affected'),
+                                                     E';\n' ORDER BY b.n)
+                                     FROM jsonb_array_elements(st.branch_analysis) WITH ORDINALITY AS b(v, n))
+                              ELSE st.affected_sql END),
+        ('recompute SQL', CASE WHEN NOT current THEN NULL
+                               WHEN st.branch_analysis IS NOT NULL THEN
+                                   (SELECT string_agg(format('-- branch %s%s%s', b.n, E'\n', b.v ->> 'recompute'),
+                                                      E';\n' ORDER BY b.n)
+                                      FROM jsonb_array_elements(st.branch_analysis) WITH ORDINALITY AS b(v, n))
+                               ELSE st.recompute_sql END),
+        ('status', st.status || coalesce(': ' || st.last_error, ''));
+END
+$fn$;
+
+REVOKE ALL ON FUNCTION sluice.explain_stream_table(text) FROM PUBLIC;

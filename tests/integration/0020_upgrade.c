@@ -699,6 +699,13 @@ main(void)
     TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM st_price WHERE __sluice_row_id = "
                                "md5(jsonb_build_array(p)::text)::uuid") == 4,
               "st_price's ids are still those of its values as printed");
+    why = th_sql_text(conn, "SELECT value FROM sluice.explain_stream_table('st_price') WHERE "
+                            "property = 'row identity'");
+    TH_ASSERT(why != NULL && strcmp(why, "key (p), its values hashed as printed (made before "
+                                         "version 30): give the stream table its query again "
+                                         "(alter_stream_table) to hash equal values alike") == 0,
+              "explain_stream_table says how to change st_price's ids (%s)", why ? why : "NULL");
+    free(why);
     long long before_price = th_sql_int(conn, "SELECT coalesce(max(id), 0) FROM sluice.outbox");
     th_sql(conn, "SELECT sluice.alter_stream_table('st_price', query => (SELECT query_as_given "
                  "FROM sluice.stream_table_catalog WHERE name = 'st_price'))");
@@ -707,6 +714,13 @@ main(void)
                   th_sql_int(conn, "SELECT count(*) FROM st_price WHERE __sluice_row_id = "
                                    "md5(jsonb_build_array(trim_scale(p))::text)::uuid") == 4,
               "st_price, given its query again, hashes its values in their equal form");
+    why = th_sql_text(conn, "SELECT value FROM sluice.explain_stream_table('st_price') WHERE "
+                            "property = 'row identity'");
+    TH_ASSERT(why != NULL && strcmp(why, "key (p)") == 0,
+              "and explain_stream_table says no more "
+              "(%s)",
+              why ? why : "NULL");
+    free(why);
     why = th_sql_text(conn,
                       "SELECT string_agg(op || ' ' || (payload->'before')::text || ' ' || "
                       "(payload->'after')::text || ' ' || (key::uuid = md5(jsonb_build_array("
