@@ -4825,6 +4825,45 @@ analyze_as(const sl_analyze_in_t *in, char *query, sl_analysis_t *a, sl_err_t *e
     return rc;
 }
 
+/* The reason a stream table whose query groups its rows by a column of a
+ * type with its own = (sl_analyze_keyform_t.own_eq) is refreshed in full,
+ * or NULL: a key column under GROUP BY, DISTINCT or a set operation, any
+ * such column of a query with windows (their partitions are selected
+ * columns). The SQL this file writes compares keys and partitions with a
+ * bare =, IN or IS NOT DISTINCT FROM, which under search_path pg_catalog
+ * find another type's = (citext's values compared as text,
+ * case-sensitively): a group's rows would be looked for under one
+ * spelling only. Rows keyed by a primary key are found by their own
+ * values, which is exact. */
+static const char *
+why_own_equality(const sl_analyze_in_t *in, const cJSON *sel, char *why, size_t n)
+{
+    const sl_analyze_keyform_t *f = NULL;
+    bool windows = has_node(sel, "over");
+    if (windows) {
+        for (size_t i = 0; i < in->nkeyforms && f == NULL; i++)
+            if (in->keyforms[i].own_eq != NULL)
+                f = &in->keyforms[i];
+    } else if (has_node(sel, "groupClause") || has_node(sel, "distinctClause") ||
+               has_node(sel, "larg")) {
+        for (size_t k = 0; k < in->nkeys && f == NULL; k++) {
+            f = keyform(in, in->keys[k]);
+            if (f != NULL && f->own_eq == NULL)
+                f = NULL;
+        }
+    }
+    if (f == NULL)
+        return NULL;
+    snprintf(why, n,
+             "column %s is of type %s, whose = is not PostgreSQL's built-in one: %s is refreshed "
+             "in full (select %s::text or lower(%s::text) instead for a differential refresh)",
+             f->col, f->own_eq,
+             windows ? "a query with window functions and such a column"
+                     : "a GROUP BY, DISTINCT or set operation keyed by it",
+             f->col, f->col);
+    return why;
+}
+
 int
 sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
 {
@@ -4869,6 +4908,8 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
         reason = "refresh_mode is 'full'";
         goto full;
     }
+    if (in->old_rel != NULL && (reason = why_own_equality(in, sel, uwhy, sizeof uwhy)) != NULL)
+        goto full;
     if (cJSON_GetObjectItemCaseSensitive(sel, "withClause") != NULL) {
         char *inl = NULL;
         reason = inline_with(in->query, sel, &inl, uwhy, sizeof uwhy, &rc, err);

@@ -154,11 +154,12 @@ engine_on_signal(int sig)
     "         WHERE s.stream_table_id = c.id), "                                                   \
     "       c.branches, "                                                                          \
     "       (SELECT coalesce(json_agg(json_build_array(a.attname, split_part(f.v, chr(1), 1), "    \
-    "                                 split_part(f.v, chr(1), 2)) ORDER BY a.attnum), '[]') "      \
+    "                                 split_part(f.v, chr(1), 2), e.t) ORDER BY a.attnum), '[]') " \
     "          FROM pg_attribute a "                                                               \
     "         CROSS JOIN LATERAL sluice._st_key_value_sql(chr(1), a.atttypid, a.atttypmod) f(v) "  \
+    "         CROSS JOIN LATERAL sluice._st_own_equality(a.atttypid) e(t) "                        \
     "         WHERE a.attrelid = c.relid AND a.attnum > 0 AND NOT a.attisdropped "                 \
-    "           AND f.v <> chr(1)) "                                                               \
+    "           AND (f.v <> chr(1) OR e.t IS NOT NULL)) "                                          \
     "  FROM sluice.stream_table_catalog c "                                                        \
     " WHERE c.analyzed_query IS DISTINCT FROM c.query ORDER BY c.id"
 
@@ -427,7 +428,8 @@ parse_branches(const char *text, cJSON **json, sl_analyze_branch_t **out, size_t
 }
 
 /* The key forms of the stream table's columns (JSON array of [column,
- * open, close]; see sl_analyze_keyform_t); strings point into *json. */
+ * open, close, own_eq]; see sl_analyze_keyform_t); strings point into
+ * *json. */
 static int
 parse_keyforms(const char *text, cJSON **json, sl_analyze_keyform_t **out, size_t *n, sl_err_t *err)
 {
@@ -444,6 +446,7 @@ parse_keyforms(const char *text, cJSON **json, sl_analyze_keyform_t **out, size_
         f->col = cJSON_GetStringValue(cJSON_GetArrayItem(e, 0));
         f->open = cJSON_GetStringValue(cJSON_GetArrayItem(e, 1));
         f->close = cJSON_GetStringValue(cJSON_GetArrayItem(e, 2));
+        f->own_eq = cJSON_GetStringValue(cJSON_GetArrayItem(e, 3)); /* JSON null: NULL */
         if (f->col == NULL || f->open == NULL || f->close == NULL)
             return sl_err_set(err, SL_ERR, "unexpected key forms of the stream table's columns");
     }

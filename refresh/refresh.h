@@ -41,9 +41,13 @@ typedef struct sl_analyze_branch {
 /* How a value of a stream-table column is written where keys are compared
  * as JSON, so that equal values print alike: open, the value, close
  * (sluice._st_key_value_sql; trim_scale( ... ) for a numeric without a
- * scale, justify_interval( ... ) for an interval, ...). */
+ * scale, justify_interval( ... ) for an interval, ...; both empty: as it
+ * is). own_eq: the column's type when its = is not pg_catalog's (citext's
+ * is the extension's): the refresh SQL, run under search_path pg_catalog,
+ * would compare its values with another type's = (text's, case-sensitive);
+ * NULL otherwise. */
 typedef struct sl_analyze_keyform {
-    const char *col, *open, *close;
+    const char *col, *open, *close, *own_eq;
 } sl_analyze_keyform_t;
 
 /* What the analyzer is told about a stream table (from the catalog). */

@@ -11,6 +11,7 @@
 --     justification, '1 mon' and '30 days';
 --   - character without a length (bpchar): 'a' and 'a  ' (trailing blanks
 --     do not count; character(n) pads every value to n).
+--   - citext (the extension): 'Ann@X.org' and 'ann@x.org'.
 --
 -- (A float's -0 and 0 already print alike inside JSON, which stores the
 -- number as numeric.) A DISTINCT, GROUP BY or UNION key meeting two such
@@ -20,8 +21,9 @@
 --
 -- Now the id hashes each key value in a form that equal values share:
 -- trim_scale() of such a numeric, justify_interval() of an interval, a
--- bpchar without its trailing blanks. Other values hash as before, so the
--- ids of stream tables keyed by other types do not change.
+-- bpchar without its trailing blanks, a citext in lower case. Other values
+-- hash as before, so the ids of stream tables keyed by other types do not
+-- change.
 --
 -- A stream table's ids must all come from one formula, so the catalog
 -- records which one its stored ids use (identity_version: 1 as printed, 2
@@ -36,8 +38,8 @@
 
 ALTER TABLE sluice.stream_table_catalog ADD COLUMN identity_version smallint;
 COMMENT ON COLUMN sluice.stream_table_catalog.identity_version IS
-    'How row ids hash key values: 1 as printed (before version 30), 2 with equal numeric, interval '
-    'and bpchar values hashed alike (sluice._st_key_value_sql)';
+    'How row ids hash key values: 1 as printed (before version 30), 2 with equal numeric, interval, '
+    'bpchar and citext values hashed alike (sluice._st_key_value_sql)';
 
 -- sluice._st_key_value_sql(value, typid, typmod) -> SQL: the expression
 -- value, of type typid(typmod), in the form a row id hashes (version 2):
@@ -64,12 +66,43 @@ BEGIN
         WHEN base = 'numeric'::regtype AND mod < 0 THEN format('pg_catalog.trim_scale(%s)', value)
         WHEN base = 'interval'::regtype THEN format('pg_catalog.justify_interval(%s)', value)
         WHEN base = 'bpchar'::regtype AND mod < 0 THEN format('pg_catalog.rtrim(%s, '' '')', value)
+        -- The extension's type, which compares its values in lower case.
+        WHEN EXISTS (SELECT 1 FROM pg_depend e JOIN pg_extension x ON x.oid = e.refobjid
+                      WHERE e.classid = 'pg_type'::regclass AND e.objid = base AND e.deptype = 'e'
+                        AND x.extname = 'citext')
+        THEN format('pg_catalog.lower(%s::pg_catalog.text)', value)
         ELSE value
     END;
 END
 $fn$;
 
 REVOKE ALL ON FUNCTION sluice._st_key_value_sql(text, oid, int) FROM PUBLIC;
+
+-- sluice._st_own_equality(typid) -> the type, printed, when the = of its
+-- default btree operator class is not in pg_catalog (an extension's, like
+-- citext's); NULL otherwise. A domain is judged by its base type. The
+-- engine refreshes a stream table that groups by such a key column in
+-- full: the SQL of a differential refresh, run under search_path
+-- pg_catalog, would compare its values with the = of a type it casts to
+-- (citext as text, case-sensitively).
+CREATE FUNCTION sluice._st_own_equality(typid oid)
+RETURNS text
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT format_type(b.base, NULL)
+      FROM (SELECT CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END AS base
+              FROM pg_type t WHERE t.oid = typid) AS b
+      JOIN pg_opclass c ON c.opcintype = b.base AND c.opcdefault
+      JOIN pg_am m ON m.oid = c.opcmethod AND m.amname = 'btree'
+      JOIN pg_amop o ON o.amopfamily = c.opcfamily AND o.amoplefttype = b.base
+                    AND o.amoprighttype = b.base AND o.amopstrategy = 3
+      JOIN pg_operator p ON p.oid = o.amopopr
+     WHERE p.oprnamespace <> 'pg_catalog'::regnamespace
+$fn$;
+
+REVOKE ALL ON FUNCTION sluice._st_own_equality(oid) FROM PUBLIC;
 
 -- sluice._st_identity_version(relid) -> the identity_version of the stream
 -- table stored in relid; 2 when none is recorded yet.
@@ -180,8 +213,9 @@ CREATE TRIGGER stream_table_identity_version
 
 -- The engine's analyses compare keys as JSON in places (a GROUP BY's
 -- stored rows with the changes' groups; keys with a NULL part), now in the
--- same forms: stream tables with a column of such a type are analysed
--- again. Until then they are refreshed in full.
+-- same forms, and refuse grouping by a key of a type with its own =:
+-- stream tables with a column of such a type are analysed again. Until
+-- then they are refreshed in full.
 UPDATE sluice.stream_table_catalog c
    SET analyzed_query = NULL, effective_mode = NULL, fallback_reason = NULL, operator_tree = NULL,
        affected_sql = NULL, recompute_sql = NULL, unit_columns = NULL, branch_analysis = NULL
@@ -189,7 +223,8 @@ UPDATE sluice.stream_table_catalog c
    AND c.analyzed_query IS NOT DISTINCT FROM c.query
    AND EXISTS (SELECT 1 FROM pg_attribute a
                 WHERE a.attrelid = c.relid AND a.attnum > 0 AND NOT a.attisdropped
-                  AND sluice._st_key_value_sql('v', a.atttypid, a.atttypmod) <> 'v');
+                  AND (sluice._st_key_value_sql('v', a.atttypid, a.atttypmod) <> 'v'
+                       OR sluice._st_own_equality(a.atttypid) IS NOT NULL));
 
 -- As in version 18, the row identity of a stream table that keeps version
 -- 1 says so, and how to change it.

@@ -2719,9 +2719,9 @@ check_union(const char *url, PGconn *conn)
 
 /* Keys that PostgreSQL finds equal but that print differently (migration
  * 30): a numeric without a scale (1.0, 1.00), an interval (1 day, 24
- * hours), a bpchar ('a', 'a  '). Each value has one row and one id, its
- * group's count moves by one, and the ids of other values are as before
- * version 30 (md5 of the key as JSON). */
+ * hours), a bpchar ('a', 'a  '), a citext ('Ann@X', 'ann@x'). Each value has one row and one id,
+ * its group's count moves by one, and the ids of other values are as before version 30 (md5 of the
+ * key as JSON). */
 static void
 check_equal_keys(const char *url, PGconn *conn)
 {
@@ -2730,12 +2730,30 @@ check_equal_keys(const char *url, PGconn *conn)
     const char *dq = "SELECT DISTINCT iv FROM ek";
     const char *cq = "SELECT c, count(*) AS n FROM ek GROUP BY c";
     const char *nq = "SELECT x, f, count(*) AS n FROM ek GROUP BY x, f";
-    th_sql(conn, "CREATE TABLE ek (id int PRIMARY KEY, x numeric, iv interval, c bpchar, f float8);"
-                 "INSERT INTO ek VALUES (1, 1.0, '1 day', 'a', NULL), (2, 2, '2 days', 'b', 0)");
+    const char *eq = "SELECT DISTINCT e FROM ek";
+    th_sql(conn, "CREATE EXTENSION IF NOT EXISTS citext;"
+                 "CREATE TABLE ek (id int PRIMARY KEY, x numeric, iv interval, c bpchar, f float8, "
+                 "e citext);"
+                 "INSERT INTO ek VALUES (1, 1.0, '1 day', 'a', NULL, 'Ann@X'), "
+                 "(2, 2, '2 days', 'b', 0, 'bob@x')");
     create_differential(url, conn, "ek_g", gq);
     create_differential(url, conn, "ek_d", dq);
     create_differential(url, conn, "ek_c", cq);
     create_differential(url, conn, "ek_n", nq);
+    /* citext's = is the extension's, which the refresh SQL (search_path
+     * pg_catalog) would not use: its DISTINCT is refreshed in full, with
+     * the reason; its ids are those of its values in lower case. */
+    th_sql(conn, "SELECT sluice.create_stream_table('ek_e', $q$%s$q$)", eq);
+    const char *const once[] = {SLUICE_BIN, "engine", "--db", url, "--once", "-l", "warn", NULL};
+    TH_ASSERT(th_run(once, NULL, RUN_MS) == 0, "sluice engine --once analyses ek_e");
+    expect_text(
+        th_sql_text(conn, "SELECT effective_mode || ': ' || fallback_reason FROM "
+                          "sluice.stream_table_catalog WHERE name = 'ek_e' AND "
+                          "analyzed_query = query"),
+        "full: column e is of type public.citext, whose = is not PostgreSQL's built-in one: "
+        "a GROUP BY, DISTINCT or set operation keyed by it is refreshed in full (select "
+        "e::text or lower(e::text) instead for a differential refresh)",
+        "a DISTINCT of a citext is FULL, with the reason");
     expect_text(th_sql_text(conn, "SELECT string_agg(DISTINCT identity_version::text, ',') FROM "
                                   "sluice.stream_table_catalog WHERE name LIKE 'ek\\_%%'"),
                 "2", "new stream tables hash keys in their equal form");
@@ -2743,10 +2761,21 @@ check_equal_keys(const char *url, PGconn *conn)
     /* An equal value of each key comes in: its group counts two (NULL f
      * included in ek_n), the DISTINCT has it already. */
     long long before = max_outbox_id(conn);
-    th_sql(conn, "INSERT INTO ek VALUES (3, 1.00, '24 hours', 'a  ', NULL)");
+    th_sql(conn, "INSERT INTO ek VALUES (3, 1.00, '24 hours', 'a  ', NULL, 'ann@x')");
     TH_ASSERT(refresh(conn, "ek_g") > 0 && refresh(conn, "ek_c") > 0 && refresh(conn, "ek_n") > 0,
               "the groups are refreshed");
-    expect_no_refresh(conn, "ek_d");
+    /* The DISTINCTs keep one row each: at most an update, when the recompute
+     * shows the other of the two equal values (which one is the plan's
+     * choice; the citext in full refreshes). */
+    th_sql(conn, "SELECT sluice.refresh_stream_table('ek_d'); SELECT "
+                 "sluice.refresh_stream_table('ek_e')");
+    TH_ASSERT(th_sql_int(conn,
+                         "SELECT count(*) FROM sluice.outbox WHERE topic IN ('ek_d', 'ek_e') AND "
+                         "id > %lld AND op <> 'update'",
+                         before) == 0 &&
+                  th_sql_int(conn, "SELECT count(*) FROM ek_d") == 2 &&
+                  th_sql_int(conn, "SELECT count(*) FROM ek_e") == 2,
+              "the DISTINCTs keep one row per value");
     expect_text(deltas_since(conn, "ek_g", before),
                 "update|{\"n\": 1, \"x\": 1.0}|{\"n\": 2, \"x\": 1.00}",
                 "1.00 joins the group of 1.0");
@@ -2766,12 +2795,13 @@ check_equal_keys(const char *url, PGconn *conn)
      * DISTINCT keeps its row. */
     th_sql(conn, "DELETE FROM ek WHERE id = 1");
     TH_ASSERT(refresh(conn, "ek_g") > 0 && refresh(conn, "ek_c") > 0 && refresh(conn, "ek_n") > 0 &&
-                  refresh(conn, "ek_d") > 0,
+                  refresh(conn, "ek_d") > 0 && refresh(conn, "ek_e") > 0,
               "the deletion is refreshed");
     TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM ek_g") == 2 &&
                   th_sql_int(conn, "SELECT n FROM ek_g WHERE x = 1") == 1 &&
                   th_sql_int(conn, "SELECT count(*) FROM ek_d") == 2 &&
-                  th_sql_int(conn, "SELECT n FROM ek_c WHERE c = 'a'") == 1,
+                  th_sql_int(conn, "SELECT n FROM ek_c WHERE c = 'a'") == 1 &&
+                  th_sql_int(conn, "SELECT count(*) FROM ek_e") == 2,
               "one row per value, counting one");
     expect_text(th_sql_text(conn, "SELECT string_agg((__sluice_row_id = md5(k)::uuid)::text, ',' "
                                   "ORDER BY k) FROM (SELECT __sluice_row_id, jsonb_build_array(x) "
@@ -2779,19 +2809,22 @@ check_equal_keys(const char *url, PGconn *conn)
                                   "__sluice_row_id, '[1]' FROM ek_g WHERE x = 1 UNION ALL SELECT "
                                   "__sluice_row_id, '[\"1 day\"]' FROM ek_d WHERE iv = '1 day' "
                                   "UNION ALL SELECT __sluice_row_id, '[\"a\"]' FROM ek_c WHERE c "
-                                  "= 'a') i"),
-                "true,true,true,true",
+                                  "= 'a' UNION ALL SELECT __sluice_row_id, '[\"ann@x\"]' FROM ek_e "
+                                  "WHERE e = 'ANN@X') i"),
+                "true,true,true,true,true",
                 "ids: md5 of the value's equal form (2 as before version 30)");
     TH_ASSERT(diff_from_query(conn, "ek_g", "x, n", gq) == 0 &&
                   diff_from_query(conn, "ek_d", "iv", dq) == 0 &&
                   diff_from_query(conn, "ek_c", "c, n", cq) == 0 &&
-                  diff_from_query(conn, "ek_n", "x, f, n", nq) == 0,
+                  diff_from_query(conn, "ek_n", "x, f, n", nq) == 0 &&
+                  diff_from_query(conn, "ek_e", "e", eq) == 0,
               "each equals its query");
     TH_ASSERT(diff_from_replay(conn, "ek_g") == 0 && diff_from_replay(conn, "ek_d") == 0 &&
-                  diff_from_replay(conn, "ek_c") == 0 && diff_from_replay(conn, "ek_n") == 0,
+                  diff_from_replay(conn, "ek_c") == 0 && diff_from_replay(conn, "ek_n") == 0 &&
+                  diff_from_replay(conn, "ek_e") == 0,
               "replaying the deltas rebuilds each");
     th_sql(conn, "SELECT sluice.drop_stream_table(n) FROM unnest(ARRAY['ek_g', 'ek_d', 'ek_c', "
-                 "'ek_n']) n; DROP TABLE ek");
+                 "'ek_n', 'ek_e']) n; DROP TABLE ek");
 }
 
 /* A stream table is computed with the settings of the session that made

@@ -103,8 +103,11 @@ typedef struct analyze_row {
 #define BRANCHES_OF(b) .branches = (b), .nbranches = ROWS(b)
 #define KEYFORMS_OF(f) .keyforms = (f), .nkeyforms = ROWS(f)
 /* A numeric column without a scale, as sluice._st_key_value_sql writes it. */
-static const sl_analyze_keyform_t note_form[] = {{"note", "trim_scale(", ")"}};
-static const sl_analyze_keyform_t cid_form[] = {{"cid", "trim_scale(", ")"}};
+static const sl_analyze_keyform_t note_form[] = {{"note", "trim_scale(", ")", NULL}};
+static const sl_analyze_keyform_t cid_form[] = {{"cid", "trim_scale(", ")", NULL}};
+/* A column of a type with its own = (citext's): its JSON form, and the type. */
+static const sl_analyze_keyform_t region_citext[] = {
+    {"region", "pg_catalog.lower(", "::pg_catalog.text)", "citext"}};
 
 /* UNION ALL queries and the branches the catalog cuts from them (btrimmed
  * text between the depth-0 UNION ALLs, parentheses kept). */
@@ -1287,6 +1290,27 @@ static const analyze_row_t rows[] = {
      KEYS("note"), KEYFORMS_OF(note_form), .mode = DIFF, .field = RECOMPUTE,
      .want = "AND jsonb_build_array(trim_scale((sales.note))) = ANY (ARRAY(SELECT "
              "jsonb_build_array(trim_scale(\"note\")) FROM \"__sluice_redo\"))"},
+    /* Grouped by a key of a type with its own =: FULL; keyed by a primary
+     * key of such a type: differential. */
+    {"own_equality_group_full",
+     "SELECT sales.region,\n    count(*) AS n\n   FROM public.sales\n  GROUP BY sales.region",
+     KEYS("region"), KEYFORMS_OF(region_citext), .mode = FULL, .field = REASON,
+     .want = "^column region is of type citext, whose = is not PostgreSQL's built-in one: a "
+             "GROUP BY, DISTINCT or set operation keyed by it is refreshed in full (select "
+             "region::text or lower(region::text) instead for a differential refresh)"},
+    {"own_equality_distinct_full", "SELECT DISTINCT sales.region\n   FROM public.sales",
+     KEYS("region"), KEYFORMS_OF(region_citext), .mode = FULL, .field = REASON,
+     .want = "^column region is of type citext"},
+    {"own_equality_window_partition_full",
+     " SELECT sales.id,\n    sales.region,\n    rank() OVER (PARTITION BY sales.region ORDER BY "
+     "sales.qty) AS r\n   FROM public.sales",
+     KEYS("id"), KEYFORMS_OF(region_citext), .mode = FULL, .field = REASON,
+     .want = "^column region is of type citext, whose = is not PostgreSQL's built-in one: a "
+             "query with window functions and such a column is refreshed in full"},
+    {"own_equality_primary_key_differential",
+     " SELECT sales.region,\n    sales.id\n   FROM public.sales", KEYS("id", "region"),
+     KEYFORMS_OF(region_citext), .mode = DIFF, .field = RECOMPUTE,
+     .want = "WHERE ((sales.id), (sales.region)) IN (SELECT \"id\", \"region\" FROM "},
     {"algebraic_avg_divides_like_avg",
      "SELECT sales.region,\n    count(sales.qty) AS c,\n    sum(sales.qty) AS q,\n    "
      "avg(sales.qty) AS aq\n   FROM public.sales\n  GROUP BY sales.region",
