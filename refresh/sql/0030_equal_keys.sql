@@ -7,10 +7,9 @@
 --
 --   - numeric without a declared scale: 1.0, 1.00 and 1 (numeric(12,2)
 --     values are cast to the column type first, so they print alike);
---   - interval: '1 day', '24:00:00' and '1 day 00:00:00' after a
---     justification, '1 mon' and '30 days';
+--   - interval: '1 day' and '24:00:00', '1 mon' and '30 days';
 --   - character without a length (bpchar): 'a' and 'a  ' (trailing blanks
---     do not count; character(n) pads every value to n).
+--     do not count; character(n) pads every value to n);
 --   - citext (the extension): 'Ann@X.org' and 'ann@x.org'.
 --
 -- (A float's -0 and 0 already print alike inside JSON, which stores the
