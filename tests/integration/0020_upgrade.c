@@ -717,9 +717,7 @@ main(void)
     why = th_sql_text(conn, "SELECT value FROM sluice.explain_stream_table('st_price') WHERE "
                             "property = 'row identity'");
     TH_ASSERT(why != NULL && strcmp(why, "key (p)") == 0,
-              "and explain_stream_table says no more "
-              "(%s)",
-              why ? why : "NULL");
+              "and explain_stream_table says no more (%s)", why ? why : "NULL");
     free(why);
     why = th_sql_text(conn,
                       "SELECT string_agg(op || ' ' || (payload->'before')::text || ' ' || "
