@@ -2794,9 +2794,11 @@ check_equal_keys(const char *url, PGconn *conn)
     /* The first of each pair goes: each group counts one again, the
      * DISTINCT keeps its row. */
     th_sql(conn, "DELETE FROM ek WHERE id = 1");
-    TH_ASSERT(refresh(conn, "ek_g") > 0 && refresh(conn, "ek_c") > 0 && refresh(conn, "ek_n") > 0 &&
-                  refresh(conn, "ek_d") > 0 && refresh(conn, "ek_e") > 0,
+    TH_ASSERT(refresh(conn, "ek_g") > 0 && refresh(conn, "ek_c") > 0 && refresh(conn, "ek_n") > 0,
               "the deletion is refreshed");
+    /* (The DISTINCTs publish an update only if the value they show changes.) */
+    th_sql(conn, "SELECT sluice.refresh_stream_table('ek_d'); SELECT "
+                 "sluice.refresh_stream_table('ek_e')");
     TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM ek_g") == 2 &&
                   th_sql_int(conn, "SELECT n FROM ek_g WHERE x = 1") == 1 &&
                   th_sql_int(conn, "SELECT count(*) FROM ek_d") == 2 &&
