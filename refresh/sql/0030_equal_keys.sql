@@ -65,8 +65,9 @@ BEGIN
         WHEN base = 'numeric'::regtype AND mod < 0 THEN format('pg_catalog.trim_scale(%s)', value)
         WHEN base = 'interval'::regtype THEN format('pg_catalog.justify_interval(%s)', value)
         WHEN base = 'bpchar'::regtype AND mod < 0 THEN format('pg_catalog.rtrim(%s, '' '')', value)
-        -- The extension's type, which compares its values in lower case.
-        WHEN EXISTS (SELECT 1 FROM pg_depend e JOIN pg_extension x ON x.oid = e.refobjid
+        -- The extension's type, which compares its values in lower case
+        -- (looked for only among types created after initdb: oid 16384 on).
+        WHEN base >= 16384 AND EXISTS (SELECT 1 FROM pg_depend e JOIN pg_extension x ON x.oid = e.refobjid
                       WHERE e.classid = 'pg_type'::regclass AND e.objid = base AND e.deptype = 'e'
                         AND x.extname = 'citext')
         THEN format('pg_catalog.lower(%s::pg_catalog.text)', value)
