@@ -216,7 +216,7 @@ struct sl_ksource {
 
     sl_buf_t id, payload, headers; /* scratch for one message */
     char errbuf[512];
-    int64_t received, invalid;
+    int64_t received, invalid, tombstones;
 };
 
 static int
@@ -270,6 +270,19 @@ ks_part_push(ks_part_t *p, int64_t offset, uint32_t bytes, uint32_t *seq)
     *seq = p->head_seq + (uint32_t)p->len;
     p->len++;
     return SL_OK;
+}
+
+/* Moves p's offset to commit past its acknowledged prefix. */
+static void
+ks_part_settle(sl_ksource_t *ks, ks_part_t *p)
+{
+    while (p->len > 0 && p->q[p->head].acked) {
+        p->commit_off = p->q[p->head].offset + 1;
+        p->head = (p->head + 1) % p->cap;
+        p->head_seq++;
+        p->len--;
+        ks->dirty = true;
+    }
 }
 
 /* ------------------------------------------------------------------------ */
@@ -404,6 +417,23 @@ ks_send(sl_ksource_t *ks, rd_kafka_message_t *m, sl_err_t *err)
     }
     if (rc != SL_OK)
         return rc;
+
+    /* A tombstone that the kafka sink wrote after a delete (no value,
+     * sluice-op "tombstone"): the delete before it is the message, and this
+     * record only tells a compacted topic to drop the key. Nothing to store;
+     * its offset is passed like an acknowledged one. */
+    if (m->payload == NULL && hdrs != NULL &&
+        rd_kafka_header_get_last(hdrs, "sluice-op", &hv, &hsize) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+        hv != NULL && hsize == strlen("tombstone") && memcmp(hv, "tombstone", hsize) == 0) {
+        uint32_t seq;
+        if (ks_part_push(p, m->offset, 0, &seq) != SL_OK)
+            return sl_err_nomem(err, "the in-flight offsets");
+        p->q[(p->head + p->len - 1) % p->cap].acked = true;
+        ks_part_settle(ks, p);
+        ks->received++;
+        ks->tombstones++;
+        return SL_OK;
+    }
 
     const char *why = NULL;
     bool key_ok = m->key == NULL || sl_utf8_valid(m->key, m->key_len);
@@ -677,13 +707,7 @@ ks_on_ack(void *ctx, uint64_t token, int status, const sl_err_t *err)
         return;
     }
     e->acked = true;
-    while (p->len > 0 && p->q[p->head].acked) {
-        p->commit_off = p->q[p->head].offset + 1;
-        p->head = (p->head + 1) % p->cap;
-        p->head_seq++;
-        p->len--;
-        ks->dirty = true;
-    }
+    ks_part_settle(ks, p);
     if (ks->revoking)
         ks_finish_revoke(ks);
     if (ks->state == KS_DRAINING) {
@@ -764,8 +788,10 @@ ks_handle_closed(uv_handle_t *h)
     if (--ks->open_handles > 0)
         return;
     ks->state = KS_STOPPED;
-    sl_log_info("pipeline.stopped", "pipeline=%s failed=%s received=%" PRId64 " invalid=%" PRId64,
-                ks->cfg->name, ks->failed ? "true" : "false", ks->received, ks->invalid);
+    sl_log_info(
+        "pipeline.stopped",
+        "pipeline=%s failed=%s received=%" PRId64 " invalid=%" PRId64 " tombstones=%" PRId64,
+        ks->cfg->name, ks->failed ? "true" : "false", ks->received, ks->invalid, ks->tombstones);
     ks->on_stopped(ks, ks->arg);
 }
 

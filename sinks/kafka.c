@@ -24,6 +24,15 @@
  * librdkafka spreads those over partitions); value = the envelope (JSON or
  * msgpack); headers sluice-id, sluice-topic, sluice-op, then the publish()
  * headers (string values as they are, other JSON values as JSON text).
+ *
+ * Tombstones (option "tombstones"): a stream-table delete is then two
+ * records, the envelope and after it a record with the same key and no value,
+ * which is what tells a compacted topic to forget the key. Same key, so same
+ * partition, in that order. The message is acknowledged once both reports
+ * are in, whatever order they come in: `pairs` holds the state of each such
+ * message in flight, indexed by its pipeline sequence number (the window
+ * keeps in-flight numbers within max_inflight of each other, so a ring of
+ * twice that never mixes two of them up).
  */
 #include "sinks/sink_int.h"
 
@@ -44,6 +53,8 @@
 #define SL_KAFKA_NAMED_TOPICS_MAX 64
 /* Longest rendered Kafka topic name plus NUL (Kafka's limit is 249). */
 #define SL_KAFKA_TOPIC_MAX 256
+/* Set in the opaque of both records of a delete followed by a tombstone. */
+#define SL_KAFKA_PAIR (UINT64_C(1) << 63)
 
 typedef struct kafka_conf {
     char *type;
@@ -51,10 +62,18 @@ typedef struct kafka_conf {
     char *topic;
     char *format;
     const cJSON *properties;
+    bool tombstones;
     /* Set by validate. */
     sl_template_t *tpl;
     sl_format_t fmt;
 } kafka_conf_t;
+
+/* A delete whose envelope and tombstone are in flight (see the top). */
+typedef struct kafka_pair {
+    uint64_t token;
+    uint8_t parts; /* reports still to come; 0: the slot is free */
+    bool failed;   /* an error was reported for the message already */
+} kafka_pair_t;
 
 typedef struct kafka_sink {
     struct sl_sink base;
@@ -68,8 +87,10 @@ typedef struct kafka_sink {
     rd_kafka_topic_t **rkts;  /* owned handles of the Kafka topics known up front */
     size_t nrkts;
     sl_format_t fmt;
-    sl_buf_t value; /* reused envelope buffer */
-    bool closing;   /* reports after close are dropped */
+    sl_buf_t value;      /* reused envelope buffer */
+    bool closing;        /* reports after close are dropped */
+    kafka_pair_t *pairs; /* owned ring, NULL unless tombstones are on */
+    size_t npairs;       /* its size, a power of two */
 } kafka_sink_t;
 
 static const char *const kafka_formats[] = {"json", "msgpack", NULL};
@@ -85,6 +106,10 @@ static const sl_cfg_key_t kafka_keys[] = {
      kafka_formats, false, "envelope encoding of the record value"},
     {"properties", SL_CFG_OBJECT, offsetof(kafka_conf_t, properties), false, NULL, 0, 0, NULL,
      false, "librdkafka producer properties, passed through (strings, numbers, booleans)"},
+    {"tombstones", SL_CFG_BOOL, offsetof(kafka_conf_t, tombstones), false, "false", 0, 0, NULL,
+     false,
+     "after each stream-table delete, also produce a tombstone (same key, no value), so that "
+     "a compacted topic drops the row"},
 };
 
 /* Properties sluice sets before the user's, who may override them. */
@@ -200,6 +225,21 @@ kafka_validate(void *conf, const char *path, sl_err_t *err)
                    p, c->topic, rendered);
         return sl_err_hint(err, "Kafka topics are at most 249 characters from A-Z a-z 0-9 . _ -");
     }
+    if (c->tombstones) {
+        /* A tombstone removes its key from the topic it is in, so every
+         * record of a row must go to one topic. */
+        char ins[SL_KAFKA_TOPIC_MAX], del[SL_KAFKA_TOPIC_MAX];
+        sl_msg_t mi = {.topic = "orders", .op = "insert"}, md = {.topic = "orders", .op = "delete"};
+        if (sl_template_render(c->tpl, &mi, ins, sizeof ins) < 0 ||
+            sl_template_render(c->tpl, &md, del, sizeof del) < 0 || strcmp(ins, del) != 0) {
+            sl_err_set(err, SL_EUSAGE,
+                       "%s.tombstones: the topic template \"%s\" puts a row's inserts and "
+                       "deletes in different topics (\"%s\", \"%s\"), where a tombstone "
+                       "cannot remove the row",
+                       path, c->topic, ins, del);
+            return sl_err_hint(err, "remove {op} from \"topic\", or set \"tombstones\": false");
+        }
+    }
     if (c->brokers[0] == '\0') {
         sl_err_set(err, SL_EUSAGE, "%s.brokers: is empty", path);
         return sl_err_hint(err, "set it to host:port of at least one broker, e.g. "
@@ -254,6 +294,14 @@ kafka_err_is_permanent(rd_kafka_resp_err_t e)
     }
 }
 
+/* The state of the pair of records of message `token`, or NULL. */
+static kafka_pair_t *
+kafka_pair_find(kafka_sink_t *s, uint64_t token)
+{
+    kafka_pair_t *p = &s->pairs[token & (s->npairs - 1)];
+    return p->parts > 0 && p->token == token ? p : NULL;
+}
+
 static void
 kafka_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque)
 {
@@ -261,9 +309,25 @@ kafka_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque)
     if (s->closing)
         return;
     uint64_t token = (uint64_t)(uintptr_t)msg->_private;
+    kafka_pair_t *pair = NULL;
+    if (token & SL_KAFKA_PAIR) {
+        token &= ~SL_KAFKA_PAIR;
+        pair = kafka_pair_find(s, token);
+    }
     if (msg->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        /* One record of a pair: the message is acknowledged by the last
+         * report, unless an error was reported for it. */
+        if (pair != NULL && (--pair->parts > 0 || pair->failed))
+            return;
         s->base.env.on_ack(s->base.env.ctx, token, SL_OK, NULL);
         return;
+    }
+    if (pair != NULL) {
+        bool reported = pair->failed;
+        pair->failed = true;
+        pair->parts--;
+        if (reported)
+            return; /* one error per message */
     }
     sl_err_t err;
     sl_err_set(&err, SL_ERR, "Kafka delivery to topic \"%s\" failed: %s",
@@ -405,6 +469,16 @@ kafka_create(const void *conf, const sl_sink_env_t *env, sl_sink_t **out, sl_err
     s->tpl = c->tpl;
     s->fmt = c->fmt;
     s->pipefd[0] = s->pipefd[1] = -1;
+    if (c->tombstones) {
+        s->npairs = 64;
+        while (s->npairs < 2 * env->max_inflight)
+            s->npairs *= 2;
+        s->pairs = calloc(s->npairs, sizeof *s->pairs);
+        if (s->pairs == NULL) {
+            free(s);
+            return sl_err_nomem(err, "the Kafka sink's tombstone table");
+        }
+    }
 
     rd_kafka_conf_t *rkc = NULL;
     int rc = kafka_conf_build(c, "sink", &rkc, err);
@@ -413,7 +487,7 @@ kafka_create(const void *conf, const sl_sink_env_t *env, sl_sink_t **out, sl_err
     /* librdkafka's own queue must never be the limit before our window. */
     char val[32];
     char errstr[512];
-    snprintf(val, sizeof val, "%zu", env->max_inflight + 1024);
+    snprintf(val, sizeof val, "%zu", env->max_inflight * (c->tombstones ? 2 : 1) + 1024);
     rd_kafka_conf_set(rkc, "queue.buffering.max.messages", val, errstr, sizeof errstr);
     snprintf(val, sizeof val, "%zu", env->max_inflight_bytes / 1024 * 2 + 1024);
     rd_kafka_conf_set(rkc, "queue.buffering.max.kbytes", val, errstr, sizeof errstr);
@@ -447,8 +521,9 @@ kafka_create(const void *conf, const sl_sink_env_t *env, sl_sink_t **out, sl_err
     uv_timer_start(&s->timer, kafka_timer_cb, SL_KAFKA_POLL_MS, SL_KAFKA_POLL_MS);
     /* brokers may come from ${ENV:..}; like every interpolated value it is not logged. */
     char q[512];
-    sl_log_info("kafka.start", "pipeline=%s topic=%s format=%s librdkafka=%s", env->pipeline,
-                sl_log_quote(q, sizeof q, c->topic), c->format, rd_kafka_version_str());
+    sl_log_info("kafka.start", "pipeline=%s topic=%s format=%s tombstones=%s librdkafka=%s",
+                env->pipeline, sl_log_quote(q, sizeof q, c->topic), c->format,
+                c->tombstones ? "true" : "false", rd_kafka_version_str());
     *out = &s->base;
     return SL_OK;
 
@@ -456,6 +531,7 @@ fail_rk:
     kafka_topics_release(s);
     rd_kafka_destroy(s->rk);
 fail_free:
+    free(s->pairs);
     free(s);
     return rc;
 }
@@ -494,6 +570,27 @@ kafka_add_user_headers(rd_kafka_headers_t *hdrs, const char *json, uint64_t outb
     return rc;
 }
 
+/* Produces the tombstone that follows a delete: its key, no value, headers
+ * sluice-id and sluice-topic of the message and sluice-op "tombstone". */
+static rd_kafka_resp_err_t
+kafka_send_tombstone(kafka_sink_t *s, const sl_msg_t *m, const char *topic, size_t keylen,
+                     uint64_t opaque)
+{
+    rd_kafka_headers_t *hdrs = rd_kafka_headers_new(4);
+    if (hdrs == NULL)
+        return RD_KAFKA_RESP_ERR__FAIL; /* (librdkafka aborts on out of memory instead) */
+    rd_kafka_header_add(hdrs, "sluice-id", -1, m->id, -1);
+    rd_kafka_header_add(hdrs, "sluice-topic", -1, m->topic, -1);
+    rd_kafka_header_add(hdrs, "sluice-op", -1, "tombstone", -1);
+    rd_kafka_resp_err_t e = rd_kafka_producev(
+        s->rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+        RD_KAFKA_V_VALUE(NULL, 0), RD_KAFKA_V_KEY(m->key, keylen), RD_KAFKA_V_HEADERS(hdrs),
+        RD_KAFKA_V_OPAQUE((void *)(uintptr_t)opaque), RD_KAFKA_V_END);
+    if (e != RD_KAFKA_RESP_ERR_NO_ERROR)
+        rd_kafka_headers_destroy(hdrs); /* Not taken on failure. */
+    return e;
+}
+
 static int
 kafka_send(sl_sink_t *sk, const sl_msg_t *m, uint64_t token, size_t *bytes, sl_err_t *err)
 {
@@ -522,14 +619,44 @@ kafka_send(sl_sink_t *sk, const sl_msg_t *m, uint64_t token, size_t *bytes, sl_e
         rd_kafka_headers_destroy(hdrs);
         return rc;
     }
+    size_t keylen = m->key ? strlen(m->key) : 0;
+    kafka_pair_t *pair = NULL;
+    if (s->pairs != NULL && m->key != NULL && strcmp(m->op, "delete") == 0) {
+        pair = &s->pairs[token & (s->npairs - 1)];
+        if (pair->parts > 0) {
+            rd_kafka_headers_destroy(hdrs);
+            return sl_err_set(err, SL_ERR,
+                              "the Kafka sink holds more deletes in flight than the pipeline's "
+                              "window allows (outbox message %" PRId64 ")",
+                              m->outbox_id);
+        }
+    }
+    uint64_t opaque = pair != NULL ? token | SL_KAFKA_PAIR : token;
     rd_kafka_resp_err_t e = rd_kafka_producev(
         s->rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-        RD_KAFKA_V_VALUE(s->value.data, s->value.len),
-        RD_KAFKA_V_KEY(m->key, m->key ? strlen(m->key) : 0), RD_KAFKA_V_HEADERS(hdrs),
-        RD_KAFKA_V_OPAQUE((void *)(uintptr_t)token), RD_KAFKA_V_END);
-    if (e == RD_KAFKA_RESP_ERR_NO_ERROR) {
-        *bytes = s->value.len + (m->key ? strlen(m->key) : 0);
+        RD_KAFKA_V_VALUE(s->value.data, s->value.len), RD_KAFKA_V_KEY(m->key, keylen),
+        RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_OPAQUE((void *)(uintptr_t)opaque), RD_KAFKA_V_END);
+    if (e == RD_KAFKA_RESP_ERR_NO_ERROR && pair == NULL) {
+        *bytes = s->value.len + keylen;
         return SL_OK;
+    }
+    if (e == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        *pair = (kafka_pair_t){.token = token, .parts = 2};
+        if ((e = kafka_send_tombstone(s, m, topic, keylen, opaque)) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+            *bytes = s->value.len + 2 * keylen;
+            return SL_OK;
+        }
+        /* The envelope is on its way: its report must not acknowledge the
+         * message, which the pipeline takes as not sent. After a restart the
+         * delete is sent again, with its tombstone. */
+        pair->parts = 1;
+        pair->failed = true;
+        sl_err_set(err, SL_ERR,
+                   "Kafka refused the tombstone that follows the delete of outbox message "
+                   "%" PRId64 " (topic \"%s\"): %s",
+                   m->outbox_id, topic, rd_kafka_err2str(e));
+        err->native = e;
+        return sl_err_hint(err, "restart the relay: the pipeline resumes from its checkpoint");
     }
     rd_kafka_headers_destroy(hdrs); /* Not taken on failure. */
     if (e == RD_KAFKA_RESP_ERR__QUEUE_FULL)
@@ -566,6 +693,7 @@ kafka_handle_closed(uv_handle_t *h)
     close(s->pipefd[0]);
     close(s->pipefd[1]);
     sl_buf_free(&s->value);
+    free(s->pairs);
     sl_sink_close_end(&s->base);
 }
 

@@ -108,6 +108,16 @@ static const bad_case_t cases[] = {
      "{\"database\": \"x\", \"pipelines\": [{\"name\": \"a\", "
      "\"sink\": {\"type\": \"kafka\", \"brokers\": \"h:1\", \"format\": \"avro\"}}]}",
      {"pipelines[0].sink.format: expected one of \"json\", \"msgpack\", got \"avro\""}},
+    {"tombstones with a topic template that splits a row's operations",
+     "{\"database\": \"x\", \"pipelines\": [{\"name\": \"a\", \"sink\": {\"type\": "
+     "\"kafka\", \"brokers\": \"h:1\", \"topic\": \"{topic}.{op}\", \"tombstones\": true}}]}",
+     {"pipelines[0].sink.tombstones: the topic template \"{topic}.{op}\" puts a row's inserts "
+      "and deletes in different topics (\"orders.insert\", \"orders.delete\")",
+      "hint: remove {op} from \"topic\", or set \"tombstones\": false"}},
+    {"tombstones not a boolean",
+     "{\"database\": \"x\", \"pipelines\": [{\"name\": \"a\", \"sink\": {\"type\": "
+     "\"kafka\", \"brokers\": \"h:1\", \"tombstones\": \"yes\"}}]}",
+     {"pipelines[0].sink.tombstones: expected a boolean"}},
     {"bad log_level choice with a suggestion",
      "{\"database\": \"x\", \"log_level\": \"inf\", " OK_PIPELINES "}",
      {"log_level: expected one of \"debug\", \"info\", \"warn\", \"error\"",
