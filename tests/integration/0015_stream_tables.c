@@ -79,6 +79,13 @@
  *      dropped one and a renamed source fail the refresh with a message
  *      naming it, publishing nothing; re-validating with the same query
  *      rebuilds the stream table with the new type.
+ *  16. snapshot_stream_table (migration 31): one 'snapshot' message per row,
+ *      keyed by row id, before null, after the row printed as the deltas
+ *      print it (the recorded settings, whoever calls), one new refresh id;
+ *      those messages alone rebuild the table, and with the deltas after
+ *      them still do; no history row, no notification; NULL and nothing
+ *      written for an empty stream table; errors for a name that is not a
+ *      stream table and for a role that does not own it.
  */
 #include "harness.h"
 
@@ -3300,6 +3307,105 @@ check_source_ddl(const char *url, PGconn *conn)
     th_sql(conn, "DROP TABLE dd, dd_old");
 }
 
+/* ------------------------------------------------------------------------ */
+/* 16. snapshots                                                             */
+/* ------------------------------------------------------------------------ */
+
+static void
+check_snapshot(const th_env_t *env, PGconn *conn)
+{
+    TH_LOG("snapshot_stream_table");
+    th_sql(conn, "CREATE TABLE snap_src (id int PRIMARY KEY, grp int, at timestamptz);"
+                 "INSERT INTO snap_src SELECT g, g %% 3, '2026-01-01 10:00+00'::timestamptz + g * "
+                 "interval '1 hour' FROM generate_series(1, 9) g");
+    /* Made in Kolkata: the images print with +05:30 whoever refreshes. */
+    th_sql(conn, "SET TimeZone = 'Asia/Kolkata'");
+    th_sql(conn, "SELECT sluice.create_stream_table('snap_st', 'SELECT grp, count(*) AS n, "
+                 "max(at) AS last_at FROM snap_src GROUP BY grp', schedule => '1 hour')");
+    th_sql(conn, "SET TimeZone = 'UTC'");
+    th_sql(conn,
+           "UPDATE snap_src SET grp = 3 WHERE id IN (1, 2); DELETE FROM snap_src WHERE id = 9");
+    TH_ASSERT(refresh(conn, "snap_st") > 0, "the stream table is refreshed");
+    th_sql(conn, "LISTEN snap_ch; SELECT sluice.subscribe('snap_st', 'snap_ch', 0)");
+
+    long long before = max_outbox_id(conn);
+    long long rows = th_sql_int(conn, "SELECT count(*) FROM snap_st");
+    long long sid = th_sql_int(conn, "SELECT sluice.snapshot_stream_table('snap_st')");
+    TH_ASSERT(rows == 4 && sid > 0, "a snapshot of the 4 rows gets a refresh id (%lld)", sid);
+    /* (Compared with to_jsonb of the rows, which prints in this session's zone.) */
+    th_sql(conn, "SET TimeZone = 'Asia/Kolkata'");
+    TH_ASSERT(th_sql_int(conn,
+                         "SELECT count(*) FROM sluice.outbox WHERE id > %lld AND topic = 'snap_st' "
+                         "AND op = 'snapshot' AND refresh_id = %lld AND headers = '{}' AND "
+                         "payload->'before' = 'null' AND (payload->>'refresh_id')::bigint = %lld",
+                         before, sid, sid) == rows &&
+                  max_outbox_id(conn) - before == rows,
+              "one snapshot message per row, with the snapshot's refresh id, before null");
+    TH_ASSERT(th_sql_int(conn,
+                         "SELECT count(*) FROM sluice.outbox o JOIN snap_st t ON "
+                         "t.__sluice_row_id::text = o.key WHERE o.id > %lld AND payload->'after' = "
+                         "to_jsonb(t) - '__sluice_row_id' AND payload->'after'->>'last_at' LIKE "
+                         "'%%+05:30'",
+                         before) == rows,
+              "each is keyed by its row id, its image the row, printed in the recorded time zone");
+    TH_ASSERT(th_sql_int(conn,
+                         "SELECT count(*) FROM sluice.outbox s JOIN LATERAL (SELECT d.payload FROM "
+                         "sluice.outbox d WHERE d.topic = 'snap_st' AND d.key = s.key AND d.id <= "
+                         "%lld ORDER BY d.id DESC LIMIT 1) d ON true WHERE s.id > %lld AND "
+                         "(s.payload->'after')::text = (d.payload->'after')::text",
+                         before, before) == rows,
+              "each image has the bytes of the row's last delta");
+    TH_ASSERT(th_sql_int(conn,
+                         "SELECT count(*) FROM sluice.refresh_history WHERE refresh_id = %lld",
+                         sid) == 0,
+              "a snapshot is not a refresh: no history row");
+    PQconsumeInput(conn);
+    PGnotify *nf = PQnotifies(conn);
+    TH_ASSERT(nf == NULL, "no notification for a snapshot (got %s)", nf ? nf->extra : "");
+
+    /* A consumer that starts at the snapshot, then takes the deltas. */
+    th_sql(conn, "INSERT INTO snap_src VALUES (20, 7, '2026-02-01 00:00+00'); UPDATE snap_src SET "
+                 "at = at + interval '1 day' WHERE id = 3; DELETE FROM snap_src WHERE grp = 1");
+    TH_ASSERT(refresh(conn, "snap_st") > 0, "the stream table is refreshed after the snapshot");
+    long long off = th_sql_int(
+        conn,
+        "WITH last AS (SELECT DISTINCT ON (key) key, op, payload->'after' AS img FROM "
+        "sluice.outbox WHERE topic = 'snap_st' AND id > %lld ORDER BY key, id DESC), "
+        "replay AS (SELECT key, img FROM last WHERE op <> 'delete'), "
+        "cur AS (SELECT t.__sluice_row_id::text AS key, to_jsonb(t) - '__sluice_row_id' AS img "
+        "FROM snap_st t) "
+        "SELECT count(*) FROM ((SELECT * FROM replay EXCEPT SELECT * FROM cur) UNION ALL "
+        "(SELECT * FROM cur EXCEPT SELECT * FROM replay)) d",
+        before);
+    TH_ASSERT(off == 0,
+              "the snapshot and the deltas after it rebuild the stream table (%lld rows differ)",
+              off);
+    TH_ASSERT(diff_from_replay(conn, "snap_st") == 0, "replaying the whole topic still does");
+    th_sql(conn, "UNLISTEN snap_ch; SELECT sluice.unsubscribe('snap_st', 'snap_ch')");
+    while ((nf = PQnotifies(conn)) != NULL)
+        PQfreemem(nf);
+
+    /* An empty stream table, and errors. */
+    th_sql(conn, "SELECT sluice.create_stream_table('snap_empty', 'SELECT id FROM snap_src WHERE "
+                 "id < 0', schedule => '1 hour')");
+    before = max_outbox_id(conn);
+    char *got = th_sql_text(conn, "SELECT sluice.snapshot_stream_table('snap_empty')");
+    TH_ASSERT(got == NULL && max_outbox_id(conn) == before,
+              "the snapshot of an empty stream table returns NULL and writes nothing (%s)",
+              got ? got : "NULL");
+    expect_error(conn, "42704", "sluice.snapshot_stream_table: snap_src is not a stream table",
+                 "SELECT sluice.snapshot_stream_table('snap_src')");
+    char url[600];
+    snprintf(url, sizeof url, "postgresql://mallory@127.0.0.1:%d/postgres", env->pg_port);
+    PGconn *mal = th_pg_connect(url);
+    expect_error(mal, "42501", "permission denied for stream table snap_st",
+                 "SELECT sluice.snapshot_stream_table('snap_st')");
+    PQfinish(mal);
+    TH_ASSERT(max_outbox_id(conn) == before, "the refused calls wrote nothing");
+    th_sql(conn, "SELECT sluice.drop_stream_table('snap_empty'); SELECT "
+                 "sluice.drop_stream_table('snap_st'); DROP TABLE snap_src; RESET TimeZone");
+}
+
 int
 main(void)
 {
@@ -3349,6 +3455,7 @@ main(void)
     check_session_settings(env.pg_url, conn);
     check_equal_keys(env.pg_url, conn);
     check_source_ddl(env.pg_url, conn);
+    check_snapshot(&env, conn);
 
     PQfinish(conn);
     th_env_stop(&env);
