@@ -29,11 +29,9 @@
  * records, the envelope and after it a record with the same key and no value,
  * which is what tells a compacted topic to forget the key. Same key, so same
  * partition, in that order. The message is acknowledged once both reports
- * are in, whatever order they come in: `pairs` holds the state of each such
- * message in flight, indexed by its pipeline sequence number (the window
- * keeps in-flight numbers within max_inflight of each other, so a ring of
- * twice that never mixes two of them up).
+ * are in, whatever order they come in (sinks/kafka_pairs.h).
  */
+#include "sinks/kafka_pairs.h"
 #include "sinks/sink_int.h"
 
 #include <cjson/cJSON.h>
@@ -68,13 +66,6 @@ typedef struct kafka_conf {
     sl_format_t fmt;
 } kafka_conf_t;
 
-/* A delete whose envelope and tombstone are in flight (see the top). */
-typedef struct kafka_pair {
-    uint64_t token;
-    uint8_t parts; /* reports still to come; 0: the slot is free */
-    bool failed;   /* an error was reported for the message already */
-} kafka_pair_t;
-
 typedef struct kafka_sink {
     struct sl_sink base;
     rd_kafka_t *rk;          /* owned */
@@ -87,10 +78,9 @@ typedef struct kafka_sink {
     rd_kafka_topic_t **rkts;  /* owned handles of the Kafka topics known up front */
     size_t nrkts;
     sl_format_t fmt;
-    sl_buf_t value;      /* reused envelope buffer */
-    bool closing;        /* reports after close are dropped */
-    kafka_pair_t *pairs; /* owned ring, NULL unless tombstones are on */
-    size_t npairs;       /* its size, a power of two */
+    sl_buf_t value;     /* reused envelope buffer */
+    bool closing;       /* reports after close are dropped */
+    sl_kpairs_t *pairs; /* owned; NULL unless tombstones are on */
 } kafka_sink_t;
 
 static const char *const kafka_formats[] = {"json", "msgpack", NULL};
@@ -294,14 +284,6 @@ kafka_err_is_permanent(rd_kafka_resp_err_t e)
     }
 }
 
-/* The state of the pair of records of message `token`, or NULL. */
-static kafka_pair_t *
-kafka_pair_find(kafka_sink_t *s, uint64_t token)
-{
-    kafka_pair_t *p = &s->pairs[token & (s->npairs - 1)];
-    return p->parts > 0 && p->token == token ? p : NULL;
-}
-
 static void
 kafka_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque)
 {
@@ -309,25 +291,19 @@ kafka_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque)
     if (s->closing)
         return;
     uint64_t token = (uint64_t)(uintptr_t)msg->_private;
-    kafka_pair_t *pair = NULL;
+    bool ok = msg->err == RD_KAFKA_RESP_ERR_NO_ERROR;
     if (token & SL_KAFKA_PAIR) {
+        /* One record of two: the message is acknowledged by the last
+         * report, and fails at most once. */
         token &= ~SL_KAFKA_PAIR;
-        pair = kafka_pair_find(s, token);
-    }
-    if (msg->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
-        /* One record of a pair: the message is acknowledged by the last
-         * report, unless an error was reported for it. */
-        if (pair != NULL && (--pair->parts > 0 || pair->failed))
+        sl_kpair_verdict_t v = sl_kpairs_report(s->pairs, token, ok);
+        if (v == SL_KPAIR_WAIT)
             return;
+        ok = v == SL_KPAIR_ACK;
+    }
+    if (ok) {
         s->base.env.on_ack(s->base.env.ctx, token, SL_OK, NULL);
         return;
-    }
-    if (pair != NULL) {
-        bool reported = pair->failed;
-        pair->failed = true;
-        pair->parts--;
-        if (reported)
-            return; /* one error per message */
     }
     sl_err_t err;
     sl_err_set(&err, SL_ERR, "Kafka delivery to topic \"%s\" failed: %s",
@@ -469,19 +445,14 @@ kafka_create(const void *conf, const sl_sink_env_t *env, sl_sink_t **out, sl_err
     s->tpl = c->tpl;
     s->fmt = c->fmt;
     s->pipefd[0] = s->pipefd[1] = -1;
-    if (c->tombstones) {
-        s->npairs = 64;
-        while (s->npairs < 2 * env->max_inflight)
-            s->npairs *= 2;
-        s->pairs = calloc(s->npairs, sizeof *s->pairs);
-        if (s->pairs == NULL) {
-            free(s);
-            return sl_err_nomem(err, "the Kafka sink's tombstone table");
-        }
+    int rc;
+    if (c->tombstones && (rc = sl_kpairs_new(env->max_inflight, &s->pairs, err)) != SL_OK) {
+        free(s);
+        return rc;
     }
 
     rd_kafka_conf_t *rkc = NULL;
-    int rc = kafka_conf_build(c, "sink", &rkc, err);
+    rc = kafka_conf_build(c, "sink", &rkc, err);
     if (rc != SL_OK)
         goto fail_free;
     /* librdkafka's own queue must never be the limit before our window. */
@@ -531,7 +502,7 @@ fail_rk:
     kafka_topics_release(s);
     rd_kafka_destroy(s->rk);
 fail_free:
-    free(s->pairs);
+    sl_kpairs_free(s->pairs);
     free(s);
     return rc;
 }
@@ -620,28 +591,24 @@ kafka_send(sl_sink_t *sk, const sl_msg_t *m, uint64_t token, size_t *bytes, sl_e
         return rc;
     }
     size_t keylen = m->key ? strlen(m->key) : 0;
-    kafka_pair_t *pair = NULL;
-    if (s->pairs != NULL && m->key != NULL && strcmp(m->op, "delete") == 0) {
-        pair = &s->pairs[token & (s->npairs - 1)];
-        if (pair->parts > 0) {
-            rd_kafka_headers_destroy(hdrs);
-            return sl_err_set(err, SL_ERR,
-                              "the Kafka sink holds more deletes in flight than the pipeline's "
-                              "window allows (outbox message %" PRId64 ")",
-                              m->outbox_id);
-        }
+    bool pair = s->pairs != NULL && m->key != NULL && strcmp(m->op, "delete") == 0;
+    if (pair && !sl_kpairs_start(s->pairs, token)) {
+        rd_kafka_headers_destroy(hdrs);
+        return sl_err_set(err, SL_ERR,
+                          "the Kafka sink holds more deletes in flight than the pipeline's "
+                          "window allows (outbox message %" PRId64 ")",
+                          m->outbox_id);
     }
-    uint64_t opaque = pair != NULL ? token | SL_KAFKA_PAIR : token;
+    uint64_t opaque = pair ? token | SL_KAFKA_PAIR : token;
     rd_kafka_resp_err_t e = rd_kafka_producev(
         s->rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
         RD_KAFKA_V_VALUE(s->value.data, s->value.len), RD_KAFKA_V_KEY(m->key, keylen),
         RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_OPAQUE((void *)(uintptr_t)opaque), RD_KAFKA_V_END);
-    if (e == RD_KAFKA_RESP_ERR_NO_ERROR && pair == NULL) {
+    if (e == RD_KAFKA_RESP_ERR_NO_ERROR && !pair) {
         *bytes = s->value.len + keylen;
         return SL_OK;
     }
     if (e == RD_KAFKA_RESP_ERR_NO_ERROR) {
-        *pair = (kafka_pair_t){.token = token, .parts = 2};
         if ((e = kafka_send_tombstone(s, m, topic, keylen, opaque)) == RD_KAFKA_RESP_ERR_NO_ERROR) {
             *bytes = s->value.len + 2 * keylen;
             return SL_OK;
@@ -649,8 +616,7 @@ kafka_send(sl_sink_t *sk, const sl_msg_t *m, uint64_t token, size_t *bytes, sl_e
         /* The envelope is on its way: its report must not acknowledge the
          * message, which the pipeline takes as not sent. After a restart the
          * delete is sent again, with its tombstone. */
-        pair->parts = 1;
-        pair->failed = true;
+        sl_kpairs_abandon(s->pairs, token);
         sl_err_set(err, SL_ERR,
                    "Kafka refused the tombstone that follows the delete of outbox message "
                    "%" PRId64 " (topic \"%s\"): %s",
@@ -658,6 +624,8 @@ kafka_send(sl_sink_t *sk, const sl_msg_t *m, uint64_t token, size_t *bytes, sl_e
         err->native = e;
         return sl_err_hint(err, "restart the relay: the pipeline resumes from its checkpoint");
     }
+    if (pair)
+        sl_kpairs_cancel(s->pairs, token);
     rd_kafka_headers_destroy(hdrs); /* Not taken on failure. */
     if (e == RD_KAFKA_RESP_ERR__QUEUE_FULL)
         return SL_AGAIN;
@@ -693,7 +661,7 @@ kafka_handle_closed(uv_handle_t *h)
     close(s->pipefd[0]);
     close(s->pipefd[1]);
     sl_buf_free(&s->value);
-    free(s->pairs);
+    sl_kpairs_free(s->pairs);
     sl_sink_close_end(&s->base);
 }
 
