@@ -83,7 +83,9 @@
  *      keyed by row id, before null, after the row printed as the deltas
  *      print it (the recorded settings, whoever calls), one new refresh id;
  *      those messages alone rebuild the table, and with the deltas after
- *      them still do; no history row, no notification; NULL and nothing
+ *      them still do; no history row, no notification; one called while
+ *      a refresh is in progress waits for it, and its messages follow the
+ *      refresh's deltas and show the refreshed rows; NULL and nothing
  *      written for an empty stream table; errors for a name that is not a
  *      stream table and for a role that does not own it.
  */
@@ -3384,6 +3386,42 @@ check_snapshot(const th_env_t *env, PGconn *conn)
     th_sql(conn, "UNLISTEN snap_ch; SELECT sluice.unsubscribe('snap_st', 'snap_ch')");
     while ((nf = PQnotifies(conn)) != NULL)
         PQfreemem(nf);
+
+    /* A snapshot waits for a refresh in progress, and comes after its deltas. */
+    PGconn *other = th_pg_connect(env->pg_url);
+    PGconn *watch = th_pg_connect(env->pg_url);
+    th_sql(conn, "UPDATE snap_src SET at = at + interval '1 hour' WHERE id = 3");
+    th_sql(conn, "BEGIN");
+    long long rid = refresh(conn, "snap_st");
+    TH_ASSERT(rid > 0, "a refresh is in progress");
+    TH_ASSERT(PQsendQuery(other, "SELECT sluice.snapshot_stream_table('snap_st')") == 1,
+              "the snapshot is sent: %s", PQerrorMessage(other));
+    char waits[256];
+    snprintf(waits, sizeof waits,
+             "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE pid = %d AND wait_event_type = "
+             "'Lock')",
+             PQbackendPID(other));
+    TH_ASSERT(th_wait_sql(watch, waits, RUN_MS, 10), "the snapshot waits for the refresh");
+    th_sql(conn, "COMMIT");
+    PGresult *res = PQgetResult(other);
+    TH_ASSERT(PQresultStatus(res) == PGRES_TUPLES_OK && !PQgetisnull(res, 0, 0),
+              "the snapshot runs once the refresh commits: %s", PQresultErrorMessage(res));
+    long long sid2 = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    PQclear(res);
+    while ((res = PQgetResult(other)) != NULL)
+        PQclear(res);
+    TH_ASSERT(th_sql_int(conn,
+                         "SELECT count(*) FROM sluice.outbox WHERE refresh_id = %lld AND id > "
+                         "(SELECT max(id) FROM sluice.outbox WHERE refresh_id = %lld)",
+                         sid2, rid) == th_sql_int(conn, "SELECT count(*) FROM snap_st") &&
+                  th_sql_int(conn,
+                             "SELECT count(*) FROM sluice.outbox s JOIN snap_st t ON "
+                             "t.__sluice_row_id::text = s.key WHERE s.refresh_id = %lld AND "
+                             "s.payload->'after' = to_jsonb(t) - '__sluice_row_id'",
+                             sid2) == th_sql_int(conn, "SELECT count(*) FROM snap_st"),
+              "its messages follow the refresh's deltas and show the refreshed rows");
+    PQfinish(other);
+    PQfinish(watch);
 
     /* An empty stream table, and errors. */
     th_sql(conn, "SELECT sluice.create_stream_table('snap_empty', 'SELECT id FROM snap_src WHERE "
