@@ -61,7 +61,12 @@ DECLARE
 BEGIN
     -- Between refreshes (file header); read again, as it may have changed
     -- while this waited.
-    SELECT * INTO STRICT st FROM sluice.stream_table_catalog c WHERE c.id = st.id FOR UPDATE;
+    SELECT * INTO st FROM sluice.stream_table_catalog c WHERE c.id = st.id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'undefined_object',
+            MESSAGE = format('sluice.snapshot_stream_table: stream table %s was dropped while this call waited for it', name);
+    END IF;
     sid := nextval('sluice.refresh_id_seq');
     prev := sluice._st_use_settings(st.settings);
     EXECUTE format('INSERT INTO sluice.outbox (topic, key, op, payload, headers, refresh_id) '
