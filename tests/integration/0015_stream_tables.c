@@ -85,7 +85,8 @@
  *      those messages alone rebuild the table, and with the deltas after
  *      them still do; no history row, no notification; one called while
  *      a refresh is in progress waits for it, and its messages follow the
- *      refresh's deltas and show the refreshed rows; NULL and nothing
+ *      refresh's deltas and show the refreshed rows, one that waits for a
+ *      drop fails naming it; NULL and nothing
  *      written for an empty stream table; errors for a name that is not a
  *      stream table and for a role that does not own it.
  */
@@ -3420,6 +3421,24 @@ check_snapshot(const th_env_t *env, PGconn *conn)
                              "s.payload->'after' = to_jsonb(t) - '__sluice_row_id'",
                              sid2) == th_sql_int(conn, "SELECT count(*) FROM snap_st"),
               "its messages follow the refresh's deltas and show the refreshed rows");
+
+    /* One that waits for a drop gets an error naming what happened. */
+    th_sql(conn, "SELECT sluice.create_stream_table('snap_gone', 'SELECT id FROM snap_src', "
+                 "schedule => '1 hour')");
+    th_sql(conn, "BEGIN; SELECT sluice.drop_stream_table('snap_gone')");
+    TH_ASSERT(PQsendQuery(other, "SELECT sluice.snapshot_stream_table('snap_gone')") == 1,
+              "the snapshot is sent: %s", PQerrorMessage(other));
+    TH_ASSERT(th_wait_sql(watch, waits, RUN_MS, 10), "the snapshot waits for the drop");
+    th_sql(conn, "COMMIT");
+    res = PQgetResult(other);
+    const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+    TH_ASSERT(PQresultStatus(res) == PGRES_FATAL_ERROR && msg != NULL &&
+                  strcmp(msg, "sluice.snapshot_stream_table: stream table snap_gone was dropped "
+                              "while this call waited for it") == 0,
+              "the snapshot fails naming the drop: %s", PQresultErrorMessage(res));
+    PQclear(res);
+    while ((res = PQgetResult(other)) != NULL)
+        PQclear(res);
     PQfinish(other);
     PQfinish(watch);
 
