@@ -58,6 +58,7 @@ DECLARE
     prev jsonb;
     sid  bigint;
     n    bigint;
+    nm   text := st.name;
 BEGIN
     -- Between refreshes (file header); read again, as it may have changed
     -- while this waited.
@@ -65,7 +66,7 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION USING
             ERRCODE = 'undefined_object',
-            MESSAGE = format('sluice.snapshot_stream_table: stream table %s was dropped while this call waited for it', name);
+            MESSAGE = format('sluice.snapshot_stream_table: stream table %s was dropped while this call waited for it', nm);
     END IF;
     sid := nextval('sluice.refresh_id_seq');
     prev := sluice._st_use_settings(st.settings);
