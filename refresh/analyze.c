@@ -87,6 +87,11 @@
  *     recomputed ones united (analyze_distinct_setop); a chain of
  *     INTERSECTs or of EXCEPTs the same, the recomputed rows combined by
  *     it.
+ *   - one table and set-returning functions in its FROM, each WITH
+ *     ORDINALITY, filtered and projected: refreshed by the table's rows
+ *     (unit_columns, as a LEFT JOIN chain's first table), whose result
+ *     rows depend on that row alone; keyed by its primary key and the
+ *     ordinality columns (srf_units).
  * INTERSECT ALL, EXCEPT ALL, subqueries elsewhere, window functions without
  * PARTITION BY, LIMIT and the rest are refreshed in full, and the reason
  * says so. docs/stream-tables.md
@@ -830,6 +835,23 @@ tree_from(out_t *o, const cJSON *item, int depth)
         outf(o, "Subquery%s%s\n", alias ? " AS " : "", alias ? alias : "");
         tree_select(o, node(cJSON_GetObjectItemCaseSensitive(n, "subquery"), "SelectStmt"),
                     depth + 1);
+    } else if ((n = node(item, "RangeFunction")) != NULL) {
+        /* Its first function's name, as written. */
+        const cJSON *call = cJSON_GetArrayItem(
+            cJSON_GetObjectItemCaseSensitive(
+                node(cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(n, "functions"), 0),
+                     "List"),
+                "items"),
+            0);
+        const cJSON *fname = cJSON_GetObjectItemCaseSensitive(node(call, "FuncCall"), "funcname");
+        const char *name =
+            str(node(cJSON_GetArrayItem(fname, cJSON_GetArraySize(fname) - 1), "String"), "sval");
+        const char *alias = str(node(n, "alias"), "aliasname");
+        indent(o, depth);
+        outf(o, "Function Scan %s%s%s%s\n", name != NULL ? name : "(ROWS FROM)",
+             alias ? " AS " : "", alias ? alias : "",
+             cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(n, "ordinality")) ? " WITH ORDINALITY"
+                                                                             : "");
     } else {
         indent(o, depth);
         outf(o, "%s\n", item != NULL && item->child != NULL ? item->child->string : "?");
@@ -958,6 +980,50 @@ tree_select(out_t *o, const cJSON *sel, int depth)
 /* Classification                                                            */
 /* ------------------------------------------------------------------------ */
 
+/* The shape in which a set-returning function in FROM is refreshed
+ * differentially (srf_units; the creation check is
+ * sluice._st_srf_reason, refresh/sql/0032_set_returning_functions.sql). */
+static const char *const why_srf =
+    "a set-returning function in FROM is refreshed differentially in a query that only filters "
+    "and projects the rows of one table with a primary key and of functions called in its FROM "
+    "(joined by commas, CROSS JOIN or an inner JOIN; no GROUP BY, DISTINCT, aggregate, window "
+    "function, subquery, WITH, set operation, LIMIT or outer join); this one is refreshed in full";
+
+/* How many nodes of `type` are below n, subqueries included. */
+static size_t
+count_nodes(const cJSON *n, const char *type)
+{
+    if (n == NULL)
+        return 0;
+    size_t k = n->string != NULL && strcmp(n->string, type) == 0;
+    for (const cJSON *c = n->child; c != NULL; c = c->next)
+        k += count_nodes(c, type);
+    return k;
+}
+
+/* How many functions (RangeFunction) FROM item `item` is, or has as sides
+ * of its joins (not counting those inside subqueries). */
+static size_t
+from_functions(const cJSON *item)
+{
+    const cJSON *j = node(item, "JoinExpr");
+    if (j != NULL)
+        return from_functions(cJSON_GetObjectItemCaseSensitive(j, "larg")) +
+               from_functions(cJSON_GetObjectItemCaseSensitive(j, "rarg"));
+    return node(item, "RangeFunction") != NULL;
+}
+
+/* How many functions the FROM list of sel has as its items (above). */
+static size_t
+own_functions(const cJSON *sel)
+{
+    size_t k = 0;
+    const cJSON *item;
+    cJSON_ArrayForEach (item, cJSON_GetObjectItemCaseSensitive(sel, "fromClause"))
+        k += from_functions(item);
+    return k;
+}
+
 /* Why sel cannot be refreshed differentially, or NULL. */
 static const char *
 full_reason(const cJSON *sel, const sl_analyze_in_t *in)
@@ -990,9 +1056,13 @@ full_reason(const cJSON *sel, const sl_analyze_in_t *in)
         return "DISTINCT ON is refreshed in full";
     /* A raw parse tree cannot tell a set-returning function in the select
      * list from any other call: create_stream_table's check finds those in
-     * PostgreSQL's analysed tree (refresh/sql/0015_query_fallback.sql). */
-    if (has_node(sel, "RangeFunction"))
-        return "set-returning functions are refreshed in full";
+     * PostgreSQL's analysed tree (refresh/sql/0015_query_fallback.sql). A
+     * function in FROM is followed only as an item of the stream table's
+     * own FROM (see srf_units). */
+    if (has_node(sel, "RangeFunction") &&
+        (in->in_subquery || in->rooted_keys || in->aff_rel != NULL ||
+         count_nodes(sel, "RangeFunction") != own_functions(sel)))
+        return why_srf;
     if (cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(sel, "fromClause")) == 0)
         return "a query without FROM has no source to capture";
     if (has_long_colref(sel))
@@ -1042,6 +1112,7 @@ typedef struct from {
     bool left_deep; /* one item; every join's right side is a table */
     bool equi;      /* every join has ON with only col = col conjuncts */
     int grouping;   /* index in v of the one subquery that groups, or -1 */
+    size_t nfuncs;  /* functions in FROM (RangeFunction, WITH ORDINALITY; see srf_units) */
 } from_t;
 
 /* True when quals is col = col, or an AND of such. */
@@ -1242,7 +1313,17 @@ walk_from(const cJSON *item, const sl_analyze_in_t *in, from_t *f, bool right)
         const char *why = add_subquery(n, in, f);
         return why == NULL ? NULL : add_grouping(n, f, why);
     }
-    return "only tables, joins and subqueries of tables in FROM are refreshed differentially";
+    if ((n = node(item, "RangeFunction")) != NULL) {
+        /* Its rows are keyed by their position (srf_units). */
+        if (!cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(n, "ordinality")))
+            return "a set-returning function in FROM is refreshed differentially when it is "
+                   "written WITH ORDINALITY and the select list has its ordinality column (its "
+                   "rows' key)";
+        f->nfuncs++;
+        return NULL;
+    }
+    return "only tables, joins, subqueries of tables and set-returning functions in FROM are "
+           "refreshed differentially";
 }
 
 /* ------------------------------------------------------------------------ */
@@ -4864,6 +4945,32 @@ why_own_equality(const sl_analyze_in_t *in, const cJSON *sel, char *why, size_t 
     return why;
 }
 
+/*
+ * A query over one table and set-returning functions in its FROM (each
+ * WITH ORDINALITY; walk_from counted them): the rows it gives for a row of
+ * the table depend on that row alone, so it is refreshed by the table's
+ * rows, as a LEFT JOIN chain by its first table's (units: that table's
+ * primary key as the select list has it). Its row identity is that key
+ * and the functions' ordinality columns (sluice._st_srf_identity). Fills
+ * units (f->v[0].src->npk of them); returns why not, or NULL.
+ */
+static const char *
+srf_units(const cJSON *sel, const sl_analyze_in_t *in, const from_t *f, size_t nsubs,
+          keyexpr_t *units)
+{
+    if (f->n != 1 || f->v[0].subquery || f->grouping >= 0 || f->outer || nsubs > 0 ||
+        has_window(sel) || cJSON_GetObjectItemCaseSensitive(sel, "groupClause") != NULL ||
+        cJSON_GetObjectItemCaseSensitive(sel, "havingClause") != NULL ||
+        cJSON_GetObjectItemCaseSensitive(sel, "distinctClause") != NULL)
+        return why_srf;
+    if (f->v[0].src->npk == 0 || !map_units(sel, in, &f->v[0], units) ||
+        in->nkeys < f->v[0].src->npk + f->nfuncs)
+        return "a set-returning function in FROM is refreshed differentially when the row "
+               "identity is the table's primary key and each function's ordinality column "
+               "(WITH ORDINALITY), all in the select list";
+    return NULL;
+}
+
 int
 sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
 {
@@ -4996,6 +5103,17 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
                 goto done;
             goto full;
         }
+    bool srf = f.nfuncs > 0; /* refreshed by its table's rows (srf_units) */
+    if (srf) {
+        units = calloc(f.n == 1 && f.v[0].src != NULL && f.v[0].src->npk > 0 ? f.v[0].src->npk : 1,
+                       sizeof *units);
+        if (units == NULL) {
+            rc = sl_err_nomem(err, "the key list");
+            goto done;
+        }
+        if ((reason = srf_units(sel, in, &f, nsubs, units)) != NULL)
+            goto full;
+    }
     for (size_t i = 0; i < f.n && nsubs > 0; i++)
         if (f.v[i].grouping || f.v[i].subquery) {
             reason = why_sublink_from;
@@ -5117,7 +5235,7 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
         a->window_units = true;
         if (a->unit_columns == NULL)
             rc = sl_err_nomem(err, "the generated SQL");
-    } else if (f.outer && !by_keys) {
+    } else if ((f.outer || srf) && !by_keys) {
         sl_analyze_in_t unit_in = *in;
         unit_in.nkeys = f.v[0].src->npk;
         gen_affected_rooted(&o, in->query, &t, &c, &f, units, subs, nsubs);

@@ -89,6 +89,14 @@
  *      drop fails naming it; NULL and nothing
  *      written for an empty stream table; errors for a name that is not a
  *      stream table and for a role that does not own it.
+ *  17. A set-returning function in FROM (migration 32): the lines of an
+ *      order exploded from a jsonb array WITH ORDINALITY, keyed by (order,
+ *      position) and refreshed by order; exact deltas for a line changed
+ *      in place, a line removed (the positions after it shift), orders
+ *      cancelled, un-cancelled, emptied, inserted, re-keyed and truncated;
+ *      the table equals its query and the deltas rebuild it. The creation
+ *      check and the engine agree on the shapes (section 3's list), and
+ *      the key columns (or content identity) of such queries.
  */
 #include "harness.h"
 
@@ -468,6 +476,19 @@ check_key_columns(PGconn *conn)
                 "content");
     expect_keys(conn, "SELECT amount FROM orders", "content");
     expect_keys(conn, "SELECT id, unnest(ARRAY[1, 2]) AS x FROM orders", "content");
+    /* A function in FROM (migration 32): the table's key and the
+     * ordinality, as selected (not as they are called), or none. */
+    expect_keys(conn,
+                "SELECT g.n AS pos, o.amount, o.id AS oid FROM orders o, generate_series(1, 2) "
+                "WITH ORDINALITY g(g, n)",
+                "{pos,oid}");
+    expect_keys(conn, "SELECT o.id, g.g FROM orders o, generate_series(1, 2) g", "content");
+    expect_keys(conn,
+                "SELECT o.id, g.g FROM orders o, generate_series(1, 2) WITH ORDINALITY g(g, n)",
+                "content");
+    expect_keys(conn,
+                "SELECT g.n, g.g FROM orders o, generate_series(1, 2) WITH ORDINALITY g(g, n)",
+                "content");
     expect_keys(conn, "SELECT sum(amount) AS s FROM orders GROUP BY customer_id", "content");
     /* A key that is an expression (migration 20), written again or by position. */
     expect_keys(conn,
@@ -957,8 +978,54 @@ check_query_fallback(const char *url, PGconn *conn)
     expect_fallback_creation_only(conn,
                                   "SELECT DISTINCT id, generate_series(1, 2) AS g FROM orders",
                                   "set-returning functions are refreshed in full");
-    expect_fallback(conn, "SELECT o.id, g FROM orders o, generate_series(1, 2) g",
-                    "set-returning functions are refreshed in full");
+    /* A function in FROM (migration 32): left to the engine in the shape
+     * it refreshes by the table's rows (WITH ORDINALITY; without it, the
+     * rows have no key, see check_key_columns); else the reason. */
+    expect_fallback_creation_only(conn, "SELECT o.id, g FROM orders o, generate_series(1, 2) g",
+                                  NULL);
+    expect_fallback(conn,
+                    "SELECT o.id, g.n, g.g FROM orders o, generate_series(1, o.customer_id) WITH "
+                    "ORDINALITY g(g, n)",
+                    NULL);
+    expect_fallback(conn,
+                    "SELECT o.id, e.n, e.v FROM orders o CROSS JOIN LATERAL unnest(ARRAY[o.amount, "
+                    "0]) WITH ORDINALITY e(v, n) WHERE e.v > 0",
+                    NULL);
+    expect_fallback(conn,
+                    "SELECT o.id, e.n, f.m FROM orders o JOIN LATERAL generate_series(1, 2) WITH "
+                    "ORDINALITY e(v, n) ON e.v < o.customer_id, generate_series(1, e.v) WITH "
+                    "ORDINALITY f(w, m)",
+                    NULL);
+    static const char srf_reason[] = "a set-returning function in FROM is refreshed "
+                                     "differentially in a query that only filters and projects";
+    expect_fallback(conn,
+                    "SELECT e.v, count(*) AS n FROM orders o, unnest(ARRAY[o.customer_id]) WITH "
+                    "ORDINALITY e(v, n) GROUP BY e.v",
+                    srf_reason);
+    expect_fallback(conn,
+                    "SELECT DISTINCT o.id, e.n FROM orders o, unnest(ARRAY[o.customer_id]) WITH "
+                    "ORDINALITY e(v, n)",
+                    srf_reason);
+    expect_fallback(conn,
+                    "SELECT o.id, c.id AS cid, e.n FROM orders o JOIN customers c ON c.id = "
+                    "o.customer_id, unnest(ARRAY[c.name]) WITH ORDINALITY e(v, n)",
+                    srf_reason);
+    expect_fallback(conn,
+                    "SELECT o.id, e.n FROM orders o LEFT JOIN LATERAL unnest(ARRAY[o.amount]) "
+                    "WITH ORDINALITY e(v, n) ON true",
+                    srf_reason);
+    expect_fallback(conn,
+                    "SELECT s.id, s.n FROM (SELECT o.id, e.n FROM orders o, "
+                    "unnest(ARRAY[o.amount]) WITH ORDINALITY e(v, n)) s",
+                    srf_reason);
+    expect_fallback(conn,
+                    "SELECT o.id, e.n FROM orders o, unnest(ARRAY[o.amount]) WITH ORDINALITY "
+                    "e(v, n) UNION ALL SELECT c.id, 0 FROM customers c",
+                    srf_reason);
+    expect_fallback_creation_only(conn,
+                                  "SELECT o.id, e.n FROM orders o, generate_series(1, (random() "
+                                  "* 3)::int) WITH ORDINALITY e(v, n)",
+                                  "volatile functions (random())");
     expect_fallback_creation_only(conn, "SELECT id, amount * random() AS r FROM orders",
                                   "volatile functions (random())");
     expect_fallback_creation_only(conn,
@@ -3311,6 +3378,87 @@ check_source_ddl(const char *url, PGconn *conn)
 }
 
 /* ------------------------------------------------------------------------ */
+/* 17. set-returning functions in FROM                                       */
+/* ------------------------------------------------------------------------ */
+
+/* An order's lines exploded from a jsonb array (migration 32): keyed by
+ * the order and the line's position, refreshed by the changed orders. */
+static void
+check_set_returning_functions(const char *url, PGconn *conn)
+{
+    TH_LOG("set-returning functions in FROM, WITH ORDINALITY (migration 32)");
+    const char *q = "SELECT o.id, e.n, e.line ->> 'sku' AS sku, (e.line ->> 'qty')::int AS qty "
+                    "FROM srf_ord o, jsonb_array_elements(o.lines) WITH ORDINALITY AS e(line, n) "
+                    "WHERE o.status <> 'cancelled'";
+    const char *cols = "id, n, sku, qty";
+    th_sql(conn, "CREATE TABLE srf_ord (id int PRIMARY KEY, status text, lines jsonb);"
+                 "INSERT INTO srf_ord VALUES"
+                 "  (1, 'new', '[{\"sku\": \"a\", \"qty\": 1}, {\"sku\": \"b\", \"qty\": 2}]'),"
+                 "  (2, 'new', '[{\"sku\": \"a\", \"qty\": 1}, {\"sku\": \"a\", \"qty\": 1}]'),"
+                 "  (3, 'new', '[]'), (4, 'new', NULL),"
+                 "  (5, 'cancelled', '[{\"sku\": \"c\", \"qty\": 9}]')");
+    create_differential(url, conn, "srf_lines", q);
+    expect_text(th_sql_text(conn, "SELECT string_agg(property || ': ' || value, ' | ' ORDER BY "
+                                  "property) FROM sluice.explain_stream_table('srf_lines') WHERE "
+                                  "property IN ('row identity', 'refresh unit')"),
+                "refresh unit: all rows with the same (id) | row identity: key (id, n)",
+                "keyed by order and position, refreshed by order");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM srf_lines") == 4,
+              "two lines each for orders 1 and 2 (equal lines are two rows)");
+
+    /* One line changed in place: one update, nothing else. */
+    long long before = max_outbox_id(conn);
+    th_sql(conn, "UPDATE srf_ord SET lines = jsonb_set(lines, '{1,qty}', '5') WHERE id = 1");
+    TH_ASSERT(refresh(conn, "srf_lines") > 0, "the change is refreshed");
+    expect_text(deltas_since(conn, "srf_lines", before),
+                "update|{\"n\": 2, \"id\": 1, \"qty\": 2, \"sku\": \"b\"}|{\"n\": 2, \"id\": 1, "
+                "\"qty\": 5, \"sku\": \"b\"}",
+                "the line at position 2 of order 1 updated");
+
+    /* A line removed from the front shifts the others; appended, emptied,
+     * cancelled, deleted, a new order, a key changed. */
+    before = max_outbox_id(conn);
+    th_sql(conn, "UPDATE srf_ord SET lines = lines - 0 WHERE id = 2;"
+                 "UPDATE srf_ord SET lines = '[{\"sku\": \"d\", \"qty\": 4}]' WHERE id = 3;"
+                 "UPDATE srf_ord SET status = 'cancelled' WHERE id = 1;"
+                 "UPDATE srf_ord SET status = 'new' WHERE id = 5;"
+                 "INSERT INTO srf_ord VALUES (6, 'new', '[{\"sku\": \"e\"}]');"
+                 "UPDATE srf_ord SET id = 7 WHERE id = 6;"
+                 "UPDATE srf_ord SET lines = lines || '[{\"sku\": \"f\", \"qty\": 1}]' WHERE id "
+                 "= 5");
+    TH_ASSERT(refresh(conn, "srf_lines") > 0, "the changes are refreshed");
+    expect_text(deltas_since(conn, "srf_lines", before),
+                "delete|{\"n\": 1, \"id\": 1, \"qty\": 1, \"sku\": \"a\"}|null\n"
+                "delete|{\"n\": 2, \"id\": 1, \"qty\": 5, \"sku\": \"b\"}|null\n"
+                "delete|{\"n\": 2, \"id\": 2, \"qty\": 1, \"sku\": \"a\"}|null\n"
+                "insert|null|{\"n\": 1, \"id\": 3, \"qty\": 4, \"sku\": \"d\"}\n"
+                "insert|null|{\"n\": 1, \"id\": 5, \"qty\": 9, \"sku\": \"c\"}\n"
+                "insert|null|{\"n\": 1, \"id\": 7, \"qty\": null, \"sku\": \"e\"}\n"
+                "insert|null|{\"n\": 2, \"id\": 5, \"qty\": 1, \"sku\": \"f\"}",
+                "order 1 cancelled, order 2's second equal line gone (the first unchanged), "
+                "orders 3, 5 and 7 in");
+    TH_ASSERT(diff_from_query(conn, "srf_lines", cols, q) == 0, "srf_lines equals its query");
+
+    /* Emptied and refilled in one window; then the table truncated. */
+    th_sql(conn, "DELETE FROM srf_ord WHERE id = 2; INSERT INTO srf_ord VALUES (2, 'new', "
+                 "'[{\"sku\": \"z\", \"qty\": 3}]'); UPDATE srf_ord SET lines = NULL WHERE id = 3");
+    TH_ASSERT(refresh(conn, "srf_lines") > 0, "the changes are refreshed");
+    TH_ASSERT(diff_from_query(conn, "srf_lines", cols, q) == 0, "srf_lines equals its query");
+    expect_text(th_sql_text(conn, "SELECT string_agg(DISTINCT mode, ',') FROM "
+                                  "sluice.refresh_history h JOIN sluice.stream_table_catalog c "
+                                  "ON c.id = h.stream_table_id WHERE c.name = 'srf_lines' AND "
+                                  "h.refresh_id > (SELECT min(refresh_id) FROM "
+                                  "sluice.refresh_history WHERE stream_table_id = c.id)"),
+                "differential", "every refresh after the first was differential");
+    /* (A TRUNCATE is refreshed in full, as for any stream table.) */
+    th_sql(conn, "TRUNCATE srf_ord; INSERT INTO srf_ord VALUES (1, 'new', '[{\"sku\": \"y\"}]')");
+    TH_ASSERT(refresh(conn, "srf_lines") > 0, "the truncate is refreshed");
+    TH_ASSERT(diff_from_query(conn, "srf_lines", cols, q) == 0, "srf_lines equals its query");
+    TH_ASSERT(diff_from_replay(conn, "srf_lines") == 0, "replaying srf_lines' deltas rebuilds it");
+    th_sql(conn, "SELECT sluice.drop_stream_table('srf_lines'); DROP TABLE srf_ord");
+}
+
+/* ------------------------------------------------------------------------ */
 /* 16. snapshots                                                             */
 /* ------------------------------------------------------------------------ */
 
@@ -3513,6 +3661,7 @@ main(void)
     check_equal_keys(env.pg_url, conn);
     check_source_ddl(env.pg_url, conn);
     check_snapshot(&env, conn);
+    check_set_returning_functions(env.pg_url, conn);
 
     PQfinish(conn);
     th_env_stop(&env);

@@ -21,7 +21,8 @@
  * aggregate, an aggregate in a three-relation join written with WHERE), and
  * on the right side of a LEFT JOIN (after a table, after another LEFT JOIN
  * with HAVING inside and WHERE on the aggregate, and inner-joined in a
- * chain with a LEFT JOIN). After `sluice engine
+ * chain with a LEFT JOIN), and a set-returning function in FROM written
+ * WITH ORDINALITY (a variable number of rows per row). After `sluice engine
  * --once` has analysed them (every one is DIFFERENTIAL), every cycle:
  *
  *   1. runs a random batch of INSERT/UPDATE/DELETE (sometimes TRUNCATE) on
@@ -316,6 +317,13 @@ static const st_def_t sts[] = {
     {"p_except", "k, v", "SELECT a.k, a.v FROM a EXCEPT SELECT b.a_k, b.w FROM b", NULL},
     {"p_intersect", "k",
      "SELECT a.k FROM a WHERE a.v IS DISTINCT FROM 2 INTERSECT SELECT b.a_k FROM b WHERE b.w > 1",
+     NULL},
+    /* A set-returning function in FROM, WITH ORDINALITY (migration 32):
+     * k % 4 rows per row of a (none for NULL or k <= 0), keyed by (id, n),
+     * their values equal when v is 0, filtered on a's column. */
+    {"p_series", "id, n, x",
+     "SELECT a.id, g.n, g.g * a.v AS x FROM a, generate_series(1, a.k % 4) WITH ORDINALITY AS "
+     "g(g, n) WHERE a.v IS DISTINCT FROM 2",
      NULL},
     /* Keys whose equal values print differently (migration 30): a numeric
      * without a scale, 3 from one row and 3.00 from another, and intervals

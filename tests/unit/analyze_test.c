@@ -109,6 +109,22 @@ static const sl_analyze_keyform_t cid_form[] = {{"cid", "trim_scale(", ")", NULL
 static const sl_analyze_keyform_t region_citext[] = {
     {"region", "pg_catalog.lower(", "::pg_catalog.text)", "citext"}};
 
+/* A set-returning function in FROM, WITH ORDINALITY (migration 32). */
+#define SRF_Q                                                                                    \
+    " SELECT orders.id,\n    t.n,\n    t.tag\n   FROM public.orders,\n    LATERAL "              \
+    "regexp_split_to_table(orders.status, ','::text) WITH ORDINALITY t(tag, n)\n  WHERE (t.tag " \
+    "<> 'x'::text)"
+#define SRF_BRANCH                                                     \
+    "SELECT orders.id,\n    t.n\n   FROM public.orders,\n    LATERAL " \
+    "unnest(ARRAY[orders.status]) "                                    \
+    "WITH ORDINALITY t(v, n)"
+#define SRF_UNION_Q \
+    " " SRF_BRANCH "\nUNION ALL\n SELECT refunds.id,\n    0 AS n\n   FROM public.refunds"
+static const sl_analyze_branch_t srf_branches[] = {
+    {SRF_BRANCH, (const char *const[]){"id", "n"}, 2},
+    {"SELECT refunds.id,\n    0 AS n\n   FROM public.refunds", (const char *const[]){"id", "n"}, 2},
+};
+
 /* UNION ALL queries and the branches the catalog cuts from them (btrimmed
  * text between the depth-0 UNION ALLs, parentheses kept). */
 #define ORDERS_BRANCH                                                                       \
@@ -724,10 +740,56 @@ static const analyze_row_t rows[] = {
      .mode = FULL, .field = REASON, .want = "not among the stream table's captured sources"},
     {"key_not_in_select_list_full", " SELECT orders.amount\n   FROM public.orders", KEYS("id"),
      .mode = FULL, .field = REASON, .want = "not a plain entry of the select list"},
-    {"function_in_from_full",
+    /* Set-returning functions in FROM (migration 32): refreshed by the
+     * table's rows when each is WITH ORDINALITY and the identity is the
+     * table's key and the ordinalities. */
+    {"function_in_from_needs_ordinality",
      " SELECT orders.id,\n    g.g\n   FROM public.orders,\n    LATERAL generate_series(1, 2) "
      "g(g)",
-     KEYS("id", "g"), .mode = FULL, .field = REASON, .want = "^set-returning functions"},
+     KEYS("id", "g"), .mode = FULL, .field = REASON, .want = "written WITH ORDINALITY"},
+    {"function_in_from_units", SRF_Q, KEYS("id", "n"), .mode = DIFF, .field = UNITS,
+     .want = "{\"id\"}"},
+    {"function_in_from_affected", SRF_Q, KEYS("id", "n"), .mode = DIFF, .field = AFFECTED,
+     .want = "SELECT DISTINCT * FROM (SELECT \"id\" FROM pg_temp.\"__sluice_chg_16401\") AS "
+             "\"__sluice_u\" (\"id\")"},
+    {"function_in_from_recompute", SRF_Q, KEYS("id", "n"), .mode = DIFF, .field = RECOMPUTE,
+     .want = "WHERE ( (t.tag <> 'x'::text)) AND \"orders\".\"id\" = ANY (ARRAY(SELECT \"id\" "
+             "FROM pg_temp.\"__sluice_aff\""},
+    {"function_in_from_tree", SRF_Q, KEYS("id", "n"), .mode = DIFF, .field = TREE,
+     .want = "Function Scan regexp_split_to_table AS t WITH ORDINALITY"},
+    {"function_cross_join_lateral_differential",
+     " SELECT o.id,\n    e.n,\n    e.v\n   FROM (public.orders o\n     CROSS JOIN LATERAL "
+     "unnest(ARRAY[o.status, 'x'::text]) WITH ORDINALITY e(v, n))",
+     KEYS("id", "n"), .mode = DIFF, .field = UNITS, .want = "{\"id\"}"},
+    {"two_functions_differential",
+     " SELECT o.id,\n    a.n,\n    b.m\n   FROM public.orders o,\n    LATERAL generate_series(1, "
+     "2) WITH ORDINALITY a(g, n),\n    LATERAL generate_series(1, a.g) WITH ORDINALITY b(h, m)",
+     KEYS("id", "n", "m"), .mode = DIFF, .field = UNITS, .want = "{\"id\"}"},
+    {"function_ordinality_not_key_full",
+     " SELECT o.id,\n    e.v\n   FROM public.orders o,\n    LATERAL unnest(ARRAY[o.status]) "
+     "WITH ORDINALITY e(v, n)",
+     KEYS("id"), .mode = FULL, .field = REASON, .want = "each function's ordinality column"},
+    {"function_group_by_full",
+     " SELECT e.v,\n    count(*) AS count\n   FROM public.orders o,\n    LATERAL "
+     "unnest(ARRAY[o.status]) WITH ORDINALITY e(v, n)\n  GROUP BY e.v",
+     KEYS("v"), .mode = FULL, .field = REASON, .want = "^a set-returning function in FROM is"},
+    {"function_two_tables_full",
+     " SELECT o.id,\n    c.id AS cid,\n    e.n\n   FROM public.orders o,\n    public.customers "
+     "c,\n    LATERAL unnest(ARRAY[c.name]) WITH ORDINALITY e(v, n)\n  WHERE c.id = o.customer_id",
+     KEYS("id", "n"), .mode = FULL, .field = REASON,
+     .want = "^a set-returning function in FROM is"},
+    {"function_left_join_full",
+     " SELECT o.id,\n    e.n\n   FROM (public.orders o\n     LEFT JOIN LATERAL "
+     "unnest(ARRAY[o.status]) WITH ORDINALITY e(v, n) ON (true))",
+     KEYS("id", "n"), .mode = FULL, .field = REASON,
+     .want = "^a set-returning function in FROM is"},
+    {"function_in_subquery_full",
+     " SELECT s.id,\n    s.n\n   FROM ( SELECT o.id,\n            e.n\n           FROM "
+     "public.orders o,\n            LATERAL unnest(ARRAY[o.status]) WITH ORDINALITY e(v, n)) s",
+     KEYS("id", "n"), .mode = FULL, .field = REASON,
+     .want = "^a set-returning function in FROM is"},
+    {"function_in_union_all_branch_full", SRF_UNION_Q, KEYS("id", "n"), BRANCHES_OF(srf_branches),
+     .mode = FULL, .field = REASON, .want = "a set-returning function in FROM is"},
     /* A call in the select list is a call: whether it returns a set is
      * decided at creation, from PostgreSQL's analysis. */
     {"select_list_call_differential",
