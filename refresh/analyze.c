@@ -986,8 +986,9 @@ tree_select(out_t *o, const cJSON *sel, int depth)
 static const char *const why_srf =
     "a set-returning function in FROM is refreshed differentially in a query that only filters "
     "and projects the rows of one table with a primary key and of functions called in its FROM "
-    "(joined by commas, CROSS JOIN or an inner JOIN; no GROUP BY, DISTINCT, aggregate, window "
-    "function, subquery, WITH, set operation, LIMIT or outer join); this one is refreshed in full";
+    "(joined by commas, CROSS JOIN, an inner JOIN, or a LEFT JOIN whose right side is a function; "
+    "no GROUP BY, DISTINCT, aggregate, window function, subquery, WITH, set operation or LIMIT); "
+    "this one is refreshed in full";
 
 /* How many nodes of `type` are below n, subqueries included. */
 static size_t
@@ -1108,11 +1109,12 @@ typedef struct rel {
 typedef struct from {
     rel_t v[MAX_RELS]; /* left to right */
     size_t n;
-    bool outer;     /* a LEFT JOIN somewhere */
-    bool left_deep; /* one item; every join's right side is a table */
-    bool equi;      /* every join has ON with only col = col conjuncts */
-    int grouping;   /* index in v of the one subquery that groups, or -1 */
-    size_t nfuncs;  /* functions in FROM (RangeFunction, WITH ORDINALITY; see srf_units) */
+    bool outer;      /* a LEFT JOIN somewhere */
+    bool left_deep;  /* one item; every join's right side is a table */
+    bool equi;       /* every join has ON with only col = col conjuncts */
+    int grouping;    /* index in v of the one subquery that groups, or -1 */
+    size_t nfuncs;   /* functions in FROM (RangeFunction, WITH ORDINALITY; see srf_units) */
+    bool left_other; /* a LEFT JOIN whose right side is not one function (or with USING) */
 } from_t;
 
 /* True when quals is col = col, or an AND of such. */
@@ -1293,9 +1295,14 @@ walk_from(const cJSON *item, const sl_analyze_in_t *in, from_t *f, bool right)
     }
     if ((n = node(item, "JoinExpr")) != NULL) {
         const char *jt = str(n, "jointype");
-        if (jt != NULL && strcmp(jt, "JOIN_LEFT") == 0)
+        if (jt != NULL && strcmp(jt, "JOIN_LEFT") == 0) {
             f->outer = true;
-        else if (jt != NULL && strcmp(jt, "JOIN_INNER") != 0)
+            /* (srf_units: a LEFT JOIN whose right side is a function.) */
+            if (node(cJSON_GetObjectItemCaseSensitive(n, "rarg"), "RangeFunction") == NULL ||
+                cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(n, "isNatural")) ||
+                cJSON_GetObjectItemCaseSensitive(n, "usingClause") != NULL)
+                f->left_other = true;
+        } else if (jt != NULL && strcmp(jt, "JOIN_INNER") != 0)
             return "RIGHT and FULL joins are refreshed in full (write a RIGHT JOIN as a LEFT "
                    "JOIN with the tables swapped)";
         if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(n, "isNatural")) ||
@@ -4947,7 +4954,10 @@ why_own_equality(const sl_analyze_in_t *in, const cJSON *sel, char *why, size_t 
 
 /*
  * A query over one table and set-returning functions in its FROM (each
- * WITH ORDINALITY; walk_from counted them): the rows it gives for a row of
+ * WITH ORDINALITY; walk_from counted them), joined by inner joins or by
+ * LEFT JOINs whose right side is a function (LEFT JOIN LATERAL f(...) ON
+ * true keeps a row whose array is empty, with NULL ordinalities, which
+ * still tell the rows apart): the rows it gives for a row of
  * the table depend on that row alone, so it is refreshed by the table's
  * rows, as a LEFT JOIN chain by its first table's (units: that table's
  * primary key as the select list has it). Its row identity is that key
@@ -4958,7 +4968,7 @@ static const char *
 srf_units(const cJSON *sel, const sl_analyze_in_t *in, const from_t *f, size_t nsubs,
           keyexpr_t *units)
 {
-    if (f->n != 1 || f->v[0].subquery || f->grouping >= 0 || f->outer || nsubs > 0 ||
+    if (f->n != 1 || f->v[0].subquery || f->grouping >= 0 || f->left_other || nsubs > 0 ||
         has_window(sel) || cJSON_GetObjectItemCaseSensitive(sel, "groupClause") != NULL ||
         cJSON_GetObjectItemCaseSensitive(sel, "havingClause") != NULL ||
         cJSON_GetObjectItemCaseSensitive(sel, "distinctClause") != NULL)
@@ -5172,7 +5182,7 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
         if ((reason = window_units(in->query, &t, &c, sel, &f, units, &nwunits)) != NULL)
             goto full;
     }
-    if (f.outer) {
+    if (f.outer && !srf) {
         if (!f.left_deep || !f.equi) {
             reason = "a LEFT JOIN is refreshed differentially only in a chain of equi-joins "
                      "whose right sides are tables (a LEFT JOIN b ON b.x = a.y LEFT JOIN c ON "

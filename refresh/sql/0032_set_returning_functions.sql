@@ -29,8 +29,10 @@
 --
 -- The shape (sluice._st_srf_reason): one table (with a primary key) and one
 -- or more functions in FROM, joined by commas, CROSS JOIN or an inner JOIN
--- (LATERAL or not), with a WHERE; no GROUP BY, DISTINCT, aggregate, window
--- function, subquery, WITH, set operation, LIMIT or outer join. Anything
+-- (LATERAL or not), or by a LEFT JOIN whose right side is a function (LEFT
+-- JOIN LATERAL f(...) ON true keeps a row whose array is empty, once, its
+-- ordinality NULL), with a WHERE; no GROUP BY, DISTINCT, aggregate, window
+-- function, subquery, WITH, set operation or LIMIT. Anything
 -- else with a function in FROM is refreshed in full, with that reason; a
 -- set-returning function in the select list keeps the old one. A volatile
 -- function is refused as anywhere else.
@@ -97,8 +99,13 @@ DECLARE
     why constant text :=
         'a set-returning function in FROM is refreshed differentially in a query that only filters '
         'and projects the rows of one table with a primary key and of functions called in its FROM '
-        '(joined by commas, CROSS JOIN or an inner JOIN; no GROUP BY, DISTINCT, aggregate, window '
-        'function, subquery, WITH, set operation, LIMIT or outer join); this one is refreshed in full';
+        '(joined by commas, CROSS JOIN, an inner JOIN, or a LEFT JOIN whose right side is a function; '
+        'no GROUP BY, DISTINCT, aggregate, window function, subquery, WITH, set operation or LIMIT); '
+        'this one is refreshed in full';
+    j      record;
+    vars   int[];
+    nleft  int;
+    nright int;
 BEGIN
     IF tree IS NULL OR tree !~ '^\(\{QUERY ' OR position('{QUERY ' IN substr(tree, 3)) > 0
        OR tree ~ ' :(hasAggs|hasWindowFuncs|hasTargetSRFs|hasSubLinks|hasDistinctOn|hasRecursive|hasForUpdate) true '
@@ -108,10 +115,29 @@ BEGIN
     IF (SELECT count(*) FILTER (WHERE r.kind = 0 AND r.in_from AND r.entry ~ ' :relkind [rp] ') <> 1
                OR bool_or(r.in_from AND r.kind NOT IN (0, 2, 3))
                OR bool_or(r.kind = 0 AND r.in_from AND r.entry !~ ' :relkind [rp] ')
-               OR bool_or(r.kind = 2 AND r.entry !~ ' :jointype 0 ')
           FROM sluice._st_rtable(tree) r) THEN
         RETURN why;
     END IF;
+    -- Joins: inner (jointype 0), or LEFT (1) with one function on the
+    -- right, no USING: the last columns of the join, its right side's, are
+    -- all of that function (a join's columns print as the Vars of the
+    -- entries below it).
+    FOR j IN SELECT r.entry FROM sluice._st_rtable(tree) r WHERE r.kind = 2 LOOP
+        CONTINUE WHEN j.entry ~ ' :jointype 0 ';
+        IF j.entry !~ ' :jointype 1 :joinmergedcols 0 ' THEN
+            RETURN why;
+        END IF;
+        vars := ARRAY(SELECT m[1]::int
+                        FROM regexp_matches(substring(j.entry FROM ' :joinaliasvars \((.*?)\) :joinleftcols '),
+                                            '\{VAR :varno ([0-9]+) ', 'g') m);
+        nleft := (SELECT count(*) FROM regexp_matches(substring(j.entry FROM ' :joinleftcols \(i ([0-9 ]*)\)'), '[0-9]+', 'g'));
+        nright := (SELECT count(*) FROM regexp_matches(substring(j.entry FROM ' :joinrightcols \(i ([0-9 ]*)\)'), '[0-9]+', 'g'));
+        IF nright = 0 OR cardinality(vars) <> nleft + nright
+           OR (SELECT count(DISTINCT v) FROM unnest(vars[nleft + 1:]) v) <> 1
+           OR NOT EXISTS (SELECT FROM sluice._st_rtable(tree) f WHERE f.rtindex = vars[nleft + 1] AND f.kind = 3) THEN
+            RETURN why;
+        END IF;
+    END LOOP;
     RETURN NULL;
 END
 $fn$;

@@ -94,7 +94,9 @@
  *      position) and refreshed by order; exact deltas for a line changed
  *      in place, a line removed (the positions after it shift), orders
  *      cancelled, un-cancelled, emptied, inserted, re-keyed and truncated;
- *      the table equals its query and the deltas rebuild it. The creation
+ *      the table equals its query and the deltas rebuild it; the same
+ *      with LEFT JOIN LATERAL, an order without lines kept once with a
+ *      NULL position. The creation
  *      check and the engine agree on the shapes (section 3's list), and
  *      the key columns (or content identity) of such queries.
  */
@@ -1013,6 +1015,20 @@ check_query_fallback(const char *url, PGconn *conn)
     expect_fallback(conn,
                     "SELECT o.id, e.n FROM orders o LEFT JOIN LATERAL unnest(ARRAY[o.amount]) "
                     "WITH ORDINALITY e(v, n) ON true",
+                    NULL);
+    expect_fallback(conn,
+                    "SELECT o.id, e.n, f.m FROM orders o CROSS JOIN (generate_series(1, 2) WITH "
+                    "ORDINALITY e(v, n) LEFT JOIN generate_series(1, 2) WITH ORDINALITY f(w, m) ON "
+                    "f.w = e.v)",
+                    NULL);
+    expect_fallback(conn,
+                    "SELECT o.id, e.n FROM generate_series(1, 2) WITH ORDINALITY e(v, n) LEFT JOIN "
+                    "orders o ON o.id = e.v",
+                    srf_reason);
+    expect_fallback(conn,
+                    "SELECT o.id, e.n FROM orders o LEFT JOIN (generate_series(1, 2) WITH "
+                    "ORDINALITY e(v, n) CROSS JOIN generate_series(1, 2) WITH ORDINALITY f(w, m)) "
+                    "ON e.v = o.id",
                     srf_reason);
     expect_fallback(conn,
                     "SELECT s.id, s.n FROM (SELECT o.id, e.n FROM orders o, "
@@ -3391,6 +3407,11 @@ check_set_returning_functions(const char *url, PGconn *conn)
                     "FROM srf_ord o, jsonb_array_elements(o.lines) WITH ORDINALITY AS e(line, n) "
                     "WHERE o.status <> 'cancelled'";
     const char *cols = "id, n, sku, qty";
+    /* Every order, one row with NULLs for one without lines. */
+    const char *lq = "SELECT o.id, e.n, o.status, e.line ->> 'sku' AS sku FROM srf_ord o LEFT "
+                     "JOIN LATERAL jsonb_array_elements(o.lines) WITH ORDINALITY AS e(line, n) ON "
+                     "e.line ? 'sku'";
+    const char *lcols = "id, n, status, sku";
     th_sql(conn, "CREATE TABLE srf_ord (id int PRIMARY KEY, status text, lines jsonb);"
                  "INSERT INTO srf_ord VALUES"
                  "  (1, 'new', '[{\"sku\": \"a\", \"qty\": 1}, {\"sku\": \"b\", \"qty\": 2}]'),"
@@ -3398,6 +3419,7 @@ check_set_returning_functions(const char *url, PGconn *conn)
                  "  (3, 'new', '[]'), (4, 'new', NULL),"
                  "  (5, 'cancelled', '[{\"sku\": \"c\", \"qty\": 9}]')");
     create_differential(url, conn, "srf_lines", q);
+    create_differential(url, conn, "srf_all", lq);
     expect_text(th_sql_text(conn, "SELECT string_agg(property || ': ' || value, ' | ' ORDER BY "
                                   "property) FROM sluice.explain_stream_table('srf_lines') WHERE "
                                   "property IN ('row identity', 'refresh unit')"),
@@ -3438,24 +3460,37 @@ check_set_returning_functions(const char *url, PGconn *conn)
                 "order 1 cancelled, order 2's second equal line gone (the first unchanged), "
                 "orders 3, 5 and 7 in");
     TH_ASSERT(diff_from_query(conn, "srf_lines", cols, q) == 0, "srf_lines equals its query");
+    TH_ASSERT(refresh(conn, "srf_all") > 0, "srf_all is refreshed");
+    TH_ASSERT(diff_from_query(conn, "srf_all", lcols, lq) == 0, "srf_all equals its query");
+    expect_text(th_sql_text(conn, "SELECT string_agg(id || ':' || coalesce(n::text, '-'), ' ' "
+                                  "ORDER BY id, n) FROM srf_all"),
+                "1:1 1:2 2:1 3:1 4:- 5:1 5:2 7:1",
+                "order 4 (no lines) kept once with a NULL position, every line of the others");
 
     /* Emptied and refilled in one window; then the table truncated. */
     th_sql(conn, "DELETE FROM srf_ord WHERE id = 2; INSERT INTO srf_ord VALUES (2, 'new', "
                  "'[{\"sku\": \"z\", \"qty\": 3}]'); UPDATE srf_ord SET lines = NULL WHERE id = 3");
-    TH_ASSERT(refresh(conn, "srf_lines") > 0, "the changes are refreshed");
+    TH_ASSERT(refresh(conn, "srf_lines") > 0 && refresh(conn, "srf_all") > 0,
+              "the changes are refreshed");
     TH_ASSERT(diff_from_query(conn, "srf_lines", cols, q) == 0, "srf_lines equals its query");
+    TH_ASSERT(diff_from_query(conn, "srf_all", lcols, lq) == 0, "srf_all equals its query");
     expect_text(th_sql_text(conn, "SELECT string_agg(DISTINCT mode, ',') FROM "
                                   "sluice.refresh_history h JOIN sluice.stream_table_catalog c "
-                                  "ON c.id = h.stream_table_id WHERE c.name = 'srf_lines' AND "
+                                  "ON c.id = h.stream_table_id WHERE c.name IN ('srf_lines', "
+                                  "'srf_all') AND "
                                   "h.refresh_id > (SELECT min(refresh_id) FROM "
                                   "sluice.refresh_history WHERE stream_table_id = c.id)"),
                 "differential", "every refresh after the first was differential");
     /* (A TRUNCATE is refreshed in full, as for any stream table.) */
     th_sql(conn, "TRUNCATE srf_ord; INSERT INTO srf_ord VALUES (1, 'new', '[{\"sku\": \"y\"}]')");
-    TH_ASSERT(refresh(conn, "srf_lines") > 0, "the truncate is refreshed");
+    TH_ASSERT(refresh(conn, "srf_lines") > 0 && refresh(conn, "srf_all") > 0,
+              "the truncate is refreshed");
     TH_ASSERT(diff_from_query(conn, "srf_lines", cols, q) == 0, "srf_lines equals its query");
     TH_ASSERT(diff_from_replay(conn, "srf_lines") == 0, "replaying srf_lines' deltas rebuilds it");
-    th_sql(conn, "SELECT sluice.drop_stream_table('srf_lines'); DROP TABLE srf_ord");
+    TH_ASSERT(diff_from_query(conn, "srf_all", lcols, lq) == 0, "srf_all equals its query");
+    TH_ASSERT(diff_from_replay(conn, "srf_all") == 0, "replaying srf_all's deltas rebuilds it");
+    th_sql(conn, "SELECT sluice.drop_stream_table('srf_lines'); SELECT "
+                 "sluice.drop_stream_table('srf_all'); DROP TABLE srf_ord");
 }
 
 /* ------------------------------------------------------------------------ */

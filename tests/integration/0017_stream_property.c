@@ -22,7 +22,8 @@
  * on the right side of a LEFT JOIN (after a table, after another LEFT JOIN
  * with HAVING inside and WHERE on the aggregate, and inner-joined in a
  * chain with a LEFT JOIN), and a set-returning function in FROM written
- * WITH ORDINALITY (a variable number of rows per row). After `sluice engine
+ * WITH ORDINALITY (a variable number of rows per row), inner and LEFT
+ * JOIN LATERAL. After `sluice engine
  * --once` has analysed them (every one is DIFFERENTIAL), every cycle:
  *
  *   1. runs a random batch of INSERT/UPDATE/DELETE (sometimes TRUNCATE) on
@@ -324,6 +325,12 @@ static const st_def_t sts[] = {
     {"p_series", "id, n, x",
      "SELECT a.id, g.n, g.g * a.v AS x FROM a, generate_series(1, a.k % 4) WITH ORDINALITY AS "
      "g(g, n) WHERE a.v IS DISTINCT FROM 2",
+     NULL},
+    /* The same as a LEFT JOIN LATERAL: a row of a whose series is empty
+     * (or filtered out by ON) is kept once, its position NULL. */
+    {"p_series_left", "id, n, x",
+     "SELECT a.id, g.n, g.g * a.v AS x FROM a LEFT JOIN LATERAL generate_series(1, a.k % 4) WITH "
+     "ORDINALITY AS g(g, n) ON g.g <> a.v",
      NULL},
     /* Keys whose equal values print differently (migration 30): a numeric
      * without a scale, 3 from one row and 3.00 from another, and intervals

@@ -778,9 +778,18 @@ static const analyze_row_t rows[] = {
      "c,\n    LATERAL unnest(ARRAY[c.name]) WITH ORDINALITY e(v, n)\n  WHERE c.id = o.customer_id",
      KEYS("id", "n"), .mode = FULL, .field = REASON,
      .want = "^a set-returning function in FROM is"},
-    {"function_left_join_full",
+    {"function_left_join_differential",
      " SELECT o.id,\n    e.n\n   FROM (public.orders o\n     LEFT JOIN LATERAL "
      "unnest(ARRAY[o.status]) WITH ORDINALITY e(v, n) ON (true))",
+     KEYS("id", "n"), .mode = DIFF, .field = UNITS, .want = "{\"id\"}"},
+    {"function_left_join_table_full",
+     " SELECT o.id,\n    e.n\n   FROM (generate_series(1, 2) WITH ORDINALITY e(v, n)\n     LEFT "
+     "JOIN public.orders o ON ((o.id = e.v)))",
+     KEYS("id", "n"), .mode = FULL, .field = REASON,
+     .want = "^a set-returning function in FROM is"},
+    {"function_left_join_using_full",
+     " SELECT o.id,\n    e.n\n   FROM (public.orders o\n     LEFT JOIN unnest(ARRAY[1]) WITH "
+     "ORDINALITY e(id, n) USING (id))",
      KEYS("id", "n"), .mode = FULL, .field = REASON,
      .want = "^a set-returning function in FROM is"},
     {"function_in_subquery_full",
