@@ -164,6 +164,9 @@ engine_on_signal(int sig)
     " WHERE c.analyzed_query IS DISTINCT FROM c.query ORDER BY c.id"
 
 #define SQL_SET_ANALYSIS "SELECT sluice._set_analysis($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+/* After an analysis that refreshes by units: statistics for a stream table
+ * that has none (refresh/sql/0032_set_returning_functions.sql). */
+#define SQL_ANALYZE_UNITS "SELECT sluice._st_analyze_units($1)"
 
 /* Dependency depth: the longest chain of stream tables below one. */
 #define SQL_DEPTH                                                                         \
@@ -517,6 +520,17 @@ engine_analyse_one(PGconn *conn, PGresult *res, int r, sl_err_t *err)
                         sl_log_quote(q, sizeof q, a.reason != NULL ? a.reason : ""));
         }
         PQclear(s);
+        if (rc == SL_OK && a.unit_columns != NULL) {
+            /* Not a failure of the analysis: autovacuum does it later. */
+            s = PQexecParams(conn, SQL_ANALYZE_UNITS, 1, NULL, params, NULL, NULL, 0);
+            char q[512];
+            if (PQresultStatus(s) != PGRES_TUPLES_OK)
+                sl_log_warn("engine.analyze_failed", "stream_table=%s err=%s", name,
+                            sl_log_quote(q, sizeof q, PQresultErrorMessage(s)));
+            else if (strcmp(PQgetvalue(s, 0, 0), "t") == 0)
+                sl_log_info("engine.table_analysed", "stream_table=%s", name);
+            PQclear(s);
+        }
     }
     sl_analysis_free(&a);
     free_sources(srcs, nsrcs);

@@ -49,6 +49,10 @@
 --                                   returning functions are refreshed in
 --                                   full".
 --
+-- Also: sluice._st_analyze_units, which the engine calls after storing an
+-- analysis that refreshes by units, analyses a stream table that has no
+-- statistics yet.
+--
 -- Upgrade: stream tables whose stored creation reason was that one are
 -- checked again (sluice._st_recheck_stored_fallbacks). Their rows were
 -- made with content identity: they stay FULL with the reason to re-
@@ -309,6 +313,38 @@ END
 $fn$;
 
 REVOKE ALL ON FUNCTION sluice._st_query_fallback(regclass) FROM PUBLIC;
+
+-- sluice._st_analyze_units(id) -> analysed?
+--
+-- Called by the engine after it stores an analysis (refresh/engine.c): an
+-- ANALYZE of the stream table when it is refreshed by units (this shape, a
+-- LEFT JOIN chain, window partitions) and has never been analysed. Such a
+-- refresh reads the stored rows of its units through (units) IN (SELECT
+-- ... FROM pg_temp.__sluice_aff); without statistics the planner expects
+-- half the table per unit and scans all of it, until autovacuum analyses
+-- the new table (by hand, 500,000 rows, 10 units: 76-84 ms against 21-32
+-- ms).
+CREATE FUNCTION sluice._st_analyze_units(id bigint)
+RETURNS boolean
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    rel oid;
+BEGIN
+    SELECT c.relid INTO rel FROM sluice.stream_table_catalog c
+     WHERE c.id = _st_analyze_units.id AND c.unit_columns IS NOT NULL AND c.effective_mode = 'differential';
+    IF rel IS NULL OR pg_stat_get_last_analyze_time(rel) IS NOT NULL
+       OR pg_stat_get_last_autoanalyze_time(rel) IS NOT NULL THEN
+        RETURN false;
+    END IF;
+    EXECUTE format('ANALYZE %s', rel::regclass);
+    RETURN true;
+END
+$fn$;
+
+REVOKE ALL ON FUNCTION sluice._st_analyze_units(bigint) FROM PUBLIC;
 
 -- sluice._st_recheck_unkeyed()
 --
