@@ -49,6 +49,11 @@
 --                                   returning functions are refreshed in
 --                                   full".
 --
+-- Also: the creation check gives the engine's reason for a GROUP BY,
+-- DISTINCT or set operation keyed by a citext (a type whose = is not
+-- pg_catalog's), and for window functions beside one, so refresh_mode
+-- 'differential' is refused at once (sluice._st_own_equality_reason).
+--
 -- Also: sluice._st_analyze_units, which the engine calls after storing an
 -- analysis that refreshes by units, analyses a stream table that has no
 -- statistics yet.
@@ -283,11 +288,64 @@ $fn$;
 
 REVOKE ALL ON FUNCTION sluice._st_volatile_reason(text) FROM PUBLIC;
 
+-- sluice._st_own_equality_reason(view, tree) -> reason or NULL
+--
+-- The engine's rule on types whose = is not pg_catalog's (migration 30,
+-- why_own_equality in refresh/analyze.c), at creation: a query with window
+-- functions and a column of such a type (citext), or a GROUP BY, DISTINCT
+-- or set operation anywhere in it and a row-identity column of such a
+-- type, is refreshed in full, with the engine's words. Until now only the
+-- engine said so, after creation: refresh_mode 'differential' was accepted,
+-- then put in error.
+CREATE FUNCTION sluice._st_own_equality_reason(view regclass, tree text)
+RETURNS text
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    col  record;
+    keys text[];
+BEGIN
+    FOR col IN SELECT a.attname::text AS name, sluice._st_own_equality(a.atttypid) AS typ
+                 FROM pg_attribute a
+                WHERE a.attrelid = view AND a.attnum > 0 AND NOT a.attisdropped
+                ORDER BY a.attnum LOOP
+        CONTINUE WHEN col.typ IS NULL;
+        IF tree ~ ' :hasWindowFuncs true ' THEN
+            RETURN format('column %s is of type %s, whose = is not PostgreSQL''s built-in one: a query with window '
+                          'functions and such a column is refreshed in full (select %s::text or lower(%s::text) '
+                          'instead for a differential refresh)', col.name, col.typ, col.name, col.name);
+        END IF;
+        IF tree !~ ' :(groupClause|distinctClause) \(' AND tree !~ ' :setOperations \{' THEN
+            RETURN NULL;
+        END IF;
+        IF keys IS NULL THEN
+            BEGIN
+                keys := coalesce(sluice._st_key_columns(regexp_replace(pg_get_viewdef(view), '[\s;]+$', ''), view), '{}');
+            EXCEPTION WHEN OTHERS THEN
+                keys := '{}';
+            END;
+        END IF;
+        IF col.name = ANY (keys) THEN
+            RETURN format('column %s is of type %s, whose = is not PostgreSQL''s built-in one: a GROUP BY, DISTINCT '
+                          'or set operation keyed by it is refreshed in full (select %s::text or lower(%s::text) '
+                          'instead for a differential refresh)', col.name, col.typ, col.name, col.name);
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END
+$fn$;
+
+REVOKE ALL ON FUNCTION sluice._st_own_equality_reason(regclass, text) FROM PUBLIC;
+
 -- sluice._st_query_fallback(view) -> reason or NULL
 --
 -- Migration 28's rules (now sluice._st_query_fallback_28); where they
 -- refused a function in FROM, the shape of sluice._st_srf_reason and the
--- rule on volatile functions, which migration 28 checks after that one.
+-- rule on volatile functions, which migration 28 checks after that one;
+-- then, for a query they let through, the rule on types with their own =
+-- (sluice._st_own_equality_reason).
 ALTER FUNCTION sluice._st_query_fallback(regclass) RENAME TO _st_query_fallback_28;
 
 CREATE FUNCTION sluice._st_query_fallback(view regclass)
@@ -298,17 +356,15 @@ SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
     why  text := sluice._st_query_fallback_28(view);
-    tree text;
+    tree text := (SELECT r.ev_action::text FROM pg_rewrite r WHERE r.ev_class = view AND r.rulename = '_RETURN');
 BEGIN
-    IF why IS DISTINCT FROM 'set-returning functions are refreshed in full' THEN
-        RETURN why;
+    -- (Not in the select list, nor XMLTABLE or JSON_TABLE, rtekind 4: those
+    -- keep the reason.)
+    IF why IS NOT DISTINCT FROM 'set-returning functions are refreshed in full'
+       AND tree !~ ' :hasTargetSRFs true ' AND tree !~ ' :rtekind 4 ' THEN
+        why := coalesce(sluice._st_srf_reason(tree), sluice._st_volatile_reason(tree));
     END IF;
-    tree := (SELECT r.ev_action::text FROM pg_rewrite r WHERE r.ev_class = view AND r.rulename = '_RETURN');
-    -- In the select list, or XMLTABLE and JSON_TABLE (rtekind 4): as before.
-    IF tree ~ ' :hasTargetSRFs true ' OR tree ~ ' :rtekind 4 ' THEN
-        RETURN why;
-    END IF;
-    RETURN coalesce(sluice._st_srf_reason(tree), sluice._st_volatile_reason(tree));
+    RETURN coalesce(why, sluice._st_own_equality_reason(view, tree));
 END
 $fn$;
 
