@@ -525,7 +525,7 @@ engine_analyse_one(PGconn *conn, PGresult *res, int r, sl_err_t *err)
             s = PQexecParams(conn, SQL_ANALYZE_UNITS, 1, NULL, params, NULL, NULL, 0);
             char q[512];
             if (PQresultStatus(s) != PGRES_TUPLES_OK)
-                sl_log_warn("engine.analyze_failed", "stream_table=%s err=%s", name,
+                sl_log_warn("engine.table_analyse_failed", "stream_table=%s err=%s", name,
                             sl_log_quote(q, sizeof q, PQresultErrorMessage(s)));
             else if (strcmp(PQgetvalue(s, 0, 0), "t") == 0)
                 sl_log_info("engine.table_analysed", "stream_table=%s", name);

@@ -58,8 +58,9 @@
 -- analysis that refreshes by units, analyses a stream table that has no
 -- statistics yet.
 --
--- Upgrade: stream tables whose stored creation reason was that one are
--- checked again (sluice._st_recheck_stored_fallbacks). Their rows were
+-- Upgrade: stream tables whose stored creation reason was "set-returning
+-- functions are refreshed in full" are checked again
+-- (sluice._st_recheck_stored_fallbacks). Their rows were
 -- made with content identity: they stay FULL with the reason to re-
 -- validate them (alter_stream_table with the same query), or with what to
 -- select, until that is done (sluice._st_recheck_unkeyed).
