@@ -22,10 +22,11 @@
  * correct for every aggregate (min and max included) and for HAVING and
  * DISTINCT, and a change seen twice changes nothing. Its cost is the
  * affected groups' rows, which an index on the key columns keeps small.
- * The exception: a GROUP BY over one table whose aggregates are counts,
- * sums, averages and extremes of columns adds the changes to the stored
- * rows where that is exact, and recomputes the other groups
- * (gen_algebraic, which says when).
+ * The exception: a GROUP BY over one table (or over the rows of
+ * set-returning functions called on its rows) whose aggregates are counts,
+ * sums, averages and extremes of columns or typed expressions adds the
+ * changes to the stored rows where that is exact, and recomputes the other
+ * groups (gen_algebraic, which says when).
  *
  * What is differential:
  *   - one table (projection, WHERE, GROUP BY with any aggregates, HAVING,
@@ -91,7 +92,10 @@
  *     ORDINALITY, filtered and projected: refreshed by the table's rows
  *     (unit_columns, as a LEFT JOIN chain's first table), whose result
  *     rows depend on that row alone; keyed by its primary key and the
- *     ordinality columns (srf_units).
+ *     ordinality columns (srf_units); or the same rows grouped (GROUP BY,
+ *     aggregates, HAVING), keyed by the group keys and refreshed like a
+ *     GROUP BY over the table, the functions called on the change images
+ *     (srf_groups).
  * INTERSECT ALL, EXCEPT ALL, subqueries elsewhere, window functions without
  * PARTITION BY, LIMIT and the rest are refreshed in full, and the reason
  * says so. docs/stream-tables.md
@@ -980,15 +984,17 @@ tree_select(out_t *o, const cJSON *sel, int depth)
 /* Classification                                                            */
 /* ------------------------------------------------------------------------ */
 
-/* The shape in which a set-returning function in FROM is refreshed
- * differentially (srf_units; the creation check is
- * sluice._st_srf_reason, refresh/sql/0032_set_returning_functions.sql). */
+/* The shapes in which a set-returning function in FROM is refreshed
+ * differentially (srf_units, srf_groups; the creation check is
+ * sluice._st_srf_reason and sluice._st_srf_shape_reason,
+ * refresh/sql/0032_set_returning_functions.sql and
+ * 0033_grouped_functions.sql). */
 static const char *const why_srf =
-    "a set-returning function in FROM is refreshed differentially in a query that only filters "
-    "and projects the rows of one table with a primary key and of functions called in its FROM "
-    "(joined by commas, CROSS JOIN, an inner JOIN, or a LEFT JOIN whose right side is a function; "
-    "no GROUP BY, DISTINCT, aggregate, window function, subquery, WITH, set operation or LIMIT); "
-    "this one is refreshed in full";
+    "a set-returning function in FROM is refreshed differentially in a query over one table and "
+    "functions called in its FROM (joined by commas, CROSS JOIN, an inner JOIN, or a LEFT JOIN "
+    "whose right side is a function) that filters and projects their rows (the table with a "
+    "primary key) or groups them with GROUP BY or aggregates (no DISTINCT, window function, "
+    "subquery, WITH, set operation or LIMIT); this one is refreshed in full";
 
 /* How many nodes of `type` are below n, subqueries included. */
 static size_t
@@ -1113,7 +1119,8 @@ typedef struct from {
     bool left_deep;  /* one item; every join's right side is a table */
     bool equi;       /* every join has ON with only col = col conjuncts */
     int grouping;    /* index in v of the one subquery that groups, or -1 */
-    size_t nfuncs;   /* functions in FROM (RangeFunction, WITH ORDINALITY; see srf_units) */
+    size_t nfuncs;   /* functions in FROM (RangeFunction; see srf_units, srf_groups) */
+    size_t nplain;   /* those of them without WITH ORDINALITY */
     bool left_other; /* a LEFT JOIN whose right side is not one function (or with USING) */
 } from_t;
 
@@ -1321,11 +1328,10 @@ walk_from(const cJSON *item, const sl_analyze_in_t *in, from_t *f, bool right)
         return why == NULL ? NULL : add_grouping(n, f, why);
     }
     if ((n = node(item, "RangeFunction")) != NULL) {
-        /* Its rows are keyed by their position (srf_units). */
+        /* Its rows are keyed by their position (srf_units), or grouped
+         * (srf_groups). */
         if (!cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(n, "ordinality")))
-            return "a set-returning function in FROM is refreshed differentially when it is "
-                   "written WITH ORDINALITY and the select list has its ordinality column (its "
-                   "rows' key)";
+            f->nplain++;
         f->nfuncs++;
         return NULL;
     }
@@ -1521,16 +1527,38 @@ map_keys(const char *q, const toks_t *t, const clauses_t *c, const cJSON *sel,
     return NULL;
 }
 
+/* Appends the FROM list of a query over one table rel, with the change
+ * rows of rel (pg_temp.__sluice_chg_<oid>: its images, with op and order)
+ * in place of the table, under its name in the query. With funcs, the
+ * query's whole FROM clause, so that its set-returning functions are
+ * called on each image (srf_groups); else that relation alone. */
+static void
+out_changes_from(out_t *o, const char *q, const toks_t *t, const clauses_t *c, const rel_t *rel,
+                 bool funcs)
+{
+    int at = t->v[c->tok[CL_FROM]].end, to = clause_end(q, t, c, CL_FROM);
+    size_t e = name_last_tok(q, t, tok_at(t, rel->loc));
+    if (funcs)
+        outq(o, q, at, rel->loc);
+    outf(o, "pg_temp.\"__sluice_chg_%u\"", rel->src->relid);
+    if (!funcs || !rel->has_alias) {
+        outf(o, " AS ");
+        outid(o, rel->alias);
+    }
+    if (funcs)
+        outq(o, q, t->v[e].end, to);
+}
+
 static void
 gen_affected(out_t *o, const char *q, const toks_t *t, const clauses_t *c,
-             const sl_analyze_in_t *in, const keyexpr_t *keys, const rel_t *rel)
+             const sl_analyze_in_t *in, const keyexpr_t *keys, const rel_t *rel, bool funcs)
 {
     outf(o, "SELECT ");
     if (in->nkeys > 0)
         outf(o, "DISTINCT ");
     out_keys_as(o, q, keys, in->nkeys);
-    outf(o, " FROM pg_temp.\"__sluice_chg_%u\" AS ", rel->src->relid);
-    outid(o, rel->alias);
+    outf(o, " FROM ");
+    out_changes_from(o, q, t, c, rel, funcs);
     if (c->tok[CL_WHERE] >= 0) {
         outf(o, " WHERE ");
         outq(o, q, t->v[c->tok[CL_WHERE]].end, clause_end(q, t, c, CL_WHERE));
@@ -1696,10 +1724,15 @@ filter_null(out_t *o, const char *q, const sl_analyze_in_t *in, const keyexpr_t 
  * groups, as slow as a full refresh for a few large ones (GROUP BY region).
  * When the stored rows of the affected groups are at hand (in->old_rel) and
  * every select-list entry is a key or one of the aggregates below over a
- * column, a group's new row is its stored row plus what the window's images
- * add ('I') and take away ('D'). Summed with signs, the images of a window
- * are exactly the rows added to and removed from the table, whatever came in
- * between (an update writes a 'D' and an 'I' image), so:
+ * column (or an expression of columns, constants, casts and operators
+ * whose type a cast or a function's column definition list gives; count
+ * needs no type), a group's new row is its stored row plus what the
+ * window's images add ('I') and take away ('D'). Summed with signs, the
+ * images of a window are exactly the rows added to and removed from the
+ * table, whatever came in between (an update writes a 'D' and an 'I'
+ * image); with set-returning functions in FROM (srf_groups), the rows the
+ * functions give for each image are, likewise, the rows added to and
+ * removed from the query's FROM. So:
  *
  *   count(*), count(x)  old + signed count of the images (x not NULL);
  *   sum(x)              old + signed sum, for integer and numeric(p,s)
@@ -1724,7 +1757,9 @@ filter_null(out_t *o, const char *q, const sl_analyze_in_t *in, const keyexpr_t 
  *                       and passes the WHERE clause), does not count as
  *                       removed: an update of another column of the row
  *                       holding the extreme keeps the group (tables without
- *                       a primary key: every removed image counts).
+ *                       a primary key, and functions in FROM, whose WHERE
+ *                       clause may read their columns: every removed image
+ *                       counts).
  *
  * A group exists afterwards when its count(*) is positive; without a
  * count(*), when it gained rows, or had a row and lost none net; a group that
@@ -1742,7 +1777,8 @@ typedef struct agg {
     agkind_t kind;
     int target;      /* select-list position */
     const char *out; /* output column name */
-    const char *col; /* argument column (NULL: count(*)) */
+    const char *col; /* argument column of the table (NULL: count(*) or an expression) */
+    int from, to;    /* an expression argument: its text in the query (from < 0: none) */
     bool numeric;    /* sum/avg over numeric(p,s): NaN guard */
     bool narrow;     /* sum over smallint/integer: the result is bigint */
     bool notnull;    /* the column is NOT NULL */
@@ -1796,12 +1832,178 @@ type_is(const char *type, const char *const *names)
 static bool
 fixed_numeric(const char *type)
 {
-    return strncmp(type, "numeric(", 8) == 0;
+    return strstr(type, "numeric(") == type;
 }
 
-/* One select-list entry as an aggregate of *ag, or false. */
+/* The type of a cast's or a column definition's type name tn, as
+ * format_type prints the types that agg_of takes (with a numeric's
+ * precision and scale, its scale in full); NULL for any other. */
+static const char *
+type_name(const cJSON *tn, char *buf, size_t n)
+{
+    static const char *const names[][2] = {{"int2", "smallint"},
+                                           {"int4", "integer"},
+                                           {"int8", "bigint"},
+                                           {"date", "date"},
+                                           {"timestamp", "timestamp without time zone"},
+                                           {"timestamptz", "timestamp with time zone"}};
+    const cJSON *names_v = cJSON_GetObjectItemCaseSensitive(tn, "names");
+    int nn = cJSON_GetArraySize(names_v);
+    const char *schema =
+        nn == 2 ? str(node(cJSON_GetArrayItem(names_v, 0), "String"), "sval") : NULL;
+    const char *name = str(node(cJSON_GetArrayItem(names_v, nn - 1), "String"), "sval");
+    const cJSON *mods = cJSON_GetObjectItemCaseSensitive(tn, "typmods");
+    if (tn == NULL || name == NULL || nn > 2 ||
+        (nn == 2 && (schema == NULL || strcmp(schema, "pg_catalog") != 0)) ||
+        cJSON_GetObjectItemCaseSensitive(tn, "arrayBounds") != NULL ||
+        cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(tn, "setof")) ||
+        cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(tn, "pct_type")))
+        return NULL;
+    if (strcmp(name, "numeric") == 0) {
+        /* numeric(p) is numeric(p,0): fixed_numeric takes either. */
+        const cJSON *p = node(node(cJSON_GetArrayItem(mods, 0), "A_Const"), "ival");
+        const cJSON *sc = node(node(cJSON_GetArrayItem(mods, 1), "A_Const"), "ival");
+        int nm = cJSON_GetArraySize(mods);
+        if (nm < 1 || nm > 2 || p == NULL || (nm == 2 && sc == NULL))
+            return NULL;
+        const cJSON *pv = cJSON_GetObjectItemCaseSensitive(p, "ival");
+        const cJSON *sv = nm == 2 ? cJSON_GetObjectItemCaseSensitive(sc, "ival") : NULL;
+        snprintf(buf, n, "numeric(%d,%d)", cJSON_IsNumber(pv) ? pv->valueint : 0,
+                 cJSON_IsNumber(sv) ? sv->valueint : 0);
+        return buf;
+    }
+    if (mods != NULL)
+        return NULL;
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (strcmp(name, names[i][0]) == 0)
+            return names[i][1];
+    return NULL;
+}
+
+/* The type of column col of the set-returning function called alias in
+ * sel's FROM (any function when alias is NULL), from its column
+ * definition list (AS f(a text, b int)); NULL when it has none. */
+static const char *
+coldef_type(const cJSON *n, const char *alias, const char *col, char *buf, size_t bufn)
+{
+    if (!cJSON_IsObject(n) && !cJSON_IsArray(n))
+        return NULL;
+    const cJSON *rf = node(n, "RangeFunction");
+    if (rf != NULL) {
+        const char *name = str(node(rf, "alias"), "aliasname");
+        if (alias != NULL && (name == NULL || strcmp(name, alias) != 0))
+            return NULL;
+        const cJSON *cd;
+        cJSON_ArrayForEach (cd, cJSON_GetObjectItemCaseSensitive(rf, "coldeflist")) {
+            const char *c = str(node(cd, "ColumnDef"), "colname");
+            if (c != NULL && strcmp(c, col) == 0)
+                return type_name(node(node(cd, "ColumnDef"), "typeName"), buf, bufn);
+        }
+        return NULL;
+    }
+    if (node(n, "RangeSubselect") != NULL)
+        return NULL;
+    for (const cJSON *c = n->child; c != NULL; c = c->next) {
+        const char *ty = coldef_type(c, alias, col, buf, bufn);
+        if (ty != NULL)
+            return ty;
+    }
+    return NULL;
+}
+
+/* Whether expression n is made of columns, constants, casts, operators,
+ * CASE, COALESCE and NULL tests only: no function call, whose value could
+ * depend on when it runs (now()) or on other tables, so that the value it
+ * gives a row's image when the row comes is the one it gives when the row
+ * goes. */
 static bool
-agg_of(const cJSON *rt, const rel_t *rel, agg_t *ag)
+plain_expr(const cJSON *n)
+{
+    static const char allowed[] = " ColumnRef String A_Const TypeCast TypeName A_Expr BoolExpr "
+                                  "NullTest CaseExpr CaseWhen CoalesceExpr A_Indirection "
+                                  "A_Indices ";
+    for (const cJSON *c = n != NULL ? n->child : NULL; c != NULL; c = c->next) {
+        if (c->string != NULL && c->string[0] >= 'A' && c->string[0] <= 'Z') {
+            char word[64];
+            if (strlen(c->string) + 3 > sizeof word)
+                return false;
+            snprintf(word, sizeof word, " %s ", c->string);
+            if (strstr(allowed, word) == NULL)
+                return false;
+        }
+        if ((cJSON_IsObject(c) || cJSON_IsArray(c)) && !plain_expr(c))
+            return false;
+    }
+    return true;
+}
+
+/* The one argument of aggregate call fc as an expression: its text in q
+ * (ag->from, ag->to) and its type when the text tells it (a cast, or a
+ * column of a function's column definition list in sel's FROM); false when
+ * it is not plain (plain_expr) or the tokens do not show it. */
+static bool
+agg_expr(const cJSON *fc, const char *q, const toks_t *t, const cJSON *sel, agg_t *ag, char *buf,
+         size_t n, const char **type)
+{
+    const cJSON *arg = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(fc, "args"), 0);
+    if (cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(fc, "args")) != 1 || !plain_expr(arg))
+        return false;
+    size_t k = tok_at(t, location(fc));
+    while (k < t->n && !tok_is(q, &t->v[k], "("))
+        k++;
+    int depth = 0;
+    size_t j = k;
+    for (; j < t->n; j++) {
+        if (tok_is(q, &t->v[j], "("))
+            depth++;
+        else if (tok_is(q, &t->v[j], ")") && --depth == 0)
+            break;
+    }
+    if (j >= t->n || j < k + 2)
+        return false;
+    ag->from = t->v[k + 1].start;
+    ag->to = t->v[j - 1].end;
+    *type = NULL;
+    const cJSON *cast = node(arg, "TypeCast");
+    const cJSON *fields = cJSON_GetObjectItemCaseSensitive(node(arg, "ColumnRef"), "fields");
+    int nf = cJSON_GetArraySize(fields);
+    if (cast != NULL)
+        *type = type_name(node(cast, "typeName"), buf, n);
+    else if (nf == 1 || nf == 2) {
+        const char *col = str(node(cJSON_GetArrayItem(fields, nf - 1), "String"), "sval");
+        const char *alias =
+            nf == 2 ? str(node(cJSON_GetArrayItem(fields, 0), "String"), "sval") : NULL;
+        if (col != NULL && (nf == 1 || alias != NULL))
+            *type = coldef_type(cJSON_GetObjectItemCaseSensitive(sel, "fromClause"), alias, col,
+                                buf, n);
+    }
+    return true;
+}
+
+/* The type of what sum, min or max `fn` reads, from its result's type,
+ * the stream table's column `out` (in->cols): a bigint sum reads a
+ * smallint or an integer (both summed the same way), a min or max is of
+ * the type it reads; NULL when that does not tell. */
+static const char *
+result_arg_type(const sl_analyze_in_t *in, const char *fn, const char *out)
+{
+    for (size_t i = 0; i < in->ncols; i++) {
+        if (strcmp(in->cols[i].name, out) != 0)
+            continue;
+        if (strcmp(fn, "sum") == 0)
+            return strcmp(in->cols[i].type, "bigint") == 0 ? "integer" : NULL;
+        return strcmp(fn, "min") == 0 || strcmp(fn, "max") == 0 ? in->cols[i].type : NULL;
+    }
+    return NULL;
+}
+
+/* One select-list entry as an aggregate of *ag, or false. An argument
+ * that is not a column of rel is an expression (agg_expr): counted
+ * always, summed or compared when its type is known, from the text or
+ * from the aggregate's result (result_arg_type). */
+static bool
+agg_of(const cJSON *rt, const sl_analyze_in_t *in, const rel_t *rel, const char *q, const toks_t *t,
+       const cJSON *sel, agg_t *ag, char *tbuf, size_t tn)
 {
     static const char *const ints[] = {"smallint", "integer", "bigint", NULL};
     static const char *const ordered[] = {"smallint",
@@ -1827,19 +2029,31 @@ agg_of(const cJSON *rt, const rel_t *rel, agg_t *ag)
         return false;
     memset(ag, 0, sizeof *ag);
     ag->count = ag->sum = -1;
+    ag->from = ag->to = -1;
     ag->out = str(rt, "name") != NULL ? str(rt, "name") : fn;
     if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(fc, "agg_star"))) {
         ag->kind = AG_COUNT_STAR;
         return strcmp(fn, "count") == 0;
     }
     size_t at = 0;
-    if ((ag->col = agg_column(fc, rel, &at)) == NULL)
+    const char *type = NULL;
+    if ((ag->col = agg_column(fc, rel, &at)) != NULL) {
+        type = rel->src->types[at];
+        ag->notnull = rel->src->notnull[at];
+    } else if (!agg_expr(fc, q, t, sel, ag, tbuf, tn, &type)) {
         return false;
-    const char *type = rel->src->types[at];
-    ag->notnull = rel->src->notnull[at];
+    } else if (type == NULL) {
+        type = result_arg_type(in, fn, ag->out);
+    }
     if (strcmp(fn, "count") == 0) {
         ag->kind = AG_COUNT;
         return true;
+    }
+    if (type == NULL) {
+        /* An average is kept only with the sum and count of what it reads
+         * (algebraic_aggs), so that sum's type is its. */
+        ag->kind = AG_AVG;
+        return strcmp(fn, "avg") == 0;
     }
     if (strcmp(fn, "sum") == 0 || strcmp(fn, "avg") == 0) {
         ag->kind = fn[0] == 's' ? AG_SUM : AG_AVG;
@@ -1854,11 +2068,24 @@ agg_of(const cJSON *rt, const rel_t *rel, agg_t *ag)
     return false;
 }
 
+/* Whether aggregates g and h read the same argument (count(*) reads none). */
+static bool
+same_arg(const char *q, const agg_t *g, const agg_t *h)
+{
+    if (g->kind == AG_COUNT_STAR || h->kind == AG_COUNT_STAR)
+        return false;
+    if (g->col != NULL || h->col != NULL)
+        return g->col != NULL && h->col != NULL && strcmp(g->col, h->col) == 0;
+    return g->to - g->from == h->to - h->from &&
+           strncmp(q + g->from, q + h->from, (size_t)(g->to - g->from)) == 0;
+}
+
 /* Reads the select list into *a when every entry is a key column or an
  * aggregate gen_algebraic maintains, and pairs sums and averages with the
  * counts they need; false otherwise. */
 static bool
-algebraic_aggs(const cJSON *sel, const sl_analyze_in_t *in, const rel_t *rel, aggs_t *a)
+algebraic_aggs(const cJSON *sel, const sl_analyze_in_t *in, const rel_t *rel, const char *q,
+               const toks_t *t, aggs_t *a)
 {
     const cJSON *group = cJSON_GetObjectItemCaseSensitive(sel, "groupClause");
     if (in->old_rel == NULL || in->nkeys == 0 || rel->src->types == NULL ||
@@ -1880,7 +2107,8 @@ algebraic_aggs(const cJSON *sel, const sl_analyze_in_t *in, const rel_t *rel, ag
             i++;
             continue;
         }
-        if (a->n == MAX_AGGS || !agg_of(rt, rel, &a->v[a->n]))
+        char tbuf[32];
+        if (a->n == MAX_AGGS || !agg_of(rt, in, rel, q, t, sel, &a->v[a->n], tbuf, sizeof tbuf))
             return false;
         a->v[a->n].target = i++;
         if (a->v[a->n].kind == AG_COUNT_STAR && a->star < 0)
@@ -1893,7 +2121,7 @@ algebraic_aggs(const cJSON *sel, const sl_analyze_in_t *in, const rel_t *rel, ag
             continue;
         for (size_t m = 0; m < a->n; m++) {
             const agg_t *h = &a->v[m];
-            if (h->col == NULL || strcmp(h->col, g->col) != 0)
+            if (!same_arg(q, g, h))
                 continue;
             if (h->kind == AG_COUNT && g->count < 0)
                 g->count = (int)m;
@@ -2058,11 +2286,18 @@ rel_col(out_t *o, const rel_t *rel, const char *col)
     outid(o, col);
 }
 
-/* Appends the column of the change rows that aggregate g reads. */
+/* Appends what aggregate g reads, over the change rows: its column, or its
+ * expression as the query writes it. */
 static void
-agg_arg(out_t *o, const rel_t *rel, const agg_t *g)
+agg_arg(out_t *o, const char *q, const rel_t *rel, const agg_t *g)
 {
-    rel_col(o, rel, g->col);
+    if (g->col != NULL) {
+        rel_col(o, rel, g->col);
+        return;
+    }
+    outf(o, "(");
+    outq(o, q, g->from, g->to);
+    outf(o, ")");
 }
 
 /* Appends a LEFT JOIN of the change rows with the last image of their
@@ -2100,7 +2335,7 @@ out_last_images(out_t *o, const char *q, const toks_t *t, const clauses_t *c,
     for (size_t j = 0; j < a->n; j++)
         if (a->v[j].kind == AG_MIN || a->v[j].kind == AG_MAX) {
             outf(o, ", ");
-            agg_arg(o, rel, &a->v[j]);
+            agg_arg(o, q, rel, &a->v[j]);
             outf(o, " AS \"__sluice_lx%zu\"", j);
         }
     outf(o, ", ");
@@ -2139,7 +2374,7 @@ out_still_there(out_t *o, const char *q, const sl_analyze_in_t *in, const keyexp
         out_key(o, q, &keys[k]);
     }
     outf(o, " AND \"__sluice_l\".\"__sluice_lx%zu\" IS NOT DISTINCT FROM ", j);
-    agg_arg(o, rel, g);
+    agg_arg(o, q, rel, g);
     outf(o, ", false)");
 }
 
@@ -2150,14 +2385,14 @@ out_still_there(out_t *o, const char *q, const sl_analyze_in_t *in, const keyexp
  */
 static bool
 gen_algebraic(out_t *o, const char *q, const toks_t *t, const clauses_t *c, const cJSON *sel,
-              const sl_analyze_in_t *in, const keyexpr_t *keys, const rel_t *rel)
+              const sl_analyze_in_t *in, const keyexpr_t *keys, const rel_t *rel, bool funcs)
 {
     aggs_t *a = malloc(sizeof *a);
     if (a == NULL) {
         o->rc = sl_err_nomem(o->err, "the aggregate list");
         return true;
     }
-    if (!algebraic_aggs(sel, in, rel, a)) {
+    if (!algebraic_aggs(sel, in, rel, q, t, a)) {
         free(a);
         return false;
     }
@@ -2176,7 +2411,7 @@ gen_algebraic(out_t *o, const char *q, const toks_t *t, const clauses_t *c, cons
         const agg_t *g = &a->v[j];
         if (g->kind == AG_COUNT || g->kind == AG_SUM) {
             outf(o, ", sum(CASE WHEN ");
-            agg_arg(o, rel, g);
+            agg_arg(o, q, rel, g);
             outf(o, " IS NULL THEN 0 WHEN ");
             outid(o, rel->alias);
             outf(o, ".\"__sluice_op\" = 'D' THEN -1 ELSE 1 END) AS \"__sluice_c%zu\"", j);
@@ -2185,33 +2420,34 @@ gen_algebraic(out_t *o, const char *q, const toks_t *t, const clauses_t *c, cons
             outf(o, ", sum(CASE WHEN ");
             outid(o, rel->alias);
             outf(o, ".\"__sluice_op\" = 'D' THEN -(");
-            agg_arg(o, rel, g);
+            agg_arg(o, q, rel, g);
             outf(o, "::numeric) ELSE ");
-            agg_arg(o, rel, g);
+            agg_arg(o, q, rel, g);
             outf(o, "::numeric END) AS \"__sluice_s%zu\"", j);
         }
         if (g->kind == AG_SUM && g->numeric) {
             outf(o, ", bool_or(");
-            agg_arg(o, rel, g);
+            agg_arg(o, q, rel, g);
             outf(o, " = 'NaN') AS \"__sluice_nan%zu\"", j);
         }
         if (g->kind == AG_MIN || g->kind == AG_MAX)
             for (int side = 0; side < 2; side++) {
                 outf(o, ", %s(", g->kind == AG_MIN ? "min" : "max");
-                agg_arg(o, rel, g);
+                agg_arg(o, q, rel, g);
                 outf(o, ") FILTER (WHERE ");
                 outid(o, rel->alias);
                 outf(o, ".\"__sluice_op\" = '%c'", side ? 'D' : 'I');
-                if (side && rel->src->npk > 0) {
+                if (side && rel->src->npk > 0 && !funcs) {
                     outf(o, " AND NOT ");
                     out_still_there(o, q, in, keys, rel, g, j);
                 }
                 outf(o, ") AS \"__sluice_%c%zu\"", side ? 'd' : 'i', j);
             }
     }
-    outf(o, " FROM pg_temp.\"__sluice_chg_%u\" AS ", rel->src->relid);
-    outid(o, rel->alias);
-    out_last_images(o, q, t, c, in, keys, rel, a);
+    outf(o, " FROM ");
+    out_changes_from(o, q, t, c, rel, funcs);
+    if (!funcs) /* (its WHERE clause is over the table alone) */
+        out_last_images(o, q, t, c, in, keys, rel, a);
     if (c->tok[CL_WHERE] >= 0) {
         outf(o, " WHERE ");
         outq(o, q, t->v[c->tok[CL_WHERE]].end, clause_end(q, t, c, CL_WHERE));
@@ -4969,15 +5205,38 @@ srf_units(const cJSON *sel, const sl_analyze_in_t *in, const from_t *f, size_t n
           keyexpr_t *units)
 {
     if (f->n != 1 || f->v[0].subquery || f->grouping >= 0 || f->left_other || nsubs > 0 ||
-        has_window(sel) || cJSON_GetObjectItemCaseSensitive(sel, "groupClause") != NULL ||
-        cJSON_GetObjectItemCaseSensitive(sel, "havingClause") != NULL ||
-        cJSON_GetObjectItemCaseSensitive(sel, "distinctClause") != NULL)
+        has_window(sel) || cJSON_GetObjectItemCaseSensitive(sel, "distinctClause") != NULL)
         return why_srf;
+    if (f->nplain > 0)
+        return "a set-returning function in FROM is refreshed differentially when it is "
+               "written WITH ORDINALITY and the select list has its ordinality column (its "
+               "rows' key)";
     if (f->v[0].src->npk == 0 || !map_units(sel, in, &f->v[0], units) ||
         in->nkeys < f->v[0].src->npk + f->nfuncs)
         return "a set-returning function in FROM is refreshed differentially when the row "
                "identity is the table's primary key and each function's ordinality column "
                "(WITH ORDINALITY), all in the select list";
+    return NULL;
+}
+
+/*
+ * A query over one table and set-returning functions in its FROM, joined
+ * as for srf_units, that groups their rows (GROUP BY, HAVING, aggregates):
+ * keyed by its group keys and refreshed like a GROUP BY over the table
+ * alone. The rows a changed row of the table gave, and gives, are the
+ * functions called on its images, so the affected groups are those of the
+ * images' rows (gen_affected) and, where gen_algebraic can, a group's new
+ * row is its stored row plus what those rows add and take away; else the
+ * group is recomputed from the query. Its keys are its groups, so the
+ * functions need no ordinality and the table no primary key. Returns why
+ * not, or NULL.
+ */
+static const char *
+srf_groups(const cJSON *sel, const from_t *f, size_t nsubs)
+{
+    if (f->n != 1 || f->v[0].subquery || f->grouping >= 0 || f->left_other || nsubs > 0 ||
+        has_window(sel) || cJSON_GetObjectItemCaseSensitive(sel, "distinctClause") != NULL)
+        return why_srf;
     return NULL;
 }
 
@@ -5113,8 +5372,12 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
                 goto done;
             goto full;
         }
-    bool srf = f.nfuncs > 0; /* refreshed by its table's rows (srf_units) */
-    if (srf) {
+    bool srf = f.nfuncs > 0;
+    /* Grouped (srf_groups), or refreshed by its table's rows (srf_units). */
+    bool srf_grouped = srf && groups_or_aggregates(sel);
+    if (srf_grouped && (reason = srf_groups(sel, &f, nsubs)) != NULL)
+        goto full;
+    if (srf && !srf_grouped) {
         units = calloc(f.n == 1 && f.v[0].src != NULL && f.v[0].src->npk > 0 ? f.v[0].src->npk : 1,
                        sizeof *units);
         if (units == NULL) {
@@ -5232,7 +5495,7 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
         sl_analyze_in_t unit_in = *in;
         unit_in.nkeys = nwunits;
         if (f.n == 1 && !f.v[0].subquery)
-            gen_affected(&o, in->query, &t, &c, &unit_in, units, &f.v[0]);
+            gen_affected(&o, in->query, &t, &c, &unit_in, units, &f.v[0], false);
         else /* the partitions of the rows that involve a changed row */
             gen_affected_inner(&o, in->query, &t, &c, &unit_in, units, &f);
         outf(&r, "(");
@@ -5245,7 +5508,7 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
         a->window_units = true;
         if (a->unit_columns == NULL)
             rc = sl_err_nomem(err, "the generated SQL");
-    } else if ((f.outer || srf) && !by_keys) {
+    } else if (((f.outer && !srf) || (srf && !srf_grouped)) && !by_keys) {
         sl_analyze_in_t unit_in = *in;
         unit_in.nkeys = f.v[0].src->npk;
         gen_affected_rooted(&o, in->query, &t, &c, &f, units, subs, nsubs);
@@ -5259,7 +5522,7 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
             gen_affected_rooted_keys(&o, in->query, &t, &c, in, keys, &f, units, subs, nsubs);
         else if (f.n == 1 && !f.v[0].subquery) {
             outf(&o, "%s", nsubs > 0 ? "(" : "");
-            gen_affected(&o, in->query, &t, &c, in, keys, &f.v[0]);
+            gen_affected(&o, in->query, &t, &c, in, keys, &f.v[0], srf);
             outf(&o, "%s", nsubs > 0 ? ")" : "");
         } else {
             gen_affected_inner(&o, in->query, &t, &c, in, keys, &f);
@@ -5269,7 +5532,7 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
         /* (Not with subqueries in WHERE: their changes move rows between
          * groups without a change of the table.) */
         if (f.n == 1 && !f.v[0].subquery && nsubs == 0 &&
-            gen_algebraic(&r, in->query, &t, &c, sel, in, keys, &f.v[0])) {
+            gen_algebraic(&r, in->query, &t, &c, sel, in, keys, &f.v[0], srf)) {
             /* Aggregates from the stored rows and the changes. */
         } else if (in->nkeys == 0) {
             /* One row (an aggregate without GROUP BY): recomputed when the

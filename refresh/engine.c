@@ -159,7 +159,12 @@ engine_on_signal(int sig)
     "         CROSS JOIN LATERAL sluice._st_key_value_sql(chr(1), a.atttypid, a.atttypmod) f(v) "  \
     "         CROSS JOIN LATERAL sluice._st_own_equality(a.atttypid) e(t) "                        \
     "         WHERE a.attrelid = c.relid AND a.attnum > 0 AND NOT a.attisdropped "                 \
-    "           AND (f.v <> chr(1) OR e.t IS NOT NULL)) "                                          \
+    "           AND (f.v <> chr(1) OR e.t IS NOT NULL)), "                                         \
+    "       (SELECT coalesce(json_agg(json_build_array(a.attname, "                                \
+    "                                 format_type(a.atttypid, a.atttypmod)) ORDER BY a.attnum), "  \
+    "                        '[]') "                                                               \
+    "          FROM pg_attribute a "                                                               \
+    "         WHERE a.attrelid = c.relid AND a.attnum > 0 AND NOT a.attisdropped) "                \
     "  FROM sluice.stream_table_catalog c "                                                        \
     " WHERE c.analyzed_query IS DISTINCT FROM c.query ORDER BY c.id"
 
@@ -456,6 +461,29 @@ parse_keyforms(const char *text, cJSON **json, sl_analyze_keyform_t **out, size_
     return SL_OK;
 }
 
+/* The stream table's columns and their types (JSON array of [name,
+ * type]); strings point into *json. */
+static int
+parse_cols(const char *text, cJSON **json, sl_analyze_col_t **out, size_t *n, sl_err_t *err)
+{
+    *out = NULL;
+    *n = 0;
+    if ((*json = cJSON_Parse(text)) == NULL || !cJSON_IsArray(*json))
+        return sl_err_set(err, SL_ERR, "unexpected columns of the stream table");
+    size_t cnt = (size_t)cJSON_GetArraySize(*json);
+    if ((*out = calloc(cnt > 0 ? cnt : 1, sizeof **out)) == NULL)
+        return sl_err_nomem(err, "the columns");
+    const cJSON *e;
+    cJSON_ArrayForEach (e, *json) {
+        sl_analyze_col_t *c = &(*out)[(*n)++];
+        c->name = cJSON_GetStringValue(cJSON_GetArrayItem(e, 0));
+        c->type = cJSON_GetStringValue(cJSON_GetArrayItem(e, 1));
+        if (c->name == NULL || c->type == NULL)
+            return sl_err_set(err, SL_ERR, "unexpected columns of the stream table");
+    }
+    return SL_OK;
+}
+
 static void
 free_branches(sl_analyze_branch_t *v, size_t n)
 {
@@ -472,8 +500,9 @@ engine_analyse_one(PGconn *conn, PGresult *res, int r, sl_err_t *err)
     const char *name = PQgetvalue(res, r, 1);
     char **keys = NULL;
     size_t nkeys = 0, nsrcs = 0, nbranches = 0;
-    size_t nforms = 0;
-    cJSON *json = NULL, *bjson = NULL, *fjson = NULL;
+    size_t nforms = 0, ncols = 0;
+    cJSON *json = NULL, *bjson = NULL, *fjson = NULL, *cjson = NULL;
+    sl_analyze_col_t *cols = NULL;
     sl_analyze_src_t *srcs = NULL;
     sl_analyze_branch_t *branches = NULL;
     sl_analyze_keyform_t *forms = NULL;
@@ -484,6 +513,8 @@ engine_analyse_one(PGconn *conn, PGresult *res, int r, sl_err_t *err)
         rc = parse_branches(PQgetvalue(res, r, 7), &bjson, &branches, &nbranches, err);
     if (rc == SL_OK)
         rc = parse_keyforms(PQgetvalue(res, r, 8), &fjson, &forms, &nforms, err);
+    if (rc == SL_OK)
+        rc = parse_cols(PQgetvalue(res, r, 9), &cjson, &cols, &ncols, err);
     sl_analysis_t a = {0};
     char old_rel[64]; /* sluice._refresh's stored rows of the affected units */
     snprintf(old_rel, sizeof old_rel, "pg_temp.\"__sluice_old_%s\"", id);
@@ -501,6 +532,8 @@ engine_analyse_one(PGconn *conn, PGresult *res, int r, sl_err_t *err)
             .old_rel = old_rel,
             .keyforms = forms,
             .nkeyforms = nforms,
+            .cols = cols,
+            .ncols = ncols,
         };
         rc = sl_analyze(&in, &a, err);
         if (rc != SL_OK)
@@ -536,9 +569,11 @@ engine_analyse_one(PGconn *conn, PGresult *res, int r, sl_err_t *err)
     free_sources(srcs, nsrcs);
     free_branches(branches, nbranches);
     free(forms);
+    free(cols);
     cJSON_Delete(json);
     cJSON_Delete(bjson);
     cJSON_Delete(fjson);
+    cJSON_Delete(cjson);
     free_strs(keys, nkeys);
     return rc;
 }

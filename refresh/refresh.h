@@ -50,6 +50,11 @@ typedef struct sl_analyze_keyform {
     const char *col, *open, *close, *own_eq;
 } sl_analyze_keyform_t;
 
+/* A column of the stream table, and its type as format_type prints it. */
+typedef struct sl_analyze_col {
+    const char *name, *type;
+} sl_analyze_col_t;
+
 /* What the analyzer is told about a stream table (from the catalog). */
 typedef struct sl_analyze_in {
     const char *query;       /* the defining query */
@@ -88,6 +93,13 @@ typedef struct sl_analyze_in {
      * (aff_rel renamed) is given none. */
     const sl_analyze_keyform_t *keyforms;
     size_t nkeyforms;
+    /* The stream table's columns (none: not known). An aggregate of the
+     * query whose result type tells the type of what it reads (a sum that
+     * is bigint reads a smallint or an integer; a min or max is of the
+     * type it reads) can be kept from the changes when the query text
+     * does not say that type (gen_algebraic). */
+    const sl_analyze_col_t *cols;
+    size_t ncols;
 } sl_analyze_in_t;
 
 /* The analysis, as sluice._set_analysis stores it. Strings owned. */

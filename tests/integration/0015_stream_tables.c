@@ -999,15 +999,36 @@ check_query_fallback(const char *url, PGconn *conn)
                     "ORDINALITY f(w, m)",
                     NULL);
     static const char srf_reason[] = "a set-returning function in FROM is refreshed "
-                                     "differentially in a query that only filters and projects";
+                                     "differentially in a query over one table and functions "
+                                     "called in its FROM";
+    /* Its rows grouped (migration 33), with or without ordinality. */
     expect_fallback(conn,
                     "SELECT e.v, count(*) AS n FROM orders o, unnest(ARRAY[o.customer_id]) WITH "
                     "ORDINALITY e(v, n) GROUP BY e.v",
-                    srf_reason);
+                    NULL);
+    expect_fallback(conn,
+                    "SELECT e.v, count(*) AS n, sum(o.amount) AS s FROM orders o LEFT JOIN "
+                    "LATERAL unnest(ARRAY[o.customer_id, 7]) e(v) ON true WHERE o.amount > 1 GROUP "
+                    "BY e.v HAVING count(*) > 1",
+                    NULL);
+    expect_fallback(conn,
+                    "SELECT count(*) AS n, max(g.g) AS m FROM orders o, generate_series(1, "
+                    "o.customer_id) g(g)",
+                    NULL);
     expect_fallback(conn,
                     "SELECT DISTINCT o.id, e.n FROM orders o, unnest(ARRAY[o.customer_id]) WITH "
                     "ORDINALITY e(v, n)",
                     srf_reason);
+    expect_fallback(conn, "SELECT DISTINCT e.v FROM orders o, unnest(ARRAY[o.amount]) e(v)",
+                    srf_reason);
+    expect_fallback(conn,
+                    "SELECT c.name, count(*) AS n FROM orders o JOIN customers c ON c.id = "
+                    "o.customer_id, unnest(ARRAY[o.amount]) e(v) GROUP BY c.name",
+                    srf_reason);
+    expect_fallback(conn,
+                    "SELECT e.v, count(*) AS n, rank() OVER (ORDER BY count(*)) AS r FROM orders "
+                    "o, unnest(ARRAY[o.amount]) e(v) GROUP BY e.v",
+                    "window functions");
     expect_fallback(conn,
                     "SELECT o.id, c.id AS cid, e.n FROM orders o JOIN customers c ON c.id = "
                     "o.customer_id, unnest(ARRAY[c.name]) WITH ORDINALITY e(v, n)",
@@ -1038,6 +1059,19 @@ check_query_fallback(const char *url, PGconn *conn)
                     "SELECT o.id, e.n FROM orders o, unnest(ARRAY[o.amount]) WITH ORDINALITY "
                     "e(v, n) UNION ALL SELECT c.id, 0 FROM customers c",
                     srf_reason);
+    /* Grouped, the functions are called again on a changed row's old
+     * values: they must give the same rows whenever they run. */
+    expect_fallback_creation_only(conn,
+                                  "SELECT g::date AS day, count(*) AS n FROM orders o, "
+                                  "generate_series(now() - o.customer_id * interval '1 day', "
+                                  "now(), interval '1 day') g GROUP BY 1",
+                                  "the set-returning functions in FROM call now(), which may give "
+                                  "other rows for the same arguments later");
+    expect_fallback_creation_only(conn,
+                                  "SELECT g, count(*) AS n FROM orders o, generate_series(1, "
+                                  "current_date - date '2026-01-01' + o.customer_id) g GROUP BY g",
+                                  "the set-returning functions in FROM call the current date or "
+                                  "time");
     expect_fallback_creation_only(conn,
                                   "SELECT o.id, e.n FROM orders o, generate_series(1, (random() "
                                   "* 3)::int) WITH ORDINALITY e(v, n)",
@@ -3427,7 +3461,7 @@ check_source_ddl(const char *url, PGconn *conn)
 static void
 check_set_returning_functions(const char *url, PGconn *conn)
 {
-    TH_LOG("set-returning functions in FROM, WITH ORDINALITY (migration 32)");
+    TH_LOG("set-returning functions in FROM, WITH ORDINALITY (migration 32), and grouped (33)");
     const char *q = "SELECT o.id, e.n, e.line ->> 'sku' AS sku, (e.line ->> 'qty')::int AS qty "
                     "FROM srf_ord o, jsonb_array_elements(o.lines) WITH ORDINALITY AS e(line, n) "
                     "WHERE o.status <> 'cancelled'";
@@ -3437,6 +3471,11 @@ check_set_returning_functions(const char *url, PGconn *conn)
                      "JOIN LATERAL jsonb_array_elements(o.lines) WITH ORDINALITY AS e(line, n) ON "
                      "e.line ? 'sku'";
     const char *lcols = "id, n, status, sku";
+    /* The lines grouped by SKU (migration 33): no ordinality needed. */
+    const char *gq = "SELECT e.line ->> 'sku' AS sku, count(*) AS lines, sum((e.line ->> "
+                     "'qty')::int) AS qty FROM srf_ord o, jsonb_array_elements(o.lines) AS "
+                     "e(line) WHERE o.status <> 'cancelled' GROUP BY 1";
+    const char *gcols = "sku, lines, qty";
     th_sql(conn, "CREATE TABLE srf_ord (id int PRIMARY KEY, status text, lines jsonb);"
                  "INSERT INTO srf_ord VALUES"
                  "  (1, 'new', '[{\"sku\": \"a\", \"qty\": 1}, {\"sku\": \"b\", \"qty\": 2}]'),"
@@ -3445,6 +3484,16 @@ check_set_returning_functions(const char *url, PGconn *conn)
                  "  (5, 'cancelled', '[{\"sku\": \"c\", \"qty\": 9}]')");
     create_differential(url, conn, "srf_lines", q);
     create_differential(url, conn, "srf_all", lq);
+    create_differential(url, conn, "srf_skus", gq);
+    expect_text(th_sql_text(conn, "SELECT string_agg(property || ': ' || value, ' | ' ORDER BY "
+                                  "property) FROM sluice.explain_stream_table('srf_skus') WHERE "
+                                  "property IN ('row identity', 'refresh unit')"),
+                "refresh unit: row identity | row identity: key (sku)",
+                "keyed by SKU, refreshed by group");
+    TH_ASSERT(th_sql_int(conn,
+                         "SELECT count(*) FROM sluice.stream_table_catalog WHERE name = "
+                         "'srf_skus' AND starts_with(recompute_sql, 'WITH \"__sluice_dg\"')") == 1,
+              "its count and sum are kept from the changes");
     /* Refreshed by units, so the engine analysed the new tables (or
      * autovacuum did first): their stored rows are read by unit. */
     TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM pg_stat_user_tables WHERE relname IN "
@@ -3467,6 +3516,12 @@ check_set_returning_functions(const char *url, PGconn *conn)
                 "update|{\"n\": 2, \"id\": 1, \"qty\": 2, \"sku\": \"b\"}|{\"n\": 2, \"id\": 1, "
                 "\"qty\": 5, \"sku\": \"b\"}",
                 "the line at position 2 of order 1 updated");
+    before = max_outbox_id(conn);
+    TH_ASSERT(refresh(conn, "srf_skus") > 0, "the change is refreshed by SKU");
+    expect_text(deltas_since(conn, "srf_skus", before),
+                "update|{\"qty\": 2, \"sku\": \"b\", \"lines\": 1}|{\"qty\": 5, \"sku\": \"b\", "
+                "\"lines\": 1}",
+                "SKU b's total updated, SKU a untouched");
 
     /* A line removed from the front shifts the others; appended, emptied,
      * cancelled, deleted, a new order, a key changed. */
@@ -3493,6 +3548,18 @@ check_set_returning_functions(const char *url, PGconn *conn)
     TH_ASSERT(diff_from_query(conn, "srf_lines", cols, q) == 0, "srf_lines equals its query");
     TH_ASSERT(refresh(conn, "srf_all") > 0, "srf_all is refreshed");
     TH_ASSERT(diff_from_query(conn, "srf_all", lcols, lq) == 0, "srf_all equals its query");
+    before = max_outbox_id(conn);
+    TH_ASSERT(refresh(conn, "srf_skus") > 0, "srf_skus is refreshed");
+    TH_ASSERT(diff_from_query(conn, "srf_skus", gcols, gq) == 0, "srf_skus equals its query");
+    expect_text(deltas_since(conn, "srf_skus", before),
+                "delete|{\"qty\": 5, \"sku\": \"b\", \"lines\": 1}|null\n"
+                "insert|null|{\"qty\": 1, \"sku\": \"f\", \"lines\": 1}\n"
+                "insert|null|{\"qty\": 4, \"sku\": \"d\", \"lines\": 1}\n"
+                "insert|null|{\"qty\": 9, \"sku\": \"c\", \"lines\": 1}\n"
+                "insert|null|{\"qty\": null, \"sku\": \"e\", \"lines\": 1}\n"
+                "update|{\"qty\": 3, \"sku\": \"a\", \"lines\": 3}|{\"qty\": 1, \"sku\": \"a\", "
+                "\"lines\": 1}",
+                "b gone with order 1, c, d, e and f in, a down to order 2's one line");
     expect_text(th_sql_text(conn, "SELECT string_agg(id || ':' || coalesce(n::text, '-'), ' ' "
                                   "ORDER BY id, n) FROM srf_all"),
                 "1:1 1:2 2:1 3:1 4:- 5:1 5:2 7:1",
@@ -3501,27 +3568,34 @@ check_set_returning_functions(const char *url, PGconn *conn)
     /* Emptied and refilled in one window; then the table truncated. */
     th_sql(conn, "DELETE FROM srf_ord WHERE id = 2; INSERT INTO srf_ord VALUES (2, 'new', "
                  "'[{\"sku\": \"z\", \"qty\": 3}]'); UPDATE srf_ord SET lines = NULL WHERE id = 3");
-    TH_ASSERT(refresh(conn, "srf_lines") > 0 && refresh(conn, "srf_all") > 0,
+    TH_ASSERT(refresh(conn, "srf_lines") > 0 && refresh(conn, "srf_all") > 0 &&
+                  refresh(conn, "srf_skus") > 0,
               "the changes are refreshed");
     TH_ASSERT(diff_from_query(conn, "srf_lines", cols, q) == 0, "srf_lines equals its query");
     TH_ASSERT(diff_from_query(conn, "srf_all", lcols, lq) == 0, "srf_all equals its query");
+    TH_ASSERT(diff_from_query(conn, "srf_skus", gcols, gq) == 0, "srf_skus equals its query");
     expect_text(th_sql_text(conn, "SELECT string_agg(DISTINCT mode, ',') FROM "
                                   "sluice.refresh_history h JOIN sluice.stream_table_catalog c "
                                   "ON c.id = h.stream_table_id WHERE c.name IN ('srf_lines', "
-                                  "'srf_all') AND "
+                                  "'srf_all', 'srf_skus') AND "
                                   "h.refresh_id > (SELECT min(refresh_id) FROM "
                                   "sluice.refresh_history WHERE stream_table_id = c.id)"),
                 "differential", "every refresh after the first was differential");
     /* (A TRUNCATE is refreshed in full, as for any stream table.) */
     th_sql(conn, "TRUNCATE srf_ord; INSERT INTO srf_ord VALUES (1, 'new', '[{\"sku\": \"y\"}]')");
-    TH_ASSERT(refresh(conn, "srf_lines") > 0 && refresh(conn, "srf_all") > 0,
+    TH_ASSERT(refresh(conn, "srf_lines") > 0 && refresh(conn, "srf_all") > 0 &&
+                  refresh(conn, "srf_skus") > 0,
               "the truncate is refreshed");
     TH_ASSERT(diff_from_query(conn, "srf_lines", cols, q) == 0, "srf_lines equals its query");
     TH_ASSERT(diff_from_replay(conn, "srf_lines") == 0, "replaying srf_lines' deltas rebuilds it");
     TH_ASSERT(diff_from_query(conn, "srf_all", lcols, lq) == 0, "srf_all equals its query");
     TH_ASSERT(diff_from_replay(conn, "srf_all") == 0, "replaying srf_all's deltas rebuilds it");
-    th_sql(conn, "SELECT sluice.drop_stream_table('srf_lines'); SELECT "
-                 "sluice.drop_stream_table('srf_all'); DROP TABLE srf_ord");
+    TH_ASSERT(diff_from_query(conn, "srf_skus", gcols, gq) == 0, "srf_skus equals its query");
+    TH_ASSERT(diff_from_replay(conn, "srf_skus") == 0, "replaying srf_skus' deltas rebuilds it");
+    th_sql(conn,
+           "SELECT sluice.drop_stream_table('srf_lines'); SELECT "
+           "sluice.drop_stream_table('srf_all'); SELECT sluice.drop_stream_table('srf_skus'); "
+           "DROP TABLE srf_ord");
 }
 
 /* ------------------------------------------------------------------------ */

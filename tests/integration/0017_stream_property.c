@@ -23,7 +23,7 @@
  * with HAVING inside and WHERE on the aggregate, and inner-joined in a
  * chain with a LEFT JOIN), and a set-returning function in FROM written
  * WITH ORDINALITY (a variable number of rows per row), inner and LEFT
- * JOIN LATERAL. After `sluice engine
+ * JOIN LATERAL, and its rows grouped. After `sluice engine
  * --once` has analysed them (every one is DIFFERENTIAL), every cycle:
  *
  *   1. runs a random batch of INSERT/UPDATE/DELETE (sometimes TRUNCATE) on
@@ -331,6 +331,21 @@ static const st_def_t sts[] = {
     {"p_series_left", "id, n, x",
      "SELECT a.id, g.n, g.g * a.v AS x FROM a LEFT JOIN LATERAL generate_series(1, a.k % 4) WITH "
      "ORDINALITY AS g(g, n) ON g.g <> a.v",
+     NULL},
+    /* GROUP BY over those rows (migration 33): keyed by the element,
+     * count/sum/min/max/avg kept from the changes (the types of the
+     * expressions they read told by their results); then, as a LEFT JOIN
+     * LATERAL with HAVING and a sum of a function's result (which could
+     * differ when a row goes from when it came), each affected group
+     * recomputed from the query. */
+    {"p_series_groups", "g, n, nv, sv, mn, mx, sx, cx, ax",
+     "SELECT g.g, count(*) AS n, count(a.v) AS nv, sum(a.v) AS sv, min(a.v) AS mn, max(g.g * a.v) "
+     "AS mx, sum(g.g * a.v) AS sx, count(g.g * a.v) AS cx, avg(g.g * a.v) AS ax FROM a, "
+     "generate_series(1, a.k % 4) AS g(g) WHERE a.v IS DISTINCT FROM 2 GROUP BY g.g",
+     NULL},
+    {"p_series_groups_left", "g, n, s",
+     "SELECT g.g, count(*) AS n, sum(abs(g.g * a.v)) AS s FROM a LEFT JOIN LATERAL "
+     "generate_series(1, a.k % 4) AS g(g) ON g.g <> a.v GROUP BY g.g HAVING count(*) > 1",
      NULL},
     /* Keys whose equal values print differently (migration 30): a numeric
      * without a scale, 3 from one row and 3.00 from another, and intervals

@@ -89,6 +89,8 @@ typedef struct analyze_row {
     size_t nbranches;
     const sl_analyze_keyform_t *keyforms; /* the stream table's columns' key forms */
     size_t nkeyforms;
+    const sl_analyze_col_t *cols; /* the stream table's columns and types */
+    size_t ncols;
     const char *mode; /* "differential", "full"; NULL for ERROR */
     field_t field;    /* the output searched */
     const char *want; /* substring of it; "^..." a prefix */
@@ -102,6 +104,13 @@ typedef struct analyze_row {
     .nkeys = sizeof((const char *const[]){__VA_ARGS__}) / sizeof(const char *)
 #define BRANCHES_OF(b) .branches = (b), .nbranches = ROWS(b)
 #define KEYFORMS_OF(f) .keyforms = (f), .nkeyforms = ROWS(f)
+#define COLS_OF(c) .cols = (c), .ncols = ROWS(c)
+/* The stream table of an expression's sum and extremes (their types tell
+ * those of what they read, but for the numeric sum). */
+static const sl_analyze_col_t expr_cols[] = {
+    {"region", "text"}, {"q2", "bigint"}, {"m2", "integer"}, {"p2", "numeric"}};
+#define EXPR_AGG_Q(aggs) \
+    "SELECT sales.region,\n    " aggs "\n   FROM public.sales\n  GROUP BY sales.region"
 /* A numeric column without a scale, as sluice._st_key_value_sql writes it. */
 static const sl_analyze_keyform_t note_form[] = {{"note", "trim_scale(", ")", NULL}};
 static const sl_analyze_keyform_t cid_form[] = {{"cid", "trim_scale(", ")", NULL}};
@@ -114,6 +123,11 @@ static const sl_analyze_keyform_t region_citext[] = {
     " SELECT orders.id,\n    t.n,\n    t.tag\n   FROM public.orders,\n    LATERAL "              \
     "regexp_split_to_table(orders.status, ','::text) WITH ORDINALITY t(tag, n)\n  WHERE (t.tag " \
     "<> 'x'::text)"
+/* Its rows grouped (migration 33). */
+#define SRF_GROUP_Q                                                                              \
+    " SELECT t.tag,\n    count(*) AS n,\n    max(sales.qty) AS top\n   FROM public.sales,\n    " \
+    "LATERAL regexp_split_to_table(sales.region, ','::text) t(tag)\n  WHERE (sales.qty > 0)\n  " \
+    "GROUP BY t.tag"
 #define SRF_BRANCH                                                     \
     "SELECT orders.id,\n    t.n\n   FROM public.orders,\n    LATERAL " \
     "unnest(ARRAY[orders.status]) "                                    \
@@ -769,10 +783,98 @@ static const analyze_row_t rows[] = {
      " SELECT o.id,\n    e.v\n   FROM public.orders o,\n    LATERAL unnest(ARRAY[o.status]) "
      "WITH ORDINALITY e(v, n)",
      KEYS("id"), .mode = FULL, .field = REASON, .want = "each function's ordinality column"},
-    {"function_group_by_full",
-     " SELECT e.v,\n    count(*) AS count\n   FROM public.orders o,\n    LATERAL "
-     "unnest(ARRAY[o.status]) WITH ORDINALITY e(v, n)\n  GROUP BY e.v",
-     KEYS("v"), .mode = FULL, .field = REASON, .want = "^a set-returning function in FROM is"},
+    /* Grouped (migration 33): the functions called on the change images,
+     * the aggregates kept from them; no ordinality needed. */
+    {"function_group_by_affected", SRF_GROUP_Q, KEYS("tag"), .mode = DIFF, .field = AFFECTED,
+     .want = "^SELECT DISTINCT (t.tag) AS \"tag\" FROM  pg_temp.\"__sluice_chg_16405\" AS "
+             "\"sales\",\n    LATERAL regexp_split_to_table(sales.region, ','::text) t(tag)\n   "
+             "WHERE  (sales.qty > 0)\n  "},
+    {"function_group_by_kept_from_changes", SRF_GROUP_Q, KEYS("tag"), .mode = DIFF,
+     .field = RECOMPUTE,
+     .want = "^WITH \"__sluice_dg\" AS (SELECT (t.tag) AS \"tag\", sum(CASE WHEN "
+             "\"sales\".\"__sluice_op\" = 'D' THEN -1 ELSE 1 END) AS \"__sluice_n\""},
+    /* Every removed value counts as removed: the last image of its row
+     * is not looked up (its WHERE is over the table alone). */
+    {"function_group_by_extreme_without_last_image", SRF_GROUP_Q, KEYS("tag"), .mode = DIFF,
+     .field = RECOMPUTE,
+     .want = "max(\"sales\".\"qty\") FILTER (WHERE \"sales\".\"__sluice_op\" = 'D') AS "
+             "\"__sluice_d1\" FROM  pg_temp.\"__sluice_chg_16405\" AS \"sales\",\n    LATERAL "
+             "regexp_split_to_table(sales.region, ','::text) t(tag)\n   WHERE  (sales.qty > 0)\n   "
+             "GROUP BY 1)"},
+    {"function_group_by_redo_from_the_query", SRF_GROUP_Q, KEYS("tag"), .mode = DIFF,
+     .field = RECOMPUTE,
+     .want = "FROM public.sales,\n    LATERAL regexp_split_to_table(sales.region, ','::text) "
+             "t(tag)\n   WHERE ( (sales.qty > 0)\n  ) AND (t.tag) = ANY (ARRAY(SELECT \"tag\" FROM "
+             "\"__sluice_redo\" WHERE \"tag\" IS NOT NULL)) GROUP BY t.tag)"},
+    /* A sum of an element needs its type: a cast, or a column definition. */
+    {"function_group_by_sum_of_cast",
+     " SELECT t.tag,\n    sum((t.tag)::integer) AS s\n   FROM public.sales,\n    LATERAL "
+     "regexp_split_to_table(sales.region, ','::text) t(tag)\n  GROUP BY t.tag",
+     KEYS("tag"), .mode = DIFF, .field = RECOMPUTE,
+     .want = "sum(CASE WHEN \"sales\".\"__sluice_op\" = 'D' THEN -(((t.tag)::integer)::numeric) "
+             "ELSE ((t.tag)::integer)::numeric END) AS \"__sluice_s0\""},
+    {"function_group_by_column_definition",
+     " SELECT r.v,\n    count(*) AS n,\n    sum(r.q) AS q,\n    max(r.q) AS top\n   FROM "
+     "public.sales,\n    LATERAL json_to_recordset((sales.region)::json) r(v integer, q "
+     "numeric(8,2))\n  GROUP BY r.v",
+     KEYS("v"), .mode = DIFF, .field = RECOMPUTE,
+     .want = "max((r.q)) FILTER (WHERE \"sales\".\"__sluice_op\" = 'I') AS \"__sluice_i2\""},
+    /* An argument that calls a function may give a row's image another
+     * value when the row goes than when it came (now()): recomputed. */
+    {"function_group_by_call_in_argument_recomputed",
+     " SELECT t.tag,\n    count(*) AS n,\n    count(\n        CASE\n            WHEN "
+     "(sales.day > (now() - '7 days'::interval)) THEN 1\n            ELSE NULL::integer\n        "
+     "END) AS recent\n   FROM public.sales,\n    LATERAL regexp_split_to_table(sales.region, "
+     "','::text) t(tag)\n  GROUP BY t.tag",
+     KEYS("tag"), .mode = DIFF, .field = RECOMPUTE, .want = "^( SELECT t.tag"},
+    {"function_group_by_count_of_case",
+     " SELECT t.tag,\n    count(*) AS n,\n    count(\n        CASE\n            WHEN "
+     "(sales.qty > 1) THEN 1\n            ELSE NULL::integer\n        END) AS big\n   FROM "
+     "public.sales,\n    LATERAL regexp_split_to_table(sales.region, ','::text) t(tag)\n  GROUP "
+     "BY t.tag",
+     KEYS("tag"), .mode = DIFF, .field = RECOMPUTE, .want = "^WITH \"__sluice_dg\""},
+    {"function_group_by_untyped_sum_recomputed",
+     " SELECT t.tag,\n    sum(length(t.tag)) AS s\n   FROM public.sales,\n    LATERAL "
+     "regexp_split_to_table(sales.region, ','::text) t(tag)\n  GROUP BY t.tag",
+     KEYS("tag"), .mode = DIFF, .field = RECOMPUTE, .want = "^( SELECT t.tag"},
+    {"function_group_by_left_join",
+     " SELECT t.tag,\n    count(*) AS n\n   FROM (public.sales s\n     LEFT JOIN LATERAL "
+     "regexp_split_to_table(s.region, ','::text) t(tag) ON (true))\n  GROUP BY t.tag",
+     KEYS("tag"), .mode = DIFF, .field = AFFECTED,
+     .want = "FROM  (pg_temp.\"__sluice_chg_16405\" s\n     LEFT JOIN LATERAL "
+             "regexp_split_to_table(s.region, ','::text) t(tag) ON (true))"},
+    {"function_aggregate_one_row",
+     " SELECT count(*) AS n\n   FROM public.sales,\n    LATERAL "
+     "regexp_split_to_table(sales.region, ','::text) t(tag)",
+     .keys = NULL, .nkeys = 0, .mode = DIFF, .field = AFFECTED,
+     .want = "^SELECT  FROM  pg_temp.\"__sluice_chg_16405\" AS \"sales\",\n    LATERAL "
+             "regexp_split_to_table(sales.region, ','::text) t(tag) LIMIT 1"},
+    {"function_group_by_table_without_key",
+     " SELECT t.w,\n    count(*) AS count\n   FROM public.audit,\n    LATERAL "
+     "regexp_split_to_table(audit.what, ','::text) t(w)\n  GROUP BY t.w",
+     KEYS("w"), .mode = DIFF, .field = AFFECTED, .want = "pg_temp.\"__sluice_chg_16404\" AS "},
+    {"function_distinct_full",
+     " SELECT DISTINCT t.tag\n   FROM public.sales,\n    LATERAL "
+     "regexp_split_to_table(sales.region, ','::text) t(tag)",
+     KEYS("tag"), .mode = FULL, .field = REASON, .want = "^a set-returning function in FROM is"},
+    {"function_group_by_two_tables_full",
+     " SELECT t.tag,\n    count(*) AS count\n   FROM public.sales,\n    public.customers c,\n   "
+     " LATERAL regexp_split_to_table(c.region, ','::text) t(tag)\n  GROUP BY t.tag",
+     KEYS("tag"), .mode = FULL, .field = REASON, .want = "^a set-returning function in FROM is"},
+    {"function_group_by_window_full",
+     " SELECT t.tag,\n    count(*) AS n,\n    rank() OVER (ORDER BY (count(*))) AS r\n   FROM "
+     "public.sales,\n    LATERAL regexp_split_to_table(sales.region, ','::text) t(tag)\n  GROUP "
+     "BY t.tag",
+     KEYS("tag"), .mode = FULL, .field = REASON, .want = "window"},
+    /* Over one table, the same rule: an expression argument whose type a
+     * cast gives is kept from the changes. */
+    {"algebraic_cast_argument",
+     "SELECT sales.region,\n    sum(((sales.qty * 2))::integer) AS q\n   FROM public.sales\n  "
+     "GROUP BY sales.region",
+     KEYS("region"), .mode = DIFF, .field = RECOMPUTE,
+     .want = "sum(CASE WHEN \"sales\".\"__sluice_op\" = 'D' THEN -((((sales.qty * "
+             "2))::integer)::numeric) ELSE (((sales.qty * 2))::integer)::numeric END) AS "
+             "\"__sluice_s0\""},
     {"function_two_tables_full",
      " SELECT o.id,\n    c.id AS cid,\n    e.n\n   FROM public.orders o,\n    public.customers "
      "c,\n    LATERAL unnest(ARRAY[c.name]) WITH ORDINALITY e(v, n)\n  WHERE c.id = o.customer_id",
@@ -1480,6 +1582,26 @@ static const analyze_row_t rows[] = {
      "SELECT sales.region,\n    sum((sales.qty * 2)) AS q\n   FROM public.sales\n  GROUP BY "
      "sales.region",
      KEYS("region"), .mode = DIFF, .field = RECOMPUTE, .want = "^(SELECT sales.region"},
+    /* An expression's type from the aggregate's result: a bigint sum
+     * reads integers, an extreme is of its argument's type. */
+    {"algebraic_sum_typed_by_its_result", EXPR_AGG_Q("sum((sales.qty * 2)) AS q2"), KEYS("region"),
+     COLS_OF(expr_cols), .mode = DIFF, .field = RECOMPUTE,
+     .want =
+         "(coalesce(\"__sluice_j\".\"__sluice_o0\", 0) + coalesce(\"__sluice_j\".\"__sluice_s0\", "
+         "0)) END)::bigint AS \"q2\""},
+    {"algebraic_extreme_typed_by_its_result", EXPR_AGG_Q("max((sales.qty * 2)) AS m2"),
+     KEYS("region"), COLS_OF(expr_cols), .mode = DIFF, .field = RECOMPUTE,
+     .want = "greatest(\"__sluice_j\".\"__sluice_o0\", \"__sluice_j\".\"__sluice_i0\") AS \"m2\""},
+    {"algebraic_avg_typed_by_its_sum",
+     EXPR_AGG_Q("sum((sales.qty * 2)) AS q2,\n    count((sales.qty * 2)) AS c2,\n    "
+                "avg((sales.qty * 2)) AS a2"),
+     KEYS("region"), COLS_OF(expr_cols), .mode = DIFF, .field = RECOMPUTE,
+     .want = "::numeric END) AS \"a2\""},
+    {"algebraic_not_avg_of_expression_alone",
+     EXPR_AGG_Q("count((sales.qty * 2)) AS c2,\n    avg((sales.qty * 2)) AS a2"), KEYS("region"),
+     COLS_OF(expr_cols), .mode = DIFF, .field = RECOMPUTE, .want = "^(SELECT sales.region"},
+    {"algebraic_not_numeric_result", EXPR_AGG_Q("sum((sales.price * 2)) AS p2"), KEYS("region"),
+     COLS_OF(expr_cols), .mode = DIFF, .field = RECOMPUTE, .want = "^(SELECT sales.region"},
     {"algebraic_not_untyped_source",
      "SELECT orders.customer_id,\n    count(*) AS n\n   FROM public.orders\n  GROUP BY "
      "orders.customer_id",
@@ -1621,7 +1743,9 @@ test_analyze(void **state)
                           .nbranches = r->nbranches,
                           .old_rel = "pg_temp.\"__sluice_old_7\"",
                           .keyforms = r->keyforms,
-                          .nkeyforms = r->nkeyforms};
+                          .nkeyforms = r->nkeyforms,
+                          .cols = r->cols,
+                          .ncols = r->ncols};
     sl_analysis_t a;
     sl_err_t err;
     sl_err_clear(&err);
