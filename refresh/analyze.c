@@ -2214,6 +2214,20 @@ agg_after(out_t *o, const aggs_t *a, size_t j)
     }
 }
 
+/* filter_nonnull behind a test that there is a group to recompute at
+ * all: an InitPlan that PostgreSQL runs first, skipping the scan when
+ * none is (most refreshes). Without it, a query whose group keys no index
+ * reaches (an element of a set-returning function, a column without an
+ * index) would read the whole table to find no group. */
+static void
+filter_redo(out_t *o, const char *q, const sl_analyze_in_t *in, const keyexpr_t *keys)
+{
+    outf(o, "EXISTS (SELECT FROM ");
+    out_aff(o, in);
+    outf(o, ") AND ");
+    filter_nonnull(o, q, in, keys);
+}
+
 /* Appends a string literal. */
 static void
 outlit(out_t *o, const char *v)
@@ -2516,7 +2530,7 @@ gen_algebraic(out_t *o, const char *q, const toks_t *t, const clauses_t *c, cons
     sl_analyze_in_t redo = *in;
     redo.aff_rel = "\"__sluice_redo\"";
     outf(o, " UNION ALL (");
-    gen_restricted(o, q, t, c, filter_nonnull, &redo, keys, NULL);
+    gen_restricted(o, q, t, c, filter_redo, &redo, keys, NULL);
     outf(o, ") UNION ALL (");
     gen_restricted(o, q, t, c, filter_null, &redo, keys, NULL);
     outf(o, ")");

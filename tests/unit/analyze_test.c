@@ -804,7 +804,8 @@ static const analyze_row_t rows[] = {
     {"function_group_by_redo_from_the_query", SRF_GROUP_Q, KEYS("tag"), .mode = DIFF,
      .field = RECOMPUTE,
      .want = "FROM public.sales,\n    LATERAL regexp_split_to_table(sales.region, ','::text) "
-             "t(tag)\n   WHERE ( (sales.qty > 0)\n  ) AND (t.tag) = ANY (ARRAY(SELECT \"tag\" FROM "
+             "t(tag)\n   WHERE ( (sales.qty > 0)\n  ) AND EXISTS (SELECT FROM \"__sluice_redo\") "
+             "AND (t.tag) = ANY (ARRAY(SELECT \"tag\" FROM "
              "\"__sluice_redo\" WHERE \"tag\" IS NOT NULL)) GROUP BY t.tag)"},
     /* A sum of an element needs its type: a cast, or a column definition. */
     {"function_group_by_sum_of_cast",
@@ -1549,8 +1550,9 @@ static const analyze_row_t rows[] = {
      KEYS("region"), .mode = DIFF, .field = RECOMPUTE,
      .want =
          "UNION ALL (SELECT sales.region,\n    max(sales.price) AS top\n   FROM public.sales\n  "
-         " WHERE (sales.region) = ANY (ARRAY(SELECT \"region\" FROM \"__sluice_redo\" WHERE "
-         "\"region\" IS NOT NULL)) GROUP BY sales.region)"},
+         " WHERE EXISTS (SELECT FROM \"__sluice_redo\") AND (sales.region) = ANY (ARRAY(SELECT "
+         "\"region\" FROM \"__sluice_redo\" WHERE \"region\" IS NOT NULL)) GROUP BY "
+         "sales.region)"},
     {"algebraic_where_and_key_expression",
      "SELECT date_trunc('month'::text, (sales.day)::timestamp with time zone) AS month,\n    "
      "count(*) AS n\n   FROM public.sales\n  WHERE (sales.qty > 0)\n  GROUP BY "
