@@ -573,7 +573,13 @@ random_dml(PGconn *conn)
     }
 }
 
-/* Applies the new deltas of one stream table to its replay table. */
+/* Applies the new deltas of one stream table to its replay table, and
+ * returns the outbox id it has read up to: the last id of the whole outbox
+ * (the test is the only writer, and the engine does not run), so that the
+ * next call starts there even when this stream table had no delta. (It
+ * returned its own last delta's id, and a stream table that rarely changes
+ * then read every other one's deltas since at every cycle: a run's last
+ * cycles cost a third more than its first.) */
 static const char *replay_ddl =
     "CREATE TABLE replay_rows (name text, row_id uuid, img jsonb, PRIMARY KEY (name, row_id))";
 static const char *replay_fn =
@@ -581,10 +587,12 @@ static const char *replay_fn =
      * which grows by every cycle's deltas, for `id > after_id`. */
     "CREATE FUNCTION replay(st text, after_id bigint) RETURNS bigint LANGUAGE plpgsql\n"
     "SET plan_cache_mode = force_custom_plan AS $$\n"
-    "DECLARE m record; last bigint := after_id; n int;\n"
+    "DECLARE m record; n int;\n"
+    "  last bigint := greatest(after_id, (SELECT max(id) FROM sluice.outbox));\n"
     "BEGIN\n"
     "  FOR m IN SELECT id, key, op, payload FROM sluice.outbox\n"
-    "            WHERE topic = st AND refresh_id IS NOT NULL AND id > after_id ORDER BY id LOOP\n"
+    "            WHERE topic = st AND refresh_id IS NOT NULL AND id > after_id AND id <= last\n"
+    "            ORDER BY id LOOP\n"
     "    IF m.op = 'insert' THEN\n"
     "      INSERT INTO replay_rows VALUES (st, m.key::uuid, m.payload->'after');\n"
     "    ELSIF m.op = 'update' THEN\n"
@@ -600,7 +608,6 @@ static const char *replay_fn =
     "      IF n <> 1 THEN RAISE EXCEPTION 'delete of % in %: no such row with that before image "
     "(outbox %)', m.key, st, m.id; END IF;\n"
     "    ELSE RAISE EXCEPTION 'unknown op % (outbox %)', m.op, m.id; END IF;\n"
-    "    last := m.id;\n"
     "  END LOOP;\n"
     "  RETURN last;\n"
     "END $$";
