@@ -1031,6 +1031,74 @@ own_functions(const cJSON *sel)
     return k;
 }
 
+/* Whether n reads the clock: now() and the other functions of the
+ * transaction's time, CURRENT_DATE, CURRENT_TIMESTAMP, LOCALTIME, ... */
+static bool
+reads_clock(const cJSON *n)
+{
+    if (!cJSON_IsObject(n) && !cJSON_IsArray(n))
+        return false;
+    const cJSON *fn = cJSON_GetObjectItemCaseSensitive(node(n, "FuncCall"), "funcname");
+    const char *name =
+        str(node(cJSON_GetArrayItem(fn, cJSON_GetArraySize(fn) - 1), "String"), "sval");
+    if (name != NULL && (strcmp(name, "now") == 0 || strcmp(name, "statement_timestamp") == 0 ||
+                         strcmp(name, "transaction_timestamp") == 0))
+        return true;
+    const char *op = str(node(n, "SQLValueFunction"), "op");
+    if (op != NULL &&
+        (strstr(op, "SVFOP_CURRENT_DATE") == op || strstr(op, "SVFOP_CURRENT_TIME") == op ||
+         strstr(op, "SVFOP_LOCALTIME") == op))
+        return true;
+    for (const cJSON *c = n->child; c != NULL; c = c->next)
+        if (reads_clock(c))
+            return true;
+    return false;
+}
+
+static bool groups_or_aggregates(const cJSON *n);
+
+/*
+ * Whether the rows (or groups) that sel gives depend on the clock: it reads
+ * it anywhere but in the select list of a query that neither groups,
+ * aggregates, removes duplicates nor has window functions (where the
+ * select list is only what each row shows), per branch of a UNION ALL. A
+ * differential refresh finds the rows a change touches through the query's
+ * conditions evaluated now; a row that a condition kept when it came and
+ * rejects when it goes (WHERE at > now() - interval '1 day', the row
+ * deleted two days later) would never be found again, and stay.
+ */
+static bool
+clock_keyed(const cJSON *sel)
+{
+    const char *op = str(sel, "op");
+    if (op != NULL && strcmp(op, "SETOP_NONE") != 0) {
+        if (strcmp(op, "SETOP_UNION") != 0 ||
+            !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(sel, "all")))
+            return reads_clock(sel); /* keyed by every column */
+        for (const cJSON *c = sel->child; c != NULL; c = c->next)
+            if ((strcmp(c->string, "larg") == 0 || strcmp(c->string, "rarg") == 0) ? clock_keyed(c)
+                                                                                   : reads_clock(c))
+                return true;
+        return false;
+    }
+    const cJSON *targets = cJSON_GetObjectItemCaseSensitive(sel, "targetList");
+    bool keyed_targets = cJSON_GetObjectItemCaseSensitive(sel, "groupClause") != NULL ||
+                         cJSON_GetObjectItemCaseSensitive(sel, "havingClause") != NULL ||
+                         cJSON_GetObjectItemCaseSensitive(sel, "distinctClause") != NULL ||
+                         has_window(sel) || groups_or_aggregates(targets);
+    for (const cJSON *c = sel->child; c != NULL; c = c->next)
+        if ((c != targets || keyed_targets) && reads_clock(c))
+            return true;
+    return false;
+}
+
+static const char *const why_clock =
+    "the query reads the clock (now(), CURRENT_DATE, ...) in a condition, a join, a function in "
+    "FROM or what it groups by: which rows it gives changes with time as well as with its "
+    "sources, and a differential refresh, which finds the rows a change touches through those "
+    "conditions evaluated now, could keep rows the query no longer gives (a deleted row among "
+    "them); it is refreshed in full";
+
 /* Why sel cannot be refreshed differentially, or NULL. */
 static const char *
 full_reason(const cJSON *sel, const sl_analyze_in_t *in)
@@ -5300,6 +5368,10 @@ sl_analyze(const sl_analyze_in_t *in, sl_analysis_t *a, sl_err_t *err)
     }
     if (in->old_rel != NULL && (reason = why_own_equality(in, sel, uwhy, sizeof uwhy)) != NULL)
         goto full;
+    if (clock_keyed(sel)) {
+        reason = why_clock;
+        goto full;
+    }
     if (cJSON_GetObjectItemCaseSensitive(sel, "withClause") != NULL) {
         char *inl = NULL;
         reason = inline_with(in->query, sel, &inl, uwhy, sizeof uwhy, &rc, err);

@@ -1,5 +1,6 @@
 -- refresh/sql/0033_grouped_functions.sql - migration 33: a GROUP BY over
--- the rows of set-returning functions in FROM is refreshed differentially.
+-- the rows of set-returning functions in FROM is refreshed differentially;
+-- a query whose rows depend on the clock is refreshed in full.
 --
 -- Counting or summing the elements of a column is the next step after
 -- exploding it (migration 32):
@@ -39,6 +40,18 @@
 -- migration 32) becomes sluice._st_query_fallback_32, and the new function
 -- of that name applies the shapes above where it gave migration 32's
 -- reason.
+--
+-- Also: a query that reads the clock (now(), CURRENT_DATE, ...) in a
+-- condition, a join, a function in FROM or what it groups by is refreshed
+-- in full (the engine's analyzer: clock_keyed in refresh/analyze.c). A
+-- differential refresh finds the rows a change touches through those
+-- conditions, evaluated when it runs: a row that WHERE at > now() -
+-- interval '1 day' kept when it came and rejects when it is deleted was
+-- never found again, and stayed in the stream table. now() in the select
+-- list of a query that does not group stays differential (each row shows
+-- the time it was computed). Stream tables whose stored query may read
+-- the clock are analysed again (the UPDATE at the end; a few that only
+-- look like it are analysed again for nothing).
 --
 -- Upgrade: every stored creation reason is checked again
 -- (sluice._st_recheck_stored_fallbacks, migration 17): a stream table with
@@ -146,3 +159,8 @@ $fn$;
 REVOKE ALL ON FUNCTION sluice._st_query_fallback(regclass) FROM PUBLIC;
 
 SELECT sluice._st_recheck_stored_fallbacks();
+
+UPDATE sluice.stream_table_catalog c
+   SET analyzed_query = NULL
+ WHERE c.query_fallback IS NULL AND c.requested_mode <> 'full'
+   AND c.query ~* '\m(now|statement_timestamp|transaction_timestamp)\s*\(|\m(current_date|current_time|current_timestamp|localtime|localtimestamp)\M';

@@ -820,13 +820,13 @@ static const analyze_row_t rows[] = {
      "numeric(8,2))\n  GROUP BY r.v",
      KEYS("v"), .mode = DIFF, .field = RECOMPUTE,
      .want = "max((r.q)) FILTER (WHERE \"sales\".\"__sluice_op\" = 'I') AS \"__sluice_i2\""},
-    /* An argument that calls a function may give a row's image another
-     * value when the row goes than when it came (now()): recomputed. */
+    /* An argument that calls a function (which could give a row's image
+     * another value when the row goes than when it came): recomputed. */
     {"function_group_by_call_in_argument_recomputed",
      " SELECT t.tag,\n    count(*) AS n,\n    count(\n        CASE\n            WHEN "
-     "(sales.day > (now() - '7 days'::interval)) THEN 1\n            ELSE NULL::integer\n        "
-     "END) AS recent\n   FROM public.sales,\n    LATERAL regexp_split_to_table(sales.region, "
-     "','::text) t(tag)\n  GROUP BY t.tag",
+     "(length(t.tag) > 2) THEN 1\n            ELSE NULL::integer\n        END) AS long\n   FROM "
+     "public.sales,\n    LATERAL regexp_split_to_table(sales.region, ','::text) t(tag)\n  GROUP "
+     "BY t.tag",
      KEYS("tag"), .mode = DIFF, .field = RECOMPUTE, .want = "^( SELECT t.tag"},
     {"function_group_by_count_of_case",
      " SELECT t.tag,\n    count(*) AS n,\n    count(\n        CASE\n            WHEN "
@@ -1608,6 +1608,34 @@ static const analyze_row_t rows[] = {
      "SELECT orders.customer_id,\n    count(*) AS n\n   FROM public.orders\n  GROUP BY "
      "orders.customer_id",
      KEYS("customer_id"), .mode = DIFF, .field = RECOMPUTE, .want = "^(SELECT orders.customer_id"},
+
+    /* The clock (migration 33): in a condition or what a query groups by,
+     * FULL; in the select list of a query that does not group, shown as
+     * each row was computed. */
+    {"clock_in_where_full",
+     " SELECT sales.id,\n    sales.day\n   FROM public.sales\n  WHERE (sales.day > (CURRENT_DATE - "
+     "7))",
+     KEYS("id"), .mode = FULL, .field = REASON, .want = "^the query reads the clock (now(), "},
+    {"clock_now_in_where_full",
+     " SELECT sales.id\n   FROM public.sales\n  WHERE ((sales.day)::timestamp with time zone > "
+     "(now() - '7 days'::interval))",
+     KEYS("id"), .mode = FULL, .field = REASON, .want = "^the query reads the clock"},
+    {"clock_in_select_list_differential",
+     " SELECT sales.id,\n    now() AS seen\n   FROM public.sales", KEYS("id"), .mode = DIFF,
+     .field = RECOMPUTE, .want = "now() AS seen"},
+    {"clock_in_group_key_full",
+     " SELECT (sales.day = CURRENT_DATE) AS today,\n    count(*) AS n\n   FROM public.sales\n  "
+     "GROUP BY (sales.day = CURRENT_DATE)",
+     KEYS("today"), .mode = FULL, .field = REASON, .want = "^the query reads the clock"},
+    {"clock_in_aggregate_full",
+     " SELECT sales.region,\n    max(now() - (sales.day)::timestamp with time zone) AS age\n   "
+     "FROM public.sales\n  GROUP BY sales.region",
+     KEYS("region"), .mode = FULL, .field = REASON, .want = "^the query reads the clock"},
+    {"clock_in_function_in_from_full",
+     " SELECT sales.id,\n    g.n\n   FROM public.sales,\n    LATERAL "
+     "generate_series((sales.day)::timestamp with time zone, now(), '1 day'::interval) WITH "
+     "ORDINALITY g(d, n)",
+     KEYS("id", "n"), .mode = FULL, .field = REASON, .want = "^the query reads the clock"},
 
     /* Not one SELECT. */
     {"two_statements_error", "SELECT 1; SELECT 2", .field = ERROR,
