@@ -97,8 +97,8 @@
  *     GROUP BY over the table, the functions called on the change images
  *     (srf_groups).
  * INTERSECT ALL, EXCEPT ALL, subqueries elsewhere, window functions without
- * PARTITION BY, LIMIT and the rest are refreshed in full, and the reason
- * says so. docs/stream-tables.md
+ * PARTITION BY, LIMIT, queries whose rows depend on the clock (clock_keyed)
+ * and the rest are refreshed in full, and the reason says so. docs/stream-tables.md
  * ("What is refreshed differentially") has the argument in prose.
  *
  * Text handling: the generated SQL is spliced from the user's own query
