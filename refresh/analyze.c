@@ -1055,13 +1055,28 @@ reads_clock(const cJSON *n)
     return false;
 }
 
+/* Whether a subquery below n reads the clock. */
+static bool
+sublink_reads_clock(const cJSON *n)
+{
+    if (!cJSON_IsObject(n) && !cJSON_IsArray(n))
+        return false;
+    if (node(n, "SubLink") != NULL)
+        return reads_clock(n);
+    for (const cJSON *c = n->child; c != NULL; c = c->next)
+        if (sublink_reads_clock(c))
+            return true;
+    return false;
+}
+
 static bool groups_or_aggregates(const cJSON *n);
 
 /*
  * Whether the rows (or groups) that sel gives depend on the clock: it reads
  * it anywhere but in the select list of a query that neither groups,
  * aggregates, removes duplicates nor has window functions (where the
- * select list is only what each row shows), per branch of a UNION ALL. A
+ * select list is only what each row shows; a subquery there counts: which
+ * rows it finds is a condition), per branch of a UNION ALL. A
  * differential refresh finds the rows a change touches through the query's
  * conditions evaluated now; a row that a condition kept when it came and
  * rejects when it goes (WHERE at > now() - interval '1 day', the row
@@ -1087,7 +1102,7 @@ clock_keyed(const cJSON *sel)
                          cJSON_GetObjectItemCaseSensitive(sel, "distinctClause") != NULL ||
                          has_window(sel) || groups_or_aggregates(targets);
     for (const cJSON *c = sel->child; c != NULL; c = c->next)
-        if ((c != targets || keyed_targets) && reads_clock(c))
+        if (c != targets || keyed_targets ? reads_clock(c) : sublink_reads_clock(c))
             return true;
     return false;
 }

@@ -1623,6 +1623,12 @@ static const analyze_row_t rows[] = {
     {"clock_in_select_list_differential",
      " SELECT sales.id,\n    now() AS seen\n   FROM public.sales", KEYS("id"), .mode = DIFF,
      .field = RECOMPUTE, .want = "now() AS seen"},
+    {"clock_in_select_list_subquery_full",
+     " SELECT orders.id,\n    ( SELECT count(*) AS count\n           FROM public.refunds\n         "
+     " WHERE ((refunds.order_id = orders.id) AND (refunds.amount > (EXTRACT(day FROM "
+     "now()))::numeric))) AS n\n   FROM "
+     "public.orders",
+     KEYS("id"), .mode = FULL, .field = REASON, .want = "^the query reads the clock"},
     {"clock_in_group_key_full",
      " SELECT (sales.day = CURRENT_DATE) AS today,\n    count(*) AS n\n   FROM public.sales\n  "
      "GROUP BY (sales.day = CURRENT_DATE)",
