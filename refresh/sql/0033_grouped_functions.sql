@@ -23,9 +23,10 @@
 -- refresh is that of a GROUP BY over one table: the groups of those rows
 -- are the affected ones, and count, sum, avg, min and max are kept from
 -- the stored row and the images where that is exact (a sum or an extreme
--- needs its argument's type: a column of the table, a cast, or a column of
--- a function's column definition list); any other group is recomputed
--- from the query. Its rows are keyed by the group keys, so the functions
+-- needs its argument's type: a column of the table, a cast, a column of a
+-- function's column definition list, or the aggregate's own result type,
+-- which the engine now reads from the stream table); any other group is
+-- recomputed from the query. Its rows are keyed by the group keys, so the functions
 -- need no WITH ORDINALITY, and the table no primary key.
 --
 -- The shape (sluice._st_srf_shape_reason): one table and functions in
