@@ -96,9 +96,15 @@
  *      cancelled, un-cancelled, emptied, inserted, re-keyed and truncated;
  *      the table equals its query and the deltas rebuild it; the same
  *      with LEFT JOIN LATERAL, an order without lines kept once with a
- *      NULL position; the engine gives the new tables statistics. The creation
- *      check and the engine agree on the shapes (section 3's list), and
- *      the key columns (or content identity) of such queries.
+ *      NULL position; the engine gives the new tables statistics. The
+ *      same lines totalled by SKU (migration 33, no ordinality): keyed by
+ *      SKU, kept from the changes, exact deltas, equal to its query and
+ *      rebuilt by its deltas. The creation check and the engine agree on
+ *      the shapes (section 3's list), and the key columns (or content
+ *      identity) of such queries.
+ *  18. A query that reads the clock in WHERE (migration 33): FULL, and a
+ *      row that left the window before it was deleted leaves the stream
+ *      table (differential, it stayed).
  */
 #include "harness.h"
 
