@@ -1994,6 +1994,8 @@ coldef_type(const cJSON *n, const char *alias, const char *col, char *buf, size_
     return NULL;
 }
 
+static int paren_end(const char *q, const toks_t *t, size_t k);
+
 /* Whether expression n is made of columns, constants, casts, operators,
  * CASE, COALESCE and NULL tests only: no function call, whose value could
  * depend on when it runs (now()) or on other tables, so that the value it
@@ -2034,18 +2036,11 @@ agg_expr(const cJSON *fc, const char *q, const toks_t *t, const cJSON *sel, agg_
     size_t k = tok_at(t, location(fc));
     while (k < t->n && !tok_is(q, &t->v[k], "("))
         k++;
-    int depth = 0;
-    size_t j = k;
-    for (; j < t->n; j++) {
-        if (tok_is(q, &t->v[j], "("))
-            depth++;
-        else if (tok_is(q, &t->v[j], ")") && --depth == 0)
-            break;
-    }
-    if (j >= t->n || j < k + 2)
+    int end = paren_end(q, t, k); /* just after the ')' */
+    if (end < 0 || k + 1 >= t->n || t->v[k + 1].start >= end - 1)
         return false;
     ag->from = t->v[k + 1].start;
-    ag->to = t->v[j - 1].end;
+    ag->to = end - 1;
     *type = NULL;
     const cJSON *cast = node(arg, "TypeCast");
     const cJSON *fields = cJSON_GetObjectItemCaseSensitive(node(arg, "ColumnRef"), "fields");
