@@ -38,7 +38,11 @@
  *      that exists, or an update/delete of one that does not, fails the test.
  *
  * Seeded: the seed is printed, SLUICE_TEST_SEED=<n> reruns it and
- * SLUICE_PROPERTY_CYCLES=<n> sets the number of cycles (default 1000). A
+ * SLUICE_PROPERTY_CYCLES=<n> sets the number of cycles (default 1000).
+ * SLUICE_PROPERTY_SHARD=<k>/<n> keeps the k-th of n interleaved shares of
+ * the stream tables (index % n == k - 1) and the stream tables they read,
+ * so that n processes on n cores run every one (ctest runs two shards); it
+ * is printed with the seed, and unset every stream table runs. A
  * failure prints the seed, the cycle, the stream table and the statements of
  * the failing cycle; every statement since the start is in the scratch
  * directory's statements.sql (kept on failure), which replays the run in psql.
@@ -376,6 +380,15 @@ static const st_def_t sts[] = {
 };
 #define NSTS (sizeof sts / sizeof sts[0])
 _Static_assert(NSTS <= 64, "the shrinker keeps the stream tables it creates in a 64-bit mask");
+
+/* The stream tables of this run (SLUICE_PROPERTY_SHARD), as a mask. */
+static uint64_t run_mask;
+
+static bool
+in_run(size_t i)
+{
+    return (run_mask & (UINT64_C(1) << i)) != 0;
+}
 
 static const char *const source_ddl[] = {
     "CREATE TABLE a (id int PRIMARY KEY, k int, v int, s text, d numeric(6, 2) GENERATED ALWAYS "
@@ -1146,9 +1159,9 @@ shrink(th_env_t *env, const failure_t *f, size_t *nstmts)
     cand_result_t r = cand_run(&sh, sh.cand, sh.n, &fail_n);
     if (r == CAND_PASSES) {
         th_log("shrink: with only %s and what it reads, the whole history passes; trying again "
-               "with every stream table",
+               "with every stream table of the run",
                sts[f->st].name);
-        sh.mask = ~UINT64_C(0) >> (64 - NSTS); /* every one (1 << 64 would overflow) */
+        sh.mask = run_mask;
         r = cand_run(&sh, sh.cand, sh.n, &fail_n);
     }
     if (r != CAND_FAILS) {
@@ -1234,6 +1247,41 @@ repro_replays(th_env_t *env, const char *repro, const char *mismatch)
     return ok;
 }
 
+/*
+ * The stream tables of a run from SLUICE_PROPERTY_SHARD (NULL: every one):
+ * "k/n" keeps those at indexes with index % n == k - 1, with what they
+ * read. Ends the test on a malformed value. *label gets " (shard k/n)" or "".
+ */
+static uint64_t
+shard_mask(const char *spec, char *label, size_t label_n)
+{
+    label[0] = '\0';
+    if (spec == NULL || spec[0] == '\0')
+        return ~UINT64_C(0) >> (64 - NSTS); /* every one (1 << 64 would overflow) */
+    unsigned k = 0, n = 0;
+    int used = 0;
+    bool ok = sscanf(spec, "%u/%u%n", &k, &n, &used) == 2 && spec[used] == '\0' && n >= 1 &&
+              n <= NSTS && k >= 1 && k <= n;
+    TH_ASSERT(ok,
+              "SLUICE_PROPERTY_SHARD is k/n with 1 <= k <= n <= %zu, like 1/2 (it is \"%s\"); "
+              "unset it to run every stream table",
+              NSTS, spec);
+    uint64_t mask = 0;
+    for (size_t i = k - 1; i < NSTS; i += n)
+        mask |= st_closure(i);
+    snprintf(label, label_n, " (shard %u/%u)", k, n);
+    return mask;
+}
+
+static size_t
+run_count(void)
+{
+    size_t c = 0;
+    for (size_t i = 0; i < NSTS; i++)
+        c += in_run(i);
+    return c;
+}
+
 int
 main(void)
 {
@@ -1248,9 +1296,24 @@ main(void)
         cycles = atoi(nc);
     const char *inj = getenv("SLUICE_PROPERTY_INJECT");
     inject = inj != NULL && strcmp(inj, "1") == 0;
-    th_log("seed %u, %d cycles (rerun with SLUICE_TEST_SEED=%u)%s", seed, cycles, seed,
+    const char *shard = getenv("SLUICE_PROPERTY_SHARD");
+    char shard_label[64];
+    run_mask = shard_mask(shard, shard_label, sizeof shard_label);
+    size_t nrun = run_count();
+    th_log("seed %u, %d cycles, %zu of %zu stream tables%s (rerun with SLUICE_TEST_SEED=%u%s%s)%s",
+           seed, cycles, nrun, NSTS, shard_label, seed,
+           shard_label[0] ? " SLUICE_PROPERTY_SHARD=" : "", shard_label[0] ? shard : "",
            inject ? "; SLUICE_PROPERTY_INJECT=1: " INJECT_ST " is checked against a wrong query"
                   : "");
+    if (inject) {
+        bool has = false;
+        for (size_t i = 0; i < NSTS; i++)
+            has = has || (in_run(i) && strcmp(sts[i].name, INJECT_ST) == 0);
+        TH_ASSERT(has,
+                  "SLUICE_PROPERTY_INJECT=1 needs " INJECT_ST
+                  " in the run (shard %s does not have it)",
+                  shard);
+    }
     srand(seed);
 
     th_env_t env;
@@ -1272,6 +1335,8 @@ main(void)
     for (int i = 0; i < 20; i++)
         random_dml(conn);
     for (size_t i = 0; i < NSTS; i++) {
+        if (!in_run(i))
+            continue;
         fprintf(stmt_log, "SELECT sluice.create_stream_table('%s', $q$%s$q$);\n", sts[i].name,
                 sts[i].query);
         th_sql(conn, "SELECT sluice.create_stream_table('%s', $q$%s$q$)", sts[i].name,
@@ -1285,14 +1350,20 @@ main(void)
     TH_ASSERT(th_run(once, NULL, 60000) == 0, "sluice engine --once analyses the stream tables");
     long long diff = th_sql_int(conn, "SELECT count(*) FROM sluice.stream_table_catalog WHERE "
                                       "effective_mode = 'differential'");
-    TH_ASSERT(diff == (long long)NSTS, "every stream table is differential (%lld of %zu are)", diff,
-              NSTS);
-    th_log("%lld of %zu stream tables refresh differentially", diff, NSTS);
+    TH_ASSERT(diff == (long long)nrun, "every stream table is differential (%lld of %zu are)", diff,
+              nrun);
+    th_log("%lld of %zu stream tables refresh differentially", diff, nrun);
+    long long alg_want = 0;
+    for (size_t i = 0; i < NSTS; i++)
+        alg_want += in_run(i) &&
+                    (strcmp(sts[i].name, "p_alg") == 0 || strcmp(sts[i].name, "p_alg_bare") == 0);
     long long alg = th_sql_int(conn, "SELECT count(*) FROM sluice.stream_table_catalog WHERE name "
                                      "IN ('p_alg', 'p_alg_bare') AND recompute_sql LIKE "
                                      "'WITH \"__sluice_dg\" AS %%'");
-    TH_ASSERT(alg == 2,
-              "p_alg and p_alg_bare keep their aggregates from the changes (%lld of 2 do)", alg);
+    TH_ASSERT(alg == alg_want,
+              "those of p_alg and p_alg_bare in the run keep their aggregates from the changes "
+              "(%lld of %lld do)",
+              alg, alg_want);
 
     long long replayed[NSTS];
     for (size_t i = 0; i < NSTS; i++)
@@ -1310,6 +1381,8 @@ main(void)
         random_dml(conn);
         ms_dml += th_now_ms() - t_dml;
         for (size_t i = 0; i < NSTS && f.kind == CHECK_PASS; i++) {
+            if (!in_run(i))
+                continue;
             fprintf(stmt_log, "SELECT sluice.refresh_stream_table('%s');\n", sts[i].name);
             int64_t t0 = th_now_ms();
             int refreshed = refresh_st(conn, i, f.msg, sizeof f.msg);
@@ -1349,7 +1422,8 @@ main(void)
         size_t nstmts = 0;
         char *repro = shrink(&env, &f, &nstmts);
         if (!inject)
-            TH_FAIL("seed %u cycle %d: %s: %s (%s)", seed, f.cycle, check_names[f.kind], f.msg,
+            TH_FAIL("seed %u%s cycle %d: %s: %s (%s)", seed, shard_label, f.cycle,
+                    check_names[f.kind], f.msg,
                     repro != NULL ? "repro.sql reproduces it; statements.sql replays the run"
                                   : "statements.sql replays the run");
         /* The shrinker's own test: the failure must be the injected one,
@@ -1375,10 +1449,10 @@ main(void)
                ms_refresh / 1e3, ms_check / 1e3);
         /* The costliest stream tables, refreshes and checks together. */
         bool shown[NSTS] = {false};
-        for (int k = 0; k < 5; k++) {
+        for (size_t k = 0; k < 5 && k < nrun; k++) {
             size_t top = NSTS;
             for (size_t i = 0; i < NSTS; i++)
-                if (!shown[i] && (top == NSTS || ms_st[i] > ms_st[top]))
+                if (in_run(i) && !shown[i] && (top == NSTS || ms_st[i] > ms_st[top]))
                     top = i;
             shown[top] = true;
             th_log("time: %s %.1f s", sts[top].name, ms_st[top] / 1e3);
