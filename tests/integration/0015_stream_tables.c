@@ -104,7 +104,9 @@
  *      identity) of such queries.
  *  18. A query that reads the clock in WHERE (migration 33): FULL, and a
  *      row that left the window before it was deleted leaves the stream
- *      table (differential, it stayed).
+ *      table (differential, it stayed). Since migration 34 the creation
+ *      check knows it: refresh_mode 'differential' is refused with the
+ *      engine's reason, and section 3's list has the rule's cases.
  */
 #include "harness.h"
 
@@ -1316,6 +1318,43 @@ check_query_fallback(const char *url, PGconn *conn)
     expect_fallback(conn, "SELECT id, amount FROM orders UNION ALL SELECT id, NULL FROM customers",
                     NULL);
     expect_fallback(conn, "SELECT id, now() AS seen FROM orders", NULL); /* STABLE */
+    /* The clock (migration 34): anywhere but the select list of a query
+     * that does not group, per branch of a UNION ALL. */
+    static const char clock_reason[] = "the query reads the clock (now(), CURRENT_DATE, ...) in a "
+                                       "condition, a join, a function in FROM or what it groups by";
+    expect_fallback(conn,
+                    "SELECT id, amount FROM orders WHERE amount > extract(epoch FROM now() - "
+                    "interval '1 day')",
+                    clock_reason);
+    expect_fallback(conn,
+                    "SELECT o.id, c.name FROM orders o JOIN customers c ON c.id = o.customer_id "
+                    "AND current_date > date '2026-01-01'",
+                    clock_reason);
+    expect_fallback(conn,
+                    "SELECT customer_id, count(*) AS n, max(localtimestamp) AS at FROM orders "
+                    "GROUP BY customer_id",
+                    clock_reason);
+    expect_fallback(conn, "SELECT DISTINCT customer_id, current_date AS d FROM orders",
+                    clock_reason);
+    expect_fallback(conn,
+                    "SELECT id, (SELECT max(c.id) FROM customers c WHERE c.id < "
+                    "extract(day FROM now())) AS m FROM orders",
+                    clock_reason);
+    expect_fallback(conn,
+                    "SELECT id, statement_timestamp() AS at, current_time AS t FROM orders WHERE "
+                    "amount > 0",
+                    NULL);
+    expect_fallback(conn,
+                    "SELECT id, now() AS at FROM orders UNION ALL SELECT id, localtimestamp FROM "
+                    "customers",
+                    NULL);
+    expect_fallback(conn,
+                    "SELECT id, now() AS at FROM orders UNION ALL SELECT id, now() FROM customers "
+                    "WHERE name < now()::text",
+                    clock_reason);
+    expect_fallback(conn,
+                    "SELECT s.id FROM (SELECT id, transaction_timestamp() AS at FROM orders) s",
+                    clock_reason);
     expect_fallback(conn,
                     "SELECT s.id, s.amount, c.id AS cid FROM (SELECT id, customer_id, amount "
                     "FROM orders WHERE amount > 0 ORDER BY id) s JOIN customers c ON c.id = "
@@ -3616,7 +3655,20 @@ check_clock(const char *url, PGconn *conn)
     th_sql(conn, "CREATE TABLE clock_src (id int PRIMARY KEY, at timestamptz);"
                  "INSERT INTO clock_src VALUES (1, now()), (2, now()), (3, now() - interval '2 "
                  "days')");
+    /* Known at creation since migration 34: differential is refused. */
+    char err[1024];
+    TH_ASSERT(th_sql_try(conn, err, sizeof err,
+                         "SELECT sluice.create_stream_table('clock_recent', $q$%s$q$, "
+                         "refresh_mode => 'differential')",
+                         q) != 0 &&
+                  strstr(err, "the query reads the clock (now(), CURRENT_DATE, ...)") != NULL,
+              "refresh_mode 'differential' is refused at creation with the reason (got: %s)", err);
     th_sql(conn, "SELECT sluice.create_stream_table('clock_recent', $q$%s$q$)", q);
+    expect_text(th_sql_text(conn,
+                            "SELECT left(query_fallback, 64) FROM sluice.stream_table_catalog "
+                            "WHERE name = 'clock_recent'"),
+                "the query reads the clock (now(), CURRENT_DATE, ...) in a condit",
+                "the creation check gives the engine's reason");
     const char *const once[] = {SLUICE_BIN, "engine", "--db", url, "--once", "-l", "warn", NULL};
     TH_ASSERT(th_run(once, NULL, RUN_MS) == 0, "sluice engine --once analyses clock_recent");
     expect_text(th_sql_text(conn, "SELECT effective_mode || ': ' || left(fallback_reason, 64) FROM "
