@@ -3264,20 +3264,26 @@ temp_tables(PGconn *conn)
 static void
 check_kept_work_tables(const char *url, PGconn *conn)
 {
-    TH_LOG("a session keeps the refresh's work tables (refresh/sql/0013_scratch_tables.sql)");
+    TH_LOG("a session keeps the refresh's work tables (refresh/sql/0013_scratch_tables.sql, "
+           "0035_kept_affected_keys.sql)");
     /* Section 11 refreshed jo_named twice in this session: the changes and
-     * old images of both sources, its old and new rows, the delta. */
+     * old images of both sources, its affected keys (since migration 35),
+     * its old and new rows, the delta. */
+    long long jo_id =
+        th_sql_int(conn, "SELECT id FROM sluice.stream_table_catalog WHERE name = 'jo_named'");
     TH_ASSERT(th_sql_int(conn,
-                         "SELECT count(*) FROM (VALUES ('__sluice_delta'), ('__sluice_old_' || %s),"
-                         "('__sluice_new_' || %s), ('__sluice_chg_' || 'jo'::regclass::oid),"
+                         "SELECT count(*) FROM (VALUES ('__sluice_delta'), ('__sluice_old_%lld'),"
+                         "('__sluice_new_%lld'), ('__sluice_aff_%lld'), "
+                         "('__sluice_chg_' || 'jo'::regclass::oid),"
                          "('__sluice_chg_' || 'jc'::regclass::oid),"
                          "('__sluice_before_' || 'jo'::regclass::oid),"
                          "('__sluice_before_' || 'jc'::regclass::oid)) v(n) "
                          "WHERE to_regclass('pg_temp.' || n) IS NOT NULL",
-                         "(SELECT id FROM sluice.stream_table_catalog WHERE name = 'jo_named')",
-                         "(SELECT id FROM sluice.stream_table_catalog WHERE name = 'jo_named')") ==
-                  7,
-              "the session keeps the 7 work tables of jo_named");
+                         jo_id, jo_id, jo_id) == 8,
+              "the session keeps the 8 work tables of jo_named");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM pg_class WHERE relnamespace = "
+                               "pg_my_temp_schema() AND relname = '__sluice_aff'") == 0,
+              "no table of affected keys is made for one refresh");
 
     /* The next refreshes create and drop no table. */
     char *before = temp_tables(conn);
@@ -3326,7 +3332,10 @@ check_kept_work_tables(const char *url, PGconn *conn)
 
     /* A new column of a source: the refresh that finds it is FULL
      * (migration 22), and the next differential one makes its kept
-     * tables again. */
+     * tables again, the affected keys' too (their columns could depend on
+     * a source's). */
+    long long aff_oid =
+        th_sql_int(conn, "SELECT 'pg_temp.__sluice_aff_%lld'::regclass::oid", jo_id);
     th_sql(conn, "ALTER TABLE jc ADD COLUMN tier int DEFAULT 1");
     th_sql(conn, "UPDATE jc SET name = 'tier1' WHERE id = 8");
     refresh(conn, "jo_named");
@@ -3339,6 +3348,9 @@ check_kept_work_tables(const char *url, PGconn *conn)
                                "to_regclass('pg_temp.__sluice_chg_' || 'jc'::regclass::oid) "
                                "AND attname = 'tier'") == 1,
               "the changes of jc have its new column");
+    TH_ASSERT(th_sql_int(conn, "SELECT 'pg_temp.__sluice_aff_%lld'::regclass::oid", jo_id) !=
+                  aff_oid,
+              "the affected keys' table was made again");
     expect_text(th_sql_text(conn, "SELECT last_refresh_mode FROM sluice.stream_table_catalog "
                                   "WHERE name = 'jo_named'"),
                 "differential", "that refresh was differential");
@@ -3347,8 +3359,7 @@ check_kept_work_tables(const char *url, PGconn *conn)
 
     /* Gone stream tables and sources: their tables leave this session the
      * next time it makes a table. */
-    long long gone_id =
-        th_sql_int(conn, "SELECT id FROM sluice.stream_table_catalog WHERE name = 'jo_named'");
+    long long gone_id = jo_id;
     long long jo_oid = th_sql_int(conn, "SELECT 'jo'::regclass::oid");
     th_sql(conn, "SELECT sluice.drop_stream_table('jo_named')");
     th_sql(conn, "SELECT sluice.create_stream_table('jc_tiers', "
@@ -3362,9 +3373,31 @@ check_kept_work_tables(const char *url, PGconn *conn)
     TH_ASSERT(th_sql_int(conn,
                          "SELECT count(*) FROM pg_class WHERE relnamespace = pg_my_temp_schema() "
                          "AND relname IN ('__sluice_old_%lld', '__sluice_new_%lld', "
-                         "'__sluice_chg_%lld', '__sluice_before_%lld')",
-                         gone_id, gone_id, jo_oid, jo_oid) == 0,
+                         "'__sluice_aff_%lld', '__sluice_chg_%lld', '__sluice_before_%lld')",
+                         gone_id, gone_id, gone_id, jo_oid, jo_oid) == 0,
               "the tables of jo_named and of jo (no longer captured) are dropped");
+
+    /* Another query: other affected keys (tier and name), in a table made
+     * again with their columns. */
+    th_sql(conn, "SELECT sluice.alter_stream_table('jc_tiers', query => 'SELECT tier, name, "
+                 "count(*) AS n FROM jc GROUP BY tier, name')");
+    analyse_differential(url, conn, "jc_tiers");
+    th_sql(conn, "UPDATE jc SET tier = 4, name = 'four' WHERE id = 11");
+    refresh(conn, "jc_tiers");
+    th_sql(conn, "UPDATE jc SET tier = 4 WHERE id = 12");
+    refresh(conn, "jc_tiers");
+    expect_text(th_sql_text(conn,
+                            "SELECT string_agg(attname, ',' ORDER BY attnum) FROM "
+                            "pg_attribute WHERE attrelid = ('pg_temp.__sluice_aff_' || (SELECT "
+                            "id FROM sluice.stream_table_catalog WHERE name = 'jc_tiers'))"
+                            "::regclass AND attnum > 0"),
+                "tier,name", "the affected keys' table has the new query's key columns");
+    TH_ASSERT(diff_from_query(conn, "jc_tiers", "tier, name, n",
+                              "SELECT tier, name, count(*) AS n FROM jc GROUP BY tier, name") == 0,
+              "jc_tiers equals its new query");
+    expect_text(th_sql_text(conn, "SELECT last_refresh_mode FROM sluice.stream_table_catalog "
+                                  "WHERE name = 'jc_tiers'"),
+                "differential", "that refresh was differential");
 }
 
 /* ------------------------------------------------------------------------ */
