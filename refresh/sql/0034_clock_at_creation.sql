@@ -220,6 +220,25 @@ $fn$;
 
 REVOKE ALL ON FUNCTION sluice._st_clock_keyed(text, text) FROM PUBLIC;
 
+-- sluice._st_tree_clock_keyed(tree) -> whether the query of a view's
+-- analysed tree (pg_rewrite.ev_action as text, a list of one query) reads
+-- the clock where its rows depend on it (sluice._st_clock_keyed).
+CREATE FUNCTION sluice._st_tree_clock_keyed(tree text)
+RETURNS boolean
+LANGUAGE plpgsql
+STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    clock text := sluice._st_clock_pattern();
+BEGIN
+    RETURN tree ~ clock
+           AND EXISTS (SELECT FROM sluice._st_node_items(tree) q WHERE sluice._st_clock_keyed(q.value, clock));
+END
+$fn$;
+
+REVOKE ALL ON FUNCTION sluice._st_tree_clock_keyed(text) FROM PUBLIC;
+
 -- sluice._st_query_fallback(view) -> reason or NULL
 --
 -- Migration 33's rules (now sluice._st_query_fallback_33), then the clock
@@ -234,18 +253,12 @@ SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
     why   text := sluice._st_query_fallback_33(view);
-    tree  text;
-    clock text;
 BEGIN
     IF why IS NOT NULL THEN
         RETURN why;
     END IF;
-    tree := (SELECT r.ev_action::text FROM pg_rewrite r WHERE r.ev_class = view AND r.rulename = '_RETURN');
-    clock := sluice._st_clock_pattern();
-    IF tree IS NULL OR tree !~ clock THEN
-        RETURN NULL;
-    END IF;
-    IF EXISTS (SELECT FROM sluice._st_node_items(tree) q WHERE sluice._st_clock_keyed(q.value, clock)) THEN
+    IF sluice._st_tree_clock_keyed((SELECT r.ev_action::text FROM pg_rewrite r
+                                     WHERE r.ev_class = view AND r.rulename = '_RETURN')) THEN
         RETURN 'the query reads the clock (now(), CURRENT_DATE, ...) in a condition, a join, a function in '
                'FROM or what it groups by: which rows it gives changes with time as well as with its '
                'sources, and a differential refresh, which finds the rows a change touches through those '

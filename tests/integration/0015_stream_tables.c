@@ -106,7 +106,10 @@
  *      row that left the window before it was deleted leaves the stream
  *      table (differential, it stayed). Since migration 34 the creation
  *      check knows it: refresh_mode 'differential' is refused with the
- *      engine's reason, and section 3's list has the rule's cases.
+ *      engine's reason, and section 3's list has the rule's cases. Since
+ *      36 a look without changes refreshes it (a row that left the
+ *      window goes, as one delete), but not one that only shows now() in
+ *      its select list.
  */
 #include "harness.h"
 
@@ -3724,7 +3727,44 @@ check_clock(const char *url, PGconn *conn)
                 "2,3", "rows 2 and 3");
     TH_ASSERT(diff_from_replay(conn, "clock_recent") == 0,
               "replaying clock_recent's deltas rebuilds it");
-    th_sql(conn, "SELECT sluice.drop_stream_table('clock_recent'); DROP TABLE clock_src");
+
+    /* Since migration 36 a look without changes refreshes it too: row 2
+     * leaves the window with no write to clock_src that capture sees. */
+    expect_text(th_sql_text(conn, "SELECT reads_clock::text FROM sluice.stream_table_catalog "
+                                  "WHERE name = 'clock_recent'"),
+                "true", "clock_recent is recorded as reading the clock");
+    th_sql(conn, "SET session_replication_role = replica; UPDATE clock_src SET at = now() - "
+                 "interval '3 days' WHERE id = 2; SET session_replication_role = origin");
+    long long before = max_outbox_id(conn);
+    TH_ASSERT(refresh(conn, "clock_recent") > 0, "a look with no change refreshes clock_recent");
+    expect_text(th_sql_text(conn,
+                            "SELECT string_agg(op || ':' || (payload->'before'->>'id'), ',') "
+                            "FROM sluice.outbox WHERE topic = 'clock_recent' AND id > %lld",
+                            before),
+                "delete:2", "row 2 left, as one delete");
+    TH_ASSERT(diff_from_query(conn, "clock_recent", "id, at", q) == 0,
+              "clock_recent equals its query");
+    TH_ASSERT(diff_from_replay(conn, "clock_recent") == 0,
+              "replaying clock_recent's deltas rebuilds it");
+    expect_no_refresh(conn,
+                      "clock_recent"); /* a full refresh that changes nothing publishes nothing */
+
+    /* now() only shown in the select list: differential, not refreshed
+     * without changes (its rows would all change at every look). */
+    th_sql(conn, "SELECT sluice.create_stream_table('clock_seen', 'SELECT id, now() AS seen FROM "
+                 "clock_src')");
+    expect_text(th_sql_text(conn, "SELECT reads_clock::text FROM sluice.stream_table_catalog "
+                                  "WHERE name = 'clock_seen'"),
+                "false", "clock_seen is not recorded as reading the clock");
+    expect_no_refresh(conn, "clock_seen");
+    /* Given a query that does, it is. */
+    th_sql(conn, "SELECT sluice.alter_stream_table('clock_seen', query => 'SELECT id FROM "
+                 "clock_src WHERE at < now()')");
+    expect_text(th_sql_text(conn, "SELECT reads_clock::text FROM sluice.stream_table_catalog "
+                                  "WHERE name = 'clock_seen'"),
+                "true", "altered, clock_seen is recorded as reading the clock");
+    th_sql(conn, "SELECT sluice.drop_stream_table('clock_recent'); SELECT "
+                 "sluice.drop_stream_table('clock_seen'); DROP TABLE clock_src");
 }
 
 /* ------------------------------------------------------------------------ */
