@@ -22,7 +22,9 @@
  * set by a ring of the doorbell (below), by the safety poll (every
  * --safety-poll-ms, for anything a ring missed), by a refresh of a stream
  * table it reads that changed something, by a failed refresh (retried), and
- * for every stream table when the main connection (re)connects. A pending
+ * for every stream table when the main connection (re)connects; a stream
+ * table whose rows depend on the clock is always pending (each look
+ * refreshes it in full: refresh/sql/0036_clock_refresh.sql). A pending
  * stream table is started as soon as
  *
  *   - its schedule has passed since its last refresh, or since its last
@@ -208,9 +210,10 @@ engine_on_signal(int sig)
 /*
  * The loop: every stream table with its depth, whether it is active and
  * needs an analysis, the milliseconds until its schedule and backoff allow
- * a refresh (0: now), the stream tables it reads, and (same on every row)
- * the milliseconds until the next coalesced notification is due (NULL:
- * none pending).
+ * a refresh (0: now), the stream tables it reads, (same on every row) the
+ * milliseconds until the next coalesced notification is due (NULL: none
+ * pending), and whether its rows depend on the clock
+ * (refresh/sql/0036_clock_refresh.sql).
  */
 #define SQL_STATE                                                                              \
     SQL_DEPTH                                                                                  \
@@ -227,7 +230,8 @@ engine_on_signal(int sig)
     "               coalesce(s.coalesce_ms, coalesce(nullif(current_setting("                  \
     "               'sluice.notify_coalesce_ms', true), '')::int, 250)) / 1000.0) "            \
     "               - clock_timestamp()))) END)::bigint "                                      \
-    "          FROM sluice.subscriptions s WHERE s.pending IS NOT NULL) "                      \
+    "          FROM sluice.subscriptions s WHERE s.pending IS NOT NULL), "                     \
+    "       c.reads_clock "                                                                    \
     "  FROM sluice.stream_table_catalog c "                                                    \
     "  LEFT JOIN sluice.stream_table_checks k ON k.stream_table_id = c.id "                    \
     "  JOIN (SELECT id, max(depth) AS depth FROM dep GROUP BY id) d ON d.id = c.id "           \
@@ -909,7 +913,10 @@ engine_load(engine_t *eng, sl_err_t *err)
         if (!PQgetisnull(res, r, 7))
             eng->flush_ms = now + strtoull(PQgetvalue(res, r, 7), NULL, 10);
         const engine_st_t *old = st_find(eng, st->id);
-        st->pending = old == NULL || old->pending;
+        /* A stream table whose rows depend on the clock may change at any
+         * look: it is always pending, so it is looked at on its schedule
+         * even when no ring or poll comes. */
+        st->pending = old == NULL || old->pending || PQgetvalue(res, r, 8)[0] == 't';
         st->unbelled = old != NULL && old->unbelled;
     }
     PQclear(res);

@@ -20,6 +20,9 @@
  *      engine (sluice._refresh_if_changed finds nothing, records the time)
  *      at most once per schedule: rings from other tables' writes do not
  *      make it due again before its schedule has passed since that check.
+ *   1d. A stream table whose rows depend on the clock is looked at on its
+ *      schedule without a ring: a row that leaves its now() window with no
+ *      write that capture sees is gone within ANALYSE_DEADLINE_MS.
  *   2. One slow stream table (its full refresh sleeps SLOW_S seconds in
  *      pg_sleep) does not delay a fast one: while the slow refresh is
  *      running (pg_stat_activity shows it sleeping), a change to the fast
@@ -297,6 +300,40 @@ main(void)
                                "EXISTS (SELECT 1 FROM sluice.stream_table_catalog c WHERE c.id = "
                                "k.stream_table_id)") == 0,
               "dropping the stream table removes its check");
+
+    /* 1d. A stream table whose rows depend on the clock (migration 36) is
+     * looked at on its schedule with no ring and no poll: a row that
+     * leaves its window, moved back with capture off as time would move
+     * it (no trigger, so no ring), is gone within ANALYSE_DEADLINE_MS. */
+    th_sql(conn, "CREATE TABLE clock_src (id int PRIMARY KEY, at timestamptz);"
+                 "INSERT INTO clock_src VALUES (1, now()), (2, now())");
+    th_sql(conn, "SELECT sluice.create_stream_table('clock_st', 'SELECT id, at FROM clock_src "
+                 "WHERE at > now() - interval ''1 hour''', schedule => '200 ms')");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM clock_st") == 2, "clock_st has both rows");
+    TH_ASSERT(settled(conn), "the engine is idle before the clock moves");
+    /* Idle, with nothing written: it still looks at clock_st every 200 ms
+     * (without ring or poll, the look after the confirming pass would be
+     * the last one). */
+    char *t0 = th_sql_text(conn, "SELECT clock_timestamp()::text");
+    TH_ASSERT(t0 != NULL, "the time is read");
+    char later[256];
+    snprintf(later, sizeof later,
+             "SELECT last_refresh_at > '%s'::timestamptz + interval '1 second' FROM "
+             "sluice.stream_table_catalog WHERE name = 'clock_st'",
+             t0);
+    TH_ASSERT(th_wait_sql(conn, later, ANALYSE_DEADLINE_MS, 20),
+              "the idle engine refreshes clock_st more than a second after %s, with no write", t0);
+    free(t0);
+    th_sql(conn, "SET session_replication_role = replica; UPDATE clock_src SET at = now() - "
+                 "interval '2 hours' WHERE id = 1; SET session_replication_role = origin");
+    int64_t aged = wait_ms(conn, "SELECT count(*) = 1 FROM clock_st", ANALYSE_DEADLINE_MS);
+    TH_LOG("a row that left clock_st's window went in %lld ms, with no write seen by capture",
+           (long long)aged);
+    TH_ASSERT(aged >= 0,
+              "the engine refreshes a stream table that reads the clock on its schedule, without "
+              "a ring (the safety poll is 60 s): the row that left the window went within %d ms",
+              ANALYSE_DEADLINE_MS);
+    th_sql(conn, "SELECT sluice.drop_stream_table('clock_st'); DROP TABLE clock_src");
 
     /* 3. Dependency order: the reader of fast_st follows in the same pass. */
     TH_ASSERT(settled(conn), "the engine is idle again");
