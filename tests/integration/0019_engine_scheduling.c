@@ -21,7 +21,8 @@
  *      at most once per schedule: rings from other tables' writes do not
  *      make it due again before its schedule has passed since that check.
  *   1d. A stream table whose rows depend on the clock is looked at on its
- *      schedule without a ring: a row that leaves its now() window with no
+ *      schedule without a ring: the idle engine still refreshes it more
+ *      than a second later, and a row that leaves its now() window with no
  *      write that capture sees is gone within ANALYSE_DEADLINE_MS.
  *   2. One slow stream table (its full refresh sleeps SLOW_S seconds in
  *      pg_sleep) does not delay a fast one: while the slow refresh is
