@@ -621,6 +621,23 @@ engine_analyse(PGconn *conn, sl_err_t *err)
 }
 
 /* engine_once_refresh's loop. */
+/* " hint=\"...\"" when the server attached a hint to a failed refresh (how
+ * to fix it: a payload over sluice.max_payload_bytes, ...), else "": the
+ * tail of an engine.refresh_failed line. buf holds the result. */
+static const char *
+hint_kv(const PGresult *res, char *buf, size_t n)
+{
+    const char *hint = PQresultErrorField(res, PG_DIAG_MESSAGE_HINT);
+    if (hint == NULL || n < 16) {
+        if (n > 0)
+            buf[0] = '\0';
+        return n > 0 ? buf : "";
+    }
+    memcpy(buf, " hint=", 6);
+    sl_log_quote(buf + 6, n - 6, hint);
+    return buf;
+}
+
 static int
 engine_once_refresh_due(PGconn *conn, sl_err_t *err)
 {
@@ -651,9 +668,10 @@ engine_once_refresh_due(PGconn *conn, sl_err_t *err)
         }
         const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
         const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-        char q[1024];
-        sl_log_warn("engine.refresh_failed", "stream_table=%s sqlstate=%s err=%s", name,
-                    state ? state : "", sl_log_quote(q, sizeof q, msg ? msg : ""));
+        char q[1024], hq[1024];
+        sl_log_warn("engine.refresh_failed", "stream_table=%s sqlstate=%s err=%s%s", name,
+                    state ? state : "", sl_log_quote(q, sizeof q, msg ? msg : ""),
+                    hint_kv(res, hq, sizeof hq));
         const char *fp[3] = {id, msg ? msg : "unknown error", state};
         PGresult *f = PQexecParams(conn, SQL_FAILURE, 3, NULL, fp, NULL, NULL, 0);
         if (PQresultStatus(f) != PGRES_TUPLES_OK)
@@ -1072,9 +1090,11 @@ wk_on_result(sl_pgconn_t *pc, PGresult *res, void *ctx)
             engine_kick(eng);
             return;
         }
+        char hq[1024];
         sl_log_warn("engine.refresh_failed",
-                    "stream_table=%s sqlstate=%s ms=%" PRIu64 " worker=%d err=%s", wk->st_name,
-                    state ? state : "", ms, wk->no, sl_log_quote(q, sizeof q, msg));
+                    "stream_table=%s sqlstate=%s ms=%" PRIu64 " worker=%d err=%s%s", wk->st_name,
+                    state ? state : "", ms, wk->no, sl_log_quote(q, sizeof q, msg),
+                    hint_kv(res, hq, sizeof hq));
         if (st != NULL)
             st->pending = true; /* retried after its backoff */
         if (eng->stopping || sqlstate_is_connection(state)) {

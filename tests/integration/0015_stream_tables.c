@@ -110,6 +110,15 @@
  *      36 a look without changes refreshes it (a row that left the
  *      window goes, as one delete), but not one that only shows now() in
  *      its select list.
+ *  19. The payload limit (migration 37): a refresh whose delta has a row over
+ *      sluice.max_payload_bytes fails with SQLSTATE 54000 naming the stream
+ *      table, the row's key and op and both sizes, writing nothing and
+ *      keeping the changes; other stream tables refresh; a bad value of the
+ *      setting is named, a small one bites; the row made small before the
+ *      next refresh, every change of the window is published; under a
+ *      raised limit the big row is published and the deltas rebuild the
+ *      table; a snapshot is measured the same way, and so is the big row's
+ *      delete (its before image).
  */
 #include "harness.h"
 
@@ -3918,6 +3927,147 @@ check_snapshot(const th_env_t *env, PGconn *conn)
                  "sluice.drop_stream_table('snap_st'); DROP TABLE snap_src; RESET TimeZone");
 }
 
+/* ------------------------------------------------------------------------ */
+/* 19. the payload limit                                                     */
+/* ------------------------------------------------------------------------ */
+
+/* Runs sql, which must fail with SQLSTATE 54000, a primary message
+ * containing each of want1 and want2, and a detail and hint containing
+ * detail and hint. */
+static void
+expect_too_large_at(int line, PGconn *conn, const char *sql, const char *want1, const char *want2,
+                    const char *detail, const char *hint)
+{
+    PGresult *res = PQexec(conn, sql);
+    const char *code = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+    const char *det = PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL);
+    const char *hnt = PQresultErrorField(res, PG_DIAG_MESSAGE_HINT);
+    bool ok = PQresultStatus(res) == PGRES_FATAL_ERROR && code != NULL &&
+              strcmp(code, "54000") == 0 && msg != NULL && strstr(msg, want1) != NULL &&
+              strstr(msg, want2) != NULL && det != NULL && strstr(det, detail) != NULL &&
+              hnt != NULL && strstr(hnt, hint) != NULL;
+    if (!ok)
+        th_fail_at(__FILE__, line, NULL,
+                   "`%s` fails with [54000] \"%s ... %s\" (detail \"%s\", hint \"%s\"), got: %s",
+                   sql, want1, want2, detail, hint, PQresultErrorMessage(res));
+    PQclear(res);
+}
+#define expect_too_large(conn, sql, want1, want2, detail, hint) \
+    expect_too_large_at(__LINE__, (conn), (sql), (want1), (want2), (detail), (hint))
+
+static void
+check_payload_limit(PGconn *conn)
+{
+    TH_LOG("outbox payloads of stream tables obey sluice.max_payload_bytes");
+    th_sql(conn, "CREATE TABLE pl_src (id int PRIMARY KEY, title text, body text);"
+                 "INSERT INTO pl_src VALUES (1, 'a', 'short'), (2, 'b', 'short too'), (3, 'c', "
+                 "'three');"
+                 "CREATE TABLE pl_other (id int PRIMARY KEY, v int);"
+                 "INSERT INTO pl_other VALUES (1, 1)");
+    th_sql(conn, "SELECT sluice.create_stream_table('pl_st', 'SELECT id, title, body FROM pl_src', "
+                 "schedule => '1 hour')");
+    th_sql(conn, "SELECT sluice.create_stream_table('pl_small', 'SELECT id, v FROM pl_other', "
+                 "schedule => '1 hour')");
+    char *key = th_sql_text(conn, "SELECT __sluice_row_id::text FROM pl_st WHERE id = 2");
+    TH_ASSERT(key != NULL, "row 2 has a row id");
+    char want1[200];
+    snprintf(want1, sizeof want1,
+             "stream table pl_st: the update of the row with key %s makes an outbox payload of "
+             "1000",
+             key);
+    const char *want2 = "bytes, over the limit of 900000 bytes (sluice.max_payload_bytes)";
+
+    /* A row of 1 MB: the refresh fails, nothing is applied or published. */
+    long long before = max_outbox_id(conn);
+    th_sql(conn, "UPDATE pl_src SET body = repeat('x', 1000000) WHERE id = 2;"
+                 "INSERT INTO pl_src VALUES (4, 'd', 'four'); DELETE FROM pl_src WHERE id = 3");
+    expect_too_large(conn, "SELECT sluice.refresh_stream_table('pl_st')", want1, want2,
+                     "Nothing of this refresh was applied or published",
+                     "raise sluice.max_payload_bytes for the session that refreshes");
+    TH_ASSERT(max_outbox_id(conn) == before, "the failed refresh wrote no outbox message");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM pl_st WHERE id IN (1, 2, 3) AND "
+                               "length(body) < 10") == 3 &&
+                  th_sql_int(conn, "SELECT count(*) FROM pl_st") == 3,
+              "the stream table is as before the refresh");
+    /* Other stream tables are not held back. */
+    th_sql(conn, "UPDATE pl_other SET v = 2");
+    TH_ASSERT(refresh(conn, "pl_small") > 0, "another stream table refreshes");
+
+    /* The setting is read: a bad value is named, a small one bites. */
+    th_sql(conn, "SET sluice.max_payload_bytes = 'lots'");
+    expect_error(conn, "22023",
+                 "stream table pl_small: the setting sluice.max_payload_bytes is 'lots', not a "
+                 "number of bytes",
+                 "UPDATE pl_other SET v = 3; SELECT sluice.refresh_stream_table('pl_small')");
+    th_sql(conn, "SET sluice.max_payload_bytes = 40");
+    expect_error(conn, "54000", "over the limit of 40 bytes (sluice.max_payload_bytes)",
+                 "UPDATE pl_other SET v = 3; SELECT sluice.refresh_stream_table('pl_small')");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice.outbox WHERE id > %lld", before) == 1,
+              "only pl_small's first refresh wrote a message");
+    th_sql(conn, "RESET sluice.max_payload_bytes");
+
+    /* The source row made small before the next refresh: it goes through at
+     * the default limit, with every change of the window. */
+    th_sql(conn, "UPDATE pl_src SET body = 'short again' WHERE id = 2");
+    TH_ASSERT(refresh(conn, "pl_st") > 0, "after the row shrinks the refresh succeeds");
+    expect_text(deltas_since(conn, "pl_st", before),
+                "delete|{\"id\": 3, \"body\": \"three\", \"title\": \"c\"}|null\n"
+                "insert|null|{\"id\": 4, \"body\": \"four\", \"title\": \"d\"}\n"
+                "update|{\"id\": 2, \"body\": \"short too\", \"title\": \"b\"}|{\"id\": 2, "
+                "\"body\": \"short again\", \"title\": \"b\"}",
+                "the window's delete, insert and update are published");
+    TH_ASSERT(diff_from_replay(conn, "pl_st") == 0, "the deltas rebuild the stream table");
+
+    /* Raised for this session: a row of 1 MB is published. */
+    th_sql(conn, "UPDATE pl_src SET body = repeat('y', 1000000) WHERE id = 2");
+    th_sql(conn, "SET sluice.max_payload_bytes = 3000000");
+    long long mid = max_outbox_id(conn);
+    TH_ASSERT(refresh(conn, "pl_st") > 0, "under a raised limit the refresh succeeds");
+    TH_ASSERT(th_sql_int(conn,
+                         "SELECT octet_length(payload::text) FROM sluice.outbox WHERE topic = "
+                         "'pl_st' AND id > %lld AND op = 'update' AND key = '%s'",
+                         mid, key) > 1000000,
+              "the update of 1 MB is published");
+    TH_ASSERT(diff_from_query(conn, "pl_st", "id, title, body",
+                              "SELECT id, title, body FROM pl_src") == 0 &&
+                  diff_from_replay(conn, "pl_st") == 0,
+              "the stream table equals its query, and its deltas rebuild it");
+
+    /* A snapshot is measured the same way. */
+    th_sql(conn, "RESET sluice.max_payload_bytes");
+    mid = max_outbox_id(conn);
+    char want3[200];
+    snprintf(want3, sizeof want3,
+             "sluice.snapshot_stream_table: stream table pl_st: the snapshot of the row with key "
+             "%s makes an outbox payload of 1000",
+             key);
+    expect_too_large(conn, "SELECT sluice.snapshot_stream_table('pl_st')", want3, want2,
+                     "Nothing was written to the outbox",
+                     "raise sluice.max_payload_bytes in this session");
+    TH_ASSERT(max_outbox_id(conn) == mid, "the failed snapshot wrote nothing");
+
+    /* The big row's delete carries it as its before image. */
+    th_sql(conn, "DELETE FROM pl_src WHERE id = 2");
+    snprintf(want1, sizeof want1,
+             "stream table pl_st: the delete of the row with key %s makes an outbox payload of "
+             "1000",
+             key);
+    expect_too_large(conn, "SELECT sluice.refresh_stream_table('pl_st')", want1, want2,
+                     "Nothing of this refresh was applied or published",
+                     "raise sluice.max_payload_bytes for the session that refreshes");
+    th_sql(conn, "SET sluice.max_payload_bytes = 3000000");
+    TH_ASSERT(refresh(conn, "pl_st") > 0 && diff_from_replay(conn, "pl_st") == 0 &&
+                  th_sql_int(conn, "SELECT count(*) FROM pl_st WHERE id = 2") == 0,
+              "under the raised limit the delete is published");
+    th_sql(conn, "RESET sluice.max_payload_bytes");
+    TH_ASSERT(th_sql_int(conn, "SELECT sluice.snapshot_stream_table('pl_st')") > 0,
+              "without the big row a snapshot goes through at the default limit");
+    free(key);
+    th_sql(conn, "SELECT sluice.drop_stream_table('pl_st'); SELECT "
+                 "sluice.drop_stream_table('pl_small'); DROP TABLE pl_src, pl_other");
+}
+
 int
 main(void)
 {
@@ -3970,6 +4120,7 @@ main(void)
     check_snapshot(&env, conn);
     check_set_returning_functions(env.pg_url, conn);
     check_clock(env.pg_url, conn);
+    check_payload_limit(conn);
 
     PQfinish(conn);
     th_env_stop(&env);

@@ -16,8 +16,11 @@
  *      and the deltas are in the outbox.
  *   3. Dropping a column the third stream table reads, and changing the type
  *      of one the fourth reads, puts each into status 'error' with a message
- *      naming the column (and both types); the other stream tables keep
- *      refreshing.
+ *      naming the column (and both types); a row over the payload limit
+ *      (migration 37) fails its stream table's refreshes, retried, with
+ *      the limit in last_error and the hint in the log, until the row is
+ *      small again, then its changes are published; the other stream
+ *      tables keep refreshing.
  *   4. SIGTERM stops the engine with exit 0; bad usage exits 2; --once
  *      against an unreachable database exits 1 with the error.
  *
@@ -72,6 +75,8 @@ main(void)
     th_sql(conn, "CREATE TABLE customers (id int PRIMARY KEY, name text);"
                  "CREATE TABLE orders (id int PRIMARY KEY, customer_id int, amount int);"
                  "CREATE TABLE legacy (id int PRIMARY KEY, x int, y int);"
+                 "CREATE TABLE wide (id int PRIMARY KEY, body text);"
+                 "INSERT INTO wide VALUES (1, 'one');"
                  "INSERT INTO customers VALUES (1, 'ann'), (2, 'bob');"
                  "INSERT INTO orders VALUES (1, 1, 10), (2, 2, 20);"
                  "INSERT INTO legacy VALUES (1, 1, 1)");
@@ -83,6 +88,8 @@ main(void)
     th_sql(conn, "SELECT sluice.create_stream_table('legacy_x', 'SELECT id, x FROM legacy', "
                  "schedule => '100 ms')");
     th_sql(conn, "SELECT sluice.create_stream_table('legacy_y', 'SELECT id, y FROM legacy', "
+                 "schedule => '100 ms')");
+    th_sql(conn, "SELECT sluice.create_stream_table('wide_st', 'SELECT id, body FROM wide', "
                  "schedule => '100 ms')");
     th_sql(conn, "SELECT sluice.create_stream_table('top', 'SELECT id, amount FROM orders ORDER BY "
                  "amount DESC LIMIT 2', schedule => '100 ms')");
@@ -248,6 +255,46 @@ main(void)
     free(why);
     TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM legacy_y WHERE id = 2") == 0,
               "and nothing of the new row was stored");
+    /* A row over the payload limit (migration 37): a failure of that stream
+     * table, retried, logged with how to fix it; fixed, nothing is lost. */
+    long long before = th_sql_int(conn, "SELECT coalesce(max(id), 0) FROM sluice.outbox");
+    th_sql(conn, "UPDATE wide SET body = repeat('z', 1000000) WHERE id = 1;"
+                 "INSERT INTO wide VALUES (2, 'two')");
+    TH_ASSERT(th_wait_sql(conn,
+                          "SELECT consecutive_failures >= 2 AND status = 'active' AND last_error "
+                          "LIKE 'stream table wide_st: the update of the row with key % makes an "
+                          "outbox payload of 1000% bytes, over the limit of 900000 bytes "
+                          "(sluice.max_payload_bytes)' FROM sluice.stream_table_catalog WHERE "
+                          "name = 'wide_st'",
+                          15000, 50),
+              "a row over the payload limit fails the stream table's refresh, retried, naming the "
+              "limit");
+    TH_ASSERT(th_file_contains(log, "event=engine.refresh_failed stream_table=wide_st "
+                                    "sqlstate=54000") &&
+                  th_file_contains(log, "hint=\"Leave the wide columns out of the stream "
+                                        "table's query"),
+              "the failure is logged with its hint");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM wide_st WHERE body = 'one'") == 1 &&
+                  th_sql_int(conn,
+                             "SELECT count(*) FROM sluice.outbox WHERE topic = 'wide_st' "
+                             "AND id > %lld",
+                             before) == 0,
+              "nothing of the failed refreshes was stored or published");
+    th_sql(conn, "UPDATE wide SET body = 'small' WHERE id = 1");
+    TH_ASSERT(th_wait_sql(conn,
+                          "SELECT c.consecutive_failures = 0 AND (SELECT string_agg(id || '=' || "
+                          "body, ',' ORDER BY id) FROM wide_st) = '1=small,2=two' FROM "
+                          "sluice.stream_table_catalog c WHERE c.name = 'wide_st'",
+                          20000, 50),
+              "once the row is small again the retry refreshes the stream table");
+    TH_ASSERT(th_sql_int(conn,
+                         "SELECT count(*) FROM sluice.outbox WHERE topic = 'wide_st' AND id "
+                         "> %lld AND ((op = 'update' AND payload->'before'->>'body' = 'one' "
+                         "AND payload->'after'->>'body' = 'small') OR (op = 'insert' AND "
+                         "payload->'after'->>'body' = 'two'))",
+                         before) == 2,
+              "its update and insert are published");
+
     th_sql(conn, "DELETE FROM orders WHERE id = 3");
     TH_ASSERT(th_wait_sql(conn, "SELECT total = 10 FROM totals WHERE customer_id = 1", 10000, 20),
               "the other stream tables keep refreshing");
