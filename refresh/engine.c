@@ -620,7 +620,6 @@ engine_analyse(PGconn *conn, sl_err_t *err)
     return rc;
 }
 
-/* engine_once_refresh's loop. */
 /* " hint=\"...\"" when the server attached a hint to a failed refresh (how
  * to fix it: a payload over sluice.max_payload_bytes, ...), else "": the
  * tail of an engine.refresh_failed line. buf holds the result. */
@@ -638,6 +637,7 @@ hint_kv(const PGresult *res, char *buf, size_t n)
     return buf;
 }
 
+/* engine_once_refresh's loop. */
 static int
 engine_once_refresh_due(PGconn *conn, sl_err_t *err)
 {
