@@ -152,7 +152,8 @@ END
 $fn$;
 
 -- sluice.snapshot_stream_table(name): as in migration 31, with each message
--- measured against the limit.
+-- measured against the limit. The subquery is ordered too, so that the
+-- stream table's primary key gives the order (no sort of the payloads).
 CREATE OR REPLACE FUNCTION sluice.snapshot_stream_table(name text)
 RETURNS bigint
 LANGUAGE plpgsql
@@ -185,7 +186,8 @@ BEGIN
                    'octet_length(m.payload::text), $3) END, ''{}'', $2 '
                    'FROM (SELECT s.__sluice_row_id AS row_id, s.__sluice_row_id::text AS key, '
                    'jsonb_build_object(''before'', NULL, ''after'', to_jsonb(s) - ''__sluice_row_id'', '
-                   '''refresh_id'', $2) AS payload FROM %s s OFFSET 0) m ORDER BY m.row_id', st.relid::regclass)
+                   '''refresh_id'', $2) AS payload FROM %s s ORDER BY s.__sluice_row_id OFFSET 0) m '
+                   'ORDER BY m.row_id', st.relid::regclass)
         USING st.name, sid, max_bytes;
     GET DIAGNOSTICS n = ROW_COUNT;
     PERFORM sluice._st_use_settings(prev);
