@@ -82,11 +82,11 @@ BEGIN
                       ELSE 'Nothing was written to the outbox.' END,
         HINT = 'Leave the wide columns out of the stream table''s query (publish a reference to them instead), '
                || CASE WHEN fn IS NULL
-                       THEN 'or raise sluice.max_payload_bytes for the session that refreshes (for the engine: ALTER ROLE '
-                            'or ALTER DATABASE ... SET, or options=-csluice.max_payload_bytes=N in its connection string, '
-                            'then restart it)'
-                       ELSE 'or raise sluice.max_payload_bytes in this session (SET sluice.max_payload_bytes = N)' END
-               || ' together with Kafka''s message.max.bytes.';
+                       THEN 'or raise sluice.max_payload_bytes for the session that refreshes, together with Kafka''s '
+                            'message.max.bytes (for a running engine: in postgresql.conf or with ALTER SYSTEM, then '
+                            'SELECT pg_reload_conf()).'
+                       ELSE 'or raise sluice.max_payload_bytes in this session (SET sluice.max_payload_bytes = N), '
+                            'together with Kafka''s message.max.bytes.' END;
 END
 $fn$;
 

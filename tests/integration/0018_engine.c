@@ -19,8 +19,10 @@
  *      naming the column (and both types); a row over the payload limit
  *      (migration 37) fails its stream table's refreshes, retried, with
  *      the limit in last_error and the hint in the log, until the row is
- *      small again, then its changes are published; the other stream
- *      tables keep refreshing.
+ *      small again, then its changes are published; a big row again is
+ *      published once the limit is raised with ALTER SYSTEM and a reload,
+ *      without restarting the engine; the other stream tables keep
+ *      refreshing.
  *   4. SIGTERM stops the engine with exit 0; bad usage exits 2; --once
  *      against an unreachable database exits 1 with the error.
  *
@@ -294,6 +296,32 @@ main(void)
                          "payload->'after'->>'body' = 'two'))",
                          before) == 2,
               "its update and insert are published");
+    /* Or the limit raised in the server's configuration: a running engine's
+     * sessions get it at the reload, and its next retry publishes. */
+    th_sql(conn, "UPDATE wide SET body = repeat('w', 1000000) WHERE id = 2");
+    TH_ASSERT(
+        th_wait_sql(conn,
+                    "SELECT consecutive_failures >= 1 AND last_error LIKE '%over the limit of "
+                    "900000 bytes%' FROM sluice.stream_table_catalog WHERE name = 'wide_st'",
+                    15000, 50),
+        "a big row fails the refresh again");
+    /* (ALTER SYSTEM knows a sluice.* setting once the session has one.) */
+    th_sql(conn, "SET sluice.max_payload_bytes = 900000");
+    th_sql(conn, "ALTER SYSTEM SET sluice.max_payload_bytes = 3000000");
+    th_sql(conn, "SELECT pg_reload_conf()");
+    TH_ASSERT(th_wait_sql(conn,
+                          "SELECT c.consecutive_failures = 0 AND (SELECT length(body) FROM wide_st "
+                          "WHERE id = 2) = 1000000 FROM sluice.stream_table_catalog c WHERE c.name "
+                          "= 'wide_st'",
+                          20000, 50),
+              "after ALTER SYSTEM and a reload the running engine publishes the big row");
+    TH_ASSERT(th_sql_int(conn,
+                         "SELECT count(*) FROM sluice.outbox WHERE topic = 'wide_st' AND op = "
+                         "'update' AND length(payload->'after'->>'body') = 1000000") == 1,
+              "its update is in the outbox");
+    th_sql(conn, "ALTER SYSTEM RESET sluice.max_payload_bytes");
+    th_sql(conn, "SELECT pg_reload_conf()");
+    th_sql(conn, "RESET sluice.max_payload_bytes");
 
     th_sql(conn, "DELETE FROM orders WHERE id = 3");
     TH_ASSERT(th_wait_sql(conn, "SELECT total = 10 FROM totals WHERE customer_id = 1", 10000, 20),
