@@ -78,7 +78,7 @@ BEGIN
                                    'over the limit of %s bytes (sluice.max_payload_bytes)',
                                    name, op, key, nbytes, max_bytes)),
         DETAIL = CASE WHEN fn IS NULL
-                      THEN 'Nothing of this refresh was applied or published; the captured changes are kept for the next refresh.'
+                      THEN 'Nothing was applied or published: the refresh (and the creation or alter_stream_table that ran it) is rolled back, and the captured changes are kept for the next refresh.'
                       ELSE 'Nothing was written to the outbox.' END,
         HINT = 'Leave the wide columns out of the stream table''s query (publish a reference to them instead), '
                || CASE WHEN fn IS NULL

@@ -118,7 +118,8 @@
  *      next refresh, every change of the window is published; under a
  *      raised limit the big row is published and the deltas rebuild the
  *      table; a snapshot is measured the same way, and so is the big row's
- *      delete (its before image).
+ *      delete (its before image); a creation whose first rows include a
+ *      big one fails, leaving nothing behind.
  */
 #include "harness.h"
 
@@ -3983,7 +3984,7 @@ check_payload_limit(PGconn *conn)
     th_sql(conn, "UPDATE pl_src SET body = repeat('x', 1000000) WHERE id = 2;"
                  "INSERT INTO pl_src VALUES (4, 'd', 'four'); DELETE FROM pl_src WHERE id = 3");
     expect_too_large(conn, "SELECT sluice.refresh_stream_table('pl_st')", want1, want2,
-                     "Nothing of this refresh was applied or published",
+                     "Nothing was applied or published: the refresh",
                      "raise sluice.max_payload_bytes for the session that refreshes");
     TH_ASSERT(max_outbox_id(conn) == before, "the failed refresh wrote no outbox message");
     TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM pl_st WHERE id IN (1, 2, 3) AND "
@@ -4054,7 +4055,7 @@ check_payload_limit(PGconn *conn)
              "1000",
              key);
     expect_too_large(conn, "SELECT sluice.refresh_stream_table('pl_st')", want1, want2,
-                     "Nothing of this refresh was applied or published",
+                     "Nothing was applied or published: the refresh",
                      "raise sluice.max_payload_bytes for the session that refreshes");
     th_sql(conn, "SET sluice.max_payload_bytes = 3000000");
     TH_ASSERT(refresh(conn, "pl_st") > 0 && diff_from_replay(conn, "pl_st") == 0 &&
@@ -4063,6 +4064,22 @@ check_payload_limit(PGconn *conn)
     th_sql(conn, "RESET sluice.max_payload_bytes");
     TH_ASSERT(th_sql_int(conn, "SELECT sluice.snapshot_stream_table('pl_st')") > 0,
               "without the big row a snapshot goes through at the default limit");
+
+    /* Creation publishes the first rows: a big one fails it, leaving nothing. */
+    th_sql(conn, "INSERT INTO pl_src VALUES (9, 'big', repeat('v', 950000))");
+    mid = max_outbox_id(conn);
+    expect_too_large(conn,
+                     "SELECT sluice.create_stream_table('pl_new', 'SELECT id, body FROM pl_src', "
+                     "schedule => '1 hour')",
+                     "stream table pl_new: the insert of the row with key ", want2,
+                     "the refresh (and the creation or alter_stream_table that ran it) is rolled "
+                     "back",
+                     "raise sluice.max_payload_bytes for the session that refreshes");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice.stream_table_catalog WHERE name = "
+                               "'pl_new'") == 0 &&
+                  th_sql_int(conn, "SELECT count(*) FROM pg_class WHERE relname = 'pl_new'") == 0 &&
+                  max_outbox_id(conn) == mid,
+              "the refused creation left no stream table, no table and no message");
     free(key);
     th_sql(conn, "SELECT sluice.drop_stream_table('pl_st'); SELECT "
                  "sluice.drop_stream_table('pl_small'); DROP TABLE pl_src, pl_other");
