@@ -9,9 +9,11 @@
 -- refused, and the relay's pipeline then stopped at it, holding back every
 -- topic it carries (docs/operations.md, "A pipeline failed").
 --
--- Now every message a refresh, an alter_stream_table or a snapshot writes
--- is measured the way publish() measures (octet_length of the payload's
--- jsonb text) against the same setting, read in the session that runs it.
+-- Now every message a refresh writes (the engine's, refresh_stream_table's,
+-- and the ones create_stream_table and alter_stream_table run), and every
+-- message of snapshot_stream_table, is measured the way publish() measures
+-- (octet_length of the payload's jsonb text; see below for when) against
+-- the same setting, read in the session that runs it.
 -- A message over the limit fails the statement with SQLSTATE 54000, naming
 -- the stream table, the row's key, its op and both sizes. Nothing of the
 -- refresh is applied or published and the captured changes stay, so the
