@@ -622,16 +622,14 @@ engine_analyse(PGconn *conn, sl_err_t *err)
 
 /* " hint=\"...\"" when the server attached a hint to a failed refresh (how
  * to fix it: a payload over sluice.max_payload_bytes, ...), else "": the
- * tail of an engine.refresh_failed line. buf holds the result. */
+ * tail of an engine.refresh_failed line, written into buf when there is a
+ * hint. */
 static const char *
 hint_kv(const PGresult *res, char *buf, size_t n)
 {
     const char *hint = PQresultErrorField(res, PG_DIAG_MESSAGE_HINT);
-    if (hint == NULL || n < 16) {
-        if (n > 0)
-            buf[0] = '\0';
-        return n > 0 ? buf : "";
-    }
+    if (hint == NULL || n < 16)
+        return "";
     memcpy(buf, " hint=", 6);
     sl_log_quote(buf + 6, n - 6, hint);
     return buf;
