@@ -1445,20 +1445,39 @@ static const analyze_row_t rows[] = {
      KEYS("region"), .mode = DIFF, .field = RECOMPUTE,
      .want = "^WITH \"__sluice_dg\" AS (SELECT (sales.region) AS \"region\", sum(CASE WHEN "
              "\"sales\".\"__sluice_op\" = 'D' THEN -1 ELSE 1 END) AS \"__sluice_n\""},
+    /* The stored rows are joined on the keys with = (hashed or merged on
+     * the values) where no key part is NULL, as JSON (which equates NULLs)
+     * where one is. */
     {"algebraic_reads_stored_rows",
      "SELECT sales.region,\n    count(*) AS n\n   FROM public.sales\n  GROUP BY sales.region",
      KEYS("region"), .mode = DIFF, .field = RECOMPUTE,
      .want = "LEFT JOIN pg_temp.\"__sluice_old_7\" AS \"__sluice_s\" ON "
+             "\"__sluice_s\".\"region\" = \"__sluice_d\".\"region\" WHERE "
+             "(\"__sluice_d\".\"region\" IS NOT NULL) UNION ALL SELECT \"__sluice_d\".*, "},
+    {"algebraic_reads_stored_rows_of_null_keys_as_json",
+     "SELECT sales.region,\n    count(*) AS n\n   FROM public.sales\n  GROUP BY sales.region",
+     KEYS("region"), .mode = DIFF, .field = RECOMPUTE,
+     .want = "LEFT JOIN pg_temp.\"__sluice_old_7\" AS \"__sluice_s\" ON "
              "jsonb_build_array(\"__sluice_s\".\"region\") = "
-             "jsonb_build_array(\"__sluice_d\".\"region\")"},
+             "jsonb_build_array(\"__sluice_d\".\"region\") WHERE NOT "
+             "(\"__sluice_d\".\"region\" IS NOT NULL)), \"__sluice_redo\" AS ("},
+    {"algebraic_reads_stored_rows_by_every_key",
+     "SELECT sales.region,\n    sales.day,\n    count(*) AS n\n   FROM public.sales\n  GROUP "
+     "BY sales.region, sales.day",
+     KEYS("region", "day"), .mode = DIFF, .field = RECOMPUTE,
+     .want = "ON \"__sluice_s\".\"region\" = \"__sluice_d\".\"region\" AND "
+             "\"__sluice_s\".\"day\" = \"__sluice_d\".\"day\" WHERE "
+             "(\"__sluice_d\".\"region\" IS NOT NULL AND \"__sluice_d\".\"day\" IS NOT "
+             "NULL) UNION ALL "},
     /* Keys in their forms (migration 30): a stored 1.0 and a changed
-     * row's 1.00 are one group; NULL parts compared the same way. */
+     * row's 1.00 are one group where they are compared as JSON (= finds
+     * them equal by itself); NULL parts compared the same way. */
     {"algebraic_stored_rows_by_key_form",
      "SELECT sales.note,\n    count(*) AS n\n   FROM public.sales\n  GROUP BY sales.note",
      KEYS("note"), KEYFORMS_OF(note_form), .mode = DIFF, .field = RECOMPUTE,
      .want = "LEFT JOIN pg_temp.\"__sluice_old_7\" AS \"__sluice_s\" ON "
              "jsonb_build_array(trim_scale(\"__sluice_s\".\"note\")) = "
-             "jsonb_build_array(trim_scale(\"__sluice_d\".\"note\"))"},
+             "jsonb_build_array(trim_scale(\"__sluice_d\".\"note\")) WHERE NOT ("},
     {"algebraic_null_keys_by_key_form",
      "SELECT sales.note,\n    count(*) AS n\n   FROM public.sales\n  GROUP BY sales.note",
      KEYS("note"), KEYFORMS_OF(note_form), .mode = DIFF, .field = RECOMPUTE,
