@@ -1747,19 +1747,24 @@ keyform(const sl_analyze_in_t *in, const char *col)
 }
 
 /* Appends jsonb_build_array(<keys>), from the query's expressions (query =
- * true) or from the columns of __sluice_aff, each in its key form: equal
- * keys give equal JSON, NULLs included. */
+ * true) or from the key columns (of relation alias, already quoted, or
+ * bare when it is NULL), each in its key form: equal keys give equal JSON,
+ * NULLs included. */
 static void
-out_key_json(out_t *o, const char *q, const sl_analyze_in_t *in, const keyexpr_t *keys, bool query)
+out_key_json(out_t *o, const char *q, const sl_analyze_in_t *in, const keyexpr_t *keys, bool query,
+             const char *alias)
 {
     outf(o, "jsonb_build_array(");
     for (size_t k = 0; k < in->nkeys; k++) {
         const sl_analyze_keyform_t *f = keyform(in, keys[k].col);
         outf(o, "%s%s", k ? ", " : "", f != NULL ? f->open : "");
-        if (query)
+        if (query) {
             out_key(o, q, &keys[k]);
-        else
+        } else {
+            if (alias != NULL)
+                outf(o, "%s.", alias);
             outid(o, keys[k].col);
+        }
         outf(o, "%s", f != NULL ? f->close : "");
     }
     outf(o, ")");
@@ -1789,9 +1794,9 @@ filter_null(out_t *o, const char *q, const sl_analyze_in_t *in, const keyexpr_t 
         outf(o, " IS NULL");
     }
     outf(o, ") AND ");
-    out_key_json(o, q, in, keys, true);
+    out_key_json(o, q, in, keys, true, NULL);
     outf(o, " = ANY (ARRAY(SELECT ");
-    out_key_json(o, q, in, keys, false);
+    out_key_json(o, q, in, keys, false, NULL);
     outf(o, " FROM ");
     out_aff(o, in);
     outf(o, "))");
@@ -2502,17 +2507,9 @@ out_stored_group(out_t *o, const sl_analyze_in_t *in, const keyexpr_t *keys, con
             outid(o, keys[k].col);
         }
     } else {
-        for (int side = 0; side < 2; side++) {
-            outf(o, "%sjsonb_build_array(", side ? " = " : "");
-            for (size_t k = 0; k < in->nkeys; k++) {
-                const sl_analyze_keyform_t *f = keyform(in, keys[k].col);
-                outf(o, "%s%s%s.", k ? ", " : "", f != NULL ? f->open : "",
-                     side ? "\"__sluice_d\"" : "\"__sluice_s\"");
-                outid(o, keys[k].col);
-                outf(o, "%s", f != NULL ? f->close : "");
-            }
-            outf(o, ")");
-        }
+        out_key_json(o, NULL, in, keys, false, "\"__sluice_s\"");
+        outf(o, " = ");
+        out_key_json(o, NULL, in, keys, false, "\"__sluice_d\"");
     }
     outf(o, " WHERE %s(", nonnull ? "" : "NOT ");
     for (size_t k = 0; k < in->nkeys; k++) {
