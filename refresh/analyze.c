@@ -1706,18 +1706,26 @@ out_aff(out_t *o, const sl_analyze_in_t *in)
     outf(o, "%s", in->aff_rel != NULL ? in->aff_rel : "pg_temp.\"__sluice_aff\"");
 }
 
+/* Appends the restriction of the query to the affected keys without a NULL
+ * part: key IN (SELECT ...), a semi-join, which PostgreSQL answers through an
+ * index on the key when one exists and the keys are few, else by hashing
+ * the keys over one scan. Not key = ANY (ARRAY(...)), which forces the
+ * index where there is one but without one compares every row with every
+ * key in turn (an array from a subquery is never hashed): 3,000 changed
+ * rows of a GROUP BY over 1,000,000 rows without an index on its key took
+ * 12.7 s that way, against 0.7 s for a full refresh. */
 static void
 filter_nonnull(out_t *o, const char *q, const sl_analyze_in_t *in, const keyexpr_t *keys)
 {
     if (in->nkeys == 1) {
         out_key(o, q, &keys[0]);
-        outf(o, " = ANY (ARRAY(SELECT ");
+        outf(o, " IN (SELECT ");
         outid(o, keys[0].col);
         outf(o, " FROM ");
         out_aff(o, in);
         outf(o, " WHERE ");
         outid(o, keys[0].col);
-        outf(o, " IS NOT NULL))");
+        outf(o, " IS NOT NULL)");
         return;
     }
     outf(o, "(");
@@ -1795,11 +1803,11 @@ filter_null(out_t *o, const char *q, const sl_analyze_in_t *in, const keyexpr_t 
     }
     outf(o, ") AND ");
     out_key_json(o, q, in, keys, true, NULL);
-    outf(o, " = ANY (ARRAY(SELECT ");
+    outf(o, " IN (SELECT ");
     out_key_json(o, q, in, keys, false, NULL);
     outf(o, " FROM ");
     out_aff(o, in);
-    outf(o, "))");
+    outf(o, ")");
 }
 
 /* ------------------------------------------------------------------------ */

@@ -3221,8 +3221,14 @@ check_kept_aggregates(const char *url, PGconn *conn)
 
     /* The row holding decade 0's maximum (id 279, x 279) moves within the
      * decade: its key's last image still has the value, so the group is
-     * kept from the changes, not read again (ka has no index for it). */
-    th_sql(conn, "CREATE INDEX ka_decade ON ka ((g / 10)); SET enable_seqscan = off");
+     * kept from the changes, not read again (ka has no index for it).
+     * First 20,000 rows in decade 3, so that reading one group through the
+     * index below is cheaper to the planner than reading the whole table
+     * (the groups are found by a semi-join, which it may answer either way,
+     * since migration 38). */
+    th_sql(conn, "INSERT INTO ka SELECT i, 30 + i %% 10, i FROM generate_series(3001, 23000) i");
+    TH_ASSERT(refresh(conn, "ka_sum") > 0, "the 20,000 rows are refreshed");
+    th_sql(conn, "CREATE INDEX ka_decade ON ka ((g / 10)); ANALYZE ka; SET enable_seqscan = off");
     th_sql(conn, "UPDATE ka SET g = 8 WHERE id = 279; INSERT INTO ka VALUES (2000, 0, 1)");
     TH_ASSERT(refresh_rows_read(conn, "ka_sum", "ka") == 0,
               "a maximum that moved within its group is not recomputed from ka");
@@ -3230,8 +3236,11 @@ check_kept_aggregates(const char *url, PGconn *conn)
               "ka_sum equals its query");
     th_sql(conn, "UPDATE ka SET g = 10 WHERE id = 279");
     long long decade0 = refresh_rows_read(conn, "ka_sum", "ka");
-    TH_ASSERT(decade0 == 99, "one that left its group is: decade 0 (99 rows) is read again (%lld)",
-              decade0);
+    /* 99 rows, or 100 when PostgreSQL merges the groups with the index in
+     * key order: it reads the next group's first row to see that decade 0
+     * has ended. Not the table's 20,000. */
+    TH_ASSERT(decade0 == 99 || decade0 == 100,
+              "one that left its group is: decade 0 (99 rows) is read again (%lld)", decade0);
     th_sql(conn, "RESET enable_seqscan; DROP INDEX ka_decade");
     TH_ASSERT(diff_from_query(conn, "ka_sum", "decade, n, sx, ax, mx", q) == 0,
               "ka_sum equals its query");

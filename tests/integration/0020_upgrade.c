@@ -73,6 +73,8 @@
  *      multiset comparison, EXCEPT ALL both ways). The buffers are then
  *      pruned to nothing. A second round of changes, captured in chunks
  *      after the upgrade, is refreshed and checked the same way.
+ *   6. Migration 38 (refresh/sql/0038_key_semi_joins.sql), from version 37
+ *      in a second database: see semi_join_upgrade below.
  */
 #include "harness.h"
 
@@ -328,6 +330,138 @@ buffer_rows(PGconn *conn, const char *table)
                        "coalesce(img::text, 'NULL'), E'\\n' ORDER BY seq), '') FROM "
                        "sluice_changes.c_%s",
                        table);
+}
+
+/* Refreshes st by hand and asserts that the refresh ran in mode and left st
+ * equal to its query. */
+static void
+refresh_in_at(int line, PGconn *conn, const st_def_t *st, const char *mode, const char *when)
+{
+    char *rid = th_sql_text(conn, "SELECT sluice.refresh_stream_table('%s')", st->name);
+    if (rid == NULL)
+        th_fail_at(__FILE__, line, NULL, "%s: the refresh %s finds changes", st->name, when);
+    long long n = th_sql_int(conn,
+                             "SELECT count(*) FROM sluice.refresh_history WHERE refresh_id = %s "
+                             "AND mode = '%s'",
+                             rid, mode);
+    free(rid);
+    if (n != 1)
+        th_fail_at(__FILE__, line, NULL, "%s: the refresh %s is %s", st->name, when, mode);
+    assert_equal_at(line, conn, st, when);
+}
+#define refresh_in(conn, st, mode, when) refresh_in_at(__LINE__, (conn), (st), (mode), (when))
+
+/*
+ * 6. Migration 38 (refresh/sql/0038_key_semi_joins.sql), in a database of
+ * its own at version 37: a GROUP BY (with HAVING, so its groups are
+ * recomputed) with an analysis of version 37's form (the keys by = ANY
+ * (ARRAY(...))), and the same query with an analysis that restricts by IN.
+ * After `sluice init` the first has no analysis and refreshes in full; the
+ * second keeps its own. `sluice engine --once` analyses the first
+ * again, in the new form (IN (SELECT ...)), and it refreshes
+ * differentially, equal to its query each time, NULL group included.
+ */
+static void
+semi_join_upgrade(th_env_t *env, const migration_t *mig, size_t nmig, int newest)
+{
+    static const st_def_t who = {"st_who",
+                                 "SELECT who, count(*) AS n, max(ms) AS slowest FROM visits "
+                                 "GROUP BY who HAVING count(*) > 0",
+                                 "who, n, slowest"};
+    char *url = th_createdb(env, "at37");
+    migrate_to(url, mig, nmig, 37);
+    PGconn *conn = th_pg_connect(url);
+    th_sql(conn, "SET client_min_messages = warning");
+    TH_ASSERT(th_sql_int(conn, "SELECT max(version) FROM sluice.schema_version") == 37,
+              "the second database is at version 37");
+    th_sql(conn, "CREATE TABLE visits (id int PRIMARY KEY, who int, ms int NOT NULL);"
+                 "INSERT INTO visits SELECT i, CASE WHEN i %% 10 = 0 THEN NULL ELSE i %% 40 END, "
+                 "  i FROM generate_series(1, 400) i");
+    th_sql(conn, "SELECT sluice.create_stream_table('%s', '%s', schedule => '1 hour')", who.name,
+           who.query);
+    th_sql(conn, "SELECT sluice.create_stream_table('st_who_in', '%s', schedule => '1 hour')",
+           who.query);
+    /* Its analysis as an engine of version 37 wrote it (which this tree's
+     * engine cannot run: it needs the newest catalog): the groups of the
+     * changed rows, recomputed with both restrictions as = ANY. */
+    long long oid = th_sql_int(conn, "SELECT 'visits'::regclass::oid");
+    TH_ASSERT(th_sql_int(conn,
+                         "SELECT sluice._set_analysis(c.id, c.query, 'differential', NULL, "
+                         "'aggregate (stored by the test)', "
+                         "'SELECT DISTINCT who FROM pg_temp.__sluice_chg_%lld', "
+                         "'(SELECT who, count(*) AS n, max(ms) AS slowest FROM public.visits "
+                         "WHERE who = ANY (ARRAY(SELECT who FROM pg_temp.__sluice_aff WHERE who "
+                         "IS NOT NULL)) GROUP BY who HAVING count(*) > 0) UNION ALL (SELECT who, "
+                         "count(*) AS n, max(ms) AS slowest FROM public.visits WHERE (SELECT "
+                         "count(*) > 0 FROM pg_temp.__sluice_aff WHERE who IS NULL) AND who IS "
+                         "NULL AND jsonb_build_array(who) = ANY (ARRAY(SELECT "
+                         "jsonb_build_array(who) FROM pg_temp.__sluice_aff)) GROUP BY who "
+                         "HAVING count(*) > 0)', NULL)::int "
+                         "FROM sluice.stream_table_catalog c WHERE c.name = '%s'",
+                         oid, who.name) == 1,
+              "the version-37 analysis of %s is stored", who.name);
+    /* One without that form (a hand-written analysis with IN), which the
+     * migration keeps. */
+    TH_ASSERT(th_sql_int(conn,
+                         "SELECT sluice._set_analysis(c.id, c.query, 'differential', NULL, "
+                         "'aggregate (stored by the test)', "
+                         "'SELECT DISTINCT who FROM pg_temp.__sluice_chg_%lld', "
+                         "'SELECT who, count(*) AS n, max(ms) AS slowest FROM public.visits "
+                         "WHERE who IN (SELECT who FROM pg_temp.__sluice_aff) OR (who IS NULL AND "
+                         "EXISTS (SELECT FROM pg_temp.__sluice_aff WHERE who IS NULL)) GROUP BY "
+                         "who HAVING count(*) > 0', NULL)::int "
+                         "FROM sluice.stream_table_catalog c WHERE c.name = 'st_who_in'",
+                         oid) == 1,
+              "the hand-written analysis of st_who_in is stored");
+    TH_ASSERT(th_sql_int(conn,
+                         "SELECT count(*) FROM sluice.stream_table_catalog WHERE name = '%s' AND "
+                         "analyzed_query = query AND effective_mode = 'differential' AND "
+                         "strpos(recompute_sql, '= ANY (ARRAY(SELECT ') > 0",
+                         who.name) == 1,
+              "%s holds an analysis of version 37's form", who.name);
+    th_sql(conn, "UPDATE visits SET ms = ms + 1 WHERE id IN (3, 10, 17);"
+                 "DELETE FROM visits WHERE id = 24");
+    refresh_in(conn, &who, "differential", "after a refresh at version 37");
+
+    const char *const init[] = {SLUICE_BIN, "init", "--db", url, NULL};
+    char *out = NULL;
+    int rc = th_run(init, &out, RUN_MS);
+    char want[128];
+    snprintf(want, sizeof want, "schema sluice is at version %d", newest);
+    TH_ASSERT(rc == 0 && out != NULL && strstr(out, want) != NULL,
+              "sluice init upgrades from 37, saying \"%s\" (exit %d, output: %s)", want, rc,
+              out ? out : "");
+    free(out);
+    TH_ASSERT(th_sql_int(conn,
+                         "SELECT count(*) FROM sluice.stream_table_catalog WHERE name = '%s' AND "
+                         "analyzed_query IS NULL AND recompute_sql IS NULL",
+                         who.name) == 1,
+              "migration 38 forgot the analysis of %s", who.name);
+    TH_ASSERT(th_sql_int(conn,
+                         "SELECT count(*) FROM sluice.stream_table_catalog WHERE name = "
+                         "'st_who_in' AND analyzed_query = query AND effective_mode = "
+                         "'differential' AND strpos(recompute_sql, 'who IN (SELECT who') > 0") == 1,
+              "migration 38 kept the analysis without = ANY");
+    th_sql(conn, "UPDATE visits SET who = NULL WHERE id = 5;"
+                 "INSERT INTO visits VALUES (401, 7, 9000)");
+    refresh_in(conn, &who, "full", "after its FULL refresh at the new version");
+
+    const char *const eng_new[] = {SLUICE_BIN, "engine", "--db", url, "--once", NULL};
+    rc = th_run(eng_new, NULL, RUN_MS);
+    TH_ASSERT(rc == 0, "sluice engine --once succeeds after the upgrade (exit %d)", rc);
+    TH_ASSERT(th_sql_int(conn,
+                         "SELECT count(*) FROM sluice.stream_table_catalog WHERE name = '%s' AND "
+                         "analyzed_query = query AND effective_mode = 'differential' AND "
+                         "strpos(recompute_sql, '= ANY (ARRAY(SELECT ') = 0 AND "
+                         "strpos(recompute_sql, '(visits.who) IN (SELECT \"who\"') > 0",
+                         who.name) == 1,
+              "the engine analysed %s again, its keys restricted by IN (SELECT ...)", who.name);
+    th_sql(conn, "UPDATE visits SET ms = ms * 2 WHERE id IN (5, 30, 31);"
+                 "UPDATE visits SET who = 8 WHERE id = 40");
+    refresh_in(conn, &who, "differential", "after a differential refresh with the new statement");
+    PQfinish(conn);
+    free(url);
+    TH_LOG("migration 38: version 37's statements analysed again");
 }
 
 int
@@ -848,5 +982,7 @@ main(void)
     free(items_seq);
     free(groups_seq);
     PQfinish(conn);
+
+    semi_join_upgrade(&env, mig, nmig, newest);
     return 0;
 }

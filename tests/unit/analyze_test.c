@@ -252,15 +252,15 @@ static const analyze_row_t rows[] = {
      " SELECT orders.customer_id,\n    sum(orders.amount) AS total\n   FROM public.orders\n  "
      "GROUP BY orders.customer_id",
      KEYS("customer_id"), .mode = DIFF, .field = RECOMPUTE,
-     .want = "FROM public.orders\n   WHERE (orders.customer_id) = ANY (ARRAY(SELECT "
-             "\"customer_id\" FROM pg_temp.\"__sluice_aff\" WHERE \"customer_id\" IS NOT NULL)) "
+     .want = "FROM public.orders\n   WHERE (orders.customer_id) IN (SELECT "
+             "\"customer_id\" FROM pg_temp.\"__sluice_aff\" WHERE \"customer_id\" IS NOT NULL) "
              "GROUP BY orders.customer_id"},
     {"group_by_null_keys_through_hash",
      " SELECT orders.customer_id,\n    sum(orders.amount) AS total\n   FROM public.orders\n  "
      "GROUP BY orders.customer_id",
      KEYS("customer_id"), .mode = DIFF, .field = RECOMPUTE,
-     .want = "jsonb_build_array((orders.customer_id)) = ANY (ARRAY(SELECT "
-             "jsonb_build_array(\"customer_id\") FROM pg_temp.\"__sluice_aff\"))"},
+     .want = "jsonb_build_array((orders.customer_id)) IN (SELECT "
+             "jsonb_build_array(\"customer_id\") FROM pg_temp.\"__sluice_aff\")"},
     /* Regression: a global aggregate's recompute must return its one row
      * only when a change reached it (passed WHERE); without the EXISTS, a
      * change filtered out by WHERE made the refresh insert the row twice. */
@@ -277,8 +277,8 @@ static const analyze_row_t rows[] = {
     {"projection_without_where_gains_one",
      " SELECT orders.id,\n    orders.amount\n   FROM public.orders", KEYS("id"), .mode = DIFF,
      .field = RECOMPUTE,
-     .want = "FROM public.orders WHERE (orders.id) = ANY (ARRAY(SELECT \"id\" FROM "
-             "pg_temp.\"__sluice_aff\" WHERE \"id\" IS NOT NULL))"},
+     .want = "FROM public.orders WHERE (orders.id) IN (SELECT \"id\" FROM "
+             "pg_temp.\"__sluice_aff\" WHERE \"id\" IS NOT NULL)"},
 
     /* Fallbacks to FULL. */
     {"no_identity_full", " SELECT orders.amount\n   FROM public.orders", .no_identity = true,
@@ -299,12 +299,12 @@ static const analyze_row_t rows[] = {
              "pg_temp.\"__sluice_chg_16401\" AS \"orders\" WHERE  (orders.amount > (0)::numeric)"},
     /* Recomputed restricted before the windows run, NULL partitions too. */
     {"window_partition_recompute", WINDOW_Q, KEYS("id"), .mode = DIFF, .field = RECOMPUTE,
-     .want = "WHERE ( (orders.amount > (0)::numeric)) AND \"orders\".\"customer_id\" = ANY "
-             "(ARRAY(SELECT \"customer_id\" FROM pg_temp.\"__sluice_aff\" WHERE \"customer_id\" "
-             "IS NOT NULL))"},
+     .want = "WHERE ( (orders.amount > (0)::numeric)) AND \"orders\".\"customer_id\" IN "
+             "(SELECT \"customer_id\" FROM pg_temp.\"__sluice_aff\" WHERE \"customer_id\" "
+             "IS NOT NULL)"},
     {"window_partition_null", WINDOW_Q, KEYS("id"), .mode = DIFF, .field = RECOMPUTE,
      .want = "(\"orders\".\"customer_id\" IS NULL) AND jsonb_build_array("
-             "\"orders\".\"customer_id\") = ANY"},
+             "\"orders\".\"customer_id\") IN"},
     {"window_partition_tree", WINDOW_Q, KEYS("id"), .mode = DIFF, .field = TREE,
      .want = "Project (4 columns)\n  Window (2 functions)\n    Filter (WHERE)\n"},
     /* Top-N per group: the subquery's partitions are the query's units. */
@@ -348,8 +348,7 @@ static const analyze_row_t rows[] = {
      .want = "^SELECT DISTINCT ((orders.customer_id % 3)) AS \"bucket\" FROM "
              "pg_temp.\"__sluice_chg_16401\" AS \"orders\""},
     {"window_partition_expression_recompute", WINDOW_EXPR_Q, KEYS("id"), .mode = DIFF,
-     .field = RECOMPUTE,
-     .want = "WHERE ((orders.customer_id % 3)) = ANY (ARRAY(SELECT \"bucket\" FROM"},
+     .field = RECOMPUTE, .want = "WHERE ((orders.customer_id % 3)) IN (SELECT \"bucket\" FROM"},
     /* Over a subquery that filters and projects one table (a WITH query
      * written in place): as over its table. */
     {"window_over_filter_subquery_affected",
@@ -767,7 +766,7 @@ static const analyze_row_t rows[] = {
      .want = "SELECT DISTINCT * FROM (SELECT \"id\" FROM pg_temp.\"__sluice_chg_16401\") AS "
              "\"__sluice_u\" (\"id\")"},
     {"function_in_from_recompute", SRF_Q, KEYS("id", "n"), .mode = DIFF, .field = RECOMPUTE,
-     .want = "WHERE ( (t.tag <> 'x'::text)) AND \"orders\".\"id\" = ANY (ARRAY(SELECT \"id\" "
+     .want = "WHERE ( (t.tag <> 'x'::text)) AND \"orders\".\"id\" IN (SELECT \"id\" "
              "FROM pg_temp.\"__sluice_aff\""},
     {"function_in_from_tree", SRF_Q, KEYS("id", "n"), .mode = DIFF, .field = TREE,
      .want = "Function Scan regexp_split_to_table AS t WITH ORDINALITY"},
@@ -805,8 +804,8 @@ static const analyze_row_t rows[] = {
      .field = RECOMPUTE,
      .want = "FROM public.sales,\n    LATERAL regexp_split_to_table(sales.region, ','::text) "
              "t(tag)\n   WHERE ( (sales.qty > 0)\n  ) AND EXISTS (SELECT FROM \"__sluice_redo\") "
-             "AND (t.tag) = ANY (ARRAY(SELECT \"tag\" FROM "
-             "\"__sluice_redo\" WHERE \"tag\" IS NOT NULL)) GROUP BY t.tag)"},
+             "AND (t.tag) IN (SELECT \"tag\" FROM "
+             "\"__sluice_redo\" WHERE \"tag\" IS NOT NULL) GROUP BY t.tag)"},
     /* A sum of an element needs its type: a cast, or a column definition. */
     {"function_group_by_sum_of_cast",
      " SELECT t.tag,\n    sum((t.tag)::integer) AS s\n   FROM public.sales,\n    LATERAL "
@@ -937,8 +936,7 @@ static const analyze_row_t rows[] = {
      "(r.order_id = orders.id)))))",
      KEYS("id"), .mode = DIFF, .field = RECOMPUTE,
      .want = "WHERE ( ((orders.amount > (0)::numeric) AND (NOT (EXISTS ( SELECT 1\n           FROM "
-             "public.refunds r\n          WHERE (r.order_id = orders.id)))))) AND (orders.id) = "
-             "ANY"},
+             "public.refunds r\n          WHERE (r.order_id = orders.id)))))) AND (orders.id) IN"},
     {"in_subquery_unaliased_table",
      " SELECT orders.id\n   FROM public.orders\n  WHERE (orders.customer_id IN ( SELECT "
      "customers.id\n           FROM public.customers\n          WHERE (customers.region = "
@@ -1110,8 +1108,8 @@ static const analyze_row_t rows[] = {
      " SELECT orders.id,\n    customers.name\n   FROM (public.orders\n     LEFT JOIN "
      "public.customers ON ((customers.id = orders.customer_id)))",
      KEYS("id"), .mode = DIFF, .field = RECOMPUTE,
-     .want = "WHERE \"orders\".\"id\" = ANY (ARRAY(SELECT \"id\" FROM pg_temp.\"__sluice_aff\" "
-             "WHERE \"id\" IS NOT NULL))"},
+     .want = "WHERE \"orders\".\"id\" IN (SELECT \"id\" FROM pg_temp.\"__sluice_aff\" "
+             "WHERE \"id\" IS NOT NULL)"},
     {"left_join_old_side_only_rows_that_joined",
      " SELECT orders.id,\n    customers.name\n   FROM (public.orders\n     LEFT JOIN "
      "public.customers ON ((customers.id = orders.customer_id)))",
@@ -1139,7 +1137,7 @@ static const analyze_row_t rows[] = {
          "((orders.customer_id = customers.id)))\n   WHERE \"customers\".\"id\" = ANY"},
     {"left_join_by_identity_recompute", " " REGION_LEFT, KEYS("region"), .mode = DIFF,
      .field = RECOMPUTE,
-     .want = "(customers.region) = ANY (ARRAY(SELECT \"region\" FROM pg_temp.\"__sluice_aff\""},
+     .want = "(customers.region) IN (SELECT \"region\" FROM pg_temp.\"__sluice_aff\""},
     {"left_join_by_identity_where", " " REGION_LEFT_WHERE, KEYS("region"), .mode = DIFF,
      .field = AFFECTED,
      .want = "(0)::numeric)\n  ) AND \"customers\".\"id\" = ANY (ARRAY(SELECT \"id\" FROM "
@@ -1175,7 +1173,7 @@ static const analyze_row_t rows[] = {
      "(500)::numeric)",
      KEYS("cid"), .mode = DIFF, .field = RECOMPUTE,
      .want = "jsonb_build_array(\"customer_id\") FROM (SELECT \"cid\" AS "
-             "\"customer_id\" FROM pg_temp.\"__sluice_aff\") AS \"__sluice_aff\")) GROUP BY "
+             "\"customer_id\" FROM pg_temp.\"__sluice_aff\") AS \"__sluice_aff\") GROUP BY "
              "orders.customer_id)) s\n  WHERE (s.total > (500)::numeric)"},
     /* The inner query's keys have other names: the stream table's key forms
      * are not applied to them. */
@@ -1183,7 +1181,7 @@ static const analyze_row_t rows[] = {
      " SELECT s.customer_id AS cid,\n    s.total\n   FROM " TOTALS_SUB "\n  WHERE (s.total > "
      "(500)::numeric)",
      KEYS("cid"), KEYFORMS_OF(cid_form), .mode = DIFF, .field = RECOMPUTE,
-     .want = "AND jsonb_build_array((orders.customer_id)) = ANY (ARRAY(SELECT "
+     .want = "AND jsonb_build_array((orders.customer_id)) IN (SELECT "
              "jsonb_build_array(\"customer_id\") FROM (SELECT \"cid\" AS"},
     {"derived_nested_renames_compose",
      " SELECT t.c1 AS c2\n   FROM ( SELECT s.customer_id AS c1\n           FROM " TOTALS_SUB ") t",
@@ -1192,8 +1190,7 @@ static const analyze_row_t rows[] = {
              "pg_temp.\"__sluice_aff\") AS \"__sluice_aff\") AS \"__sluice_aff\""},
     {"derived_same_names_read_aff_directly",
      " SELECT s.customer_id,\n    s.total\n   FROM " TOTALS_SUB, KEYS("customer_id"), .mode = DIFF,
-     .field = RECOMPUTE,
-     .want = "ANY (ARRAY(SELECT \"customer_id\" FROM pg_temp.\"__sluice_aff\" WHERE"},
+     .field = RECOMPUTE, .want = "IN (SELECT \"customer_id\" FROM pg_temp.\"__sluice_aff\" WHERE"},
     {"derived_join_inside_differential",
      " SELECT s.cid,\n    s.n\n   FROM ( SELECT customers.id AS cid,\n            count(*) AS "
      "n\n           FROM (public.orders\n             JOIN public.customers ON ((customers.id = "
@@ -1378,13 +1375,13 @@ static const analyze_row_t rows[] = {
      "           sum(orders.amount) AS total\n           FROM public.orders\n          GROUP BY "
      "orders.customer_id) t ON ((t.customer_id = r.order_id)))",
      KEYS("id", "rid"), .mode = DIFF, .field = RECOMPUTE,
-     .want = "WHERE \"t\".\"__sluice_m\" AND \"c\".\"id\" = ANY (ARRAY(SELECT \"id\" FROM "
-             "pg_temp.\"__sluice_aff\" WHERE \"id\" IS NOT NULL))) AS \"__sluice_aff\""},
+     .want = "WHERE \"t\".\"__sluice_m\" AND \"c\".\"id\" IN (SELECT \"id\" FROM "
+             "pg_temp.\"__sluice_aff\" WHERE \"id\" IS NOT NULL)) AS \"__sluice_aff\""},
     {"left_joined_recompute_restricted_to_units",
      " SELECT c.id,\n    c.name,\n    t.total\n   FROM " LEFT_JOINED_SUB, KEYS("id"), .mode = DIFF,
      .field = RECOMPUTE,
-     .want = " t ON ((t.customer_id = c.id))) WHERE \"c\".\"id\" = ANY (ARRAY(SELECT \"id\" FROM "
-             "pg_temp.\"__sluice_aff\" WHERE \"id\" IS NOT NULL)) "},
+     .want = " t ON ((t.customer_id = c.id))) WHERE \"c\".\"id\" IN (SELECT \"id\" FROM "
+             "pg_temp.\"__sluice_aff\" WHERE \"id\" IS NOT NULL) "},
     {"left_joined_filter_on_aggregate_full",
      " SELECT c.id,\n    t.total\n   FROM (public.customers c\n     LEFT JOIN ( SELECT "
      "orders.customer_id,\n            sum(orders.amount) AS total\n           FROM "
@@ -1395,7 +1392,7 @@ static const analyze_row_t rows[] = {
      " SELECT c.id,\n    t.total\n   FROM " LEFT_JOINED_SUB "\n  WHERE (COALESCE(t.total, "
      "(0)::numeric) < (100)::numeric)",
      KEYS("id"), .mode = DIFF, .field = RECOMPUTE,
-     .want = "(COALESCE(t.total, (0)::numeric) < (100)::numeric)) AND \"c\".\"id\" = ANY"},
+     .want = "(COALESCE(t.total, (0)::numeric) < (100)::numeric)) AND \"c\".\"id\" IN"},
     {"left_joined_first_relation_full",
      " SELECT t.customer_id,\n    c.name\n   FROM (( SELECT DISTINCT orders.customer_id\n       "
      "    FROM public.orders) t\n     LEFT JOIN public.customers c ON ((c.id = t.customer_id)))",
@@ -1481,8 +1478,8 @@ static const analyze_row_t rows[] = {
     {"algebraic_null_keys_by_key_form",
      "SELECT sales.note,\n    count(*) AS n\n   FROM public.sales\n  GROUP BY sales.note",
      KEYS("note"), KEYFORMS_OF(note_form), .mode = DIFF, .field = RECOMPUTE,
-     .want = "AND jsonb_build_array(trim_scale((sales.note))) = ANY (ARRAY(SELECT "
-             "jsonb_build_array(trim_scale(\"note\")) FROM \"__sluice_redo\"))"},
+     .want = "AND jsonb_build_array(trim_scale((sales.note))) IN (SELECT "
+             "jsonb_build_array(trim_scale(\"note\")) FROM \"__sluice_redo\")"},
     /* Grouped by a key of a type with its own =: FULL; keyed by a primary
      * key of such a type: differential. */
     {"own_equality_group_full",
@@ -1569,8 +1566,8 @@ static const analyze_row_t rows[] = {
      KEYS("region"), .mode = DIFF, .field = RECOMPUTE,
      .want =
          "UNION ALL (SELECT sales.region,\n    max(sales.price) AS top\n   FROM public.sales\n  "
-         " WHERE EXISTS (SELECT FROM \"__sluice_redo\") AND (sales.region) = ANY (ARRAY(SELECT "
-         "\"region\" FROM \"__sluice_redo\" WHERE \"region\" IS NOT NULL)) GROUP BY "
+         " WHERE EXISTS (SELECT FROM \"__sluice_redo\") AND (sales.region) IN (SELECT "
+         "\"region\" FROM \"__sluice_redo\" WHERE \"region\" IS NOT NULL) GROUP BY "
          "sales.region)"},
     {"algebraic_where_and_key_expression",
      "SELECT date_trunc('month'::text, (sales.day)::timestamp with time zone) AS month,\n    "
@@ -1700,6 +1697,13 @@ matches(const char *got, const char *want)
     return strstr(got, want) != NULL;
 }
 
+/* What no recompute statement may restrict a query by: without an index on
+ * the key, PostgreSQL compares each row with each element of an array
+ * made by a subquery in turn (it hashes only constant arrays). Recompute
+ * statements use IN (SELECT ...), a semi-join it can hash; affected_sql
+ * keeps the form for primary keys, which always have their index. */
+#define SAOP_SUBQUERY "= ANY (ARRAY(SELECT"
+
 /* Checks a->branches; returns the last branch's "affected" (owned by *json,
  * which the caller deletes), or NULL after noting the problem. */
 static const char *
@@ -1723,6 +1727,8 @@ check_branches(const analyze_row_t *r, const sl_analysis_t *a, cJSON **json, cha
             problem(p, n, "a branch lacks \"affected\"/\"recompute\" strings; ");
             return NULL;
         }
+        if (strstr(rec->valuestring, SAOP_SUBQUERY) != NULL)
+            problem(p, n, "a branch's recompute restricts by " SAOP_SUBQUERY "; ");
         last = aff->valuestring;
     }
     return last;
@@ -1757,6 +1763,8 @@ check(const analyze_row_t *r, int rc, const sl_analysis_t *a, const sl_err_t *er
             problem(p, n, "a full analysis needs a reason and no SQL; ");
         if (!full && a->reason != NULL)
             problem(p, n, "a differential analysis has a reason; ");
+        if (a->recompute_sql != NULL && strstr(a->recompute_sql, SAOP_SUBQUERY) != NULL)
+            problem(p, n, "recompute_sql restricts by " SAOP_SUBQUERY "; ");
         if (!full && r->field != BRANCHES &&
             (a->affected_sql == NULL || a->recompute_sql == NULL || a->branches != NULL))
             problem(p, n, "a differential analysis needs affected_sql and recompute_sql; ");
