@@ -73,8 +73,9 @@
  *      multiset comparison, EXCEPT ALL both ways). The buffers are then
  *      pruned to nothing. A second round of changes, captured in chunks
  *      after the upgrade, is refreshed and checked the same way.
- *   6. Migration 38 (refresh/sql/0038_key_semi_joins.sql), from version 37
- *      in a second database: see semi_join_upgrade below.
+ *   6. Migrations 38 (refresh/sql/0038_key_semi_joins.sql) and 39
+ *      (0039_stream_table_fillfactor.sql), from version 37 in a second
+ *      database: see semi_join_upgrade below.
  */
 #include "harness.h"
 
@@ -360,6 +361,8 @@ refresh_in_at(int line, PGconn *conn, const st_def_t *st, const char *mode, cons
  * second keeps its own. `sluice engine --once` analyses the first
  * again, in the new form (IN (SELECT ...)), and it refreshes
  * differentially, equal to its query each time, NULL group included.
+ * Migration 39 gives st_who fillfactor 90 and keeps the 80 set on
+ * st_who_in by hand.
  */
 static void
 semi_join_upgrade(th_env_t *env, const migration_t *mig, size_t nmig, int newest)
@@ -422,6 +425,12 @@ semi_join_upgrade(th_env_t *env, const migration_t *mig, size_t nmig, int newest
     th_sql(conn, "UPDATE visits SET ms = ms + 1 WHERE id IN (3, 10, 17);"
                  "DELETE FROM visits WHERE id = 24");
     refresh_in(conn, &who, "differential", "after a refresh at version 37");
+    /* Migration 39 gives existing stream tables fillfactor 90, but not one
+     * that has a fillfactor already. */
+    th_sql(conn, "ALTER TABLE st_who_in SET (fillfactor = 80)");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM pg_class WHERE oid = 'st_who'::regclass AND "
+                               "reloptions IS NULL") == 1,
+              "at version 37 a stream table has no fillfactor");
 
     const char *const init[] = {SLUICE_BIN, "init", "--db", url, NULL};
     char *out = NULL;
@@ -442,6 +451,11 @@ semi_join_upgrade(th_env_t *env, const migration_t *mig, size_t nmig, int newest
                          "'st_who_in' AND analyzed_query = query AND effective_mode = "
                          "'differential' AND strpos(recompute_sql, 'who IN (SELECT who') > 0") == 1,
               "migration 38 kept the analysis without = ANY");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM pg_class WHERE oid IN ('st_who'::regclass, "
+                               "'st_who_in'::regclass) AND reloptions = CASE WHEN oid = "
+                               "'st_who'::regclass THEN '{fillfactor=90}' ELSE "
+                               "'{fillfactor=80}' END::text[]") == 2,
+              "migration 39 set fillfactor 90 on st_who and kept st_who_in's 80");
     th_sql(conn, "UPDATE visits SET who = NULL WHERE id = 5;"
                  "INSERT INTO visits VALUES (401, 7, 9000)");
     refresh_in(conn, &who, "full", "after its FULL refresh at the new version");
