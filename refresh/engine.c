@@ -785,6 +785,7 @@ struct engine {
     uint64_t flush_ms;         /* next coalesced notification, UINT64_MAX: none */
     uint64_t flushed_ms;       /* last flush */
     uint64_t analyse_after_ms; /* no analysis before (after a failed one) */
+    bool analyse_off;          /* the catalog is newer than this engine (catalog_check) */
     bool stopping;             /* a signal came */
     bool cancelled;            /* refreshes in flight were cancelled */
     int handles;               /* worker connections not yet closed */
@@ -950,7 +951,9 @@ engine_load(engine_t *eng, sl_err_t *err)
 static bool
 st_startable(const engine_t *eng, const engine_st_t *st, uint64_t now)
 {
-    if (!st->active || !st->pending || st->stale || st->due_ms > now || st_in_flight(eng, st->id))
+    /* (A stale one waits for its analysis, unless none will come.) */
+    bool waits = st->stale && !eng->analyse_off;
+    if (!st->active || !st->pending || waits || st->due_ms > now || st_in_flight(eng, st->id))
         return false;
     for (size_t u = 0; u < st->nup; u++) {
         if (st_in_flight(eng, st->up[u]))
@@ -958,7 +961,7 @@ st_startable(const engine_t *eng, const engine_st_t *st, uint64_t now)
         for (size_t i = 0; i < eng->nsts; i++) {
             const engine_st_t *up = &eng->sts[i];
             if (up->id == st->up[u] && up->depth < st->depth && up->active && up->pending &&
-                !up->stale && up->due_ms <= now)
+                (!up->stale || eng->analyse_off) && up->due_ms <= now)
                 return false;
         }
     }
@@ -1187,13 +1190,20 @@ main_poll_cb(uv_poll_t *h, int status, int events)
     engine_kick(eng);
 }
 
-/* Fails unless the database's sluice catalog is at the version this binary
- * was built with: the generated SQL and the driver change together (an
- * engine of version 12 on a catalog of version 11 would analyse joins into
- * statements whose temporary tables that catalog's driver never writes). */
+/* Fails unless the database's sluice catalog is at least at the version
+ * this binary was built with (want), and sets *have to its version: the
+ * generated SQL and the driver change together (an engine of version 12 on
+ * a catalog of version 11 would analyse joins into statements whose
+ * temporary tables that catalog's driver never writes). A newer catalog is
+ * accepted, for the time between `sluice init` and the restart of the
+ * engine with the new binary, but the caller then analyses nothing
+ * (catalog_newer): its analyzer could write statements that the catalog
+ * has since replaced (migration 38 forgot those that restrict by = ANY; an
+ * engine of version 37 would write them again). */
 static int
-catalog_check(PGconn *conn, int want, sl_err_t *err)
+catalog_check(PGconn *conn, int want, int *have, sl_err_t *err)
 {
+    *have = want;
     if (want <= 0)
         return SL_OK;
     PGresult *res = PQexec(conn, "SELECT max(version) FROM sluice.schema_version");
@@ -1208,14 +1218,29 @@ catalog_check(PGconn *conn, int want, sl_err_t *err)
         PQclear(res);
         return rc;
     }
-    int have = PQgetisnull(res, 0, 0) ? 0 : atoi(PQgetvalue(res, 0, 0));
+    *have = PQgetisnull(res, 0, 0) ? 0 : atoi(PQgetvalue(res, 0, 0));
     PQclear(res);
-    if (have < want)
+    if (*have < want)
         return sl_err_set(err, SL_ERR,
                           "the sluice catalog of this database is at version %d, this engine "
                           "needs version %d: run `sluice init --db ...` (it upgrades in place)",
-                          have, want);
+                          *have, want);
     return SL_OK;
+}
+
+/* True (and logged) when the catalog is newer than this engine: stream
+ * tables are then refreshed (in full where their analysis is missing) but
+ * not analysed. */
+static bool
+catalog_newer(int have, int want)
+{
+    if (have <= want)
+        return false;
+    sl_log_warn("engine.catalog_newer",
+                "catalog=%d engine=%d action=\"no analyses; stream tables that await one are "
+                "refreshed in full; run the sluice engine of the catalog's release\"",
+                have, want);
+    return true;
 }
 
 /* Connects the main connection (blocking): settings, LISTEN, watch. */
@@ -1223,9 +1248,12 @@ static int
 engine_main_connect(engine_t *eng, sl_err_t *err)
 {
     PGconn *conn = NULL;
+    int have = 0;
     int rc = sl_pg_connect(eng->o->db, "sluice-engine", &conn, err);
     if (rc == SL_OK)
-        rc = catalog_check(conn, eng->o->catalog_version, err);
+        rc = catalog_check(conn, eng->o->catalog_version, &have, err);
+    if (rc == SL_OK)
+        eng->analyse_off = catalog_newer(have, eng->o->catalog_version);
     if (rc == SL_OK)
         rc = sl_pg_exec(conn, eng->settings, err);
     if (rc == SL_OK)
@@ -1503,7 +1531,7 @@ engine_step(engine_t *eng)
         bool stale = false;
         for (size_t i = 0; i < eng->nsts; i++)
             stale = stale || eng->sts[i].stale;
-        if (stale && now >= eng->analyse_after_ms) {
+        if (stale && !eng->analyse_off && now >= eng->analyse_after_ms) {
             if (engine_analyse(eng->main, &e) != SL_OK) {
                 if (main_failed(eng, "analyse", &e))
                     return;
@@ -1773,15 +1801,17 @@ engine_once(const sl_engine_opts_t *o, sl_err_t *err)
     snprintf(settings, sizeof settings, "SET sluice.notify_coalesce_ms = %d",
              o->notify_coalesce_ms);
     PGconn *conn = NULL;
+    int have = 0;
     int rc = sl_pg_connect(o->db, "sluice-engine", &conn, err);
     if (rc == SL_OK)
-        rc = catalog_check(conn, o->catalog_version, err);
+        rc = catalog_check(conn, o->catalog_version, &have, err);
     if (rc == SL_OK)
         rc = sl_pg_exec(conn, settings, err);
     if (rc == SL_OK) {
         char red[1024];
         sl_log_info("engine.connected", "db=%s", sl_pg_conninfo_redact(o->db, red, sizeof red));
-        rc = engine_analyse(conn, err);
+        if (!catalog_newer(have, o->catalog_version))
+            rc = engine_analyse(conn, err);
     }
     if (rc == SL_OK)
         rc = engine_once_refresh(conn, err);

@@ -147,7 +147,8 @@ typedef struct sl_engine_opts {
     int workers;            /* refresh connections, 1 .. SL_ENGINE_WORKERS_MAX */
     int safety_poll_ms;     /* >= 1: every stream table is re-checked this often */
     int catalog_version;    /* the sluice.schema_version this binary's migrations reach; a
-                             * database behind it is refused (0: not checked) */
+                             * database behind it is refused, one ahead of it is refreshed
+                             * but not analysed (0: not checked) */
 } sl_engine_opts_t;
 
 /*

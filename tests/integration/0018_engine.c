@@ -24,7 +24,10 @@
  *      without restarting the engine; the other stream tables keep
  *      refreshing.
  *   4. SIGTERM stops the engine with exit 0; bad usage exits 2; --once
- *      against an unreachable database exits 1 with the error.
+ *      against an unreachable database exits 1 with the error, against a
+ *      database without the catalog or with an older one too; against a
+ *      newer one it refreshes (in full what awaits an analysis) and
+ *      analyses nothing.
  *
  * Alongside: a UNION ALL of orders and customers (their ids overlap, so a
  * row's identity must include its branch) is analysed and refreshed as
@@ -375,6 +378,48 @@ main(void)
     th_sql(conn, "INSERT INTO sluice.schema_version SELECT * FROM newest; DROP TABLE newest");
     const char *const again[] = {SLUICE_BIN, "engine", "--db", env.pg_url, "--once", NULL};
     TH_ASSERT(th_run(again, NULL, 20000) == 0, "and runs once the catalog is current again");
+
+    /* A catalog newer than the engine (between `sluice init` and the
+     * engine's restart with the new binary): the engine refreshes, in full
+     * where an analysis is missing, and analyses nothing, which its older
+     * analyzer could get wrong for that catalog. */
+    th_sql(conn, "INSERT INTO sluice.schema_version (version, name) SELECT max(version) + 1, "
+                 "'9999_from_a_newer_release.sql' FROM sluice.schema_version");
+    th_sql(conn, "SELECT sluice.create_stream_table('later', 'SELECT customer_id, count(*) AS n "
+                 "FROM orders GROUP BY customer_id', schedule => '100 ms')");
+    char log2[TH_PATH_MAX];
+    snprintf(log2, sizeof log2, "%s/engine-newer.log", th_tmpdir());
+    pid = th_spawn(argv, log2);
+    TH_ASSERT(th_wait_file_contains(log2, "event=engine.catalog_newer", 20000),
+              "the engine logs that the catalog is newer than itself");
+    th_sql(conn, "INSERT INTO orders VALUES (900, 1, 3)");
+    TH_ASSERT(th_wait_sql(conn,
+                          "SELECT n = (SELECT count(*) FROM orders WHERE customer_id = 1) FROM "
+                          "later WHERE customer_id = 1",
+                          10000, 20),
+              "the engine refreshes a stream table it may not analyse");
+    TH_ASSERT(th_sql_int(conn, "SELECT count(*) FROM sluice.stream_table_catalog WHERE name = "
+                               "'later' AND analyzed_query IS NULL AND last_refresh_mode = "
+                               "'full'") == 1,
+              "in full, without an analysis");
+    th_kill(pid, SIGTERM);
+    TH_ASSERT(th_wait_exit(pid, 10000, &status) == 0 && WIFEXITED(status) &&
+                  WEXITSTATUS(status) == 0,
+              "SIGTERM stops that engine with exit 0");
+    TH_ASSERT(!th_file_contains(log2, "event=engine.analysed"), "it analysed nothing");
+    out = NULL;
+    rc = th_run(old, &out, 20000);
+    TH_ASSERT(rc == 0 && out != NULL && strstr(out, "event=engine.catalog_newer") != NULL &&
+                  strstr(out, "event=engine.analysed") == NULL,
+              "--once against a newer catalog runs, analysing nothing (exit %d, output: %s)", rc,
+              out ? out : "");
+    free(out);
+    th_sql(conn, "DELETE FROM sluice.schema_version WHERE name = '9999_from_a_newer_release.sql'");
+    TH_ASSERT(th_run(again, NULL, 20000) == 0 &&
+                  th_sql_int(conn, "SELECT count(*) FROM sluice.stream_table_catalog WHERE name "
+                                   "= 'later' AND analyzed_query = query AND effective_mode = "
+                                   "'differential'") == 1,
+              "the engine of the catalog's version analyses it");
 
     PQfinish(lis);
     PQfinish(conn);
