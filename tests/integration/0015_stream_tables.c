@@ -35,7 +35,10 @@
  *   8. DIFFERENTIAL: a hand-written analysis (_set_analysis) of a GROUP BY
  *      query; after seeded random changes (NULL keys, key changes, deletes)
  *      the table equals the full query and replaying the published deltas
- *      rebuilds it; TRUNCATE and large changes fall back to FULL; a stale
+ *      rebuilds it; TRUNCATE and large changes fall back to FULL, and so
+ *      does a window estimated cheaper in full by the measured costs
+ *      (migration 40: the estimates, every 8th such cycle differential, the
+ *      reason in the view, explain's summary, the switch off); a stale
  *      analysis is refused; 'differential' analysed as 'full' is an error
  *      state; a dropped source is reported and recorded.
  *   9. The no-change refresh takes about a millisecond (measured, logged,
@@ -1910,6 +1913,108 @@ set_fake_analysis(PGconn *conn)
               "_set_analysis stores an analysis of the current query");
 }
 
+/* The mode chosen from the measured costs (migration 40), with estimates
+ * written into the catalog so that the choice does not depend on timing. */
+static void
+cost_round(PGconn *conn, const char *costs, int rows, const char *want_mode, const char *what)
+{
+    static int next = 100000;
+    if (costs)
+        th_sql(conn,
+               "UPDATE sluice.stream_table_catalog SET refresh_costs = '%s' "
+               "WHERE name = 'order_totals'",
+               costs);
+    th_sql(conn, "INSERT INTO orders SELECT g, g %% 7, g %% 50 FROM generate_series(%d, %d) g",
+           next, next + rows - 1);
+    next += rows;
+    refresh(conn, "order_totals");
+    expect_text(th_sql_text(conn, "SELECT last_refresh_mode FROM sluice.stream_table_catalog "
+                                  "WHERE name = 'order_totals'"),
+                want_mode, what);
+    TH_ASSERT(diff_from_query(conn, "order_totals", "customer_id, total", TOTALS_Q) == 0,
+              "%s: equal to the query", what);
+    TH_ASSERT(diff_from_replay(conn, "order_totals") == 0, "%s: replay equal", what);
+}
+
+static void
+check_full_by_cost(PGconn *conn)
+{
+    TH_LOG("DIFFERENTIAL or FULL by the measured costs");
+    th_sql(conn, "UPDATE sluice.stream_table_catalog SET full_refresh_fraction = 1000 "
+                 "WHERE name = 'order_totals'");
+    /* 1 ms an image differential, 1 ms FULL: 1,200 images go FULL. */
+    cost_round(conn, "{\"diff\": [[1000, 1000]], \"full\": [1]}", 1200, "full",
+               "estimated cheaper in full");
+    expect_text(th_sql_text(conn, "SELECT last_full_reason FROM sluice.stream_tables "
+                                  "WHERE name = 'order_totals'"),
+                "1200 changes: estimated 1200 ms differential, 1 ms full (full_refresh_by_cost)",
+                "the reason names both estimates");
+    expect_text(th_sql_text(conn, "SELECT (refresh_costs -> 'diff')::text || ' ' || "
+                                  "jsonb_array_length(refresh_costs -> 'full') || ' ' || "
+                                  "(refresh_costs ->> 'skipped') FROM sluice.stream_table_catalog "
+                                  "WHERE name = 'order_totals'"),
+                "[[1000, 1000]] 2 1", "the FULL refresh was measured, one cycle skipped");
+    /* Under 1,000 images: always differential, whatever the estimates. */
+    cost_round(conn, NULL, 10, "differential", "a small window");
+    expect_text(th_sql_text(conn, "SELECT coalesce(last_full_reason, 'none') FROM "
+                                  "sluice.stream_tables WHERE name = 'order_totals'"),
+                "none", "no reason after a differential refresh");
+    /* The 8th cycle in a row that the estimates would refresh in full is
+     * differential, and measured. */
+    cost_round(conn, "{\"diff\": [[1000, 1000]], \"full\": [1], \"skipped\": 7}", 1300,
+               "differential", "every 8th cycle is measured");
+    expect_text(th_sql_text(conn, "SELECT jsonb_array_length(refresh_costs -> 'diff') || ' ' || "
+                                  "(refresh_costs #>> '{diff,1,0}') || ' ' || "
+                                  "(refresh_costs ->> 'skipped') FROM sluice.stream_table_catalog "
+                                  "WHERE name = 'order_totals'"),
+                "2 1300 0", "the differential refresh of 1,300 images was recorded");
+    /* Off for this stream table. */
+    th_sql(conn, "UPDATE sluice.stream_table_catalog SET full_refresh_by_cost = false "
+                 "WHERE name = 'order_totals'");
+    cost_round(conn, "{\"diff\": [[1000, 1000]], \"full\": [1]}", 1200, "differential",
+               "full_refresh_by_cost false");
+    expect_text(th_sql_text(conn, "SELECT value FROM sluice.explain_stream_table('order_totals') "
+                                  "WHERE property = 'full refresh by cost'"),
+                "off (full_refresh_by_cost is false)", "explain says it is off");
+    th_sql(conn, "UPDATE sluice.stream_table_catalog SET full_refresh_by_cost = true "
+                 "WHERE name = 'order_totals'");
+    /* Differential estimated cheaper. */
+    cost_round(conn, "{\"diff\": [[1000, 1]], \"full\": [1000]}", 1200, "differential",
+               "estimated cheaper differentially");
+
+    TH_LOG("the estimates: a fitted line, or the average per image");
+    th_sql(conn, "UPDATE sluice.stream_table_catalog SET refresh_costs = "
+                 "'{\"diff\": [[1000, 175], [3000, 425]], \"full\": [500, 600, 9000]}' "
+                 "WHERE name = 'order_totals'");
+    expect_text(th_sql_text(conn, "SELECT value FROM sluice.explain_stream_table('order_totals') "
+                                  "WHERE property = 'full refresh by cost'"),
+                "windows of 4400 change images or more are refreshed in full (estimated: "
+                "differential 50.0 ms + 125.0 ms per 1000 images, from 2 refreshes; FULL 600.0 ms, "
+                "the median of 3)",
+                "explain: from how many images, and the estimates");
+    /* Sizes within a factor of 2: no line, the average through zero. */
+    expect_text(th_sql_text(conn, "SELECT concat_ws(' ', diff_ms, full_ms, base_ms, per_image_ms) "
+                                  "FROM sluice._st_costs_estimate('{\"diff\": [[1000, 10], "
+                                  "[1500, 20]], \"full\": [4, 2]}', 10000)"),
+                "120 3 0 0.012", "close sizes: average time per image");
+    expect_text(th_sql_text(conn, "SELECT concat_ws(' ', diff_ms, full_ms) FROM "
+                                  "sluice._st_costs_estimate('{}', 10000)"),
+                "", "nothing measured: no estimate");
+    /* Only the last 8 differential and 3 FULL measurements are kept. */
+    expect_text(
+        th_sql_text(conn, "SELECT sluice._st_costs_add(sluice._st_costs_add("
+                          "'{\"diff\": [[1,1],[2,2],[3,3],[4,4],[5,5],[6,6],[7,7],[8,8]], "
+                          "\"full\": [1, 2, 3]}', 'differential', 5000, 12.34, false), "
+                          "'full', 0, 7.06, false)::text"),
+        "{\"diff\": [[2, 2], [3, 3], [4, 4], [5, 5], [6, 6], [7, 7], [8, 8], [5000, 12.3]], "
+        "\"full\": [2, 3, 7.1], \"skipped\": 0}",
+        "the oldest measurements leave");
+    /* Left for the stale-analysis check: a new query forgets them. */
+    th_sql(conn, "UPDATE sluice.stream_table_catalog SET full_refresh_fraction = 0.3, "
+                 "refresh_costs = '{\"diff\": [[1000, 5]], \"full\": [1]}' "
+                 "WHERE name = 'order_totals'");
+}
+
 static void
 check_differential(PGconn *conn)
 {
@@ -2008,6 +2113,11 @@ check_differential(PGconn *conn)
     TH_ASSERT(diff_from_query(conn, "order_totals", "customer_id, total", TOTALS_Q) == 0,
               "equal after TRUNCATE");
     TH_ASSERT(diff_from_replay(conn, "order_totals") == 0, "replay equal after TRUNCATE");
+    expect_text(th_sql_text(conn, "SELECT last_full_reason FROM sluice.stream_tables "
+                                  "WHERE name = 'order_totals'"),
+                "public.orders was truncated", "the view says why it was FULL");
+
+    check_full_by_cost(conn);
 
     TH_LOG("DIFFERENTIAL: a stale analysis is not used");
     th_sql(conn, "SELECT sluice.alter_stream_table('order_totals', query => 'SELECT customer_id, "
@@ -2016,6 +2126,10 @@ check_differential(PGconn *conn)
                                   "coalesce(affected_sql, 'none') FROM "
                                   "sluice.stream_table_catalog WHERE name = 'order_totals'"),
                 "none|none", "alter clears the analysis");
+    expect_text(th_sql_text(conn, "SELECT (refresh_costs ? 'diff')::text || ' ' || "
+                                  "jsonb_array_length(refresh_costs -> 'full') FROM "
+                                  "sluice.stream_table_catalog WHERE name = 'order_totals'"),
+                "false 1", "a new query forgets the measured costs; its FULL refresh is the first");
     th_sql(conn, "INSERT INTO orders VALUES (2, 2, 2)");
     refresh(conn, "order_totals");
     expect_text(th_sql_text(conn, "SELECT last_refresh_mode FROM sluice.stream_table_catalog "

@@ -73,8 +73,9 @@
  *      multiset comparison, EXCEPT ALL both ways). The buffers are then
  *      pruned to nothing. A second round of changes, captured in chunks
  *      after the upgrade, is refreshed and checked the same way.
- *   6. Migrations 38 (refresh/sql/0038_key_semi_joins.sql) and 39
- *      (0039_stream_table_fillfactor.sql), from version 37 in a second
+ *   6. Migrations 38 (refresh/sql/0038_key_semi_joins.sql), 39
+ *      (0039_stream_table_fillfactor.sql) and 40
+ *      (0040_measured_mode_choice.sql), from version 37 in a second
  *      database: see semi_join_upgrade below.
  */
 #include "harness.h"
@@ -352,6 +353,19 @@ refresh_in_at(int line, PGconn *conn, const st_def_t *st, const char *mode, cons
 }
 #define refresh_in(conn, st, mode, when) refresh_in_at(__LINE__, (conn), (st), (mode), (when))
 
+/* The catalog's last_full_reason of stream table `name` is `want`. */
+static void
+expect_reason(PGconn *conn, const char *name, const char *want)
+{
+    char *got = th_sql_text(conn,
+                            "SELECT coalesce(last_full_reason, 'NULL') FROM sluice.stream_tables "
+                            "WHERE name = '%s'",
+                            name);
+    TH_ASSERT(got != NULL && strcmp(got, want) == 0, "%s: last_full_reason \"%s\", want \"%s\"",
+              name, got ? got : "(no row)", want);
+    free(got);
+}
+
 /*
  * 6. Migration 38 (refresh/sql/0038_key_semi_joins.sql), in a database of
  * its own at version 37: a GROUP BY (with HAVING, so its groups are
@@ -362,7 +376,10 @@ refresh_in_at(int line, PGconn *conn, const st_def_t *st, const char *mode, cons
  * again, in the new form (IN (SELECT ...)), and it refreshes
  * differentially, equal to its query each time, NULL group included.
  * Migration 39 gives st_who fillfactor 90 and keeps the 80 set on
- * st_who_in by hand.
+ * st_who_in by hand. Migration 40 (0040_measured_mode_choice.sql) seeds
+ * st_who's costs with the FULL refresh in its history, and
+ * last_full_reason says why its refreshes are FULL, and nothing when they
+ * are not.
  */
 static void
 semi_join_upgrade(th_env_t *env, const migration_t *mig, size_t nmig, int newest)
@@ -456,9 +473,20 @@ semi_join_upgrade(th_env_t *env, const migration_t *mig, size_t nmig, int newest
                                "'st_who'::regclass THEN '{fillfactor=90}' ELSE "
                                "'{fillfactor=80}' END::text[]") == 2,
               "migration 39 set fillfactor 90 on st_who and kept st_who_in's 80");
+    TH_ASSERT(
+        th_sql_int(conn,
+                   "SELECT count(*) FROM sluice.stream_table_catalog c WHERE name = '%s' "
+                   "AND full_refresh_by_cost AND NOT refresh_costs ? 'diff' AND "
+                   "refresh_costs -> 'full' = (SELECT jsonb_agg(round(h.duration_ms::numeric, "
+                   "1) ORDER BY h.refresh_id) FROM sluice.refresh_history h WHERE "
+                   "h.stream_table_id = c.id AND h.mode = 'full') AND "
+                   "jsonb_array_length(refresh_costs -> 'full') = 1",
+                   who.name) == 1,
+        "migration 40 seeded the costs of %s with its FULL refresh at version 37", who.name);
     th_sql(conn, "UPDATE visits SET who = NULL WHERE id = 5;"
                  "INSERT INTO visits VALUES (401, 7, 9000)");
     refresh_in(conn, &who, "full", "after its FULL refresh at the new version");
+    expect_reason(conn, who.name, "the query awaits the engine's analysis");
 
     const char *const eng_new[] = {SLUICE_BIN, "engine", "--db", url, "--once", NULL};
     rc = th_run(eng_new, NULL, RUN_MS);
@@ -473,6 +501,7 @@ semi_join_upgrade(th_env_t *env, const migration_t *mig, size_t nmig, int newest
     th_sql(conn, "UPDATE visits SET ms = ms * 2 WHERE id IN (5, 30, 31);"
                  "UPDATE visits SET who = 8 WHERE id = 40");
     refresh_in(conn, &who, "differential", "after a differential refresh with the new statement");
+    expect_reason(conn, who.name, "NULL");
     PQfinish(conn);
     free(url);
     TH_LOG("migration 38: version 37's statements analysed again");
