@@ -39,14 +39,16 @@
 -- estimates and from how many changes a cycle is refreshed in full.
 --
 -- Upgrade: existing stream tables start with the durations of their last
--- 3 FULL refreshes in refresh_history (these include publishing, so the
--- first estimates of a FULL refresh are high: the choice leans towards a
--- differential one until a FULL refresh is measured), and no differential
--- measurement.
+-- 3 FULL refreshes in refresh_history, and no differential measurement.
+-- Those durations include publishing, so most are higher than what is
+-- measured from now on and the choice leans towards differential refreshes
+-- until a FULL refresh is measured; one that is too low (the deletes that
+-- alter_stream_table publishes before a rebuild are recorded as FULL)
+-- costs one FULL refresh, which then measures it.
 
 ALTER TABLE sluice.stream_table_catalog
     ADD COLUMN full_refresh_by_cost boolean NOT NULL DEFAULT true,
-    ADD COLUMN refresh_costs jsonb NOT NULL DEFAULT '{}',
+    ADD COLUMN refresh_costs jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(refresh_costs) = 'object'),
     ADD COLUMN last_full_reason text;
 
 UPDATE sluice.stream_table_catalog c

@@ -2009,6 +2009,9 @@ check_full_by_cost(PGconn *conn)
         "{\"diff\": [[2, 2], [3, 3], [4, 4], [5, 5], [6, 6], [7, 7], [8, 8], [5000, 12.3]], "
         "\"full\": [2, 3, 7.1], \"skipped\": 0}",
         "the oldest measurements leave");
+    expect_error(conn, "23514", "stream_table_catalog_refresh_costs_check",
+                 "UPDATE sluice.stream_table_catalog SET refresh_costs = '[]' "
+                 "WHERE name = 'order_totals'");
     /* Left for the stale-analysis check: a new query forgets them. */
     th_sql(conn, "UPDATE sluice.stream_table_catalog SET full_refresh_fraction = 0.3, "
                  "refresh_costs = '{\"diff\": [[1000, 5]], \"full\": [1]}' "
@@ -2440,6 +2443,10 @@ check_join_reads_by_key(const char *url, PGconn *conn)
                  "CREATE INDEX ON jo (cid); ANALYZE jc; ANALYZE jo");
     th_sql(conn, "SELECT sluice.create_stream_table('jo_named', "
                  "'SELECT o.id, c.id AS cid, c.name FROM jo o JOIN jc c ON c.id = o.cid')");
+    /* Its refreshes of 1,000 images and more (below) must be differential,
+     * whatever the timings say (migration 40). */
+    th_sql(conn, "UPDATE sluice.stream_table_catalog SET full_refresh_by_cost = false "
+                 "WHERE name = 'jo_named'");
     analyse_differential(url, conn, "jo_named");
 
     /* An order moves to another customer: its old row joined customer 38. */
